@@ -1,0 +1,1 @@
+//! Node runtime for wasmkube.

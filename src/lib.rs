@@ -1,0 +1,5 @@
+//! wasmkube: a WebAssembly-first container orchestrator with a Kubernetes-shaped API.
+//!
+//! # Layout
+//! - [`store`]: the replicated object store (openraft over redb) and the watch cache.
+pub mod store;

@@ -1,0 +1,244 @@
+//! The replicated object store: openraft over redb.
+//!
+//! ```text
+//!  write ──► Raft::client_write ──► LogStore::append (redb, fsync)
+//!                                       │ committed
+//!                                       ▼
+//!                    StateMachine::apply (preconditions, redb, fsync)
+//!                                       │
+//!                                       ▼
+//!                    Cache (objects + change window) ──► lists, gets, watches
+//! ```
+//!
+//! Objects are JSON documents keyed `group/resource/namespace/name` (core
+//! group is `core`, cluster-scoped objects have an empty namespace). The Raft
+//! log index of the entry that wrote an object is its `resourceVersion`.
+
+pub mod cache;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use serde_json::Value;
+
+pub use cache::{Cache, Change, ChangeKind, Expired, ListPage};
+pub use state_machine::{SnapshotData, SNAPSHOT_FORMAT};
+pub use types::{NodeId, Precondition, Rejection, Request, Response, TypeConfig};
+
+use log_store::LogStore;
+use state_machine::StateMachine;
+
+/// The Raft handle type.
+pub type RaftHandle = Raft<TypeConfig>;
+
+/// File names inside the data directory.
+const LOG_FILE: &str = "raft-log.redb";
+const STATE_FILE: &str = "state.redb";
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state machine refused the write; nothing changed.
+    #[error("write rejected: {0:?}")]
+    Rejected(Rejection),
+    /// This server is not the leader; `leader` is the address to retry at, if known.
+    #[error("this server is not the raft leader (leader: {leader:?})")]
+    NotLeader { leader: Option<String> },
+    /// Opening a redb file failed.
+    #[error("failed to open {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+    /// Storage I/O failed.
+    #[error("storage error")]
+    Storage(#[from] openraft::StorageError<NodeId>),
+    /// Raft itself failed (shut down, fatal error, initialization).
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A snapshot file could not be read.
+    #[error("invalid snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// This server's Raft id.
+    pub node_id: NodeId,
+    /// The address peers reach this server's API at (host:port).
+    pub advertise: String,
+    /// How many changes the watch window keeps.
+    pub history: usize,
+    /// Bearer token sent to peers with Raft RPCs.
+    pub peer_token: String,
+}
+
+/// An open store: the Raft node plus the watch cache it applies into.
+#[derive(Clone)]
+pub struct Store {
+    raft: RaftHandle,
+    cache: Arc<Cache>,
+}
+
+fn raft_config() -> Result<Arc<Config>, StoreError> {
+    let config = Config {
+        cluster_name: "wasmkube".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(
+        config.validate().map_err(|e| StoreError::Raft(e.to_string()))?,
+    ))
+}
+
+fn open_log(dir: &Path) -> Result<LogStore, StoreError> {
+    let path = dir.join(LOG_FILE);
+    LogStore::open(&path).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl Store {
+    /// Open the store in `dir`. A node that has never been part of a cluster
+    /// initializes a single-voter cluster of itself: the same membership code
+    /// path later used to add voters.
+    pub async fn open(dir: &Path, config: &StoreConfig) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Raft(format!("create {}: {e}", dir.display())))?;
+        let cache = Arc::new(Cache::new(config.history));
+        let log = open_log(dir)?;
+        let sm = StateMachine::open(&dir.join(STATE_FILE), cache.clone())?;
+        let raft = Raft::new(
+            config.node_id,
+            raft_config()?,
+            network::Network::new(config.peer_token.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| StoreError::Raft(e.to_string()))?;
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?
+        {
+            let mut members = BTreeMap::new();
+            members.insert(config.node_id, BasicNode::new(&config.advertise));
+            raft.initialize(members)
+                .await
+                .map_err(|e| StoreError::Raft(e.to_string()))?;
+        }
+        raft.wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        Ok(Self { raft, cache })
+    }
+
+    /// The watch cache (reads, lists, watches).
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// The Raft handle (peer RPC endpoints, metrics).
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    /// Replicate `req`, wait until it is committed, fsynced and applied, and
+    /// return the object as stored.
+    pub async fn write(&self, req: Request) -> Result<Value, StoreError> {
+        match self.raft.client_write(req).await {
+            Ok(resp) => match resp.data {
+                Response::Applied(v) => Ok(v),
+                Response::Rejected(r) => Err(StoreError::Rejected(r)),
+                Response::None => Err(StoreError::Raft("write applied without a result".into())),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(StoreError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            }),
+            Err(e) => Err(StoreError::Raft(e.to_string())),
+        }
+    }
+
+    /// Stop Raft; every acknowledged write is already durable.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// A consistent point-in-time copy of every object.
+    pub fn snapshot(&self) -> SnapshotData {
+        let (revision, objects) = self.cache.dump();
+        SnapshotData {
+            format: SNAPSHOT_FORMAT.to_string(),
+            revision,
+            objects: objects.into_iter().map(|(k, v)| (k, (*v).clone())).collect(),
+        }
+    }
+}
+
+/// Create a new data directory `dir` whose store starts with exactly the
+/// state in `snapshot` (a [`SnapshotData`] JSON document), as a single-node
+/// cluster whose revisions continue after the snapshot's.
+pub async fn restore(snapshot: &[u8], dir: &Path, node_id: NodeId, advertise: &str) -> Result<u64, StoreError> {
+    let snap: SnapshotData =
+        serde_json::from_slice(snapshot).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+    if snap.format != SNAPSHOT_FORMAT {
+        return Err(StoreError::Snapshot(format!(
+            "format is {:?}, expected {SNAPSHOT_FORMAT:?}",
+            snap.format
+        )));
+    }
+    if dir.join(LOG_FILE).exists() || dir.join(STATE_FILE).exists() {
+        return Err(StoreError::Snapshot(format!(
+            "{} already holds a store; restore needs a new data directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Snapshot(format!("create {}: {e}", dir.display())))?;
+    let cache = Arc::new(Cache::new(1));
+    let mut sm = StateMachine::open(&dir.join(STATE_FILE), cache)?;
+    let last = sm.restore(snapshot, node_id, advertise)?;
+    let log = open_log(dir)?;
+    let vote = openraft::Vote::new_committed(last.leader_id.term, node_id);
+    log.restore_marker(&vote, last).await?;
+    Ok(snap.revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<NodeId>> {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let log = LogStore::open(&dir.path().join(LOG_FILE)).expect("open log");
+            let sm = StateMachine::open(&dir.path().join(STATE_FILE), Arc::new(Cache::new(100)))?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_suite_passes_on_redb_store() {
+        Suite::test_all(Builder).expect("openraft storage suite");
+    }
+}

@@ -1,0 +1,434 @@
+//! The Raft state machine: objects as JSON documents in redb, mirrored in the
+//! watch [`Cache`]. Preconditions (create-if-absent, resourceVersion match,
+//! namespace present) are decided here, in log order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::cache::{Cache, Change, ChangeKind};
+use super::types::{
+    revision_of, stamp_revision, LogId, NodeId, Precondition, Rejection, Request, Response,
+    StorageError, StoredMembership, TypeConfig,
+};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+type Entry = openraft::Entry<TypeConfig>;
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// The content of a snapshot: what `wk snapshot save` writes, and what Raft
+/// ships to a follower that is too far behind.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotData {
+    /// Format marker, so a wrong file is refused with a clear error.
+    pub format: String,
+    /// The revision (log index) the snapshot was taken at.
+    pub revision: u64,
+    /// Every stored object, by key.
+    pub objects: Vec<(String, Value)>,
+}
+
+/// The format marker of [`SnapshotData`].
+pub const SNAPSHOT_FORMAT: &str = "wasmkube-snapshot/v1";
+
+fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::StateMachine,
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+fn r(e: impl ToString) -> StorageError {
+    sm_err(ErrorVerb::Read, e)
+}
+
+fn w(e: impl ToString) -> StorageError {
+    sm_err(ErrorVerb::Write, e)
+}
+
+/// The state machine over redb.
+pub struct StateMachine {
+    db: Arc<Database>,
+    cache: Arc<Cache>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot_seq: u64,
+}
+
+fn get_json<T: for<'de> Deserialize<'de>>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    match table.get(key).map_err(r)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(r)?)),
+        None => Ok(None),
+    }
+}
+
+impl StateMachine {
+    /// Open (or create) the state machine at `path` and load every object into `cache`.
+    pub fn open(path: &Path, cache: Arc<Cache>) -> Result<Self, StorageError> {
+        let db = Database::create(path).map_err(r)?;
+        let tx = db.begin_write().map_err(w)?;
+        tx.open_table(OBJECTS).map_err(w)?;
+        tx.open_table(META).map_err(w)?;
+        tx.open_table(SNAPSHOT).map_err(w)?;
+        tx.commit().map_err(w)?;
+
+        let tx = db.begin_read().map_err(r)?;
+        let meta = tx.open_table(META).map_err(r)?;
+        let last_applied: Option<LogId> = get_json(&meta, "last_applied")?;
+        let membership: StoredMembership = get_json(&meta, "membership")?.unwrap_or_default();
+        let objects_table = tx.open_table(OBJECTS).map_err(r)?;
+        let mut objects = BTreeMap::new();
+        for item in objects_table.iter().map_err(r)? {
+            let (k, v) = item.map_err(r)?;
+            let value: Value = serde_json::from_slice(v.value()).map_err(r)?;
+            objects.insert(k.value().to_string(), Arc::new(value));
+        }
+        drop(tx);
+        cache.reset(objects, last_applied.map(|l| l.index).unwrap_or(0));
+        Ok(Self {
+            db: Arc::new(db),
+            cache,
+            last_applied,
+            membership,
+            snapshot_seq: 0,
+        })
+    }
+
+    /// The watch cache this state machine publishes to.
+    pub fn cache(&self) -> Arc<Cache> {
+        self.cache.clone()
+    }
+
+    /// Check `pre` against the current object (as seen by this batch).
+    fn check(
+        pre: &Precondition,
+        current: Option<&Arc<Value>>,
+        lookup: &dyn Fn(&str) -> Option<Arc<Value>>,
+    ) -> Result<(), Rejection> {
+        match (pre.exists, current) {
+            (Some(false), Some(_)) => return Err(Rejection::AlreadyExists),
+            (Some(true), None) => return Err(Rejection::NotFound),
+            _ => {}
+        }
+        if let Some(want) = pre.resource_version {
+            match current {
+                Some(cur) if revision_of(cur) == want => {}
+                Some(cur) => {
+                    return Err(Rejection::Conflict {
+                        current: revision_of(cur),
+                    })
+                }
+                None => return Err(Rejection::NotFound),
+            }
+        }
+        if let Some(want) = &pre.uid {
+            let have = current
+                .and_then(|c| c.pointer("/metadata/uid"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if have != want {
+                return Err(Rejection::UidMismatch {
+                    current: have.to_string(),
+                });
+            }
+        }
+        if let Some(ns) = &pre.namespace {
+            match lookup(&format!("core/namespaces//{ns}")) {
+                None => return Err(Rejection::NamespaceNotFound),
+                Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
+                    return Err(Rejection::NamespaceTerminating)
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a whole snapshot into the tables (used by install and restore).
+    fn write_snapshot(&mut self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
+        let snap: SnapshotData = serde_json::from_slice(data).map_err(r)?;
+        if snap.format != SNAPSHOT_FORMAT {
+            return Err(r(format!(
+                "snapshot format is {:?}, expected {SNAPSHOT_FORMAT:?}",
+                snap.format
+            )));
+        }
+        let mut tx = self.db.begin_write().map_err(w)?;
+        tx.set_durability(Durability::Immediate).map_err(w)?;
+        {
+            let mut objects = tx.open_table(OBJECTS).map_err(w)?;
+            objects.retain(|_, _| false).map_err(w)?;
+            for (k, v) in &snap.objects {
+                let bytes = serde_json::to_vec(v).map_err(w)?;
+                objects.insert(k.as_str(), bytes.as_slice()).map_err(w)?;
+            }
+            let mut m = tx.open_table(META).map_err(w)?;
+            m.insert("last_applied", serde_json::to_vec(&meta.last_log_id).map_err(w)?.as_slice())
+                .map_err(w)?;
+            m.insert("membership", serde_json::to_vec(&meta.last_membership).map_err(w)?.as_slice())
+                .map_err(w)?;
+            let mut s = tx.open_table(SNAPSHOT).map_err(w)?;
+            s.insert("meta", serde_json::to_vec(meta).map_err(w)?.as_slice()).map_err(w)?;
+            s.insert("data", data).map_err(w)?;
+        }
+        tx.commit().map_err(w)?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        let objects = snap
+            .objects
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect();
+        self.cache
+            .reset(objects, meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        Ok(())
+    }
+
+    /// Make this (empty) state machine start from a saved snapshot, as the
+    /// only voter `node` of a new single-node cluster.
+    pub fn restore(&mut self, data: &[u8], node: NodeId, addr: &str) -> Result<LogId, StorageError> {
+        let snap: SnapshotData = serde_json::from_slice(data).map_err(r)?;
+        let last = LogId::new(openraft::CommittedLeaderId::new(1, node), snap.revision);
+        let mut members = BTreeMap::new();
+        members.insert(node, openraft::BasicNode::new(addr));
+        let membership = openraft::Membership::new(vec![members.keys().copied().collect()], members);
+        let meta = Meta {
+            last_log_id: Some(last),
+            last_membership: StoredMembership::new(Some(last), membership),
+            snapshot_id: format!("restore-{}", snap.revision),
+        };
+        self.write_snapshot(&meta, data)?;
+        Ok(last)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Objects written earlier in this batch, so later entries see them.
+        let mut batch: HashMap<String, Option<Arc<Value>>> = HashMap::new();
+        let mut changes = Vec::new();
+        let mut responses = Vec::new();
+        let mut last = self.last_applied;
+        let mut membership_changed = false;
+        for entry in entries {
+            last = Some(entry.log_id);
+            let revision = entry.log_id.index;
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    membership_changed = true;
+                    Response::None
+                }
+                EntryPayload::Normal(req) => {
+                    let cache = &self.cache;
+                    let lookup = |k: &str| match batch.get(k) {
+                        Some(v) => v.clone(),
+                        None => cache.get(k),
+                    };
+                    match req {
+                        Request::Put {
+                            key,
+                            mut object,
+                            precondition,
+                        } => {
+                            let current = lookup(&key);
+                            match Self::check(&precondition, current.as_ref(), &lookup) {
+                                Err(rej) => Response::Rejected(rej),
+                                Ok(()) => {
+                                    stamp_revision(&mut object, revision);
+                                    let object = Arc::new(object);
+                                    batch.insert(key.clone(), Some(object.clone()));
+                                    changes.push(Change {
+                                        revision,
+                                        key,
+                                        kind: if current.is_some() {
+                                            ChangeKind::Modified
+                                        } else {
+                                            ChangeKind::Added
+                                        },
+                                        object: object.clone(),
+                                        prev: current,
+                                    });
+                                    Response::Applied((*object).clone())
+                                }
+                            }
+                        }
+                        Request::Delete { key, precondition } => {
+                            let current = lookup(&key);
+                            match (Self::check(&precondition, current.as_ref(), &lookup), current) {
+                                (Err(rej), _) => Response::Rejected(rej),
+                                (Ok(()), None) => Response::Rejected(Rejection::NotFound),
+                                (Ok(()), Some(cur)) => {
+                                    let mut gone = (*cur).clone();
+                                    stamp_revision(&mut gone, revision);
+                                    let gone = Arc::new(gone);
+                                    batch.insert(key.clone(), None);
+                                    changes.push(Change {
+                                        revision,
+                                        key,
+                                        kind: ChangeKind::Deleted,
+                                        object: gone.clone(),
+                                        prev: Some(cur),
+                                    });
+                                    Response::Applied((*gone).clone())
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            responses.push(response);
+        }
+
+        let mut tx = self.db.begin_write().map_err(w)?;
+        tx.set_durability(Durability::Immediate).map_err(w)?;
+        {
+            let mut objects = tx.open_table(OBJECTS).map_err(w)?;
+            for (key, value) in &batch {
+                match value {
+                    Some(v) => {
+                        let bytes = serde_json::to_vec(v.as_ref()).map_err(w)?;
+                        objects.insert(key.as_str(), bytes.as_slice()).map_err(w)?;
+                    }
+                    None => {
+                        objects.remove(key.as_str()).map_err(w)?;
+                    }
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(w)?;
+            meta.insert("last_applied", serde_json::to_vec(&last).map_err(w)?.as_slice())
+                .map_err(w)?;
+            if membership_changed {
+                meta.insert("membership", serde_json::to_vec(&self.membership).map_err(w)?.as_slice())
+                    .map_err(w)?;
+            }
+        }
+        tx.commit().map_err(w)?;
+        self.last_applied = last;
+        self.cache
+            .apply(changes, last.map(|l| l.index).unwrap_or(0));
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        SnapshotBuilder {
+            db: self.db.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        self.write_snapshot(meta, snapshot.get_ref())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let tx = self.db.begin_read().map_err(r)?;
+        let table = tx.open_table(SNAPSHOT).map_err(r)?;
+        let meta: Option<Meta> = get_json(&table, "meta")?;
+        let Some(meta) = meta else { return Ok(None) };
+        let data = table
+            .get("data")
+            .map_err(r)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from one redb read transaction, so data and metadata
+/// agree even while the state machine keeps applying.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        let seq = self.seq;
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read().map_err(r)?;
+            let meta_t = tx.open_table(META).map_err(r)?;
+            let last_applied: Option<LogId> = get_json(&meta_t, "last_applied")?;
+            let membership: StoredMembership = get_json(&meta_t, "membership")?.unwrap_or_default();
+            let table = tx.open_table(OBJECTS).map_err(r)?;
+            let mut objects = Vec::new();
+            for item in table.iter().map_err(r)? {
+                let (k, v) = item.map_err(r)?;
+                objects.push((
+                    k.value().to_string(),
+                    serde_json::from_slice(v.value()).map_err(r)?,
+                ));
+            }
+            drop(tx);
+            let data = serde_json::to_vec(&SnapshotData {
+                format: SNAPSHOT_FORMAT.to_string(),
+                revision: last_applied.map(|l| l.index).unwrap_or(0),
+                objects,
+            })
+            .map_err(w)?;
+            let snapshot_id = match last_applied {
+                Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
+                None => format!("--{seq}"),
+            };
+            let meta = Meta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            };
+            let mut tx = db.begin_write().map_err(w)?;
+            tx.set_durability(Durability::Immediate).map_err(w)?;
+            {
+                let mut s = tx.open_table(SNAPSHOT).map_err(w)?;
+                s.insert("meta", serde_json::to_vec(&meta).map_err(w)?.as_slice()).map_err(w)?;
+                s.insert("data", data.as_slice()).map_err(w)?;
+            }
+            tx.commit().map_err(w)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
+        })
+        .await
+        .map_err(w)?
+    }
+}
