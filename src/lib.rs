@@ -3,3 +3,4 @@
 //! # Layout
 //! - [`store`]: the replicated object store (openraft over redb) and the watch cache.
 pub mod store;
+pub mod api;

@@ -1,0 +1,11 @@
+//! The object model: served kinds, selectors, defaulting and validation, and
+//! the mapping of errors to `metav1.Status`. No I/O happens here.
+
+pub mod error;
+pub mod meta;
+pub mod resources;
+pub mod selector;
+pub mod validation;
+
+pub use error::{ApiError, FieldError};
+pub use resources::{Resource, RESOURCES};
