@@ -4,3 +4,7 @@
 //! - [`store`]: the replicated object store (openraft over redb) and the watch cache.
 pub mod store;
 pub mod api;
+pub mod apiserver;
+pub mod client;
+pub mod controllers;
+pub mod server;

@@ -1,1 +1,132 @@
-fn main() {}
+//! `wk`: the wasmkube server binary (`wk server`, `wk snapshot`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use wasmkube::server::{self, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "wk", version, about = "wasmkube: a WebAssembly-first container orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane (API server, store, controllers).
+    Server(ServerArgs),
+    /// Save or restore a point-in-time snapshot of the store.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Parser)]
+struct ServerArgs {
+    /// Where the store, token and kubeconfig live.
+    #[arg(long, env = "WK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Address clients and peers use to reach this server (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Changes kept for watch resumption; older resourceVersions get 410 Gone.
+    #[arg(long, default_value_t = 50_000)]
+    watch_history: usize,
+    /// Seconds between watch bookmarks for watches that ask for them.
+    #[arg(long, default_value_t = 10.0)]
+    bookmark_interval: f64,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Ask a running server for a consistent snapshot and write it to FILE.
+    Save {
+        file: PathBuf,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Create a new data directory that starts with exactly the state in FILE.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn kubeconfig_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| server::kubeconfig_path(&server::default_data_dir()))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WK_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Server(a) => {
+            let config = ServerConfig {
+                data_dir: a.data_dir.unwrap_or_else(server::default_data_dir),
+                listen: a.listen,
+                node_name: a.node_name.unwrap_or_else(hostname),
+                advertise: a.advertise,
+                watch_history: a.watch_history,
+                bookmark_interval: Duration::from_secs_f64(a.bookmark_interval.max(0.05)),
+            };
+            server::run(config, shutdown_signal()).await?;
+        }
+        Command::Snapshot(SnapshotCommand::Save { file, kubeconfig }) => {
+            let path = kubeconfig_path(kubeconfig);
+            let kc = wasmkube::client::Kubeconfig::load(&path)?;
+            let resp = reqwest::Client::new()
+                .get(format!("{}/wk/v1/snapshot", kc.server))
+                .bearer_auth(&kc.token)
+                .send()
+                .await
+                .with_context(|| format!("connecting to {}", kc.server))?;
+            if !resp.status().is_success() {
+                bail!("server answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+            }
+            let bytes = resp.bytes().await?;
+            let snap: wasmkube::store::SnapshotData = serde_json::from_slice(&bytes).context("decoding snapshot")?;
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))?;
+            println!("Snapshot saved at {} (revision {}, {} objects)", file.display(), snap.revision, snap.objects.len());
+        }
+        Command::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let rev = wasmkube::store::restore(&bytes, &data_dir.join("raft"), 1, "127.0.0.1:6443")
+                .await
+                .with_context(|| format!("restoring {} into {}", file.display(), data_dir.display()))?;
+            println!("Restored {} into {} (revision {rev})", file.display(), data_dir.display());
+        }
+    }
+    Ok(())
+}

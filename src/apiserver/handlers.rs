@@ -1,0 +1,662 @@
+//! The verbs: get, list, create, update, patch, delete, deletecollection and
+//! the status, scale, binding and finalize subresources. Every write goes
+//! through [`Store::write`]; reads come from the watch cache.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::api::meta::{self, finalizers, is_deleting};
+use crate::api::resources::{self, Resource};
+use crate::api::selector::{FieldSelector, LabelSelector};
+use crate::api::validation::{self, prepare};
+use crate::api::ApiError;
+use crate::store::types::revision_of;
+use crate::store::{Precondition, Rejection, Request, Store, StoreError};
+
+use super::request::Params;
+
+/// How many times an update is retried after losing a race it did not ask to lose.
+const UPDATE_RETRIES: usize = 16;
+
+/// Map a store failure on `res`/`name` (in `namespace`) to an API error.
+pub fn store_error(res: &Resource, namespace: Option<&str>, name: &str, e: StoreError) -> ApiError {
+    let resource = res.qualified_plural();
+    match e {
+        StoreError::Rejected(Rejection::AlreadyExists) => ApiError::AlreadyExists { resource, name: name.into() },
+        StoreError::Rejected(Rejection::NotFound) => ApiError::NotFound { resource, name: name.into() },
+        StoreError::Rejected(Rejection::Conflict { .. }) => ApiError::Conflict {
+            resource,
+            name: name.into(),
+            detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
+        },
+        StoreError::Rejected(Rejection::UidMismatch { current }) => ApiError::Conflict {
+            resource,
+            name: name.into(),
+            detail: format!("precondition failed: UID in precondition does not match the UID in record: {current}"),
+        },
+        StoreError::Rejected(Rejection::NamespaceNotFound) => ApiError::NotFound {
+            resource: "namespaces".into(),
+            name: namespace.unwrap_or_default().into(),
+        },
+        StoreError::Rejected(Rejection::NamespaceTerminating) => ApiError::Forbidden {
+            resource,
+            name: name.into(),
+            detail: format!(
+                "unable to create new content in namespace {} because it is being terminated",
+                namespace.unwrap_or_default()
+            ),
+        },
+        StoreError::NotLeader { leader } => ApiError::Unavailable(format!(
+            "this server is not the leader; retry at {}",
+            leader.unwrap_or_else(|| "the leader once one is elected".into())
+        )),
+        other => ApiError::Internal(format!("storage: {other}")),
+    }
+}
+
+fn not_found(res: &Resource, name: &str) -> ApiError {
+    ApiError::NotFound { resource: res.qualified_plural(), name: name.into() }
+}
+
+/// The selectors of a list or watch, as one filter.
+pub struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_params(res: &Resource, p: &Params) -> Result<Self, ApiError> {
+        let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or_default())
+            .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
+        let fields = FieldSelector::parse(p.field_selector.as_deref().unwrap_or_default(), res.kind)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(Self { labels, fields })
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches_object(obj) && self.fields.matches(obj)
+    }
+}
+
+/// The continue token: the revision the first page was read at and the last key returned.
+fn encode_continue(revision: u64, key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"rv": revision, "start": key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
+    let bad = || ApiError::BadRequest(format!("continue key is not valid: {token:?}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((v["rv"].as_u64().ok_or_else(bad)?, v["start"].as_str().ok_or_else(bad)?.to_string()))
+}
+
+/// Wait (up to 3 s, as kube-apiserver does) until the store has reached `revision`.
+pub async fn wait_for_revision(store: &Store, revision: u64) -> Result<(), ApiError> {
+    let mut rx = store.cache().subscribe();
+    let wait = async {
+        while *rx.borrow_and_update() < revision {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), wait)
+        .await
+        .map_err(|_| ApiError::Timeout(format!("Too large resource version: {revision}, current: {}", store.cache().revision())))
+}
+
+/// LIST: one page of a collection.
+pub async fn list(store: &Store, res: &Resource, ns: Option<&str>, p: &Params) -> Result<Value, ApiError> {
+    let filter = Filter::from_params(res, p)?;
+    let prefix = res.prefix(ns);
+    let (at, after) = match p.continue_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) => {
+            let (rv, key) = decode_continue(token)?;
+            if !key.starts_with(&prefix) {
+                return Err(ApiError::BadRequest("continue key does not belong to this list".into()));
+            }
+            (Some(rv), Some(key))
+        }
+        None => {
+            let at = match (p.revision()?, p.resource_version_match.as_deref()) {
+                (Some(rv), Some("Exact")) => Some(rv),
+                (Some(rv), _) => {
+                    wait_for_revision(store, rv).await?;
+                    None
+                }
+                (None, _) => None,
+            };
+            (at, None)
+        }
+    };
+    let page = store
+        .cache()
+        .list(&prefix, after.as_deref(), at, p.limit, &|o| filter.matches(o))
+        .map_err(|e| {
+            if after.is_some() {
+                ApiError::Expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into())
+            } else {
+                ApiError::Expired(e.to_string())
+            }
+        })?;
+    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(key) = page.continue_after {
+        metadata["continue"] = json!(encode_continue(page.revision, &key));
+    }
+    Ok(json!({
+        "kind": format!("{}List", res.kind),
+        "apiVersion": res.api_version(),
+        "metadata": metadata,
+        "items": page.items.iter().map(|o| o.as_ref()).collect::<Vec<_>>(),
+    }))
+}
+
+/// GET one object.
+pub fn get(store: &Store, res: &Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
+    store
+        .cache()
+        .get(&res.key(ns, name))
+        .map(|o| (*o).clone())
+        .ok_or_else(|| not_found(res, name))
+}
+
+/// Kinds whose status a create request cannot set (their status subresource owns it).
+fn create_resets_status(res: &Resource) -> bool {
+    res.status && !matches!(res.kind, "Node" | "Namespace")
+}
+
+/// CREATE. Returns the stored object.
+pub async fn create(store: &Store, res: &Resource, ns: Option<&str>, mut obj: Value, p: &Params) -> Result<Value, ApiError> {
+    check_type(res, &mut obj)?;
+    let namespace = if res.namespaced {
+        let path_ns = ns.unwrap_or("default");
+        match meta::namespace(&obj) {
+            "" => {}
+            body_ns if body_ns != path_ns => {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".into(),
+                ))
+            }
+            _ => {}
+        }
+        Some(path_ns.to_string())
+    } else {
+        None
+    };
+    let m = meta::meta_mut(&mut obj);
+    if let Some(ns) = &namespace {
+        m.insert("namespace".into(), json!(ns));
+    } else {
+        m.remove("namespace");
+    }
+    let has_name = m.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    if !has_name {
+        if let Some(g) = m.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+            let name = format!("{g}{}", meta::random_suffix());
+            m.insert("name".into(), json!(name));
+        }
+    }
+    m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    m.insert("creationTimestamp".into(), json!(meta::now()));
+    m.insert("generation".into(), json!(1));
+    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        m.remove(k);
+    }
+    if create_resets_status(res) {
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    if res.kind == "Job" {
+        validation::generate_job_selector(&mut obj);
+    }
+    let obj = prepare(res, obj, None)?;
+    let name = meta::name(&obj).to_string();
+    if p.is_dry_run() {
+        return Ok(obj);
+    }
+    store
+        .write(Request::Put {
+            key: res.key(namespace.as_deref().unwrap_or_default(), &name),
+            object: obj,
+            precondition: Precondition {
+                exists: Some(false),
+                namespace: if res.kind == "Namespace" { None } else { namespace.clone() },
+                ..Default::default()
+            },
+        })
+        .await
+        .map_err(|e| store_error(res, namespace.as_deref(), &name, e))
+}
+
+/// An object's `apiVersion`/`kind` must name the resource it is sent to (filled in when absent).
+fn check_type(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+    let Some(o) = obj.as_object_mut() else {
+        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+    };
+    let av = o.get("apiVersion").and_then(Value::as_str).map(String::from);
+    let kind = o.get("kind").and_then(Value::as_str).map(String::from);
+    if av.as_deref().is_some_and(|a| a != res.api_version()) || kind.as_deref().is_some_and(|k| k != res.kind) {
+        return Err(ApiError::BadRequest(format!(
+            "the API version in the data ({}) does not match the expected API version ({}) or kind ({}) does not match {}",
+            av.unwrap_or_default(),
+            res.api_version(),
+            kind.unwrap_or_default(),
+            res.kind
+        )));
+    }
+    o.insert("apiVersion".into(), json!(res.api_version()));
+    o.insert("kind".into(), json!(res.kind));
+    Ok(())
+}
+
+/// Which part of an object an update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The main resource: everything but status (for kinds with a status subresource).
+    Main,
+    /// The `/status` subresource: status only.
+    Status,
+    /// A server-side change made by the API server itself (binding, scale, finalize).
+    System,
+}
+
+/// Build the object to store from the old one and the client's candidate.
+fn merge_update(res: &Resource, old: &Value, mut new: Value, part: Part) -> Result<Value, ApiError> {
+    check_type(res, &mut new)?;
+    if part == Part::Status {
+        let mut merged = old.clone();
+        merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+        return Ok(merged);
+    }
+    let name = meta::name(old).to_string();
+    let body_name = meta::name(&new);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let body_ns = meta::namespace(&new);
+    if res.namespaced && !body_ns.is_empty() && body_ns != meta::namespace(old) {
+        return Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request".into(),
+        ));
+    }
+    if res.status && part == Part::Main {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(o) = new.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    }
+    let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
+    let m = meta::meta_mut(&mut new);
+    for k in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "generateName"] {
+        match old_meta.get(k) {
+            Some(v) => {
+                m.insert(k.into(), v.clone());
+            }
+            None => {
+                m.remove(k);
+            }
+        }
+    }
+    Ok(new)
+}
+
+/// The guaranteed-update loop: read the current object, let `mutate` produce
+/// the next one, validate, and write it conditioned on the revision read;
+/// retry on a lost race unless the client pinned a resourceVersion.
+pub async fn update_with<F>(store: &Store, res: &Resource, ns: &str, name: &str, part: Part, dry_run: bool, mutate: F) -> Result<Value, ApiError>
+where
+    F: Fn(&Value) -> Result<Value, ApiError>,
+{
+    let key = res.key(ns, name);
+    let ns_opt = res.namespaced.then_some(ns);
+    for _ in 0..UPDATE_RETRIES {
+        let old = store.cache().get(&key).ok_or_else(|| not_found(res, name))?;
+        let candidate = mutate(&old)?;
+        let pinned = match meta::resource_version(&candidate) {
+            "" => None,
+            s => Some(s.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {s:?}")))?),
+        };
+        if let Some(rv) = pinned {
+            if rv != revision_of(&old) {
+                return Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::Conflict { current: revision_of(&old) })));
+            }
+        }
+        let merged = merge_update(res, &old, candidate, part)?;
+        let mut new = prepare(res, merged, if part == Part::Main { Some(&old) } else { None })?;
+        if meta::spec_part(&new) != meta::spec_part(&old) {
+            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            meta::meta_mut(&mut new).insert("generation".into(), json!(generation));
+        }
+        meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(meta::resource_version(&old)));
+        let precondition = Precondition {
+            exists: Some(true),
+            resource_version: Some(revision_of(&old)),
+            ..Default::default()
+        };
+        if is_deleting(&new) && finalizers(&new).is_empty() && namespace_finalized(res, &new) {
+            if dry_run {
+                return Ok(new);
+            }
+            match store.write(Request::Delete { key: key.clone(), precondition }).await {
+                Ok(v) => return Ok(v),
+                Err(StoreError::Rejected(Rejection::Conflict { .. })) if pinned.is_none() => continue,
+                Err(e) => return Err(store_error(res, ns_opt, name, e)),
+            }
+        }
+        if new == *old || dry_run {
+            return Ok(new);
+        }
+        match store.write(Request::Put { key: key.clone(), object: new, precondition }).await {
+            Ok(v) => return Ok(v),
+            Err(StoreError::Rejected(Rejection::Conflict { .. })) if pinned.is_none() => continue,
+            Err(e) => return Err(store_error(res, ns_opt, name, e)),
+        }
+    }
+    Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::Conflict { current: 0 })))
+}
+
+/// A namespace is only removed once its `spec.finalizers` are cleared too.
+fn namespace_finalized(res: &Resource, obj: &Value) -> bool {
+    res.kind != "Namespace" || obj.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(|a| a.is_empty())
+}
+
+/// UPDATE (PUT) of the object or its status.
+pub async fn update(store: &Store, res: &Resource, ns: &str, name: &str, body: Value, part: Part, p: &Params) -> Result<Value, ApiError> {
+    update_with(store, res, ns, name, part, p.is_dry_run(), |_| Ok(body.clone())).await
+}
+
+/// The patch formats the API accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    Json,
+    Merge,
+    /// Applied as a JSON merge patch: lists are replaced, not merged by key.
+    StrategicMerge,
+    /// Server-side apply: creates the object when absent, then merges.
+    Apply,
+}
+
+impl PatchType {
+    pub fn from_content_type(ct: &str) -> Result<Self, ApiError> {
+        let ct = ct.split(';').next().unwrap_or_default().trim();
+        match ct {
+            "application/json-patch+json" => Ok(Self::Json),
+            "application/merge-patch+json" => Ok(Self::Merge),
+            "application/strategic-merge-patch+json" => Ok(Self::StrategicMerge),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(Self::Apply),
+            _ => Err(ApiError::UnsupportedMediaType(
+                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml".into(),
+            )),
+        }
+    }
+}
+
+/// Apply a patch document to `doc`.
+pub fn apply_patch(doc: &Value, ty: PatchType, patch: &Value) -> Result<Value, ApiError> {
+    let mut out = doc.clone();
+    match ty {
+        PatchType::Json => {
+            let p: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(&mut out, &p).map_err(|e| ApiError::Invalid {
+                kind: String::new(),
+                name: meta::name(doc).into(),
+                errors: vec![crate::api::FieldError::invalid("patch", "", e.to_string())],
+            })?;
+        }
+        PatchType::Merge | PatchType::StrategicMerge | PatchType::Apply => {
+            if !patch.is_object() {
+                return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+            }
+            json_patch::merge(&mut out, patch);
+        }
+    }
+    Ok(out)
+}
+
+/// PATCH of the object or its status.
+pub async fn patch(store: &Store, res: &Resource, ns: &str, name: &str, ty: PatchType, body: Value, part: Part, p: &Params) -> Result<(Value, bool), ApiError> {
+    if ty == PatchType::Apply && part == Part::Main && store.cache().get(&res.key(ns, name)).is_none() {
+        let mut obj = body;
+        meta::meta_mut(&mut obj).insert("name".into(), json!(name));
+        let created = create(store, res, res.namespaced.then_some(ns), obj, p).await?;
+        return Ok((created, true));
+    }
+    let updated = update_with(store, res, ns, name, part, p.is_dry_run(), |old| {
+        let mut patched = apply_patch(old, ty, &body)?;
+        // A resourceVersion only pins the write when the patch itself carries one.
+        let pinned = body.pointer("/metadata/resourceVersion").is_some()
+            || (ty == PatchType::Json && meta::resource_version(&patched) != meta::resource_version(old));
+        if !pinned {
+            meta::meta_mut(&mut patched).remove("resourceVersion");
+        }
+        Ok(patched)
+    })
+    .await?;
+    Ok((updated, false))
+}
+
+/// DELETE options (the body of a delete request).
+#[derive(Debug, Default)]
+pub struct DeleteOptions {
+    pub uid: Option<String>,
+    pub resource_version: Option<u64>,
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    pub fn from_body(body: Option<&Value>, p: &Params) -> Result<Self, ApiError> {
+        let mut o = DeleteOptions { dry_run: p.is_dry_run(), ..Default::default() };
+        if let Some(b) = body {
+            o.uid = b.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
+            if let Some(rv) = b.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+                o.resource_version = Some(rv.parse().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?);
+            }
+            if b.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|d| d == "All")) {
+                o.dry_run = true;
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// DELETE one object. Objects with finalizers (and namespaces, whose content
+/// must go first) are only marked with `deletionTimestamp`; the last
+/// finalizer's removal deletes them.
+pub async fn delete(store: &Store, res: &Resource, ns: &str, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    let key = res.key(ns, name);
+    let ns_opt = res.namespaced.then_some(ns);
+    for _ in 0..UPDATE_RETRIES {
+        let old = store.cache().get(&key).ok_or_else(|| not_found(res, name))?;
+        if let Some(uid) = &opts.uid {
+            if old.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                return Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::UidMismatch {
+                    current: old.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().into(),
+                })));
+            }
+        }
+        if let Some(rv) = opts.resource_version {
+            if rv != revision_of(&old) {
+                return Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::Conflict { current: revision_of(&old) })));
+            }
+        }
+        let precondition = Precondition {
+            exists: Some(true),
+            resource_version: Some(revision_of(&old)),
+            uid: opts.uid.clone(),
+            ..Default::default()
+        };
+        let graceful = !finalizers(&old).is_empty() || !namespace_finalized(res, &old);
+        let result = if graceful {
+            if is_deleting(&old) || opts.dry_run {
+                return Ok((*old).clone());
+            }
+            let mut marked = (*old).clone();
+            let m = meta::meta_mut(&mut marked);
+            m.insert("deletionTimestamp".into(), json!(meta::now()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            if res.kind == "Namespace" {
+                marked["status"] = json!({"phase": "Terminating"});
+            }
+            store.write(Request::Put { key: key.clone(), object: marked, precondition }).await
+        } else {
+            if opts.dry_run {
+                return Ok((*old).clone());
+            }
+            store.write(Request::Delete { key: key.clone(), precondition }).await
+        };
+        match result {
+            Ok(v) => return Ok(v),
+            Err(StoreError::Rejected(Rejection::Conflict { .. })) if opts.resource_version.is_none() => continue,
+            Err(e) => return Err(store_error(res, ns_opt, name, e)),
+        }
+    }
+    Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::Conflict { current: 0 })))
+}
+
+/// DELETE a collection: every object the selectors match. Returns them as a list.
+pub async fn delete_collection(store: &Store, res: &Resource, ns: Option<&str>, p: &Params, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    let filter = Filter::from_params(res, p)?;
+    let page = store
+        .cache()
+        .list(&res.prefix(ns), None, None, None, &|o| filter.matches(o))
+        .map_err(|e| ApiError::Expired(e.to_string()))?;
+    let mut deleted = Vec::new();
+    for obj in page.items {
+        match delete(store, res, meta::namespace(&obj), meta::name(&obj), opts).await {
+            Ok(v) => deleted.push(v),
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!({
+        "kind": format!("{}List", res.kind),
+        "apiVersion": res.api_version(),
+        "metadata": {"resourceVersion": store.cache().revision().to_string()},
+        "items": deleted,
+    }))
+}
+
+/// The `autoscaling/v1` Scale view of a workload.
+pub fn scale_of(res: &Resource, obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector")
+        .and_then(|s| LabelSelector::from_object(s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta::name(obj),
+            "namespace": meta::namespace(obj),
+            "uid": obj.pointer("/metadata/uid"),
+            "resourceVersion": meta::resource_version(obj),
+            "creationTimestamp": obj.pointer("/metadata/creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(if res.kind == "Deployment" { 1 } else { 0 })},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector,
+        },
+    })
+}
+
+/// PUT or PATCH of `/scale`: `scale_body` computes the new Scale from the current one.
+pub async fn update_scale<F>(store: &Store, res: &Resource, ns: &str, name: &str, dry_run: bool, scale_body: F) -> Result<Value, ApiError>
+where
+    F: Fn(&Value) -> Result<Value, ApiError>,
+{
+    let updated = update_with(store, res, ns, name, Part::System, dry_run, |old| {
+        let scale = scale_body(&scale_of(res, old))?;
+        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| ApiError::Invalid {
+            kind: "Scale".into(),
+            name: name.into(),
+            errors: vec![crate::api::FieldError::required("spec.replicas")],
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::Invalid {
+                kind: "Scale".into(),
+                name: name.into(),
+                errors: vec![crate::api::FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
+            });
+        }
+        let mut new = old.clone();
+        new["spec"]["replicas"] = json!(replicas);
+        new["metadata"]["resourceVersion"] = json!(scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default());
+        Ok(new)
+    })
+    .await?;
+    Ok(scale_of(res, &updated))
+}
+
+/// POST `pods/{name}/binding`: assign a pod to a node, once.
+pub async fn bind(store: &Store, ns: &str, name: &str, binding: Value) -> Result<Value, ApiError> {
+    let res = resources::lookup("pods").expect("pods are served");
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::Invalid { kind: "Binding".into(), name: name.into(), errors: vec![crate::api::FieldError::required("target.name")] })?
+        .to_string();
+    update_with(store, res, ns, name, Part::System, false, |old| {
+        match old.pointer("/spec/nodeName").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() => Err(ApiError::Conflict {
+                resource: "pods/binding".into(),
+                name: name.into(),
+                detail: format!("pod {name} is already assigned to node {n:?}"),
+            }),
+            _ => {
+                let mut new = old.clone();
+                new["spec"]["nodeName"] = json!(node);
+                Ok(new)
+            }
+        }
+    })
+    .await?;
+    Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+}
+
+/// PUT `namespaces/{name}/finalize`: replace `spec.finalizers`.
+pub async fn finalize_namespace(store: &Store, name: &str, body: Value) -> Result<Value, ApiError> {
+    let res = resources::lookup("namespaces").expect("namespaces are served");
+    let finalizers = body.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+    update_with(store, res, "", name, Part::System, false, |old| {
+        let mut new = old.clone();
+        new["spec"]["finalizers"] = finalizers.clone();
+        Ok(new)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let t = encode_continue(42, "core/pods/default/a");
+        assert_eq!(decode_continue(&t).unwrap(), (42, "core/pods/default/a".to_string()));
+        assert!(decode_continue("!!").is_err());
+    }
+
+    #[test]
+    fn patches_apply_in_each_format() {
+        let doc = json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}, "spec": {"replicas": 1}});
+        let merged = apply_patch(&doc, PatchType::Merge, &json!({"metadata": {"labels": {"y": null, "z": "3"}}})).unwrap();
+        assert_eq!(merged["metadata"]["labels"], json!({"x": "1", "z": "3"}));
+        let patched = apply_patch(&doc, PatchType::Json, &json!([{"op": "replace", "path": "/spec/replicas", "value": 5}])).unwrap();
+        assert_eq!(patched["spec"]["replicas"], 5);
+        assert!(apply_patch(&doc, PatchType::Json, &json!([{"op": "test", "path": "/spec/replicas", "value": 9}])).is_err());
+        assert!(PatchType::from_content_type("text/plain").is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! The Kubernetes-shaped HTTP API (axum).
+//!
+//! Paths, verbs and JSON follow kube-apiserver: `/api/v1/...` for the core
+//! group, `/apis/{group}/{version}/...` for the others, `metav1.Status` for
+//! errors. Every request but `/version`, `/healthz`, `/readyz` and `/livez`
+//! needs the bearer token. Raft peers talk to `/raft/*` with the same token.
+
+pub mod discovery;
+pub mod handlers;
+pub mod request;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::Value;
+
+use crate::api::ApiError;
+use crate::store::Store;
+
+use handlers::{DeleteOptions, Part, PatchType};
+use request::{Params, Target};
+
+/// Shared state of every handler.
+pub struct ApiState {
+    pub store: Store,
+    /// The bearer token every client must present.
+    pub token: String,
+    /// How often idle watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// The address clients reach this server at (for `/api` discovery).
+    pub advertise: String,
+}
+
+/// An [`ApiError`] as an HTTP response.
+pub struct Failure(pub ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.0.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(self.0.to_status())).into_response()
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, Json(v)).into_response()
+}
+
+/// Build the router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let authed = Router::new()
+        .route("/api", get(discovery::api_versions))
+        .route("/apis", get(discovery::api_groups))
+        .route("/wk/v1/snapshot", get(snapshot))
+        .route("/raft/append", post(raft_append))
+        .route("/raft/vote", post(raft_vote))
+        .route("/raft/snapshot", post(raft_snapshot))
+        .fallback(dispatch)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/version", get(discovery::version))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(ready))
+        .merge(authed)
+        .with_state(state)
+}
+
+async fn authenticate(State(state): State<Arc<ApiState>>, req: HttpRequest, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), state.token.as_bytes()));
+    if ok {
+        next.run(req).await
+    } else {
+        Failure(ApiError::Unauthorized).into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    let m = state.store.raft().metrics().borrow().clone();
+    if m.current_leader.is_some() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no raft leader").into_response()
+    }
+}
+
+async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
+    match serde_json::to_vec(&state.store.snapshot()) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => Failure(ApiError::Internal(format!("encode snapshot: {e}"))).into_response(),
+    }
+}
+
+async fn raft_append(State(state): State<Arc<ApiState>>, Json(req): Json<openraft::raft::AppendEntriesRequest<crate::store::TypeConfig>>) -> Response {
+    Json(state.store.raft().append_entries(req).await).into_response()
+}
+
+async fn raft_vote(State(state): State<Arc<ApiState>>, Json(req): Json<openraft::raft::VoteRequest<crate::store::NodeId>>) -> Response {
+    Json(state.store.raft().vote(req).await).into_response()
+}
+
+async fn raft_snapshot(State(state): State<Arc<ApiState>>, Json(req): Json<openraft::raft::InstallSnapshotRequest<crate::store::TypeConfig>>) -> Response {
+    Json(state.store.raft().install_snapshot(req).await).into_response()
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json")
+}
+
+async fn dispatch(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap, req: HttpRequest) -> Response {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(String::from);
+    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return Failure(ApiError::BadRequest(format!("reading request body: {e}"))).into_response(),
+    };
+    match serve(&state, &method, &headers, &path, query.as_deref(), body).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.code() >= 500 {
+                tracing::warn!(%method, %path, error = %e, "request failed");
+            }
+            Failure(e).into_response()
+        }
+    }
+}
+
+async fn serve(state: &ApiState, method: &Method, headers: &HeaderMap, path: &str, query: Option<&str>, body: Bytes) -> Result<Response, ApiError> {
+    let target = request::parse_path(path)?;
+    let (res, namespace, name, sub, watch_path) = match target {
+        Target::GroupVersion { group, version } if *method == Method::GET => {
+            return discovery::resource_list(&group, &version).map(|v| json_response(StatusCode::OK, &v));
+        }
+        Target::Group { group } if *method == Method::GET => {
+            return discovery::group(&group).map(|v| json_response(StatusCode::OK, &v));
+        }
+        Target::Resource { res, namespace, name, sub, watch_path } => (res, namespace, name, sub, watch_path),
+        _ => return Err(ApiError::MethodNotAllowed),
+    };
+    let p = Params::parse(query)?;
+    let store = &state.store;
+    let ns = namespace.as_deref();
+    let ns_str = if res.namespaced { ns.unwrap_or("default") } else { "" };
+    let ct = content_type(headers);
+    let decoded = || request::decode_body(ct, &body);
+    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+
+    match (method.clone(), name.as_deref(), sub.as_deref()) {
+        (Method::GET, None, None) if p.is_watch() || watch_path => {
+            let body = watch::watch(store, res, ns, &p, state.bookmark_interval)?;
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CACHE_CONTROL, "no-cache, private")
+                .body(body)
+                .map_err(|e| ApiError::Internal(e.to_string()))?)
+        }
+        (Method::GET, None, None) => ok(handlers::list(store, res, ns, &p).await?),
+        (Method::POST, None, None) => {
+            let created = handlers::create(store, res, ns, decoded()?, &p).await?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        (Method::DELETE, None, None) => {
+            let b = if body.is_empty() { None } else { Some(decoded()?) };
+            let opts = DeleteOptions::from_body(b.as_ref(), &p)?;
+            ok(handlers::delete_collection(store, res, ns, &p, &opts).await?)
+        }
+        (Method::GET, Some(n), None) => ok(handlers::get(store, res, ns_str, n)?),
+        (Method::PUT, Some(n), None) => ok(handlers::update(store, res, ns_str, n, decoded()?, Part::Main, &p).await?),
+        (Method::PATCH, Some(n), None) | (Method::PATCH, Some(n), Some("status")) => {
+            let part = if sub.is_some() { Part::Status } else { Part::Main };
+            if part == Part::Status && !res.status {
+                return Err(ApiError::NotFound { resource: format!("{}/status", res.plural), name: n.into() });
+            }
+            let ty = PatchType::from_content_type(ct)?;
+            let patch_body = request::decode_body(if ty == PatchType::Apply { "yaml" } else { "json" }, &body)?;
+            let (v, created) = handlers::patch(store, res, ns_str, n, ty, patch_body, part, &p).await?;
+            Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &v))
+        }
+        (Method::DELETE, Some(n), None) => {
+            let b = if body.is_empty() { None } else { Some(decoded()?) };
+            let opts = DeleteOptions::from_body(b.as_ref(), &p)?;
+            ok(handlers::delete(store, res, ns_str, n, &opts).await?)
+        }
+        (Method::GET, Some(n), Some("status")) if res.status => ok(handlers::get(store, res, ns_str, n)?),
+        (Method::PUT, Some(n), Some("status")) if res.status => ok(handlers::update(store, res, ns_str, n, decoded()?, Part::Status, &p).await?),
+        (Method::GET, Some(n), Some("scale")) if res.scale => ok(handlers::scale_of(res, &handlers::get(store, res, ns_str, n)?)),
+        (Method::PUT, Some(n), Some("scale")) if res.scale => {
+            let scale = decoded()?;
+            ok(handlers::update_scale(store, res, ns_str, n, p.is_dry_run(), |_| Ok(scale.clone())).await?)
+        }
+        (Method::PATCH, Some(n), Some("scale")) if res.scale => {
+            let ty = PatchType::from_content_type(ct)?;
+            let patch_body = decoded()?;
+            ok(handlers::update_scale(store, res, ns_str, n, p.is_dry_run(), |current| {
+                let mut s = handlers::apply_patch(current, ty, &patch_body)?;
+                if patch_body.pointer("/metadata/resourceVersion").is_none() {
+                    s["metadata"]["resourceVersion"] = Value::String(String::new());
+                }
+                Ok(s)
+            })
+            .await?)
+        }
+        (Method::POST, Some(n), Some("binding")) if res.kind == "Pod" => {
+            Ok(json_response(StatusCode::CREATED, &handlers::bind(store, ns_str, n, decoded()?).await?))
+        }
+        (Method::PUT, Some(n), Some("finalize")) if res.kind == "Namespace" => ok(handlers::finalize_namespace(store, n, decoded()?).await?),
+        (_, Some(n), Some(s)) if !matches!(s, "status" | "scale" | "binding" | "finalize") => Err(ApiError::NotFound {
+            resource: format!("{}/{s}", res.plural),
+            name: n.into(),
+        }),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}

@@ -1,0 +1,116 @@
+//! WATCH: newline-delimited JSON events, as kube-apiserver streams them.
+//!
+//! Each watch runs in its own task with its own cursor into the store's
+//! change window, feeding a bounded channel to the HTTP body. A slow client
+//! only ever blocks its own task; if it falls out of the window it gets a
+//! 410 `Expired` ERROR event and the stream ends, as Kubernetes does.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::api::resources::Resource;
+use crate::api::ApiError;
+use crate::store::{ChangeKind, Store};
+
+use super::handlers::Filter;
+use super::request::Params;
+
+/// Changes read from the window per step.
+const BATCH: usize = 512;
+/// Default lifetime of a watch without `timeoutSeconds`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+fn line(event_type: &str, object: &Value) -> Bytes {
+    let mut s = serde_json::to_string(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// Start a watch and return the streaming body.
+pub fn watch(store: &Store, res: &'static Resource, ns: Option<&str>, p: &Params, bookmark_interval: Duration) -> Result<Body, ApiError> {
+    let filter = Filter::from_params(res, p)?;
+    let prefix = res.prefix(ns);
+    let start = p.revision()?;
+    let bookmarks = p.bookmarks();
+    let timeout = p.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
+    let cache = store.cache().clone();
+
+    // Without a resourceVersion: the current state as ADDED events, then changes.
+    let (initial, mut cursor) = match start {
+        None => {
+            let page = cache
+                .list(&prefix, None, None, None, &|o| filter.matches(o))
+                .map_err(|e| ApiError::Expired(e.to_string()))?;
+            (page.items, page.revision)
+        }
+        Some(rv) => (Vec::new(), rv),
+    };
+
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        for obj in initial {
+            if tx.send(Ok(line("ADDED", &obj))).await.is_err() {
+                return;
+            }
+        }
+        let mut revisions = cache.subscribe();
+        let mut bookmark = tokio::time::interval(bookmark_interval);
+        bookmark.tick().await;
+        loop {
+            let (changes, current) = match cache.changes_after(cursor, BATCH) {
+                Ok(x) => x,
+                Err(e) => {
+                    let status = ApiError::Expired(e.to_string()).to_status();
+                    let _ = tx.send(Ok(line("ERROR", &status))).await;
+                    return;
+                }
+            };
+            let complete = changes.len() < BATCH;
+            for c in &changes {
+                cursor = c.revision;
+                if !c.key.starts_with(&prefix) {
+                    continue;
+                }
+                let now = c.kind != ChangeKind::Deleted && filter.matches(&c.object);
+                let before = c.prev.as_deref().is_some_and(|p| filter.matches(p));
+                let event = match (c.kind, before, now) {
+                    (ChangeKind::Deleted, true, _) => Some("DELETED"),
+                    (ChangeKind::Deleted, false, _) => None,
+                    (_, true, true) => Some("MODIFIED"),
+                    (_, false, true) => Some("ADDED"),
+                    (_, true, false) => Some("DELETED"),
+                    (_, false, false) => None,
+                };
+                if let Some(t) = event {
+                    if tx.send(Ok(line(t, &c.object))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if complete {
+                // Everything up to `current` has been seen.
+                cursor = cursor.max(current);
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { return },
+                    _ = bookmark.tick() => {
+                        if bookmarks {
+                            let obj = json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": {"resourceVersion": cursor.to_string()}});
+                            if tx.send(Ok(line("BOOKMARK", &obj))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    _ = &mut deadline => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    });
+    Ok(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
