@@ -5,6 +5,7 @@
 pub mod store;
 pub mod api;
 pub mod apiserver;
+pub mod cli;
 pub mod client;
 pub mod controllers;
 pub mod server;

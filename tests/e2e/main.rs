@@ -1,0 +1,9 @@
+//! Integration tests: real `wk server` processes on loopback, real redb files,
+//! driven over HTTP, with kube-rs and with the `wkctl` binary.
+
+mod api;
+mod cli;
+mod durability;
+mod kube_client;
+mod util;
+mod watch;

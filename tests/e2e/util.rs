@@ -1,0 +1,224 @@
+//! Test fixtures: real `wk server` processes on free loopback ports with fresh
+//! data directories, driven over HTTP, with kube-rs, or with the real `wkctl`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use wasmkube::client::{Client, Kubeconfig};
+
+pub const WK: &str = env!("CARGO_BIN_EXE_wk");
+pub const WKCTL: &str = env!("CARGO_BIN_EXE_wkctl");
+
+/// A running `wk server`.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub url: String,
+    pub token: String,
+    args: Vec<String>,
+}
+
+/// Configures a server before it starts.
+#[derive(Default)]
+pub struct ServerBuilder {
+    args: Vec<String>,
+    dir: Option<PathBuf>,
+}
+
+impl ServerBuilder {
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+
+    /// Use an existing data directory (restored snapshots, restarts).
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub async fn start(self) -> Server {
+        let (dir, tmp) = match self.dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let mut s = Server { child: None, dir, _tmp: tmp, url: String::new(), token: String::new(), args: self.args };
+        s.spawn().await;
+        s
+    }
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    pub async fn start() -> Server {
+        Self::builder().start().await
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig.yaml")
+    }
+
+    async fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let _ = std::fs::remove_file(self.kubeconfig());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
+        let child = Command::new(WK)
+            .args(["server", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&self.args)
+            .env("WK_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start wk server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let kc = loop {
+            if let Ok(kc) = Kubeconfig::load(&self.kubeconfig()) {
+                break kc;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("wk server exited with {status}: {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "wk server did not start: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.url = kc.server;
+        self.token = kc.token;
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", self.url)).await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "wk server never became ready: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start again on the same data directory (the port changes).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.url.clone(), self.token.clone())
+    }
+
+    /// Raw request; returns the status code and the JSON body.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(method, path, body, "application/json").await
+    }
+
+    pub async fn call_as(&self, method: Method, path: &str, body: Option<Value>, content_type: &str) -> (u16, Value) {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.header("content-type", content_type).body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Run the real wkctl against this server.
+    pub fn wkctl(&self, args: &[&str]) -> Output {
+        self.wkctl_stdin(args, None)
+    }
+
+    pub fn wkctl_stdin(&self, args: &[&str], input: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(WKCTL)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run wkctl");
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(i) = input {
+            stdin.write_all(i.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A ConfigMap manifest.
+pub fn configmap(name: &str, value: &str) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": value}})
+}
+
+/// Poll `f` until it returns Some, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
