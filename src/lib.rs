@@ -2,10 +2,10 @@
 //!
 //! # Layout
 //! - [`store`]: the replicated object store (openraft over redb) and the watch cache.
-pub mod store;
 pub mod api;
 pub mod apiserver;
 pub mod cli;
 pub mod client;
 pub mod controllers;
 pub mod server;
+pub mod store;

@@ -15,7 +15,8 @@ use crate::client::{Client, Kubeconfig};
 use crate::store::{Store, StoreConfig, StoreError};
 
 /// Namespaces that exist from the start.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,9 @@ pub fn default_data_dir() -> PathBuf {
     if is_root.unwrap_or(false) {
         return PathBuf::from("/var/lib/wasmkube");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/wasmkube")
 }
 
@@ -83,7 +86,10 @@ pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
 /// Read the admin token, creating a random one on first start.
 fn admin_token(data_dir: &Path) -> Result<String, ServerError> {
     let path = data_dir.join("token");
-    let io = |source| ServerError::DataDir { path: path.clone(), source };
+    let io = |source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
         _ => {
@@ -95,7 +101,8 @@ fn admin_token(data_dir: &Path) -> Result<String, ServerError> {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
             }
             std::fs::rename(&tmp, &path).map_err(io)?;
             Ok(token)
@@ -112,7 +119,12 @@ async fn ensure_namespaces(store: &Store) -> Result<(), ServerError> {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         match handlers::create(store, res, None, ns, &Params::default()).await {
             Ok(_) | Err(crate::api::ApiError::AlreadyExists { .. }) => {}
-            Err(source) => return Err(ServerError::Bootstrap { name: name.to_string(), source }),
+            Err(source) => {
+                return Err(ServerError::Bootstrap {
+                    name: name.to_string(),
+                    source,
+                })
+            }
         }
     }
     Ok(())
@@ -120,19 +132,42 @@ async fn ensure_namespaces(store: &Store) -> Result<(), ServerError> {
 
 /// Run the server until `shutdown` resolves, then stop cleanly: in-flight
 /// requests finish, and every acknowledged write is already on disk.
-pub async fn run(config: ServerConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
     let token = admin_token(dir)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let bound = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let advertise = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
 
     let store = Store::open(
         &dir.join("raft"),
-        &StoreConfig { node_id: 1, advertise: advertise.clone(), history: config.watch_history, peer_token: token.clone() },
+        &StoreConfig {
+            node_id: 1,
+            advertise: advertise.clone(),
+            history: config.watch_history,
+            peer_token: token.clone(),
+        },
     )
     .await?;
     ensure_namespaces(&store).await?;
@@ -147,7 +182,12 @@ pub async fn run(config: ServerConfig, shutdown: impl std::future::Future<Output
 
     let server_url = format!("http://{advertise}");
     let kubeconfig = kubeconfig_path(dir);
-    Kubeconfig { server: server_url.clone(), token: token.clone(), namespace: None }.write(&kubeconfig)?;
+    Kubeconfig {
+        server: server_url.clone(),
+        token: token.clone(),
+        namespace: None,
+    }
+    .write(&kubeconfig)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let client = Client::new(server_url.clone(), token);

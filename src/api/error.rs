@@ -22,27 +22,50 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Required, detail: String::new() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Required,
+            detail: String::new(),
+        }
     }
 
-    pub fn invalid(field: impl Into<String>, value: impl ToString, detail: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Invalid(value.to_string()), detail: detail.into() }
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl ToString,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Invalid(value.to_string()),
+            detail: detail.into(),
+        }
     }
 
     pub fn not_supported(field: impl Into<String>, value: impl ToString, allowed: &[&str]) -> Self {
         Self {
             field: field.into(),
-            kind: FieldErrorKind::NotSupported(value.to_string(), allowed.iter().map(|s| s.to_string()).collect()),
+            kind: FieldErrorKind::NotSupported(
+                value.to_string(),
+                allowed.iter().map(|s| s.to_string()).collect(),
+            ),
             detail: String::new(),
         }
     }
 
     pub fn duplicate(field: impl Into<String>, value: impl ToString) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Duplicate(value.to_string()), detail: String::new() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Duplicate(value.to_string()),
+            detail: String::new(),
+        }
     }
 
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Forbidden, detail: detail.into() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Forbidden,
+            detail: detail.into(),
+        }
     }
 
     fn reason(&self) -> &'static str {
@@ -57,13 +80,23 @@ impl FieldError {
 
     /// The message without the field path.
     fn body(&self) -> String {
-        let with_detail = |s: String| if self.detail.is_empty() { s } else { format!("{s}: {}", self.detail) };
+        let with_detail = |s: String| {
+            if self.detail.is_empty() {
+                s
+            } else {
+                format!("{s}: {}", self.detail)
+            }
+        };
         match &self.kind {
             FieldErrorKind::Required => with_detail("Required value".into()),
             FieldErrorKind::Invalid(v) => with_detail(format!("Invalid value: {v:?}")),
             FieldErrorKind::NotSupported(v, allowed) => format!(
                 "Unsupported value: {v:?}: supported values: {}",
-                allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+                allowed
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             FieldErrorKind::Duplicate(v) => format!("Duplicate value: {v:?}"),
             FieldErrorKind::Forbidden => format!("Forbidden: {}", self.detail),
@@ -85,20 +118,34 @@ pub enum ApiError {
     #[error("{resource} {name:?} already exists")]
     AlreadyExists { resource: String, name: String },
     #[error("Operation cannot be fulfilled on {resource} {name:?}: {detail}")]
-    Conflict { resource: String, name: String, detail: String },
+    Conflict {
+        resource: String,
+        name: String,
+        detail: String,
+    },
     #[error("{kind} {name:?} is invalid: {}", join_errors(.errors))]
-    Invalid { kind: String, name: String, errors: Vec<FieldError> },
+    Invalid {
+        kind: String,
+        name: String,
+        errors: Vec<FieldError>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("Unauthorized")]
     Unauthorized,
     #[error("{resource} {name:?} is forbidden: {detail}")]
-    Forbidden { resource: String, name: String, detail: String },
+    Forbidden {
+        resource: String,
+        name: String,
+        detail: String,
+    },
     #[error("{0}")]
     Expired(String),
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
-    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {0}"
+    )]
     UnsupportedMediaType(String),
     #[error("{0}")]
     Timeout(String),
@@ -111,7 +158,13 @@ pub enum ApiError {
 fn join_errors(errors: &[FieldError]) -> String {
     match errors {
         [one] => one.to_string(),
-        many => format!("[{}]", many.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")),
+        many => format!(
+            "[{}]",
+            many.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -205,9 +258,15 @@ mod tests {
             name: "x".into(),
             errors: vec![FieldError::required("spec.containers[0].image")],
         };
-        assert_eq!(one.to_string(), "Pod \"x\" is invalid: spec.containers[0].image: Required value");
+        assert_eq!(
+            one.to_string(),
+            "Pod \"x\" is invalid: spec.containers[0].image: Required value"
+        );
         assert_eq!(one.to_status()["code"], 422);
-        assert_eq!(one.to_status()["details"]["causes"][0]["field"], "spec.containers[0].image");
+        assert_eq!(
+            one.to_status()["details"]["causes"][0]["field"],
+            "spec.containers[0].image"
+        );
         let two = ApiError::Invalid {
             kind: "Pod".into(),
             name: "x".into(),
@@ -224,7 +283,10 @@ mod tests {
 
     #[test]
     fn not_found_matches_kubernetes_wording() {
-        let e = ApiError::NotFound { resource: "deployments.apps".into(), name: "web".into() };
+        let e = ApiError::NotFound {
+            resource: "deployments.apps".into(),
+            name: "web".into(),
+        };
         assert_eq!(e.to_string(), "deployments.apps \"web\" not found");
         let s = e.to_status();
         assert_eq!(s["reason"], "NotFound");

@@ -41,25 +41,234 @@ macro_rules! res {
 
 /// Every served resource.
 pub static RESOURCES: &[Resource] = &[
-    res!("", "v1", "Namespace", "namespaces", "namespace", ["ns"], false, true, false, NONE),
-    res!("", "v1", "Pod", "pods", "pod", ["po"], true, true, false, ALL),
-    res!("", "v1", "Service", "services", "service", ["svc"], true, true, false, ALL),
-    res!("", "v1", "Endpoints", "endpoints", "endpoints", ["ep"], true, false, false, NONE),
-    res!("", "v1", "ConfigMap", "configmaps", "configmap", ["cm"], true, false, false, NONE),
-    res!("", "v1", "Secret", "secrets", "secret", [], true, false, false, NONE),
-    res!("", "v1", "Node", "nodes", "node", ["no"], false, true, false, NONE),
-    res!("", "v1", "Event", "events", "event", ["ev"], true, false, false, NONE),
-    res!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", ["pv"], false, true, false, NONE),
-    res!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", ["pvc"], true, true, false, NONE),
-    res!("apps", "v1", "Deployment", "deployments", "deployment", ["deploy"], true, true, true, ALL),
-    res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", ["rs"], true, true, true, ALL),
-    res!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", ["sts"], true, true, true, ALL),
-    res!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", ["ds"], true, true, false, ALL),
-    res!("batch", "v1", "Job", "jobs", "job", [], true, true, false, ALL),
-    res!("batch", "v1", "CronJob", "cronjobs", "cronjob", ["cj"], true, true, false, ALL),
-    res!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", ["ing"], true, true, false, NONE),
-    res!("coordination.k8s.io", "v1", "Lease", "leases", "lease", [], true, false, false, NONE),
-    res!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ["hpa"], true, true, false, ALL),
+    res!(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        ["ns"],
+        false,
+        true,
+        false,
+        NONE
+    ),
+    res!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        ["po"],
+        true,
+        true,
+        false,
+        ALL
+    ),
+    res!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        "service",
+        ["svc"],
+        true,
+        true,
+        false,
+        ALL
+    ),
+    res!(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        ["ep"],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        ["cm"],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "",
+        "v1",
+        "Secret",
+        "secrets",
+        "secret",
+        [],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        "node",
+        ["no"],
+        false,
+        true,
+        false,
+        NONE
+    ),
+    res!(
+        "",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        ["ev"],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        ["pv"],
+        false,
+        true,
+        false,
+        NONE
+    ),
+    res!(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        ["pvc"],
+        true,
+        true,
+        false,
+        NONE
+    ),
+    res!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        ["deploy"],
+        true,
+        true,
+        true,
+        ALL
+    ),
+    res!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        ["rs"],
+        true,
+        true,
+        true,
+        ALL
+    ),
+    res!(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        ["sts"],
+        true,
+        true,
+        true,
+        ALL
+    ),
+    res!(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        ["ds"],
+        true,
+        true,
+        false,
+        ALL
+    ),
+    res!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        "job",
+        [],
+        true,
+        true,
+        false,
+        ALL
+    ),
+    res!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        ["cj"],
+        true,
+        true,
+        false,
+        ALL
+    ),
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        "ingress",
+        ["ing"],
+        true,
+        true,
+        false,
+        NONE
+    ),
+    res!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        [],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        ["hpa"],
+        true,
+        true,
+        false,
+        ALL
+    ),
 ];
 
 impl Resource {
@@ -198,10 +407,17 @@ mod tests {
     fn keys_keep_scopes_apart() {
         let pods = lookup("pods").unwrap();
         assert_eq!(pods.key("default", "a"), "core/pods/default/a");
-        assert!(pods.key("default", "a").starts_with(&pods.prefix(Some("default"))));
-        assert!(!pods.key("default2", "a").starts_with(&pods.prefix(Some("default"))));
+        assert!(pods
+            .key("default", "a")
+            .starts_with(&pods.prefix(Some("default"))));
+        assert!(!pods
+            .key("default2", "a")
+            .starts_with(&pods.prefix(Some("default"))));
         let nodes = lookup("nodes").unwrap();
         assert_eq!(nodes.key("ignored", "n1"), "core/nodes//n1");
-        assert_eq!(lookup("deploy").unwrap().collection_path(Some("x")), "/apis/apps/v1/namespaces/x/deployments");
+        assert_eq!(
+            lookup("deploy").unwrap().collection_path(Some("x")),
+            "/apis/apps/v1/namespaces/x/deployments"
+        );
     }
 }

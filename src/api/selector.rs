@@ -40,7 +40,8 @@ fn valid_name_part(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Check a label key (`[prefix/]name`); returns why it is invalid.
@@ -104,7 +105,9 @@ fn value(v: &str) -> Result<String, SelectorError> {
 fn set_op(part: &str, op: &str) -> Option<(String, String)> {
     // `key in (a,b)` / `key notin (a,b)`, with whitespace around the operator.
     let needle = format!(" {op} ");
-    let idx = part.find(&needle).or_else(|| part.find(&format!(" {op}(")))?;
+    let idx = part
+        .find(&needle)
+        .or_else(|| part.find(&format!(" {op}(")))?;
     let (k, rest) = part.split_at(idx);
     let rest = rest.trim_start()[op.len()..].trim();
     Some((k.to_string(), rest.to_string()))
@@ -114,7 +117,9 @@ fn set_values(s: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
     let inner = s
         .strip_prefix('(')
         .and_then(|s| s.strip_suffix(')'))
-        .ok_or_else(|| SelectorError::Syntax(format!("{whole}: expected a parenthesised set of values")))?;
+        .ok_or_else(|| {
+            SelectorError::Syntax(format!("{whole}: expected a parenthesised set of values"))
+        })?;
     let values: Result<Vec<_>, _> = inner.split(',').map(value).collect();
     let mut values = values?;
     values.sort();
@@ -162,7 +167,10 @@ impl LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
-                reqs.push(Requirement::Equals(key(k)?, value(v.as_str().unwrap_or_default())?));
+                reqs.push(Requirement::Equals(
+                    key(k)?,
+                    value(v.as_str().unwrap_or_default())?,
+                ));
             }
         }
         if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
@@ -171,17 +179,28 @@ impl LabelSelector {
                 let mut vals: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 vals.sort();
                 vals.dedup();
-                let op = e.get("operator").and_then(Value::as_str).unwrap_or_default();
+                let op = e
+                    .get("operator")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 reqs.push(match op {
                     "In" => Requirement::In(k, vals),
                     "NotIn" => Requirement::NotIn(k, vals),
                     "Exists" => Requirement::Exists(k),
                     "DoesNotExist" => Requirement::DoesNotExist(k),
-                    other => return Err(SelectorError::Syntax(format!("{other:?} is not a valid label selector operator"))),
+                    other => {
+                        return Err(SelectorError::Syntax(format!(
+                            "{other:?} is not a valid label selector operator"
+                        )))
+                    }
                 });
             }
         }
@@ -254,7 +273,15 @@ const COMMON_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
 /// Extra field paths a kind supports, as in kube-apiserver.
 pub fn supported_fields(kind: &str) -> &'static [&'static str] {
     match kind {
-        "Pod" => &["spec.nodeName", "status.phase", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.podIP", "status.nominatedNodeName"],
+        "Pod" => &[
+            "spec.nodeName",
+            "status.phase",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
         "Event" => &[
             "involvedObject.kind",
             "involvedObject.namespace",
@@ -293,7 +320,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(SelectorError::Syntax(format!("invalid field selector: {part:?}")));
+                return Err(SelectorError::Syntax(format!(
+                    "invalid field selector: {part:?}"
+                )));
             };
             let path = path.trim();
             if !COMMON_FIELDS.contains(&path) && !supported_fields(kind).contains(&path) {
@@ -343,7 +372,10 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -368,16 +400,32 @@ mod tests {
             ("", true),
         ];
         for (sel, want) in cases {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&l), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&l),
+                want,
+                "{sel}"
+            );
         }
     }
 
     #[test]
     fn bad_selectors_are_rejected_with_the_reason() {
-        assert!(matches!(LabelSelector::parse("app in a,b"), Err(SelectorError::Syntax(_))));
-        assert!(matches!(LabelSelector::parse("-bad=x"), Err(SelectorError::InvalidKey(..))));
-        assert!(matches!(LabelSelector::parse("a=b c"), Err(SelectorError::InvalidValue(..))));
-        assert!(matches!(LabelSelector::parse("a=b,,c=d"), Err(SelectorError::Syntax(_))));
+        assert!(matches!(
+            LabelSelector::parse("app in a,b"),
+            Err(SelectorError::Syntax(_))
+        ));
+        assert!(matches!(
+            LabelSelector::parse("-bad=x"),
+            Err(SelectorError::InvalidKey(..))
+        ));
+        assert!(matches!(
+            LabelSelector::parse("a=b c"),
+            Err(SelectorError::InvalidValue(..))
+        ));
+        assert!(matches!(
+            LabelSelector::parse("a=b,,c=d"),
+            Err(SelectorError::Syntax(_))
+        ));
     }
 
     #[test]
@@ -395,8 +443,12 @@ mod tests {
         let pod = json!({"metadata": {"name": "a", "namespace": "ns"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
         let fs = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", "Pod").unwrap();
         assert!(fs.matches(&pod));
-        assert!(!FieldSelector::parse("spec.nodeName=", "Pod").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("metadata.name=a", "ConfigMap").unwrap().matches(&pod));
+        assert!(!FieldSelector::parse("spec.nodeName=", "Pod")
+            .unwrap()
+            .matches(&pod));
+        assert!(FieldSelector::parse("metadata.name=a", "ConfigMap")
+            .unwrap()
+            .matches(&pod));
         assert_eq!(
             FieldSelector::parse("spec.foo=bar", "Pod"),
             Err(SelectorError::UnsupportedField("spec.foo".into()))

@@ -32,7 +32,8 @@ pub fn check_dns_label(s: &str) -> Result<(), String> {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
     if ok {
         Ok(())
     } else {
@@ -56,7 +57,10 @@ fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
 }
 
 fn arr<'a>(v: &'a Value, path: &str) -> &'a [Value] {
-    get(v, path).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    get(v, path)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// Set `path` (a JSON pointer) to `value` when it is absent, creating parents.
@@ -79,7 +83,9 @@ pub fn default_at(v: &mut Value, path: &str, value: Value) {
             }
             return;
         }
-        cur = obj.entry(part.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        cur = obj
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
 }
 
@@ -90,12 +96,16 @@ fn decode<T: DeserializeOwned + Serialize>(res: &Resource, obj: Value) -> Result
             res.kind, res.version, res.kind
         ))
     })?;
-    serde_json::to_value(&typed).map_err(|e| ApiError::Internal(format!("encode {}: {e}", res.kind)))
+    serde_json::to_value(&typed)
+        .map_err(|e| ApiError::Internal(format!("encode {}: {e}", res.kind)))
 }
 
 /// Decode into the kind's k8s-openapi type and back: schema check plus the canonical form.
 fn canonical(res: &Resource, obj: Value) -> Result<Value, ApiError> {
-    use k8s_openapi::api::{apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core, networking::v1 as networking};
+    use k8s_openapi::api::{
+        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+        coordination::v1 as coordination, core::v1 as core, networking::v1 as networking,
+    };
     match res.kind {
         "Namespace" => decode::<core::Namespace>(res, obj),
         "Pod" => decode::<core::Pod>(res, obj),
@@ -136,7 +146,9 @@ pub fn prepare(res: &Resource, obj: Value, old: Option<&Value>) -> Result<Value,
     } else {
         Err(ApiError::Invalid {
             kind: res.kind.to_string(),
-            name: str_at(&obj, "/metadata/name").unwrap_or_default().to_string(),
+            name: str_at(&obj, "/metadata/name")
+                .unwrap_or_default()
+                .to_string(),
             errors: errs,
         })
     }
@@ -169,9 +181,17 @@ fn default_pod_spec(spec: &mut Value, restart_policy: Option<&str>) {
     for list in ["containers", "initContainers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
-                let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+                let image = c
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 if !image.is_empty() {
-                    default_at(c, "/imagePullPolicy", json!(default_image_pull_policy(&image)));
+                    default_at(
+                        c,
+                        "/imagePullPolicy",
+                        json!(default_image_pull_policy(&image)),
+                    );
                 }
                 default_at(c, "/terminationMessagePath", json!("/dev/termination-log"));
                 default_at(c, "/terminationMessagePolicy", json!("File"));
@@ -213,10 +233,13 @@ fn apply_defaults(res: &Resource, obj: &mut Value) {
         "Secret" => {
             default_at(obj, "/type", json!("Opaque"));
             // stringData is write-only: merged into data, base64-encoded.
-            if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+            if let Some(Value::Object(sd)) =
+                obj.as_object_mut().and_then(|o| o.remove("stringData"))
+            {
                 use base64::Engine;
                 for (k, v) in sd {
-                    let enc = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+                    let enc = base64::engine::general_purpose::STANDARD
+                        .encode(v.as_str().unwrap_or_default());
                     default_at(obj, "/data", json!({}));
                     if let Some(d) = obj.get_mut("data").and_then(Value::as_object_mut) {
                         d.insert(k, json!(enc));
@@ -240,7 +263,11 @@ fn apply_defaults(res: &Resource, obj: &mut Value) {
             default_at(obj, "/spec/strategy/type", json!("RollingUpdate"));
             if str_at(obj, "/spec/strategy/type") == Some("RollingUpdate") {
                 default_at(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
-                default_at(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+                default_at(
+                    obj,
+                    "/spec/strategy/rollingUpdate/maxUnavailable",
+                    json!("25%"),
+                );
             }
             default_template(obj, Some("Always"));
         }
@@ -254,10 +281,21 @@ fn apply_defaults(res: &Resource, obj: &mut Value) {
             default_at(obj, "/spec/revisionHistoryLimit", json!(10));
             default_at(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
             if str_at(obj, "/spec/updateStrategy/type") == Some("RollingUpdate") {
-                default_at(obj, "/spec/updateStrategy/rollingUpdate/partition", json!(0));
+                default_at(
+                    obj,
+                    "/spec/updateStrategy/rollingUpdate/partition",
+                    json!(0),
+                );
             }
-            default_at(obj, "/spec/persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
-            if let Some(t) = obj.pointer_mut("/spec/volumeClaimTemplates").and_then(Value::as_array_mut) {
+            default_at(
+                obj,
+                "/spec/persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            if let Some(t) = obj
+                .pointer_mut("/spec/volumeClaimTemplates")
+                .and_then(Value::as_array_mut)
+            {
                 for c in t {
                     default_at(c, "/spec/volumeMode", json!("Filesystem"));
                 }
@@ -268,7 +306,11 @@ fn apply_defaults(res: &Resource, obj: &mut Value) {
             default_at(obj, "/spec/revisionHistoryLimit", json!(10));
             default_at(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
             if str_at(obj, "/spec/updateStrategy/type") == Some("RollingUpdate") {
-                default_at(obj, "/spec/updateStrategy/rollingUpdate/maxUnavailable", json!(1));
+                default_at(
+                    obj,
+                    "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+                    json!(1),
+                );
                 default_at(obj, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
             }
             default_template(obj, Some("Always"));
@@ -300,7 +342,9 @@ fn default_template(obj: &mut Value, restart_policy: Option<&str>) {
 }
 
 fn default_job_spec(obj: &mut Value, at: &str) {
-    let Some(spec) = obj.pointer_mut(at) else { return };
+    let Some(spec) = obj.pointer_mut(at) else {
+        return;
+    };
     if get(spec, "/completions").is_none() && get(spec, "/parallelism").is_none() {
         default_at(spec, "/completions", json!(1));
     }
@@ -318,11 +362,15 @@ fn default_job_spec(obj: &mut Value, at: &str) {
 /// Give a new Job (not using `manualSelector`) the generated selector and
 /// template labels Kubernetes gives it, derived from its uid.
 pub fn generate_job_selector(obj: &mut Value) {
-    if obj.pointer("/spec/manualSelector") == Some(&json!(true)) || get(obj, "/spec/selector").is_some() {
+    if obj.pointer("/spec/manualSelector") == Some(&json!(true))
+        || get(obj, "/spec/selector").is_some()
+    {
         return;
     }
     let uid = str_at(obj, "/metadata/uid").unwrap_or_default().to_string();
-    let name = str_at(obj, "/metadata/name").unwrap_or_default().to_string();
+    let name = str_at(obj, "/metadata/name")
+        .unwrap_or_default()
+        .to_string();
     obj["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
     for (k, v) in [
         ("batch.kubernetes.io/controller-uid", &uid),
@@ -330,7 +378,11 @@ pub fn generate_job_selector(obj: &mut Value) {
         ("batch.kubernetes.io/job-name", &name),
         ("job-name", &name),
     ] {
-        default_at(obj, &format!("/spec/template/metadata/labels/{}", k.replace('/', "~1")), json!(v));
+        default_at(
+            obj,
+            &format!("/spec/template/metadata/labels/{}", k.replace('/', "~1")),
+            json!(v),
+        );
     }
 }
 
@@ -356,14 +408,21 @@ fn validate_meta(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
     }
     validate_labels(obj.pointer("/metadata/labels"), "metadata.labels", errs);
     if let Some(ann) = get(obj, "/metadata/annotations").and_then(Value::as_object) {
-        let total: usize = ann.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+        let total: usize = ann
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
         for k in ann.keys() {
             if let Err(msg) = check_label_key(k) {
                 errs.push(FieldError::invalid("metadata.annotations", k, msg));
             }
         }
         if total > 256 * 1024 {
-            errs.push(FieldError::invalid("metadata.annotations", "", "may not be more than 262144 bytes"));
+            errs.push(FieldError::invalid(
+                "metadata.annotations",
+                "",
+                "may not be more than 262144 bytes",
+            ));
         }
     }
 }
@@ -386,12 +445,21 @@ fn check_port(v: &Value, field: String, allow_zero: bool, errs: &mut Vec<FieldEr
     if let Some(n) = v.as_i64() {
         let lo = if allow_zero { 0 } else { 1 };
         if n < lo || n > 65535 {
-            errs.push(FieldError::invalid(field, n, format!("must be between {lo} and 65535, inclusive")));
+            errs.push(FieldError::invalid(
+                field,
+                n,
+                format!("must be between {lo} and 65535, inclusive"),
+            ));
         }
     }
 }
 
-fn validate_pod_spec(spec: Option<&Value>, path: &str, restart_policies: &[&str], errs: &mut Vec<FieldError>) {
+fn validate_pod_spec(
+    spec: Option<&Value>,
+    path: &str,
+    restart_policies: &[&str],
+    errs: &mut Vec<FieldError>,
+) {
     let Some(spec) = spec else {
         errs.push(FieldError::required(path));
         return;
@@ -400,10 +468,16 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart_policies: &[&str]
     if containers.is_empty() {
         errs.push(FieldError::required(format!("{path}.containers")));
     }
-    let volumes: Vec<&str> = arr(spec, "/volumes").iter().filter_map(|v| str_at(v, "/name")).collect();
+    let volumes: Vec<&str> = arr(spec, "/volumes")
+        .iter()
+        .filter_map(|v| str_at(v, "/name"))
+        .collect();
     for (i, v) in volumes.iter().enumerate() {
         if volumes[..i].contains(v) {
-            errs.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), v));
+            errs.push(FieldError::duplicate(
+                format!("{path}.volumes[{i}].name"),
+                v,
+            ));
         }
     }
     let mut names: Vec<String> = Vec::new();
@@ -426,7 +500,11 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart_policies: &[&str]
             }
             if let Some(p) = str_at(c, "/imagePullPolicy") {
                 if !["Always", "IfNotPresent", "Never"].contains(&p) {
-                    errs.push(FieldError::not_supported(format!("{at}.imagePullPolicy"), p, &["Always", "IfNotPresent", "Never"]));
+                    errs.push(FieldError::not_supported(
+                        format!("{at}.imagePullPolicy"),
+                        p,
+                        &["Always", "IfNotPresent", "Never"],
+                    ));
                 }
             }
             let mut port_names: Vec<&str> = Vec::new();
@@ -441,7 +519,11 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart_policies: &[&str]
                 }
                 if let Some(proto) = str_at(p, "/protocol") {
                     if !["TCP", "UDP", "SCTP"].contains(&proto) {
-                        errs.push(FieldError::not_supported(format!("{pat}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                        errs.push(FieldError::not_supported(
+                            format!("{pat}.protocol"),
+                            proto,
+                            &["SCTP", "TCP", "UDP"],
+                        ));
                     }
                 }
                 if let Some(n) = str_at(p, "/name") {
@@ -459,23 +541,35 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart_policies: &[&str]
             for (j, m) in arr(c, "/volumeMounts").iter().enumerate() {
                 let n = str_at(m, "/name").unwrap_or_default();
                 if !volumes.contains(&n) {
-                    errs.push(FieldError::invalid(format!("{at}.volumeMounts[{j}].name"), n, "volume not found"));
+                    errs.push(FieldError::invalid(
+                        format!("{at}.volumeMounts[{j}].name"),
+                        n,
+                        "volume not found",
+                    ));
                 }
                 if str_at(m, "/mountPath").is_none_or(str::is_empty) {
-                    errs.push(FieldError::required(format!("{at}.volumeMounts[{j}].mountPath")));
+                    errs.push(FieldError::required(format!(
+                        "{at}.volumeMounts[{j}].mountPath"
+                    )));
                 }
             }
         }
     }
     match str_at(spec, "/restartPolicy") {
-        Some(rp) if !restart_policies.contains(&rp) => {
-            errs.push(FieldError::not_supported(format!("{path}.restartPolicy"), rp, restart_policies))
-        }
+        Some(rp) if !restart_policies.contains(&rp) => errs.push(FieldError::not_supported(
+            format!("{path}.restartPolicy"),
+            rp,
+            restart_policies,
+        )),
         None => {
             let mut e = FieldError::required(format!("{path}.restartPolicy"));
             e.detail = format!(
                 "valid values: {}",
-                restart_policies.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ")
+                restart_policies
+                    .iter()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             errs.push(e);
         }
@@ -483,13 +577,22 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart_policies: &[&str]
     }
     if let Some(g) = get(spec, "/terminationGracePeriodSeconds").and_then(Value::as_i64) {
         if g < 0 {
-            errs.push(FieldError::invalid(format!("{path}.terminationGracePeriodSeconds"), g, "must be greater than or equal to 0"));
+            errs.push(FieldError::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                g,
+                "must be greater than or equal to 0",
+            ));
         }
     }
 }
 
 /// A workload's selector must be present, non-empty and match its template's labels.
-fn validate_selector(obj: &Value, selector_path: &str, labels_path: &str, errs: &mut Vec<FieldError>) {
+fn validate_selector(
+    obj: &Value,
+    selector_path: &str,
+    labels_path: &str,
+    errs: &mut Vec<FieldError>,
+) {
     let field = selector_path.trim_start_matches('/').replace('/', ".");
     let Some(sel) = get(obj, selector_path) else {
         errs.push(FieldError::required(field));
@@ -497,9 +600,15 @@ fn validate_selector(obj: &Value, selector_path: &str, labels_path: &str, errs: 
     };
     match LabelSelector::from_object(sel) {
         Err(e) => errs.push(FieldError::invalid(field, sel, e.to_string())),
-        Ok(s) if s.is_empty() => errs.push(FieldError::invalid(field, sel, "empty selector is invalid for deployment")),
+        Ok(s) if s.is_empty() => errs.push(FieldError::invalid(
+            field,
+            sel,
+            "empty selector is invalid for deployment",
+        )),
         Ok(s) => {
-            let labels = super::selector::labels_of(&json!({"metadata": {"labels": get(obj, labels_path).cloned().unwrap_or(json!({}))}}));
+            let labels = super::selector::labels_of(
+                &json!({"metadata": {"labels": get(obj, labels_path).cloned().unwrap_or(json!({}))}}),
+            );
             if !s.matches(&labels) {
                 errs.push(FieldError::invalid(
                     labels_path.trim_start_matches('/').replace('/', "."),
@@ -514,34 +623,53 @@ fn validate_selector(obj: &Value, selector_path: &str, labels_path: &str, errs: 
 fn non_negative(obj: &Value, path: &str, errs: &mut Vec<FieldError>) {
     if let Some(n) = get(obj, path).and_then(Value::as_i64) {
         if n < 0 {
-            errs.push(FieldError::invalid(path.trim_start_matches('/').replace('/', "."), n, "must be greater than or equal to 0"));
+            errs.push(FieldError::invalid(
+                path.trim_start_matches('/').replace('/', "."),
+                n,
+                "must be greater than or equal to 0",
+            ));
         }
     }
 }
 
 fn valid_config_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 253 && k.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    !k.is_empty()
+        && k.len() <= 253
+        && k.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Check a standard five-field cron schedule (or a `@` macro).
 pub fn check_cron(s: &str) -> Result<(), String> {
     let s = s.trim();
     if let Some(m) = s.strip_prefix('@') {
-        return if ["yearly", "annually", "monthly", "weekly", "daily", "midnight", "hourly"].contains(&m) {
+        return if [
+            "yearly", "annually", "monthly", "weekly", "daily", "midnight", "hourly",
+        ]
+        .contains(&m)
+        {
             Ok(())
         } else {
             Err(format!("unrecognized descriptor: @{m}"))
         };
     }
-    let s = s.strip_prefix("TZ=").or_else(|| s.strip_prefix("CRON_TZ=")).map_or(s, |rest| rest.split_once(' ').map_or("", |x| x.1));
+    let s = s
+        .strip_prefix("TZ=")
+        .or_else(|| s.strip_prefix("CRON_TZ="))
+        .map_or(s, |rest| rest.split_once(' ').map_or("", |x| x.1));
     let fields: Vec<&str> = s.split_whitespace().collect();
     if fields.len() != 5 {
-        return Err(format!("expected exactly 5 fields, found {}: {s:?}", fields.len()));
+        return Err(format!(
+            "expected exactly 5 fields, found {}: {s:?}",
+            fields.len()
+        ));
     }
     let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
     for (field, (lo, hi)) in fields.iter().zip(ranges) {
         for part in field.split(',') {
-            let (range, step) = part.split_once('/').map_or((part, None), |(r, s)| (r, Some(s)));
+            let (range, step) = part
+                .split_once('/')
+                .map_or((part, None), |(r, s)| (r, Some(s)));
             if let Some(step) = step {
                 if step.parse::<u32>().map_or(true, |n| n == 0) {
                     return Err(format!("invalid step {step:?} in {field:?}"));
@@ -551,12 +679,27 @@ pub fn check_cron(s: &str) -> Result<(), String> {
                 continue;
             }
             let named = |x: &str| -> Option<u32> {
-                const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+                const MONTHS: [&str; 12] = [
+                    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+                    "dec",
+                ];
                 const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
                 let l = x.to_ascii_lowercase();
-                x.parse().ok()
-                    .or_else(|| MONTHS.iter().position(|m| *m == l).filter(|_| hi == 12).map(|i| i as u32 + 1))
-                    .or_else(|| DAYS.iter().position(|d| *d == l).filter(|_| hi == 7).map(|i| i as u32))
+                x.parse()
+                    .ok()
+                    .or_else(|| {
+                        MONTHS
+                            .iter()
+                            .position(|m| *m == l)
+                            .filter(|_| hi == 12)
+                            .map(|i| i as u32 + 1)
+                    })
+                    .or_else(|| {
+                        DAYS.iter()
+                            .position(|d| *d == l)
+                            .filter(|_| hi == 7)
+                            .map(|i| i as u32)
+                    })
             };
             let (a, b) = range.split_once('-').map_or((range, range), |x| x);
             match (named(a), named(b)) {
@@ -570,7 +713,12 @@ pub fn check_cron(s: &str) -> Result<(), String> {
 
 fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
     match res.kind {
-        "Pod" => validate_pod_spec(get(obj, "/spec"), "spec", &["Always", "OnFailure", "Never"], errs),
+        "Pod" => validate_pod_spec(
+            get(obj, "/spec"),
+            "spec",
+            &["Always", "OnFailure", "Never"],
+            errs,
+        ),
         "Service" => {
             let headless = str_at(obj, "/spec/clusterIP") == Some("None");
             let ty = str_at(obj, "/spec/type").unwrap_or("ClusterIP");
@@ -607,7 +755,11 @@ fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
             }
             if let Some(sa) = str_at(obj, "/spec/sessionAffinity") {
                 if !["None", "ClientIP"].contains(&sa) {
-                    errs.push(FieldError::not_supported("spec.sessionAffinity", sa, &["ClientIP", "None"]));
+                    errs.push(FieldError::not_supported(
+                        "spec.sessionAffinity",
+                        sa,
+                        &["ClientIP", "None"],
+                    ));
                 }
             }
         }
@@ -630,29 +782,57 @@ fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
             }
         }
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
-            validate_selector(obj, "/spec/selector", "/spec/template/metadata/labels", errs);
-            validate_pod_spec(get(obj, "/spec/template/spec"), "spec.template.spec", &["Always"], errs);
+            validate_selector(
+                obj,
+                "/spec/selector",
+                "/spec/template/metadata/labels",
+                errs,
+            );
+            validate_pod_spec(
+                get(obj, "/spec/template/spec"),
+                "spec.template.spec",
+                &["Always"],
+                errs,
+            );
             non_negative(obj, "/spec/replicas", errs);
             non_negative(obj, "/spec/minReadySeconds", errs);
             non_negative(obj, "/spec/revisionHistoryLimit", errs);
             if res.kind == "Deployment" {
                 if let Some(t) = str_at(obj, "/spec/strategy/type") {
                     if !["Recreate", "RollingUpdate"].contains(&t) {
-                        errs.push(FieldError::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
+                        errs.push(FieldError::not_supported(
+                            "spec.strategy.type",
+                            t,
+                            &["Recreate", "RollingUpdate"],
+                        ));
                     }
                     if t == "Recreate" && get(obj, "/spec/strategy/rollingUpdate").is_some() {
-                        errs.push(FieldError::forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"));
+                        errs.push(FieldError::forbidden(
+                            "spec.strategy.rollingUpdate",
+                            "may not be specified when strategy `type` is 'Recreate'",
+                        ));
                     }
                 }
-                let zero = |p: &str| matches!(get(obj, p), Some(v) if v == &json!(0) || v == &json!("0%"));
-                if zero("/spec/strategy/rollingUpdate/maxSurge") && zero("/spec/strategy/rollingUpdate/maxUnavailable") {
-                    errs.push(FieldError::invalid("spec.strategy.rollingUpdate.maxUnavailable", 0, "may not be 0 when `maxSurge` is 0"));
+                let zero =
+                    |p: &str| matches!(get(obj, p), Some(v) if v == &json!(0) || v == &json!("0%"));
+                if zero("/spec/strategy/rollingUpdate/maxSurge")
+                    && zero("/spec/strategy/rollingUpdate/maxUnavailable")
+                {
+                    errs.push(FieldError::invalid(
+                        "spec.strategy.rollingUpdate.maxUnavailable",
+                        0,
+                        "may not be 0 when `maxSurge` is 0",
+                    ));
                 }
             }
             if res.kind == "StatefulSet" {
                 if let Some(p) = str_at(obj, "/spec/podManagementPolicy") {
                     if !["OrderedReady", "Parallel"].contains(&p) {
-                        errs.push(FieldError::not_supported("spec.podManagementPolicy", p, &["OrderedReady", "Parallel"]));
+                        errs.push(FieldError::not_supported(
+                            "spec.podManagementPolicy",
+                            p,
+                            &["OrderedReady", "Parallel"],
+                        ));
                     }
                 }
             }
@@ -669,7 +849,11 @@ fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
             }
             if let Some(p) = str_at(obj, "/spec/concurrencyPolicy") {
                 if !["Allow", "Forbid", "Replace"].contains(&p) {
-                    errs.push(FieldError::not_supported("spec.concurrencyPolicy", p, &["Allow", "Forbid", "Replace"]));
+                    errs.push(FieldError::not_supported(
+                        "spec.concurrencyPolicy",
+                        p,
+                        &["Allow", "Forbid", "Replace"],
+                    ));
                 }
             }
             validate_job_spec(obj, "/spec/jobTemplate/spec", errs);
@@ -690,14 +874,24 @@ fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
                 errs.push(FieldError::required("spec.capacity"));
             }
             const SOURCES: [&str; 5] = ["hostPath", "local", "nfs", "csi", "iscsi"];
-            if !SOURCES.iter().any(|s| get(obj, &format!("/spec/{s}")).is_some()) {
-                errs.push(FieldError::required("spec").tap(|e| e.detail = "must specify a volume type".into()));
+            if !SOURCES
+                .iter()
+                .any(|s| get(obj, &format!("/spec/{s}")).is_some())
+            {
+                errs.push(
+                    FieldError::required("spec")
+                        .tap(|e| e.detail = "must specify a volume type".into()),
+                );
             }
         }
         "Ingress" => {
             let rules = arr(obj, "/spec/rules");
             if rules.is_empty() && get(obj, "/spec/defaultBackend").is_none() {
-                errs.push(FieldError::invalid("spec", "", "either `defaultBackend` or `rules` must be specified"));
+                errs.push(FieldError::invalid(
+                    "spec",
+                    "",
+                    "either `defaultBackend` or `rules` must be specified",
+                ));
             }
             if let Some(b) = get(obj, "/spec/defaultBackend") {
                 validate_backend(b, "spec.defaultBackend", errs);
@@ -708,11 +902,19 @@ fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
                     const TYPES: [&str; 3] = ["Exact", "ImplementationSpecific", "Prefix"];
                     match str_at(p, "/pathType") {
                         None => errs.push(FieldError::required(format!("{at}.pathType"))),
-                        Some(t) if !TYPES.contains(&t) => errs.push(FieldError::not_supported(format!("{at}.pathType"), t, &TYPES)),
+                        Some(t) if !TYPES.contains(&t) => errs.push(FieldError::not_supported(
+                            format!("{at}.pathType"),
+                            t,
+                            &TYPES,
+                        )),
                         Some(t) => {
                             let path = str_at(p, "/path").unwrap_or_default();
                             if t != "ImplementationSpecific" && !path.starts_with('/') {
-                                errs.push(FieldError::invalid(format!("{at}.path"), path, "must be an absolute path"));
+                                errs.push(FieldError::invalid(
+                                    format!("{at}.path"),
+                                    path,
+                                    "must be an absolute path",
+                                ));
                             }
                         }
                     }
@@ -731,14 +933,26 @@ fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
             }
             match get(obj, "/spec/maxReplicas").and_then(Value::as_i64) {
                 None => errs.push(FieldError::required("spec.maxReplicas")),
-                Some(max) if max < 1 => errs.push(FieldError::invalid("spec.maxReplicas", max, "must be greater than or equal to 1")),
+                Some(max) if max < 1 => errs.push(FieldError::invalid(
+                    "spec.maxReplicas",
+                    max,
+                    "must be greater than or equal to 1",
+                )),
                 Some(max) => {
                     if let Some(min) = get(obj, "/spec/minReplicas").and_then(Value::as_i64) {
                         if min > max {
-                            errs.push(FieldError::invalid("spec.maxReplicas", max, "must be greater than or equal to `minReplicas`"));
+                            errs.push(FieldError::invalid(
+                                "spec.maxReplicas",
+                                max,
+                                "must be greater than or equal to `minReplicas`",
+                            ));
                         }
                         if min < 0 {
-                            errs.push(FieldError::invalid("spec.minReplicas", min, "must be greater than or equal to 0"));
+                            errs.push(FieldError::invalid(
+                                "spec.minReplicas",
+                                min,
+                                "must be greater than or equal to 0",
+                            ));
                         }
                     }
                 }
@@ -761,7 +975,11 @@ impl Tap for FieldError {
 
 fn validate_backend(b: &Value, at: &str, errs: &mut Vec<FieldError>) {
     match (get(b, "/service"), get(b, "/resource")) {
-        (None, None) => errs.push(FieldError::invalid(at, "", "one backend (`service` or `resource`) must be specified")),
+        (None, None) => errs.push(FieldError::invalid(
+            at,
+            "",
+            "one backend (`service` or `resource`) must be specified",
+        )),
         (Some(s), _) => {
             if str_at(s, "/name").is_none_or(str::is_empty) {
                 errs.push(FieldError::required(format!("{at}.service.name")));
@@ -776,12 +994,28 @@ fn validate_backend(b: &Value, at: &str, errs: &mut Vec<FieldError>) {
 
 fn validate_job_spec(obj: &Value, at: &str, errs: &mut Vec<FieldError>) {
     let field = at.trim_start_matches('/').replace('/', ".");
-    validate_pod_spec(get(obj, &format!("{at}/template/spec")), &format!("{field}.template.spec"), &["OnFailure", "Never"], errs);
-    for f in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"] {
+    validate_pod_spec(
+        get(obj, &format!("{at}/template/spec")),
+        &format!("{field}.template.spec"),
+        &["OnFailure", "Never"],
+        errs,
+    );
+    for f in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+    ] {
         non_negative(obj, &format!("{at}/{f}"), errs);
     }
     if at == "/spec" && get(obj, "/spec/selector").is_some() {
-        validate_selector(obj, "/spec/selector", "/spec/template/metadata/labels", errs);
+        validate_selector(
+            obj,
+            "/spec/selector",
+            "/spec/template/metadata/labels",
+            errs,
+        );
     }
 }
 
@@ -796,7 +1030,9 @@ fn validate_update(res: &Resource, new: &Value, old: &Value, errs: &mut Vec<Fiel
         }
     };
     match res.kind {
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => immutable("/spec/selector", errs),
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => {
+            immutable("/spec/selector", errs)
+        }
         "Pod" => {
             // Only images, activeDeadlineSeconds and tolerations may change (nodeName through binding).
             let strip = |v: &Value| {
@@ -825,7 +1061,13 @@ fn validate_update(res: &Resource, new: &Value, old: &Value, errs: &mut Vec<Fiel
             }
         }
         "PersistentVolumeClaim" => {
-            for f in ["accessModes", "volumeName", "storageClassName", "volumeMode", "selector"] {
+            for f in [
+                "accessModes",
+                "volumeName",
+                "storageClassName",
+                "volumeMode",
+                "selector",
+            ] {
                 if get(old, &format!("/spec/{f}")).is_some() {
                     immutable(&format!("/spec/{f}"), errs);
                 }
@@ -834,7 +1076,10 @@ fn validate_update(res: &Resource, new: &Value, old: &Value, errs: &mut Vec<Fiel
         "Secret" | "ConfigMap" if old.get("immutable") == Some(&json!(true)) => {
             for f in ["/data", "/binaryData", "/immutable"] {
                 if get(new, f) != get(old, f) {
-                    errs.push(FieldError::forbidden(f.trim_start_matches('/'), "field is immutable when `immutable` is set"));
+                    errs.push(FieldError::forbidden(
+                        f.trim_start_matches('/'),
+                        "field is immutable when `immutable` is set",
+                    ));
                 }
             }
         }
@@ -866,7 +1111,10 @@ mod tests {
         .unwrap();
         assert_eq!(pod["spec"]["restartPolicy"], "Always");
         assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
-        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            pod["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
         assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "Always");
         assert_eq!(pod["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
     }
@@ -882,56 +1130,109 @@ mod tests {
                        {"name": "c", "image": "x", "ports": [{"containerPort": 70000}]}]}}),
             None,
         ));
-        assert!(errs.iter().any(|e| e.starts_with("metadata.name: Invalid value: \"Bad_Name\"")), "{errs:?}");
-        assert!(errs.contains(&"spec.containers[0].image: Required value".to_string()), "{errs:?}");
-        assert!(errs.contains(&"spec.containers[1].name: Duplicate value: \"c\"".to_string()), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("spec.containers[1].ports[0].containerPort: Invalid value: \"70000\"")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("spec.restartPolicy: Unsupported value: \"Sometimes\"")), "{errs:?}");
-        let errs = err_fields(prepare(res, json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"containers": []}}), None));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("metadata.name: Invalid value: \"Bad_Name\"")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"spec.containers[0].image: Required value".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"spec.containers[1].name: Duplicate value: \"c\"".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with(
+                "spec.containers[1].ports[0].containerPort: Invalid value: \"70000\""
+            )),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("spec.restartPolicy: Unsupported value: \"Sometimes\"")),
+            "{errs:?}"
+        );
+        let errs = err_fields(prepare(
+            res,
+            json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"containers": []}}),
+            None,
+        ));
         assert_eq!(errs, vec!["spec.containers: Required value"]);
     }
 
     #[test]
     fn wrong_field_types_are_bad_requests() {
-        let r = prepare(lookup("pod").unwrap(), json!({"metadata": {"name": "a"}, "spec": {"containers": "nope"}}), None);
-        assert!(matches!(r, Err(ApiError::BadRequest(m)) if m.starts_with("Pod in version \"v1\" cannot be handled as a Pod")));
+        let r = prepare(
+            lookup("pod").unwrap(),
+            json!({"metadata": {"name": "a"}, "spec": {"containers": "nope"}}),
+            None,
+        );
+        assert!(
+            matches!(r, Err(ApiError::BadRequest(m)) if m.starts_with("Pod in version \"v1\" cannot be handled as a Pod"))
+        );
     }
 
     #[test]
     fn deployment_selector_must_match_template_and_defaults_apply() {
         let res = lookup("deploy").unwrap();
-        let d = |labels: Value| json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {
+        let d = |labels: Value| {
+            json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {
             "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}});
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}})
+        };
         let ok = prepare(res, d(json!({"app": "web"})), None).unwrap();
         assert_eq!(ok["spec"]["replicas"], 1);
         assert_eq!(ok["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
         assert_eq!(ok["spec"]["revisionHistoryLimit"], 10);
         assert_eq!(ok["spec"]["template"]["spec"]["restartPolicy"], "Always");
         let errs = err_fields(prepare(res, d(json!({"app": "other"})), None));
-        assert!(errs[0].starts_with("spec.template.metadata.labels: Invalid value"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("spec.template.metadata.labels: Invalid value"),
+            "{errs:?}"
+        );
         assert!(errs[0].ends_with("`selector` does not match template `labels`"));
         let mut changed = ok.clone();
         changed["spec"]["selector"]["matchLabels"]["app"] = json!("web2");
         changed["spec"]["template"]["metadata"]["labels"]["app"] = json!("web2");
         let errs = err_fields(prepare(res, changed, Some(&ok)));
-        assert!(errs[0].starts_with("spec.selector: Invalid value") && errs[0].ends_with("field is immutable"));
+        assert!(
+            errs[0].starts_with("spec.selector: Invalid value")
+                && errs[0].ends_with("field is immutable")
+        );
     }
 
     #[test]
     fn job_requires_a_terminating_restart_policy() {
         let res = lookup("job").unwrap();
-        let errs = err_fields(prepare(res, json!({"metadata": {"name": "j", "namespace": "d"},
-            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}), None));
+        let errs = err_fields(prepare(
+            res,
+            json!({"metadata": {"name": "j", "namespace": "d"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+            None,
+        ));
         assert_eq!(errs, vec!["spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\""]);
     }
 
     #[test]
     fn cron_schedules_are_checked() {
-        for ok in ["*/5 * * * *", "0 3 * * 1-5", "@hourly", "15 2 1,15 jan-jun mon", "CRON_TZ=UTC 0 0 * * *"] {
+        for ok in [
+            "*/5 * * * *",
+            "0 3 * * 1-5",
+            "@hourly",
+            "15 2 1,15 jan-jun mon",
+            "CRON_TZ=UTC 0 0 * * *",
+        ] {
             assert!(check_cron(ok).is_ok(), "{ok}");
         }
-        for bad in ["* * * *", "61 * * * *", "*/0 * * * *", "@sometimes", "a b c d e"] {
+        for bad in [
+            "* * * *",
+            "61 * * * *",
+            "*/0 * * * *",
+            "@sometimes",
+            "a b c d e",
+        ] {
             assert!(check_cron(bad).is_err(), "{bad}");
         }
     }
@@ -950,8 +1251,14 @@ mod tests {
         let s = prepare(res, json!({"metadata": {"name": "web", "namespace": "d"}, "spec": {"ports": [{"port": 80}]}}), None).unwrap();
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(s["spec"]["type"], "ClusterIP");
-        let errs = err_fields(prepare(res, json!({"metadata": {"name": "1web", "namespace": "d"}, "spec": {}}), None));
-        assert!(errs.iter().any(|e| e.starts_with("metadata.name: Invalid value: \"1web\"")));
+        let errs = err_fields(prepare(
+            res,
+            json!({"metadata": {"name": "1web", "namespace": "d"}, "spec": {}}),
+            None,
+        ));
+        assert!(errs
+            .iter()
+            .any(|e| e.starts_with("metadata.name: Invalid value: \"1web\"")));
         assert!(errs.contains(&"spec.ports: Required value".to_string()));
     }
 }

@@ -77,14 +77,26 @@ pub fn group(name: &str) -> Result<Value, ApiError> {
     let (g, v) = groups()
         .into_iter()
         .find(|(g, _)| *g == name)
-        .ok_or_else(|| ApiError::NotFound { resource: "".into(), name: format!("/apis/{name}") })?;
+        .ok_or_else(|| ApiError::NotFound {
+            resource: "".into(),
+            name: format!("/apis/{name}"),
+        })?;
     let mut out = group_json(g, v);
     out["kind"] = json!("APIGroup");
     out["apiVersion"] = json!("v1");
     Ok(out)
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 fn entry(r: &Resource) -> Vec<Value> {
     let mut out = vec![json!({
@@ -118,8 +130,17 @@ pub fn resource_list(group: &str, version: &str) -> Result<Value, ApiError> {
         .flat_map(entry)
         .collect();
     if resources.is_empty() {
-        return Err(ApiError::NotFound { resource: "".into(), name: format!("{group}/{version}") });
+        return Err(ApiError::NotFound {
+            resource: "".into(),
+            name: format!("{group}/{version}"),
+        });
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Ok(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }

@@ -57,7 +57,10 @@ pub fn store_error(res: &Resource, namespace: Option<&str>, name: &str, e: Store
 }
 
 fn not_found(res: &Resource, name: &str) -> ApiError {
-    ApiError::NotFound { resource: res.qualified_plural(), name: name.into() }
+    ApiError::NotFound {
+        resource: res.qualified_plural(),
+        name: name.into(),
+    }
 }
 
 /// The selectors of a list or watch, as one filter.
@@ -70,8 +73,9 @@ impl Filter {
     pub fn from_params(res: &Resource, p: &Params) -> Result<Self, ApiError> {
         let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or_default())
             .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
-        let fields = FieldSelector::parse(p.field_selector.as_deref().unwrap_or_default(), res.kind)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let fields =
+            FieldSelector::parse(p.field_selector.as_deref().unwrap_or_default(), res.kind)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok(Self { labels, fields })
     }
 
@@ -82,14 +86,20 @@ impl Filter {
 
 /// The continue token: the revision the first page was read at and the last key returned.
 fn encode_continue(revision: u64, key: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"rv": revision, "start": key}).to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"rv": revision, "start": key}).to_string())
 }
 
 fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     let bad = || ApiError::BadRequest(format!("continue key is not valid: {token:?}"));
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    Ok((v["rv"].as_u64().ok_or_else(bad)?, v["start"].as_str().ok_or_else(bad)?.to_string()))
+    Ok((
+        v["rv"].as_u64().ok_or_else(bad)?,
+        v["start"].as_str().ok_or_else(bad)?.to_string(),
+    ))
 }
 
 /// Wait (up to 3 s, as kube-apiserver does) until the store has reached `revision`.
@@ -104,18 +114,30 @@ pub async fn wait_for_revision(store: &Store, revision: u64) -> Result<(), ApiEr
     };
     tokio::time::timeout(Duration::from_secs(3), wait)
         .await
-        .map_err(|_| ApiError::Timeout(format!("Too large resource version: {revision}, current: {}", store.cache().revision())))
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "Too large resource version: {revision}, current: {}",
+                store.cache().revision()
+            ))
+        })
 }
 
 /// LIST: one page of a collection.
-pub async fn list(store: &Store, res: &Resource, ns: Option<&str>, p: &Params) -> Result<Value, ApiError> {
+pub async fn list(
+    store: &Store,
+    res: &Resource,
+    ns: Option<&str>,
+    p: &Params,
+) -> Result<Value, ApiError> {
     let filter = Filter::from_params(res, p)?;
     let prefix = res.prefix(ns);
     let (at, after) = match p.continue_token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => {
             let (rv, key) = decode_continue(token)?;
             if !key.starts_with(&prefix) {
-                return Err(ApiError::BadRequest("continue key does not belong to this list".into()));
+                return Err(ApiError::BadRequest(
+                    "continue key does not belong to this list".into(),
+                ));
             }
             (Some(rv), Some(key))
         }
@@ -168,7 +190,13 @@ fn create_resets_status(res: &Resource) -> bool {
 }
 
 /// CREATE. Returns the stored object.
-pub async fn create(store: &Store, res: &Resource, ns: Option<&str>, mut obj: Value, p: &Params) -> Result<Value, ApiError> {
+pub async fn create(
+    store: &Store,
+    res: &Resource,
+    ns: Option<&str>,
+    mut obj: Value,
+    p: &Params,
+) -> Result<Value, ApiError> {
     check_type(res, &mut obj)?;
     let namespace = if res.namespaced {
         let path_ns = ns.unwrap_or("default");
@@ -191,9 +219,16 @@ pub async fn create(store: &Store, res: &Resource, ns: Option<&str>, mut obj: Va
     } else {
         m.remove("namespace");
     }
-    let has_name = m.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let has_name = m
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
     if !has_name {
-        if let Some(g) = m.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+        if let Some(g) = m
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+        {
             let name = format!("{g}{}", meta::random_suffix());
             m.insert("name".into(), json!(name));
         }
@@ -201,7 +236,12 @@ pub async fn create(store: &Store, res: &Resource, ns: Option<&str>, mut obj: Va
     m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     m.insert("creationTimestamp".into(), json!(meta::now()));
     m.insert("generation".into(), json!(1));
-    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    for k in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         m.remove(k);
     }
     if create_resets_status(res) {
@@ -223,7 +263,11 @@ pub async fn create(store: &Store, res: &Resource, ns: Option<&str>, mut obj: Va
             object: obj,
             precondition: Precondition {
                 exists: Some(false),
-                namespace: if res.kind == "Namespace" { None } else { namespace.clone() },
+                namespace: if res.kind == "Namespace" {
+                    None
+                } else {
+                    namespace.clone()
+                },
                 ..Default::default()
             },
         })
@@ -234,11 +278,18 @@ pub async fn create(store: &Store, res: &Resource, ns: Option<&str>, mut obj: Va
 /// An object's `apiVersion`/`kind` must name the resource it is sent to (filled in when absent).
 fn check_type(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     let Some(o) = obj.as_object_mut() else {
-        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
     };
-    let av = o.get("apiVersion").and_then(Value::as_str).map(String::from);
+    let av = o
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .map(String::from);
     let kind = o.get("kind").and_then(Value::as_str).map(String::from);
-    if av.as_deref().is_some_and(|a| a != res.api_version()) || kind.as_deref().is_some_and(|k| k != res.kind) {
+    if av.as_deref().is_some_and(|a| a != res.api_version())
+        || kind.as_deref().is_some_and(|k| k != res.kind)
+    {
         return Err(ApiError::BadRequest(format!(
             "the API version in the data ({}) does not match the expected API version ({}) or kind ({}) does not match {}",
             av.unwrap_or_default(),
@@ -264,7 +315,12 @@ pub enum Part {
 }
 
 /// Build the object to store from the old one and the client's candidate.
-fn merge_update(res: &Resource, old: &Value, mut new: Value, part: Part) -> Result<Value, ApiError> {
+fn merge_update(
+    res: &Resource,
+    old: &Value,
+    mut new: Value,
+    part: Part,
+) -> Result<Value, ApiError> {
     check_type(res, &mut new)?;
     if part == Part::Status {
         let mut merged = old.clone();
@@ -281,7 +337,8 @@ fn merge_update(res: &Resource, old: &Value, mut new: Value, part: Part) -> Resu
     let body_ns = meta::namespace(&new);
     if res.namespaced && !body_ns.is_empty() && body_ns != meta::namespace(old) {
         return Err(ApiError::BadRequest(
-            "the namespace of the provided object does not match the namespace sent on the request".into(),
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
         ));
     }
     if res.status && part == Part::Main {
@@ -296,7 +353,16 @@ fn merge_update(res: &Resource, old: &Value, mut new: Value, part: Part) -> Resu
     }
     let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
     let m = meta::meta_mut(&mut new);
-    for k in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "generateName"] {
+    for k in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "generateName",
+    ] {
         match old_meta.get(k) {
             Some(v) => {
                 m.insert(k.into(), v.clone());
@@ -312,31 +378,63 @@ fn merge_update(res: &Resource, old: &Value, mut new: Value, part: Part) -> Resu
 /// The guaranteed-update loop: read the current object, let `mutate` produce
 /// the next one, validate, and write it conditioned on the revision read;
 /// retry on a lost race unless the client pinned a resourceVersion.
-pub async fn update_with<F>(store: &Store, res: &Resource, ns: &str, name: &str, part: Part, dry_run: bool, mutate: F) -> Result<Value, ApiError>
+pub async fn update_with<F>(
+    store: &Store,
+    res: &Resource,
+    ns: &str,
+    name: &str,
+    part: Part,
+    dry_run: bool,
+    mutate: F,
+) -> Result<Value, ApiError>
 where
     F: Fn(&Value) -> Result<Value, ApiError>,
 {
     let key = res.key(ns, name);
     let ns_opt = res.namespaced.then_some(ns);
     for _ in 0..UPDATE_RETRIES {
-        let old = store.cache().get(&key).ok_or_else(|| not_found(res, name))?;
+        let old = store
+            .cache()
+            .get(&key)
+            .ok_or_else(|| not_found(res, name))?;
         let candidate = mutate(&old)?;
         let pinned = match meta::resource_version(&candidate) {
             "" => None,
-            s => Some(s.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {s:?}")))?),
+            s => Some(
+                s.parse::<u64>()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {s:?}")))?,
+            ),
         };
         if let Some(rv) = pinned {
             if rv != revision_of(&old) {
-                return Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::Conflict { current: revision_of(&old) })));
+                return Err(store_error(
+                    res,
+                    ns_opt,
+                    name,
+                    StoreError::Rejected(Rejection::Conflict {
+                        current: revision_of(&old),
+                    }),
+                ));
             }
         }
         let merged = merge_update(res, &old, candidate, part)?;
-        let mut new = prepare(res, merged, if part == Part::Main { Some(&old) } else { None })?;
+        let mut new = prepare(
+            res,
+            merged,
+            if part == Part::Main { Some(&old) } else { None },
+        )?;
         if meta::spec_part(&new) != meta::spec_part(&old) {
-            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
             meta::meta_mut(&mut new).insert("generation".into(), json!(generation));
         }
-        meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(meta::resource_version(&old)));
+        meta::meta_mut(&mut new).insert(
+            "resourceVersion".into(),
+            json!(meta::resource_version(&old)),
+        );
         let precondition = Precondition {
             exists: Some(true),
             resource_version: Some(revision_of(&old)),
@@ -346,32 +444,67 @@ where
             if dry_run {
                 return Ok(new);
             }
-            match store.write(Request::Delete { key: key.clone(), precondition }).await {
+            match store
+                .write(Request::Delete {
+                    key: key.clone(),
+                    precondition,
+                })
+                .await
+            {
                 Ok(v) => return Ok(v),
-                Err(StoreError::Rejected(Rejection::Conflict { .. })) if pinned.is_none() => continue,
+                Err(StoreError::Rejected(Rejection::Conflict { .. })) if pinned.is_none() => {
+                    continue
+                }
                 Err(e) => return Err(store_error(res, ns_opt, name, e)),
             }
         }
         if new == *old || dry_run {
             return Ok(new);
         }
-        match store.write(Request::Put { key: key.clone(), object: new, precondition }).await {
+        match store
+            .write(Request::Put {
+                key: key.clone(),
+                object: new,
+                precondition,
+            })
+            .await
+        {
             Ok(v) => return Ok(v),
             Err(StoreError::Rejected(Rejection::Conflict { .. })) if pinned.is_none() => continue,
             Err(e) => return Err(store_error(res, ns_opt, name, e)),
         }
     }
-    Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::Conflict { current: 0 })))
+    Err(store_error(
+        res,
+        ns_opt,
+        name,
+        StoreError::Rejected(Rejection::Conflict { current: 0 }),
+    ))
 }
 
 /// A namespace is only removed once its `spec.finalizers` are cleared too.
 fn namespace_finalized(res: &Resource, obj: &Value) -> bool {
-    res.kind != "Namespace" || obj.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(|a| a.is_empty())
+    res.kind != "Namespace"
+        || obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty())
 }
 
 /// UPDATE (PUT) of the object or its status.
-pub async fn update(store: &Store, res: &Resource, ns: &str, name: &str, body: Value, part: Part, p: &Params) -> Result<Value, ApiError> {
-    update_with(store, res, ns, name, part, p.is_dry_run(), |_| Ok(body.clone())).await
+pub async fn update(
+    store: &Store,
+    res: &Resource,
+    ns: &str,
+    name: &str,
+    body: Value,
+    part: Part,
+    p: &Params,
+) -> Result<Value, ApiError> {
+    update_with(store, res, ns, name, part, p.is_dry_run(), |_| {
+        Ok(body.clone())
+    })
+    .await
 }
 
 /// The patch formats the API accepts.
@@ -400,6 +533,12 @@ impl PatchType {
     }
 }
 
+/// A patch as sent: its format and its document.
+pub struct PatchBody {
+    pub ty: PatchType,
+    pub body: Value,
+}
+
 /// Apply a patch document to `doc`.
 pub fn apply_patch(doc: &Value, ty: PatchType, patch: &Value) -> Result<Value, ApiError> {
     let mut out = doc.clone();
@@ -415,7 +554,9 @@ pub fn apply_patch(doc: &Value, ty: PatchType, patch: &Value) -> Result<Value, A
         }
         PatchType::Merge | PatchType::StrategicMerge | PatchType::Apply => {
             if !patch.is_object() {
-                return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+                return Err(ApiError::BadRequest(
+                    "a merge patch must be a JSON object".into(),
+                ));
             }
             json_patch::merge(&mut out, patch);
         }
@@ -424,8 +565,20 @@ pub fn apply_patch(doc: &Value, ty: PatchType, patch: &Value) -> Result<Value, A
 }
 
 /// PATCH of the object or its status.
-pub async fn patch(store: &Store, res: &Resource, ns: &str, name: &str, ty: PatchType, body: Value, part: Part, p: &Params) -> Result<(Value, bool), ApiError> {
-    if ty == PatchType::Apply && part == Part::Main && store.cache().get(&res.key(ns, name)).is_none() {
+pub async fn patch(
+    store: &Store,
+    res: &Resource,
+    ns: &str,
+    name: &str,
+    patch: PatchBody,
+    part: Part,
+    p: &Params,
+) -> Result<(Value, bool), ApiError> {
+    let PatchBody { ty, body } = patch;
+    if ty == PatchType::Apply
+        && part == Part::Main
+        && store.cache().get(&res.key(ns, name)).is_none()
+    {
         let mut obj = body;
         meta::meta_mut(&mut obj).insert("name".into(), json!(name));
         let created = create(store, res, res.namespaced.then_some(ns), obj, p).await?;
@@ -435,7 +588,8 @@ pub async fn patch(store: &Store, res: &Resource, ns: &str, name: &str, ty: Patc
         let mut patched = apply_patch(old, ty, &body)?;
         // A resourceVersion only pins the write when the patch itself carries one.
         let pinned = body.pointer("/metadata/resourceVersion").is_some()
-            || (ty == PatchType::Json && meta::resource_version(&patched) != meta::resource_version(old));
+            || (ty == PatchType::Json
+                && meta::resource_version(&patched) != meta::resource_version(old));
         if !pinned {
             meta::meta_mut(&mut patched).remove("resourceVersion");
         }
@@ -455,13 +609,27 @@ pub struct DeleteOptions {
 
 impl DeleteOptions {
     pub fn from_body(body: Option<&Value>, p: &Params) -> Result<Self, ApiError> {
-        let mut o = DeleteOptions { dry_run: p.is_dry_run(), ..Default::default() };
+        let mut o = DeleteOptions {
+            dry_run: p.is_dry_run(),
+            ..Default::default()
+        };
         if let Some(b) = body {
-            o.uid = b.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
-            if let Some(rv) = b.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
-                o.resource_version = Some(rv.parse().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?);
+            o.uid = b
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(String::from);
+            if let Some(rv) = b
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+            {
+                o.resource_version = Some(rv.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid resourceVersion {rv:?}"))
+                })?);
             }
-            if b.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|d| d == "All")) {
+            if b.get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|d| d == "All"))
+            {
                 o.dry_run = true;
             }
         }
@@ -472,21 +640,46 @@ impl DeleteOptions {
 /// DELETE one object. Objects with finalizers (and namespaces, whose content
 /// must go first) are only marked with `deletionTimestamp`; the last
 /// finalizer's removal deletes them.
-pub async fn delete(store: &Store, res: &Resource, ns: &str, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+pub async fn delete(
+    store: &Store,
+    res: &Resource,
+    ns: &str,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Value, ApiError> {
     let key = res.key(ns, name);
     let ns_opt = res.namespaced.then_some(ns);
     for _ in 0..UPDATE_RETRIES {
-        let old = store.cache().get(&key).ok_or_else(|| not_found(res, name))?;
+        let old = store
+            .cache()
+            .get(&key)
+            .ok_or_else(|| not_found(res, name))?;
         if let Some(uid) = &opts.uid {
             if old.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                return Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::UidMismatch {
-                    current: old.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().into(),
-                })));
+                return Err(store_error(
+                    res,
+                    ns_opt,
+                    name,
+                    StoreError::Rejected(Rejection::UidMismatch {
+                        current: old
+                            .pointer("/metadata/uid")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                    }),
+                ));
             }
         }
         if let Some(rv) = opts.resource_version {
             if rv != revision_of(&old) {
-                return Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::Conflict { current: revision_of(&old) })));
+                return Err(store_error(
+                    res,
+                    ns_opt,
+                    name,
+                    StoreError::Rejected(Rejection::Conflict {
+                        current: revision_of(&old),
+                    }),
+                ));
             }
         }
         let precondition = Precondition {
@@ -507,24 +700,50 @@ pub async fn delete(store: &Store, res: &Resource, ns: &str, name: &str, opts: &
             if res.kind == "Namespace" {
                 marked["status"] = json!({"phase": "Terminating"});
             }
-            store.write(Request::Put { key: key.clone(), object: marked, precondition }).await
+            store
+                .write(Request::Put {
+                    key: key.clone(),
+                    object: marked,
+                    precondition,
+                })
+                .await
         } else {
             if opts.dry_run {
                 return Ok((*old).clone());
             }
-            store.write(Request::Delete { key: key.clone(), precondition }).await
+            store
+                .write(Request::Delete {
+                    key: key.clone(),
+                    precondition,
+                })
+                .await
         };
         match result {
             Ok(v) => return Ok(v),
-            Err(StoreError::Rejected(Rejection::Conflict { .. })) if opts.resource_version.is_none() => continue,
+            Err(StoreError::Rejected(Rejection::Conflict { .. }))
+                if opts.resource_version.is_none() =>
+            {
+                continue
+            }
             Err(e) => return Err(store_error(res, ns_opt, name, e)),
         }
     }
-    Err(store_error(res, ns_opt, name, StoreError::Rejected(Rejection::Conflict { current: 0 })))
+    Err(store_error(
+        res,
+        ns_opt,
+        name,
+        StoreError::Rejected(Rejection::Conflict { current: 0 }),
+    ))
 }
 
 /// DELETE a collection: every object the selectors match. Returns them as a list.
-pub async fn delete_collection(store: &Store, res: &Resource, ns: Option<&str>, p: &Params, opts: &DeleteOptions) -> Result<Value, ApiError> {
+pub async fn delete_collection(
+    store: &Store,
+    res: &Resource,
+    ns: Option<&str>,
+    p: &Params,
+    opts: &DeleteOptions,
+) -> Result<Value, ApiError> {
     let filter = Filter::from_params(res, p)?;
     let page = store
         .cache()
@@ -572,27 +791,44 @@ pub fn scale_of(res: &Resource, obj: &Value) -> Value {
 }
 
 /// PUT or PATCH of `/scale`: `scale_body` computes the new Scale from the current one.
-pub async fn update_scale<F>(store: &Store, res: &Resource, ns: &str, name: &str, dry_run: bool, scale_body: F) -> Result<Value, ApiError>
+pub async fn update_scale<F>(
+    store: &Store,
+    res: &Resource,
+    ns: &str,
+    name: &str,
+    dry_run: bool,
+    scale_body: F,
+) -> Result<Value, ApiError>
 where
     F: Fn(&Value) -> Result<Value, ApiError>,
 {
     let updated = update_with(store, res, ns, name, Part::System, dry_run, |old| {
         let scale = scale_body(&scale_of(res, old))?;
-        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| ApiError::Invalid {
-            kind: "Scale".into(),
-            name: name.into(),
-            errors: vec![crate::api::FieldError::required("spec.replicas")],
-        })?;
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ApiError::Invalid {
+                kind: "Scale".into(),
+                name: name.into(),
+                errors: vec![crate::api::FieldError::required("spec.replicas")],
+            })?;
         if replicas < 0 {
             return Err(ApiError::Invalid {
                 kind: "Scale".into(),
                 name: name.into(),
-                errors: vec![crate::api::FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
+                errors: vec![crate::api::FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0",
+                )],
             });
         }
         let mut new = old.clone();
         new["spec"]["replicas"] = json!(replicas);
-        new["metadata"]["resourceVersion"] = json!(scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default());
+        new["metadata"]["resourceVersion"] = json!(scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default());
         Ok(new)
     })
     .await?;
@@ -606,7 +842,11 @@ pub async fn bind(store: &Store, ns: &str, name: &str, binding: Value) -> Result
         .pointer("/target/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::Invalid { kind: "Binding".into(), name: name.into(), errors: vec![crate::api::FieldError::required("target.name")] })?
+        .ok_or_else(|| ApiError::Invalid {
+            kind: "Binding".into(),
+            name: name.into(),
+            errors: vec![crate::api::FieldError::required("target.name")],
+        })?
         .to_string();
     update_with(store, res, ns, name, Part::System, false, |old| {
         match old.pointer("/spec/nodeName").and_then(Value::as_str) {
@@ -623,13 +863,18 @@ pub async fn bind(store: &Store, ns: &str, name: &str, binding: Value) -> Result
         }
     })
     .await?;
-    Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+    Ok(
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    )
 }
 
 /// PUT `namespaces/{name}/finalize`: replace `spec.finalizers`.
 pub async fn finalize_namespace(store: &Store, name: &str, body: Value) -> Result<Value, ApiError> {
     let res = resources::lookup("namespaces").expect("namespaces are served");
-    let finalizers = body.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+    let finalizers = body
+        .pointer("/spec/finalizers")
+        .cloned()
+        .unwrap_or(json!([]));
     update_with(store, res, "", name, Part::System, false, |old| {
         let mut new = old.clone();
         new["spec"]["finalizers"] = finalizers.clone();
@@ -645,18 +890,36 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let t = encode_continue(42, "core/pods/default/a");
-        assert_eq!(decode_continue(&t).unwrap(), (42, "core/pods/default/a".to_string()));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "core/pods/default/a".to_string())
+        );
         assert!(decode_continue("!!").is_err());
     }
 
     #[test]
     fn patches_apply_in_each_format() {
         let doc = json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}, "spec": {"replicas": 1}});
-        let merged = apply_patch(&doc, PatchType::Merge, &json!({"metadata": {"labels": {"y": null, "z": "3"}}})).unwrap();
+        let merged = apply_patch(
+            &doc,
+            PatchType::Merge,
+            &json!({"metadata": {"labels": {"y": null, "z": "3"}}}),
+        )
+        .unwrap();
         assert_eq!(merged["metadata"]["labels"], json!({"x": "1", "z": "3"}));
-        let patched = apply_patch(&doc, PatchType::Json, &json!([{"op": "replace", "path": "/spec/replicas", "value": 5}])).unwrap();
+        let patched = apply_patch(
+            &doc,
+            PatchType::Json,
+            &json!([{"op": "replace", "path": "/spec/replicas", "value": 5}]),
+        )
+        .unwrap();
         assert_eq!(patched["spec"]["replicas"], 5);
-        assert!(apply_patch(&doc, PatchType::Json, &json!([{"op": "test", "path": "/spec/replicas", "value": 9}])).is_err());
+        assert!(apply_patch(
+            &doc,
+            PatchType::Json,
+            &json!([{"op": "test", "path": "/spec/replicas", "value": 9}])
+        )
+        .is_err());
         assert!(PatchType::from_content_type("text/plain").is_err());
     }
 }

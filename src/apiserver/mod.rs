@@ -79,7 +79,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-async fn authenticate(State(state): State<Arc<ApiState>>, req: HttpRequest, next: Next) -> Response {
+async fn authenticate(
+    State(state): State<Arc<ApiState>>,
+    req: HttpRequest,
+    next: Next,
+) -> Response {
     let ok = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -117,28 +121,48 @@ async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
-async fn raft_append(State(state): State<Arc<ApiState>>, Json(req): Json<openraft::raft::AppendEntriesRequest<crate::store::TypeConfig>>) -> Response {
+async fn raft_append(
+    State(state): State<Arc<ApiState>>,
+    Json(req): Json<openraft::raft::AppendEntriesRequest<crate::store::TypeConfig>>,
+) -> Response {
     Json(state.store.raft().append_entries(req).await).into_response()
 }
 
-async fn raft_vote(State(state): State<Arc<ApiState>>, Json(req): Json<openraft::raft::VoteRequest<crate::store::NodeId>>) -> Response {
+async fn raft_vote(
+    State(state): State<Arc<ApiState>>,
+    Json(req): Json<openraft::raft::VoteRequest<crate::store::NodeId>>,
+) -> Response {
     Json(state.store.raft().vote(req).await).into_response()
 }
 
-async fn raft_snapshot(State(state): State<Arc<ApiState>>, Json(req): Json<openraft::raft::InstallSnapshotRequest<crate::store::TypeConfig>>) -> Response {
+async fn raft_snapshot(
+    State(state): State<Arc<ApiState>>,
+    Json(req): Json<openraft::raft::InstallSnapshotRequest<crate::store::TypeConfig>>,
+) -> Response {
     Json(state.store.raft().install_snapshot(req).await).into_response()
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json")
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
 }
 
-async fn dispatch(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap, req: HttpRequest) -> Response {
+async fn dispatch(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    req: HttpRequest,
+) -> Response {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(String::from);
     let body = match axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024).await {
         Ok(b) => b,
-        Err(e) => return Failure(ApiError::BadRequest(format!("reading request body: {e}"))).into_response(),
+        Err(e) => {
+            return Failure(ApiError::BadRequest(format!("reading request body: {e}")))
+                .into_response()
+        }
     };
     match serve(&state, &method, &headers, &path, query.as_deref(), body).await {
         Ok(r) => r,
@@ -151,22 +175,40 @@ async fn dispatch(State(state): State<Arc<ApiState>>, method: Method, headers: H
     }
 }
 
-async fn serve(state: &ApiState, method: &Method, headers: &HeaderMap, path: &str, query: Option<&str>, body: Bytes) -> Result<Response, ApiError> {
+async fn serve(
+    state: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let target = request::parse_path(path)?;
     let (res, namespace, name, sub, watch_path) = match target {
         Target::GroupVersion { group, version } if *method == Method::GET => {
-            return discovery::resource_list(&group, &version).map(|v| json_response(StatusCode::OK, &v));
+            return discovery::resource_list(&group, &version)
+                .map(|v| json_response(StatusCode::OK, &v));
         }
         Target::Group { group } if *method == Method::GET => {
             return discovery::group(&group).map(|v| json_response(StatusCode::OK, &v));
         }
-        Target::Resource { res, namespace, name, sub, watch_path } => (res, namespace, name, sub, watch_path),
+        Target::Resource {
+            res,
+            namespace,
+            name,
+            sub,
+            watch_path,
+        } => (res, namespace, name, sub, watch_path),
         _ => return Err(ApiError::MethodNotAllowed),
     };
     let p = Params::parse(query)?;
     let store = &state.store;
     let ns = namespace.as_deref();
-    let ns_str = if res.namespaced { ns.unwrap_or("default") } else { "" };
+    let ns_str = if res.namespaced {
+        ns.unwrap_or("default")
+    } else {
+        ""
+    };
     let ct = content_type(headers);
     let decoded = || request::decode_body(ct, &body);
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
@@ -187,54 +229,121 @@ async fn serve(state: &ApiState, method: &Method, headers: &HeaderMap, path: &st
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::DELETE, None, None) => {
-            let b = if body.is_empty() { None } else { Some(decoded()?) };
+            let b = if body.is_empty() {
+                None
+            } else {
+                Some(decoded()?)
+            };
             let opts = DeleteOptions::from_body(b.as_ref(), &p)?;
             ok(handlers::delete_collection(store, res, ns, &p, &opts).await?)
         }
         (Method::GET, Some(n), None) => ok(handlers::get(store, res, ns_str, n)?),
-        (Method::PUT, Some(n), None) => ok(handlers::update(store, res, ns_str, n, decoded()?, Part::Main, &p).await?),
+        (Method::PUT, Some(n), None) => {
+            ok(handlers::update(store, res, ns_str, n, decoded()?, Part::Main, &p).await?)
+        }
         (Method::PATCH, Some(n), None) | (Method::PATCH, Some(n), Some("status")) => {
-            let part = if sub.is_some() { Part::Status } else { Part::Main };
+            let part = if sub.is_some() {
+                Part::Status
+            } else {
+                Part::Main
+            };
             if part == Part::Status && !res.status {
-                return Err(ApiError::NotFound { resource: format!("{}/status", res.plural), name: n.into() });
+                return Err(ApiError::NotFound {
+                    resource: format!("{}/status", res.plural),
+                    name: n.into(),
+                });
             }
             let ty = PatchType::from_content_type(ct)?;
-            let patch_body = request::decode_body(if ty == PatchType::Apply { "yaml" } else { "json" }, &body)?;
-            let (v, created) = handlers::patch(store, res, ns_str, n, ty, patch_body, part, &p).await?;
-            Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &v))
+            let patch_body = request::decode_body(
+                if ty == PatchType::Apply {
+                    "yaml"
+                } else {
+                    "json"
+                },
+                &body,
+            )?;
+            let (v, created) = handlers::patch(
+                store,
+                res,
+                ns_str,
+                n,
+                handlers::PatchBody {
+                    ty,
+                    body: patch_body,
+                },
+                part,
+                &p,
+            )
+            .await?;
+            Ok(json_response(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                &v,
+            ))
         }
         (Method::DELETE, Some(n), None) => {
-            let b = if body.is_empty() { None } else { Some(decoded()?) };
+            let b = if body.is_empty() {
+                None
+            } else {
+                Some(decoded()?)
+            };
             let opts = DeleteOptions::from_body(b.as_ref(), &p)?;
             ok(handlers::delete(store, res, ns_str, n, &opts).await?)
         }
-        (Method::GET, Some(n), Some("status")) if res.status => ok(handlers::get(store, res, ns_str, n)?),
-        (Method::PUT, Some(n), Some("status")) if res.status => ok(handlers::update(store, res, ns_str, n, decoded()?, Part::Status, &p).await?),
-        (Method::GET, Some(n), Some("scale")) if res.scale => ok(handlers::scale_of(res, &handlers::get(store, res, ns_str, n)?)),
+        (Method::GET, Some(n), Some("status")) if res.status => {
+            ok(handlers::get(store, res, ns_str, n)?)
+        }
+        (Method::PUT, Some(n), Some("status")) if res.status => {
+            ok(handlers::update(store, res, ns_str, n, decoded()?, Part::Status, &p).await?)
+        }
+        (Method::GET, Some(n), Some("scale")) if res.scale => ok(handlers::scale_of(
+            res,
+            &handlers::get(store, res, ns_str, n)?,
+        )),
         (Method::PUT, Some(n), Some("scale")) if res.scale => {
             let scale = decoded()?;
-            ok(handlers::update_scale(store, res, ns_str, n, p.is_dry_run(), |_| Ok(scale.clone())).await?)
+            ok(
+                handlers::update_scale(
+                    store,
+                    res,
+                    ns_str,
+                    n,
+                    p.is_dry_run(),
+                    |_| Ok(scale.clone()),
+                )
+                .await?,
+            )
         }
         (Method::PATCH, Some(n), Some("scale")) if res.scale => {
             let ty = PatchType::from_content_type(ct)?;
             let patch_body = decoded()?;
-            ok(handlers::update_scale(store, res, ns_str, n, p.is_dry_run(), |current| {
-                let mut s = handlers::apply_patch(current, ty, &patch_body)?;
-                if patch_body.pointer("/metadata/resourceVersion").is_none() {
-                    s["metadata"]["resourceVersion"] = Value::String(String::new());
-                }
-                Ok(s)
+            ok(
+                handlers::update_scale(store, res, ns_str, n, p.is_dry_run(), |current| {
+                    let mut s = handlers::apply_patch(current, ty, &patch_body)?;
+                    if patch_body.pointer("/metadata/resourceVersion").is_none() {
+                        s["metadata"]["resourceVersion"] = Value::String(String::new());
+                    }
+                    Ok(s)
+                })
+                .await?,
+            )
+        }
+        (Method::POST, Some(n), Some("binding")) if res.kind == "Pod" => Ok(json_response(
+            StatusCode::CREATED,
+            &handlers::bind(store, ns_str, n, decoded()?).await?,
+        )),
+        (Method::PUT, Some(n), Some("finalize")) if res.kind == "Namespace" => {
+            ok(handlers::finalize_namespace(store, n, decoded()?).await?)
+        }
+        (_, Some(n), Some(s)) if !matches!(s, "status" | "scale" | "binding" | "finalize") => {
+            Err(ApiError::NotFound {
+                resource: format!("{}/{s}", res.plural),
+                name: n.into(),
             })
-            .await?)
         }
-        (Method::POST, Some(n), Some("binding")) if res.kind == "Pod" => {
-            Ok(json_response(StatusCode::CREATED, &handlers::bind(store, ns_str, n, decoded()?).await?))
-        }
-        (Method::PUT, Some(n), Some("finalize")) if res.kind == "Namespace" => ok(handlers::finalize_namespace(store, n, decoded()?).await?),
-        (_, Some(n), Some(s)) if !matches!(s, "status" | "scale" | "binding" | "finalize") => Err(ApiError::NotFound {
-            resource: format!("{}/{s}", res.plural),
-            name: n.into(),
-        }),
         _ => Err(ApiError::MethodNotAllowed),
     }
 }

@@ -34,10 +34,18 @@ fn not_found(path: &str) -> ApiError {
 
 /// Parse a request path.
 pub fn parse_path(path: &str) -> Result<Target, ApiError> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, mut rest) = match segs.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
-        ["apis", group] => return Ok(Target::Group { group: group.to_string() }),
+        ["apis", group] => {
+            return Ok(Target::Group {
+                group: group.to_string(),
+            })
+        }
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(not_found(path)),
     };
@@ -161,10 +169,13 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
     if content_type.contains("yaml") {
-        let text = std::str::from_utf8(body).map_err(|e| ApiError::BadRequest(format!("body is not UTF-8: {e}")))?;
-        serde_saphyr::from_str(text).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
+        let text = std::str::from_utf8(body)
+            .map_err(|e| ApiError::BadRequest(format!("body is not UTF-8: {e}")))?;
+        serde_saphyr::from_str(text)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))
     }
 }
 
@@ -174,7 +185,13 @@ mod tests {
 
     fn res(path: &str) -> (String, Option<String>, Option<String>, Option<String>) {
         match parse_path(path).unwrap() {
-            Target::Resource { res, namespace, name, sub, .. } => (res.plural.to_string(), namespace, name, sub),
+            Target::Resource {
+                res,
+                namespace,
+                name,
+                sub,
+                ..
+            } => (res.plural.to_string(), namespace, name, sub),
             other => panic!("{other:?}"),
         }
     }
@@ -182,22 +199,49 @@ mod tests {
     #[test]
     fn paths_resolve_like_kube_apiserver() {
         assert_eq!(res("/api/v1/pods"), ("pods".into(), None, None, None));
-        assert_eq!(res("/api/v1/namespaces/default/pods"), ("pods".into(), Some("default".into()), None, None));
+        assert_eq!(
+            res("/api/v1/namespaces/default/pods"),
+            ("pods".into(), Some("default".into()), None, None)
+        );
         assert_eq!(
             res("/api/v1/namespaces/default/pods/a/status"),
-            ("pods".into(), Some("default".into()), Some("a".into()), Some("status".into()))
+            (
+                "pods".into(),
+                Some("default".into()),
+                Some("a".into()),
+                Some("status".into())
+            )
         );
-        assert_eq!(res("/api/v1/namespaces/kube-system"), ("namespaces".into(), None, Some("kube-system".into()), None));
+        assert_eq!(
+            res("/api/v1/namespaces/kube-system"),
+            ("namespaces".into(), None, Some("kube-system".into()), None)
+        );
         assert_eq!(
             res("/api/v1/namespaces/x/finalize"),
-            ("namespaces".into(), None, Some("x".into()), Some("finalize".into()))
+            (
+                "namespaces".into(),
+                None,
+                Some("x".into()),
+                Some("finalize".into())
+            )
         );
         assert_eq!(
             res("/apis/apps/v1/namespaces/d/deployments/w/scale"),
-            ("deployments".into(), Some("d".into()), Some("w".into()), Some("scale".into()))
+            (
+                "deployments".into(),
+                Some("d".into()),
+                Some("w".into()),
+                Some("scale".into())
+            )
         );
-        assert_eq!(res("/api/v1/nodes/n1"), ("nodes".into(), None, Some("n1".into()), None));
-        assert!(matches!(parse_path("/apis/apps/v1"), Ok(Target::GroupVersion { .. })));
+        assert_eq!(
+            res("/api/v1/nodes/n1"),
+            ("nodes".into(), None, Some("n1".into()), None)
+        );
+        assert!(matches!(
+            parse_path("/apis/apps/v1"),
+            Ok(Target::GroupVersion { .. })
+        ));
         assert!(parse_path("/api/v1/widgets").is_err());
         assert!(parse_path("/api/v1/namespaces/d/nodes/x").is_err());
         assert!(parse_path("/api/v1/pods/a").is_err());

@@ -25,18 +25,28 @@ const BATCH: usize = 512;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 fn line(event_type: &str, object: &Value) -> Bytes {
-    let mut s = serde_json::to_string(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    let mut s =
+        serde_json::to_string(&json!({"type": event_type, "object": object})).unwrap_or_default();
     s.push('\n');
     Bytes::from(s)
 }
 
 /// Start a watch and return the streaming body.
-pub fn watch(store: &Store, res: &'static Resource, ns: Option<&str>, p: &Params, bookmark_interval: Duration) -> Result<Body, ApiError> {
+pub fn watch(
+    store: &Store,
+    res: &'static Resource,
+    ns: Option<&str>,
+    p: &Params,
+    bookmark_interval: Duration,
+) -> Result<Body, ApiError> {
     let filter = Filter::from_params(res, p)?;
     let prefix = res.prefix(ns);
     let start = p.revision()?;
     let bookmarks = p.bookmarks();
-    let timeout = p.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = p
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
     let cache = store.cache().clone();
 
     // Without a resourceVersion: the current state as ADDED events, then changes.
@@ -112,5 +122,7 @@ pub fn watch(store: &Store, res: &'static Resource, ns: Option<&str>, p: &Params
             }
         }
     });
-    Ok(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    Ok(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
 }

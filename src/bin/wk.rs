@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use wasmkube::server::{self, ServerConfig};
 
 #[derive(Parser)]
-#[command(name = "wk", version, about = "wasmkube: a WebAssembly-first container orchestrator")]
+#[command(
+    name = "wk",
+    version,
+    about = "wasmkube: a WebAssembly-first container orchestrator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,10 @@ fn kubeconfig_path(flag: Option<PathBuf>) -> PathBuf {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WK_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WK_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -111,21 +118,38 @@ async fn main() -> Result<()> {
                 .await
                 .with_context(|| format!("connecting to {}", kc.server))?;
             if !resp.status().is_success() {
-                bail!("server answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+                bail!(
+                    "server answered {}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                );
             }
             let bytes = resp.bytes().await?;
-            let snap: wasmkube::store::SnapshotData = serde_json::from_slice(&bytes).context("decoding snapshot")?;
+            let snap: wasmkube::store::SnapshotData =
+                serde_json::from_slice(&bytes).context("decoding snapshot")?;
             let tmp = file.with_extension("tmp");
             std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))?;
-            println!("Snapshot saved at {} (revision {}, {} objects)", file.display(), snap.revision, snap.objects.len());
+            println!(
+                "Snapshot saved at {} (revision {}, {} objects)",
+                file.display(),
+                snap.revision,
+                snap.objects.len()
+            );
         }
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let rev = wasmkube::store::restore(&bytes, &data_dir.join("raft"), 1, "127.0.0.1:6443")
                 .await
-                .with_context(|| format!("restoring {} into {}", file.display(), data_dir.display()))?;
-            println!("Restored {} into {} (revision {rev})", file.display(), data_dir.display());
+                .with_context(|| {
+                    format!("restoring {} into {}", file.display(), data_dir.display())
+                })?;
+            println!(
+                "Restored {} into {} (revision {rev})",
+                file.display(),
+                data_dir.display()
+            );
         }
     }
     Ok(())

@@ -23,10 +23,13 @@ pub fn merge_diff(old: &Value, new: &Value) -> Value {
         (Value::Object(o), Value::Object(n)) => {
             let mut out = Map::new();
             for (k, v) in n {
-                out.insert(k.clone(), match o.get(k) {
-                    Some(ov) => merge_diff(ov, v),
-                    None => v.clone(),
-                });
+                out.insert(
+                    k.clone(),
+                    match o.get(k) {
+                        Some(ov) => merge_diff(ov, v),
+                        None => v.clone(),
+                    },
+                );
             }
             for k in o.keys() {
                 if !n.contains_key(k) {
@@ -68,7 +71,12 @@ impl Apply {
                 continue;
             }
             let ns = if res.namespaced {
-                Some(v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(&ctx.namespace).to_string())
+                Some(
+                    v.pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or(&ctx.namespace)
+                        .to_string(),
+                )
             } else {
                 None
             };
@@ -82,22 +90,34 @@ impl Apply {
             let mut with_annotation = desired.clone();
             with_annotation["metadata"]["annotations"][LAST_APPLIED] = json!(applied);
             let outcome = match ctx.client.get(res, ns.as_deref(), &name).await {
-                Err(e) if e.is_not_found() => ctx.client.create(res, ns.as_deref(), &with_annotation).await.map(|_| "created"),
+                Err(e) if e.is_not_found() => ctx
+                    .client
+                    .create(res, ns.as_deref(), &with_annotation)
+                    .await
+                    .map(|_| "created"),
                 Err(e) => Err(e),
                 Ok(current) => {
                     let last: Value = current
-                        .pointer(&format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1")))
+                        .pointer(&format!(
+                            "/metadata/annotations/{}",
+                            LAST_APPLIED.replace('/', "~1")
+                        ))
                         .and_then(Value::as_str)
                         .and_then(|s| serde_json::from_str(s).ok())
                         .unwrap_or(json!({}));
                     let patch = merge_diff(&last, &with_annotation);
-                    ctx.client.merge_patch(res, ns.as_deref(), &name, &patch).await.map(|updated| {
-                        if updated["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"] {
-                            "unchanged"
-                        } else {
-                            "configured"
-                        }
-                    })
+                    ctx.client
+                        .merge_patch(res, ns.as_deref(), &name, &patch)
+                        .await
+                        .map(|updated| {
+                            if updated["metadata"]["resourceVersion"]
+                                == current["metadata"]["resourceVersion"]
+                            {
+                                "unchanged"
+                            } else {
+                                "configured"
+                            }
+                        })
                 }
             };
             match outcome {
@@ -124,6 +144,9 @@ mod tests {
     fn merge_diff_removes_fields_dropped_from_the_manifest() {
         let old = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"x": "1"}});
         let new = json!({"metadata": {"labels": {"a": "1"}}, "data": {"y": "2"}});
-        assert_eq!(merge_diff(&old, &new), json!({"metadata": {"labels": {"a": "1", "b": null}}, "data": {"y": "2", "x": null}}));
+        assert_eq!(
+            merge_diff(&old, &new),
+            json!({"metadata": {"labels": {"a": "1", "b": null}}, "data": {"y": "2", "x": null}})
+        );
     }
 }

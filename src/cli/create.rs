@@ -16,7 +16,8 @@ impl Create {
         match self {
             Create::Namespace { name } => {
                 let res = resource("namespaces")?;
-                let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                let obj =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
                 ctx.client.create(res, None, &obj).await?;
                 println!("namespace/{name} created");
             }

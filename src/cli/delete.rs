@@ -29,12 +29,20 @@ pub struct Delete {
 }
 
 impl Delete {
-    async fn delete_one(&self, ctx: &Context, res: &Resource, ns: Option<&str>, name: &str) -> Result<(), CliError> {
+    async fn delete_one(
+        &self,
+        ctx: &Context,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(), CliError> {
         match ctx.client.delete(res, ns, name).await {
             Err(e) if e.is_not_found() && self.ignore_not_found => return Ok(()),
             Err(e) => return Err(e.into()),
             Ok(obj) => {
-                let pending = obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+                let pending = obj
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some_and(|v| !v.is_null());
                 let display = ref_name(res, name);
                 let (kind, n) = display.split_once('/').unwrap_or((&display, name));
                 println!("{kind} {n:?} deleted");
@@ -46,7 +54,9 @@ impl Delete {
                             Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                         }
                     }
-                    return Err(CliError::Usage(format!("timed out waiting for {display} to be deleted")));
+                    return Err(CliError::Usage(format!(
+                        "timed out waiting for {display} to be deleted"
+                    )));
                 }
             }
         }
@@ -71,15 +81,33 @@ impl Delete {
             }
             for d in docs {
                 let v = &d.value;
-                let Some(res) = resources::find_kind(v["apiVersion"].as_str().unwrap_or_default(), v["kind"].as_str().unwrap_or_default()) else {
-                    report(Err(CliError::Usage(format!("{} (document {}, line {}): no matches for kind {:?}", d.source, d.index, d.line, v["kind"]))));
+                let Some(res) = resources::find_kind(
+                    v["apiVersion"].as_str().unwrap_or_default(),
+                    v["kind"].as_str().unwrap_or_default(),
+                ) else {
+                    report(Err(CliError::Usage(format!(
+                        "{} (document {}, line {}): no matches for kind {:?}",
+                        d.source, d.index, d.line, v["kind"]
+                    ))));
                     continue;
                 };
-                let ns = res.namespaced.then(|| v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(&ctx.namespace).to_string());
-                report(self.delete_one(ctx, res, ns.as_deref(), super::name_of(v)).await);
+                let ns = res.namespaced.then(|| {
+                    v.pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or(&ctx.namespace)
+                        .to_string()
+                });
+                report(
+                    self.delete_one(ctx, res, ns.as_deref(), super::name_of(v))
+                        .await,
+                );
             }
         } else {
-            let (first, rest) = self.args.split_first().ok_or_else(|| CliError::Usage("You must provide one or more resources by argument or filename.".into()))?;
+            let (first, rest) = self.args.split_first().ok_or_else(|| {
+                CliError::Usage(
+                    "You must provide one or more resources by argument or filename.".into(),
+                )
+            })?;
             if first.contains('/') {
                 for a in &self.args {
                     let (t, n) = a.split_once('/').unwrap_or((a, ""));
@@ -90,16 +118,25 @@ impl Delete {
                 let res = resource(first)?;
                 if rest.is_empty() {
                     if self.selector.is_none() && !self.all {
-                        return Err(CliError::Usage("resource(s) were provided, but no name was specified".into()));
+                        return Err(CliError::Usage(
+                            "resource(s) were provided, but no name was specified".into(),
+                        ));
                     }
-                    let q = self.selector.as_ref().map(|s| format!("labelSelector={}", urlencode(s))).unwrap_or_default();
+                    let q = self
+                        .selector
+                        .as_ref()
+                        .map(|s| format!("labelSelector={}", urlencode(s)))
+                        .unwrap_or_default();
                     let list = ctx.client.list(res, ctx.ns_for(res), &q).await?;
                     let items = list["items"].as_array().cloned().unwrap_or_default();
                     if items.is_empty() {
                         eprintln!("No resources found");
                     }
                     for o in items {
-                        report(self.delete_one(ctx, res, ctx.ns_for(res), super::name_of(&o)).await);
+                        report(
+                            self.delete_one(ctx, res, ctx.ns_for(res), super::name_of(&o))
+                                .await,
+                        );
                     }
                 } else {
                     for n in rest {

@@ -48,7 +48,11 @@ fn targets(args: &[String]) -> Result<Vec<(&'static Resource, Vec<String>)>, Cli
     let mut out = Vec::new();
     for t in types.split(',') {
         if t == "all" {
-            out.extend(resources::category("all").into_iter().map(|r| (r, names.to_vec())));
+            out.extend(
+                resources::category("all")
+                    .into_iter()
+                    .map(|r| (r, names.to_vec())),
+            );
         } else {
             out.push((resource(t)?, names.to_vec()));
         }
@@ -69,13 +73,24 @@ fn query(sel: &Option<String>, fields: &Option<String>) -> String {
 
 /// Percent-encode a query value.
 pub fn urlencode(s: &str) -> String {
-    serde_urlencoded::to_string([("", s)]).unwrap_or_default().trim_start_matches('=').to_string()
+    serde_urlencoded::to_string([("", s)])
+        .unwrap_or_default()
+        .trim_start_matches('=')
+        .to_string()
 }
 
 impl Get {
-    fn rows(&self, res: &Resource, items: &[Value], prefix_kind: bool) -> (Vec<String>, Vec<Vec<String>>) {
+    fn rows(
+        &self,
+        res: &Resource,
+        items: &[Value],
+        prefix_kind: bool,
+    ) -> (Vec<String>, Vec<Vec<String>>) {
         let wide = self.output == Some(Output::Wide);
-        let mut headers: Vec<String> = printers::headers(res, wide).into_iter().map(String::from).collect();
+        let mut headers: Vec<String> = printers::headers(res, wide)
+            .into_iter()
+            .map(String::from)
+            .collect();
         if self.all_namespaces && res.namespaced {
             headers.insert(0, "NAMESPACE".into());
         }
@@ -93,8 +108,21 @@ impl Get {
                     r.insert(0, crate::api::meta::namespace(o).to_string());
                 }
                 if self.show_labels {
-                    let labels = o.pointer("/metadata/labels").and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")).unwrap_or_default();
-                    r.push(if labels.is_empty() { "<none>".into() } else { labels });
+                    let labels = o
+                        .pointer("/metadata/labels")
+                        .and_then(Value::as_object)
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    r.push(if labels.is_empty() {
+                        "<none>".into()
+                    } else {
+                        labels
+                    });
                 }
                 r
             })
@@ -110,10 +138,19 @@ impl Get {
         let mut failed = false;
         let mut watch_from = None;
         for (res, names) in &targets {
-            let ns = if self.all_namespaces { None } else { ctx.ns_for(res) };
+            let ns = if self.all_namespaces {
+                None
+            } else {
+                ctx.ns_for(res)
+            };
             let items: Vec<Value> = if names.is_empty() {
-                let list = ctx.client.list(res, ns, &query(&self.selector, &self.field_selector)).await?;
-                watch_from = list["metadata"]["resourceVersion"].as_str().map(String::from);
+                let list = ctx
+                    .client
+                    .list(res, ns, &query(&self.selector, &self.field_selector))
+                    .await?;
+                watch_from = list["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(String::from);
                 list["items"].as_array().cloned().unwrap_or_default()
             } else {
                 let mut v = Vec::new();
@@ -129,11 +166,13 @@ impl Get {
                 v
             };
             match self.output {
-                Some(Output::Json) | Some(Output::Yaml) => all_items.extend(items.into_iter().map(|mut o| {
-                    o["apiVersion"] = json!(res.api_version());
-                    o["kind"] = json!(res.kind);
-                    o
-                })),
+                Some(Output::Json) | Some(Output::Yaml) => {
+                    all_items.extend(items.into_iter().map(|mut o| {
+                        o["apiVersion"] = json!(res.api_version());
+                        o["kind"] = json!(res.kind);
+                        o
+                    }))
+                }
                 Some(Output::Name) => {
                     for o in &items {
                         println!("{}", ref_name(res, super::name_of(o)));
@@ -177,7 +216,9 @@ impl Get {
         }
         if self.watch {
             if multi {
-                return Err(CliError::Usage("you may only specify a single resource type with --watch".into()));
+                return Err(CliError::Usage(
+                    "you may only specify a single resource type with --watch".into(),
+                ));
             }
             let (res, names) = &targets[0];
             let mut fields = self.field_selector.clone();
@@ -187,30 +228,51 @@ impl Get {
                     watch_from = o["metadata"]["resourceVersion"].as_str().map(String::from);
                 }
             }
-            let ns = if self.all_namespaces { None } else { ctx.ns_for(res) };
+            let ns = if self.all_namespaces {
+                None
+            } else {
+                ctx.ns_for(res)
+            };
             let mut q = query(&self.selector, &fields);
             if let Some(rv) = watch_from {
-                q = format!("{q}{}resourceVersion={rv}", if q.is_empty() { "" } else { "&" });
+                q = format!(
+                    "{q}{}resourceVersion={rv}",
+                    if q.is_empty() { "" } else { "&" }
+                );
             }
             let stream = ctx.client.watch(res, ns, &q).await?;
             let mut stream = std::pin::pin!(stream);
             while let Some(ev) = stream.next().await {
                 let ev = ev?;
                 if ev.event_type == "ERROR" {
-                    return Err(CliError::Usage(ev.object["message"].as_str().unwrap_or("watch failed").into()));
+                    return Err(CliError::Usage(
+                        ev.object["message"]
+                            .as_str()
+                            .unwrap_or("watch failed")
+                            .into(),
+                    ));
                 }
                 if ev.event_type == "BOOKMARK" {
                     continue;
                 }
                 match self.output {
-                    Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&ev.object).unwrap_or_default()),
+                    Some(Output::Json) => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&ev.object).unwrap_or_default()
+                    ),
                     Some(Output::Yaml) => print!("---\n{}", printers::yaml(&ev.object)),
                     Some(Output::Name) => println!("{}", ref_name(res, super::name_of(&ev.object))),
                     _ => {
                         let (h, r) = self.rows(res, std::slice::from_ref(&ev.object), false);
                         let t = printers::table(&h, &r);
                         // Rows only: the header was printed with the list.
-                        print!("{}", t.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>());
+                        print!(
+                            "{}",
+                            t.lines()
+                                .skip(1)
+                                .map(|l| format!("{l}\n"))
+                                .collect::<String>()
+                        );
                     }
                 }
                 use std::io::Write;

@@ -12,7 +12,10 @@ pub struct ClusterInfo {}
 impl ClusterInfo {
     pub async fn execute(&self, ctx: &Context) -> Result<(), CliError> {
         ctx.client.request(Method::GET, "/api", None).await?;
-        println!("Kubernetes control plane is running at {}", ctx.client.server());
+        println!(
+            "Kubernetes control plane is running at {}",
+            ctx.client.server()
+        );
         Ok(())
     }
 }
@@ -26,10 +29,17 @@ pub struct Version {
 
 impl Version {
     pub async fn execute(&self, ctx: &Context) -> Result<(), CliError> {
-        println!("Client Version: v1.{}.0+wasmkube-{}", crate::apiserver::discovery::KUBERNETES_MINOR, env!("CARGO_PKG_VERSION"));
+        println!(
+            "Client Version: v1.{}.0+wasmkube-{}",
+            crate::apiserver::discovery::KUBERNETES_MINOR,
+            env!("CARGO_PKG_VERSION")
+        );
         if !self.client {
             let v = ctx.client.request(Method::GET, "/version", None).await?;
-            println!("Server Version: {}", v["gitVersion"].as_str().unwrap_or_default());
+            println!(
+                "Server Version: {}",
+                v["gitVersion"].as_str().unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -43,11 +53,21 @@ impl ApiResources {
         let mut lists = vec![ctx.client.request(Method::GET, "/api/v1", None).await?];
         let groups = ctx.client.request(Method::GET, "/apis", None).await?;
         for g in groups["groups"].as_array().into_iter().flatten() {
-            if let Some(gv) = g.pointer("/preferredVersion/groupVersion").and_then(Value::as_str) {
-                lists.push(ctx.client.request(Method::GET, &format!("/apis/{gv}"), None).await?);
+            if let Some(gv) = g
+                .pointer("/preferredVersion/groupVersion")
+                .and_then(Value::as_str)
+            {
+                lists.push(
+                    ctx.client
+                        .request(Method::GET, &format!("/apis/{gv}"), None)
+                        .await?,
+                );
             }
         }
-        let headers: Vec<String> = ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"].into_iter().map(String::from).collect();
+        let headers: Vec<String> = ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+            .into_iter()
+            .map(String::from)
+            .collect();
         let mut rows = Vec::new();
         for l in &lists {
             let gv = l["groupVersion"].as_str().unwrap_or_default();
@@ -56,8 +76,19 @@ impl ApiResources {
                 if name.contains('/') {
                     continue;
                 }
-                let short: Vec<&str> = r["shortNames"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                rows.push(vec![name.to_string(), short.join(","), gv.to_string(), r["namespaced"].as_bool().unwrap_or(false).to_string(), r["kind"].as_str().unwrap_or_default().to_string()]);
+                let short: Vec<&str> = r["shortNames"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                rows.push(vec![
+                    name.to_string(),
+                    short.join(","),
+                    gv.to_string(),
+                    r["namespaced"].as_bool().unwrap_or(false).to_string(),
+                    r["kind"].as_str().unwrap_or_default().to_string(),
+                ]);
             }
         }
         print!("{}", printers::table(&headers, &rows));

@@ -60,7 +60,10 @@ fn is_blank(doc: &str) -> bool {
 
 /// Expand `kind: List` into its items.
 fn expand(v: Value) -> Vec<Value> {
-    let is_list = v["kind"].as_str().is_some_and(|k| k == "List" || k.ends_with("List")) && v["items"].is_array();
+    let is_list = v["kind"]
+        .as_str()
+        .is_some_and(|k| k == "List" || k.ends_with("List"))
+        && v["items"].is_array();
     if is_list {
         v["items"].as_array().cloned().unwrap_or_default()
     } else {
@@ -88,10 +91,20 @@ pub fn decode(source: &str, text: &str) -> (Vec<Document>, Vec<ManifestError>) {
                         Value::Array(items) => items,
                         other => expand(other),
                     };
-                    docs.extend(items.into_iter().map(|value| Document { source: source.into(), index, line, value }));
+                    docs.extend(items.into_iter().map(|value| Document {
+                        source: source.into(),
+                        index,
+                        line,
+                        value,
+                    }));
                 }
                 Some(Err(e)) => {
-                    errors.push(ManifestError { file: source.into(), index: index + 1, line: e.line(), message: e.to_string() });
+                    errors.push(ManifestError {
+                        file: source.into(),
+                        index: index + 1,
+                        line: e.line(),
+                        message: e.to_string(),
+                    });
                     break;
                 }
             }
@@ -107,7 +120,12 @@ pub fn decode(source: &str, text: &str) -> (Vec<Document>, Vec<ManifestError>) {
         match serde_saphyr::from_str::<Value>(&doc) {
             Ok(Value::Null) => {}
             Ok(v @ Value::Object(_)) => {
-                docs.extend(expand(v).into_iter().map(|value| Document { source: source.into(), index, line: start, value }));
+                docs.extend(expand(v).into_iter().map(|value| Document {
+                    source: source.into(),
+                    index,
+                    line: start,
+                    value,
+                }));
             }
             Ok(other) => errors.push(ManifestError {
                 file: source.into(),
@@ -116,9 +134,18 @@ pub fn decode(source: &str, text: &str) -> (Vec<Document>, Vec<ManifestError>) {
                 message: format!("expected a mapping (an object), found {}", kind_of(&other)),
             }),
             Err(e) => {
-                let line = e.location().map(|l| start + l.line() as usize - 1).unwrap_or(start);
-                let message = strip_relative_position(e.to_string().lines().next().unwrap_or_default());
-                errors.push(ManifestError { file: source.into(), index, line, message });
+                let line = e
+                    .location()
+                    .map(|l| start + l.line() as usize - 1)
+                    .unwrap_or(start);
+                let message =
+                    strip_relative_position(e.to_string().lines().next().unwrap_or_default());
+                errors.push(ManifestError {
+                    file: source.into(),
+                    index,
+                    line,
+                    message,
+                });
             }
         }
     }
@@ -158,7 +185,12 @@ pub fn read(paths: &[String]) -> (Vec<Document>, Vec<ManifestError>) {
             docs.extend(d);
             errors.extend(e);
         }
-        Err(e) => errors.push(ManifestError { file: source, index: 0, line: 0, message: e.to_string() }),
+        Err(e) => errors.push(ManifestError {
+            file: source,
+            index: 0,
+            line: 0,
+            message: e.to_string(),
+        }),
     };
     for p in paths {
         if p == "-" {
@@ -172,7 +204,10 @@ pub fn read(paths: &[String]) -> (Vec<Document>, Vec<ManifestError>) {
             let mut files: Vec<_> = std::fs::read_dir(path)
                 .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
                 .unwrap_or_default();
-            files.retain(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"));
+            files.retain(|f| {
+                f.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            });
             files.sort();
             for f in files {
                 add(f.display().to_string(), std::fs::read_to_string(&f));
@@ -193,17 +228,31 @@ mod tests {
     fn a_bad_document_is_reported_and_the_others_still_decode() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\n# comment only\n---\napiVersion: v1\nkind: Pod\nmetadata: [unclosed\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n";
         let (docs, errors) = decode("m.yaml", text);
-        assert_eq!(docs.iter().map(|d| d.value["metadata"]["name"].as_str().unwrap()).collect::<Vec<_>>(), vec!["a", "c"]);
+        assert_eq!(
+            docs.iter()
+                .map(|d| d.value["metadata"]["name"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            vec!["a", "c"]
+        );
         assert_eq!(docs[1].index, 3);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].index, 2);
-        assert!(errors[0].line >= 8 && errors[0].line <= 11, "{:?}", errors[0]);
-        assert!(errors[0].to_string().starts_with("error parsing m.yaml (document 2, line"));
+        assert!(
+            errors[0].line >= 8 && errors[0].line <= 11,
+            "{:?}",
+            errors[0]
+        );
+        assert!(errors[0]
+            .to_string()
+            .starts_with("error parsing m.yaml (document 2, line"));
     }
 
     #[test]
     fn json_and_lists_expand() {
-        let (docs, errors) = decode("x.json", r#"{"apiVersion":"v1","kind":"List","items":[{"kind":"Pod"},{"kind":"Service"}]}"#);
+        let (docs, errors) = decode(
+            "x.json",
+            r#"{"apiVersion":"v1","kind":"List","items":[{"kind":"Pod"},{"kind":"Service"}]}"#,
+        );
         assert!(errors.is_empty());
         assert_eq!(docs.len(), 2);
         let (docs, errors) = decode("x.json", "{\"kind\": \"Pod\"}\n{\"kind\": ");

@@ -2,6 +2,9 @@
 //! a clap struct and an `execute` method. Errors print the way kubectl
 //! prints them and exit 1.
 
+// Errors end the process once; their size does not matter here.
+#![allow(clippy::result_large_err)]
+
 pub mod apply;
 pub mod create;
 pub mod delete;
@@ -21,7 +24,11 @@ use crate::client::{Client, ClientError, Kubeconfig};
 
 /// The wkctl command line.
 #[derive(Parser)]
-#[command(name = "wkctl", version, about = "wkctl controls the wasmkube cluster (kubectl-compatible verbs)")]
+#[command(
+    name = "wkctl",
+    version,
+    about = "wkctl controls the wasmkube cluster (kubectl-compatible verbs)"
+)]
 pub struct Cli {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then the server's default data dir).
     #[arg(long, global = true)]
@@ -82,8 +89,15 @@ impl Context {
             .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
             .unwrap_or_else(|| crate::server::kubeconfig_path(&crate::server::default_data_dir()));
         let kc = Kubeconfig::load(&path).map_err(ClientError::from)?;
-        let namespace = cli.namespace.clone().or(kc.namespace.clone()).unwrap_or_else(|| "default".into());
-        Ok(Self { client: Client::new(kc.server, kc.token), namespace })
+        let namespace = cli
+            .namespace
+            .clone()
+            .or(kc.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        Ok(Self {
+            client: Client::new(kc.server, kc.token),
+            namespace,
+        })
     }
 
     /// The namespace argument for a resource: `None` for cluster-scoped kinds.

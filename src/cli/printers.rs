@@ -21,15 +21,27 @@ pub fn human_duration(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if d < 8 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else {
@@ -40,7 +52,9 @@ pub fn human_duration(secs: i64) -> String {
 /// Age of a timestamp field.
 pub fn age(ts: Option<&str>) -> String {
     match ts.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
-        Some(t) => human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()),
+        Some(t) => {
+            human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+        }
         None => "<unknown>".into(),
     }
 }
@@ -54,19 +68,33 @@ fn n(v: &Value, p: &str) -> i64 {
 }
 
 fn or_none(x: String) -> String {
-    if x.is_empty() { "<none>".into() } else { x }
+    if x.is_empty() {
+        "<none>".into()
+    } else {
+        x
+    }
 }
 
 fn pod_status(pod: &Value) -> String {
-    if pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
         return "Terminating".into();
     }
-    let statuses = pod.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for c in &statuses {
         if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             return r.into();
         }
-        if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str) {
+        if let Some(r) = c
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str)
+        {
             if s(pod, "/status/phase") != "Succeeded" || r != "Completed" {
                 return r.into();
             }
@@ -79,13 +107,25 @@ fn pod_status(pod: &Value) -> String {
 }
 
 fn service_ports(svc: &Value) -> String {
-    let ports = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     or_none(
         ports
             .iter()
             .map(|p| {
-                let np = p.get("nodePort").and_then(Value::as_i64).map(|x| format!(":{x}")).unwrap_or_default();
-                format!("{}{np}/{}", n(p, "/port"), p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"))
+                let np = p
+                    .get("nodePort")
+                    .and_then(Value::as_i64)
+                    .map(|x| format!(":{x}"))
+                    .unwrap_or_default();
+                format!(
+                    "{}{np}/{}",
+                    n(p, "/port"),
+                    p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                )
             })
             .collect::<Vec<_>>()
             .join(","),
@@ -93,8 +133,15 @@ fn service_ports(svc: &Value) -> String {
 }
 
 fn node_ready(node: &Value) -> String {
-    let conds = node.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let ready = conds.iter().find(|c| c["type"] == "Ready").map(|c| c["status"] == "True");
+    let conds = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ready = conds
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| c["status"] == "True");
     let mut status = match ready {
         Some(true) => "Ready".to_string(),
         _ => "NotReady".to_string(),
@@ -106,20 +153,37 @@ fn node_ready(node: &Value) -> String {
 }
 
 fn selector_string(v: Option<&Value>) -> String {
-    v.and_then(|s| LabelSelector::from_object(s).ok()).map(|s| s.to_string()).unwrap_or_default()
+    v.and_then(|s| LabelSelector::from_object(s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 fn map_string(v: Option<&Value>) -> String {
     v.and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
 fn containers_and_images(spec: Option<&Value>) -> (String, String) {
-    let cs = spec.and_then(|s| s.get("containers")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let cs = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     (
-        cs.iter().map(|c| s(c, "/name").to_string()).collect::<Vec<_>>().join(","),
-        cs.iter().map(|c| s(c, "/image").to_string()).collect::<Vec<_>>().join(","),
+        cs.iter()
+            .map(|c| s(c, "/name").to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        cs.iter()
+            .map(|c| s(c, "/image").to_string())
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }
 
@@ -127,32 +191,89 @@ fn containers_and_images(spec: Option<&Value>) -> (String, String) {
 pub fn headers(res: &Resource, wide: bool) -> Vec<&'static str> {
     let mut h: Vec<&str> = match res.kind {
         "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
-        "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        "Service" => vec![
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+        ],
         "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         "ReplicaSet" => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
         "StatefulSet" => vec!["NAME", "READY", "AGE"],
-        "DaemonSet" => vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"],
+        "DaemonSet" => vec![
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "NODE SELECTOR",
+            "AGE",
+        ],
         "Job" => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
-        "CronJob" => vec!["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
+        "CronJob" => vec![
+            "NAME",
+            "SCHEDULE",
+            "TIMEZONE",
+            "SUSPEND",
+            "ACTIVE",
+            "LAST SCHEDULE",
+            "AGE",
+        ],
         "Node" => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
         "Namespace" => vec!["NAME", "STATUS", "AGE"],
         "ConfigMap" => vec!["NAME", "DATA", "AGE"],
         "Secret" => vec!["NAME", "TYPE", "DATA", "AGE"],
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
-        "PersistentVolumeClaim" => vec!["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"],
-        "PersistentVolume" => vec!["NAME", "CAPACITY", "ACCESS MODES", "RECLAIM POLICY", "STATUS", "CLAIM", "STORAGECLASS", "AGE"],
+        "PersistentVolumeClaim" => vec![
+            "NAME",
+            "STATUS",
+            "VOLUME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "STORAGECLASS",
+            "AGE",
+        ],
+        "PersistentVolume" => vec![
+            "NAME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "RECLAIM POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "AGE",
+        ],
         "Ingress" => vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
         "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
         "Lease" => vec!["NAME", "HOLDER", "AGE"],
-        "HorizontalPodAutoscaler" => vec!["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"],
+        "HorizontalPodAutoscaler" => vec![
+            "NAME",
+            "REFERENCE",
+            "TARGETS",
+            "MINPODS",
+            "MAXPODS",
+            "REPLICAS",
+            "AGE",
+        ],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
         match res.kind {
             "Pod" => h.extend(["IP", "NODE", "NOMINATED NODE", "READINESS GATES"]),
             "Service" => h.push("SELECTOR"),
-            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
-            "Node" => h.extend(["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"]),
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => {
+                h.extend(["CONTAINERS", "IMAGES", "SELECTOR"])
+            }
+            "Node" => h.extend([
+                "INTERNAL-IP",
+                "EXTERNAL-IP",
+                "OS-IMAGE",
+                "KERNEL-VERSION",
+                "CONTAINER-RUNTIME",
+            ]),
             _ => {}
         }
     }
@@ -162,28 +283,75 @@ pub fn headers(res: &Resource, wide: bool) -> Vec<&'static str> {
 /// One table row for an object.
 pub fn row(res: &Resource, o: &Value, wide: bool) -> Vec<String> {
     let name = s(o, "/metadata/name").to_string();
-    let age_col = age(o.pointer("/metadata/creationTimestamp").and_then(Value::as_str));
+    let age_col = age(o
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str));
     let mut r: Vec<String> = match res.kind {
         "Pod" => {
-            let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-            let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let statuses = o
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = o
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = statuses.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum();
-            vec![name, format!("{ready}/{total}"), pod_status(o), restarts.to_string(), age_col]
+            let restarts: i64 = statuses
+                .iter()
+                .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+                .sum();
+            vec![
+                name,
+                format!("{ready}/{total}"),
+                pod_status(o),
+                restarts.to_string(),
+                age_col,
+            ]
         }
         "Service" => {
-            let lb: Vec<String> = o.pointer("/status/loadBalancer/ingress").and_then(Value::as_array).map(|a| a.iter().map(|i| s(i, "/ip").to_string()).collect()).unwrap_or_default();
-            vec![name, s(o, "/spec/type").into(), or_none(s(o, "/spec/clusterIP").into()), or_none(lb.join(",")), service_ports(o), age_col]
+            let lb: Vec<String> = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|i| s(i, "/ip").to_string()).collect())
+                .unwrap_or_default();
+            vec![
+                name,
+                s(o, "/spec/type").into(),
+                or_none(s(o, "/spec/clusterIP").into()),
+                or_none(lb.join(",")),
+                service_ports(o),
+                age_col,
+            ]
         }
         "Deployment" => vec![
             name,
-            format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas")),
+            format!(
+                "{}/{}",
+                n(o, "/status/readyReplicas"),
+                n(o, "/spec/replicas")
+            ),
             n(o, "/status/updatedReplicas").to_string(),
             n(o, "/status/availableReplicas").to_string(),
             age_col,
         ],
-        "ReplicaSet" => vec![name, n(o, "/spec/replicas").to_string(), n(o, "/status/replicas").to_string(), n(o, "/status/readyReplicas").to_string(), age_col],
-        "StatefulSet" => vec![name, format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas")), age_col],
+        "ReplicaSet" => vec![
+            name,
+            n(o, "/spec/replicas").to_string(),
+            n(o, "/status/replicas").to_string(),
+            n(o, "/status/readyReplicas").to_string(),
+            age_col,
+        ],
+        "StatefulSet" => vec![
+            name,
+            format!(
+                "{}/{}",
+                n(o, "/status/readyReplicas"),
+                n(o, "/spec/replicas")
+            ),
+            age_col,
+        ],
         "DaemonSet" => vec![
             name,
             n(o, "/status/desiredNumberScheduled").to_string(),
@@ -195,50 +363,122 @@ pub fn row(res: &Resource, o: &Value, wide: bool) -> Vec<String> {
             age_col,
         ],
         "Job" => {
-            let conds = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-            let status = if conds.iter().any(|c| c["type"] == "Complete" && c["status"] == "True") {
+            let conds = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let status = if conds
+                .iter()
+                .any(|c| c["type"] == "Complete" && c["status"] == "True")
+            {
                 "Complete"
-            } else if conds.iter().any(|c| c["type"] == "Failed" && c["status"] == "True") {
+            } else if conds
+                .iter()
+                .any(|c| c["type"] == "Failed" && c["status"] == "True")
+            {
                 "Failed"
             } else {
                 "Running"
             };
-            let dur = match (o.pointer("/status/startTime").and_then(Value::as_str), o.pointer("/status/completionTime").and_then(Value::as_str)) {
-                (Some(a), Some(b)) => match (chrono::DateTime::parse_from_rfc3339(a), chrono::DateTime::parse_from_rfc3339(b)) {
+            let dur = match (
+                o.pointer("/status/startTime").and_then(Value::as_str),
+                o.pointer("/status/completionTime").and_then(Value::as_str),
+            ) {
+                (Some(a), Some(b)) => match (
+                    chrono::DateTime::parse_from_rfc3339(a),
+                    chrono::DateTime::parse_from_rfc3339(b),
+                ) {
                     (Ok(a), Ok(b)) => human_duration((b - a).num_seconds()),
                     _ => String::new(),
                 },
                 (Some(a), None) => age(Some(a)),
                 _ => String::new(),
             };
-            vec![name, status.into(), format!("{}/{}", n(o, "/status/succeeded"), n(o, "/spec/completions").max(1)), dur, age_col]
+            vec![
+                name,
+                status.into(),
+                format!(
+                    "{}/{}",
+                    n(o, "/status/succeeded"),
+                    n(o, "/spec/completions").max(1)
+                ),
+                dur,
+                age_col,
+            ]
         }
         "CronJob" => vec![
             name,
             s(o, "/spec/schedule").into(),
             or_none(s(o, "/spec/timeZone").into()),
-            (o.pointer("/spec/suspend") == Some(&Value::Bool(true))).to_string().replace("true", "True").replace("false", "False"),
-            o.pointer("/status/active").and_then(Value::as_array).map_or(0, Vec::len).to_string(),
-            o.pointer("/status/lastScheduleTime").and_then(Value::as_str).map(|t| age(Some(t))).unwrap_or_else(|| "<none>".into()),
+            (o.pointer("/spec/suspend") == Some(&Value::Bool(true)))
+                .to_string()
+                .replace("true", "True")
+                .replace("false", "False"),
+            o.pointer("/status/active")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+                .to_string(),
+            o.pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+                .map(|t| age(Some(t)))
+                .unwrap_or_else(|| "<none>".into()),
             age_col,
         ],
         "Node" => {
-            let roles: Vec<String> = o.pointer("/metadata/labels").and_then(Value::as_object).map(|m| m.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(String::from)).collect()).unwrap_or_default();
-            vec![name, node_ready(o), or_none(roles.join(",")), age_col, s(o, "/status/nodeInfo/kubeletVersion").into()]
+            let roles: Vec<String> = o
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| {
+                            k.strip_prefix("node-role.kubernetes.io/").map(String::from)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                node_ready(o),
+                or_none(roles.join(",")),
+                age_col,
+                s(o, "/status/nodeInfo/kubeletVersion").into(),
+            ]
         }
         "Namespace" => vec![name, s(o, "/status/phase").into(), age_col],
         "ConfigMap" => {
-            let count = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len()) + o.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
+            let count = o
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len())
+                + o.get("binaryData")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
             vec![name, count.to_string(), age_col]
         }
-        "Secret" => vec![name, s(o, "/type").into(), o.get("data").and_then(Value::as_object).map_or(0, |m| m.len()).to_string(), age_col],
+        "Secret" => vec![
+            name,
+            s(o, "/type").into(),
+            o.get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len())
+                .to_string(),
+            age_col,
+        ],
         "Event" => {
-            let last = o.get("lastTimestamp").and_then(Value::as_str).or_else(|| o.get("eventTime").and_then(Value::as_str));
+            let last = o
+                .get("lastTimestamp")
+                .and_then(Value::as_str)
+                .or_else(|| o.get("eventTime").and_then(Value::as_str));
             vec![
                 age(last),
                 s(o, "/type").into(),
                 s(o, "/reason").into(),
-                format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name")),
+                format!(
+                    "{}/{}",
+                    s(o, "/involvedObject/kind").to_lowercase(),
+                    s(o, "/involvedObject/name")
+                ),
                 s(o, "/message").into(),
             ]
         }
@@ -256,19 +496,71 @@ pub fn row(res: &Resource, o: &Value, wide: bool) -> Vec<String> {
                 "" => String::new(),
                 c => format!("{}/{c}", s(o, "/spec/claimRef/namespace")),
             };
-            vec![name, s(o, "/spec/capacity/storage").into(), access_modes(o.pointer("/spec/accessModes")), s(o, "/spec/persistentVolumeReclaimPolicy").into(), s(o, "/status/phase").into(), claim, s(o, "/spec/storageClassName").into(), age_col]
+            vec![
+                name,
+                s(o, "/spec/capacity/storage").into(),
+                access_modes(o.pointer("/spec/accessModes")),
+                s(o, "/spec/persistentVolumeReclaimPolicy").into(),
+                s(o, "/status/phase").into(),
+                claim,
+                s(o, "/spec/storageClassName").into(),
+                age_col,
+            ]
         }
         "Ingress" => {
-            let hosts: Vec<String> = o.pointer("/spec/rules").and_then(Value::as_array).map(|a| a.iter().map(|r| s(r, "/host").to_string()).map(|h| if h.is_empty() { "*".into() } else { h }).collect()).unwrap_or_default();
-            let addr: Vec<String> = o.pointer("/status/loadBalancer/ingress").and_then(Value::as_array).map(|a| a.iter().map(|i| s(i, "/ip").to_string()).collect()).unwrap_or_default();
-            let ports = if o.pointer("/spec/tls").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) { "80, 443" } else { "80" };
-            vec![name, or_none(s(o, "/spec/ingressClassName").into()), or_none(hosts.join(",")), addr.join(","), ports.into(), age_col]
+            let hosts: Vec<String> = o
+                .pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|r| s(r, "/host").to_string())
+                        .map(|h| if h.is_empty() { "*".into() } else { h })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let addr: Vec<String> = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|i| s(i, "/ip").to_string()).collect())
+                .unwrap_or_default();
+            let ports = if o
+                .pointer("/spec/tls")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+            {
+                "80, 443"
+            } else {
+                "80"
+            };
+            vec![
+                name,
+                or_none(s(o, "/spec/ingressClassName").into()),
+                or_none(hosts.join(",")),
+                addr.join(","),
+                ports.into(),
+                age_col,
+            ]
         }
         "Endpoints" => {
             let mut eps = Vec::new();
-            for sub in o.get("subsets").and_then(Value::as_array).into_iter().flatten() {
-                for a in sub.get("addresses").and_then(Value::as_array).into_iter().flatten() {
-                    for p in sub.get("ports").and_then(Value::as_array).into_iter().flatten() {
+            for sub in o
+                .get("subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for a in sub
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    for p in sub
+                        .get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
                         eps.push(format!("{}:{}", s(a, "/ip"), n(p, "/port")));
                     }
                 }
@@ -278,7 +570,11 @@ pub fn row(res: &Resource, o: &Value, wide: bool) -> Vec<String> {
         "Lease" => vec![name, s(o, "/spec/holderIdentity").into(), age_col],
         "HorizontalPodAutoscaler" => vec![
             name,
-            format!("{}/{}", s(o, "/spec/scaleTargetRef/kind"), s(o, "/spec/scaleTargetRef/name")),
+            format!(
+                "{}/{}",
+                s(o, "/spec/scaleTargetRef/kind"),
+                s(o, "/spec/scaleTargetRef/name")
+            ),
             "<unknown>".into(),
             n(o, "/spec/minReplicas").to_string(),
             n(o, "/spec/maxReplicas").to_string(),
@@ -289,7 +585,12 @@ pub fn row(res: &Resource, o: &Value, wide: bool) -> Vec<String> {
     };
     if wide {
         match res.kind {
-            "Pod" => r.extend([or_none(s(o, "/status/podIP").into()), or_none(s(o, "/spec/nodeName").into()), "<none>".into(), "<none>".into()]),
+            "Pod" => r.extend([
+                or_none(s(o, "/status/podIP").into()),
+                or_none(s(o, "/spec/nodeName").into()),
+                "<none>".into(),
+                "<none>".into(),
+            ]),
             "Service" => r.push(or_none(map_string(o.pointer("/spec/selector")))),
             "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => {
                 let (c, i) = containers_and_images(o.pointer("/spec/template/spec"));
@@ -297,9 +598,19 @@ pub fn row(res: &Resource, o: &Value, wide: bool) -> Vec<String> {
             }
             "Node" => {
                 let addr = |t: &str| {
-                    o.pointer("/status/addresses").and_then(Value::as_array).and_then(|a| a.iter().find(|x| x["type"] == t)).map(|x| s(x, "/address").to_string()).unwrap_or_else(|| "<none>".into())
+                    o.pointer("/status/addresses")
+                        .and_then(Value::as_array)
+                        .and_then(|a| a.iter().find(|x| x["type"] == t))
+                        .map(|x| s(x, "/address").to_string())
+                        .unwrap_or_else(|| "<none>".into())
                 };
-                r.extend([addr("InternalIP"), addr("ExternalIP"), s(o, "/status/nodeInfo/osImage").into(), s(o, "/status/nodeInfo/kernelVersion").into(), s(o, "/status/nodeInfo/containerRuntimeVersion").into()]);
+                r.extend([
+                    addr("InternalIP"),
+                    addr("ExternalIP"),
+                    s(o, "/status/nodeInfo/osImage").into(),
+                    s(o, "/status/nodeInfo/kernelVersion").into(),
+                    s(o, "/status/nodeInfo/containerRuntimeVersion").into(),
+                ]);
             }
             _ => {}
         }
@@ -372,7 +683,10 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["NAME".into(), "AGE".into()], &[vec!["a-long-name".into(), "5s".into()]]);
+        let t = table(
+            &["NAME".into(), "AGE".into()],
+            &[vec!["a-long-name".into(), "5s".into()]],
+        );
         assert_eq!(t, "NAME          AGE\na-long-name   5s\n");
     }
 }

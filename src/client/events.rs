@@ -27,16 +27,28 @@ fn event_name(obj_name: &str, uid: &str, event_type: &str, reason: &str, message
 
 impl Recorder {
     pub fn new(client: Client, component: impl Into<String>) -> Self {
-        Self { client, component: component.into() }
+        Self {
+            client,
+            component: component.into(),
+        }
     }
 
     /// Record an event of `event_type` (`Normal`/`Warning`) about `obj`.
-    pub async fn record(&self, obj: &Value, event_type: &str, reason: &str, message: &str) -> Result<Value, ClientError> {
+    pub async fn record(
+        &self,
+        obj: &Value,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<Value, ClientError> {
         let ns = match meta::namespace(obj) {
             "" => "default",
             ns => ns,
         };
-        let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
+        let uid = obj
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let name = event_name(meta::name(obj), uid, event_type, reason, message);
         let now = meta::now();
         let path = format!("/api/v1/namespaces/{ns}/events");
@@ -65,11 +77,18 @@ impl Recorder {
             Err(e) if e.code() == Some(409) => {
                 // Seen before: aggregate (retrying if another writer raced us).
                 loop {
-                    let current = self.client.request(Method::GET, &format!("{path}/{name}"), None).await?;
+                    let current = self
+                        .client
+                        .request(Method::GET, &format!("{path}/{name}"), None)
+                        .await?;
                     let mut next = current.clone();
                     next["count"] = json!(current["count"].as_i64().unwrap_or(1) + 1);
                     next["lastTimestamp"] = json!(now);
-                    match self.client.request(Method::PUT, &format!("{path}/{name}"), Some(&next)).await {
+                    match self
+                        .client
+                        .request(Method::PUT, &format!("{path}/{name}"), Some(&next))
+                        .await
+                    {
                         Err(e) if e.code() == Some(409) => continue,
                         other => return other,
                     }

@@ -34,21 +34,38 @@ pub struct Kubeconfig {
 }
 
 fn find<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
-    list.as_array()?.iter().find(|e| e["name"].as_str() == Some(name))
+    list.as_array()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
 }
 
 impl Kubeconfig {
     /// Load the current context of the kubeconfig at `path`.
     pub fn load(path: &Path) -> Result<Self, KubeconfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KubeconfigError::Read { path: path.into(), source })?;
-        let doc: Value = serde_saphyr::from_str(&text).map_err(|e| KubeconfigError::Parse { path: path.into(), message: e.to_string() })?;
-        let missing = |what: &str| KubeconfigError::Missing { path: path.into(), what: what.into() };
-        let current = doc["current-context"].as_str().ok_or_else(|| missing("no current-context"))?;
-        let ctx = find(&doc["contexts"], current).ok_or_else(|| missing(&format!("context {current:?} not found")))?;
+        let text = std::fs::read_to_string(path).map_err(|source| KubeconfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let doc: Value = serde_saphyr::from_str(&text).map_err(|e| KubeconfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let missing = |what: &str| KubeconfigError::Missing {
+            path: path.into(),
+            what: what.into(),
+        };
+        let current = doc["current-context"]
+            .as_str()
+            .ok_or_else(|| missing("no current-context"))?;
+        let ctx = find(&doc["contexts"], current)
+            .ok_or_else(|| missing(&format!("context {current:?} not found")))?;
         let cluster_name = ctx["context"]["cluster"].as_str().unwrap_or_default();
         let user_name = ctx["context"]["user"].as_str().unwrap_or_default();
-        let cluster = find(&doc["clusters"], cluster_name).ok_or_else(|| missing(&format!("cluster {cluster_name:?} not found")))?;
-        let server = cluster["cluster"]["server"].as_str().ok_or_else(|| missing("cluster has no server"))?;
+        let cluster = find(&doc["clusters"], cluster_name)
+            .ok_or_else(|| missing(&format!("cluster {cluster_name:?} not found")))?;
+        let server = cluster["cluster"]["server"]
+            .as_str()
+            .ok_or_else(|| missing("cluster has no server"))?;
         let token = find(&doc["users"], user_name)
             .and_then(|u| u["user"]["token"].as_str())
             .ok_or_else(|| missing(&format!("user {user_name:?} has no token")))?;
@@ -76,7 +93,10 @@ impl Kubeconfig {
     /// Write atomically (temp file + rename), readable only by the owner.
     pub fn write(&self, path: &Path) -> Result<(), KubeconfigError> {
         let tmp = path.with_extension("yaml.tmp");
-        let io = |source| KubeconfigError::Write { path: path.into(), source };
+        let io = |source| KubeconfigError::Write {
+            path: path.into(),
+            source,
+        };
         std::fs::write(&tmp, self.to_yaml()).map_err(io)?;
         #[cfg(unix)]
         {
@@ -95,7 +115,11 @@ mod tests {
     fn written_kubeconfig_loads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kubeconfig.yaml");
-        let kc = Kubeconfig { server: "http://127.0.0.1:6443".into(), token: "abc".into(), namespace: None };
+        let kc = Kubeconfig {
+            server: "http://127.0.0.1:6443".into(),
+            token: "abc".into(),
+            namespace: None,
+        };
         kc.write(&path).unwrap();
         assert_eq!(Kubeconfig::load(&path).unwrap(), kc);
     }

@@ -20,7 +20,12 @@ pub use kubeconfig::Kubeconfig;
 pub enum ClientError {
     /// The server answered with a `metav1.Status` failure.
     #[error("Error from server ({reason}): {message}")]
-    Api { code: u16, reason: String, message: String, status: Value },
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+        status: Value,
+    },
     /// The server could not be reached or the connection broke.
     #[error("the connection to the server {server} was refused or failed: {source}")]
     Connect {
@@ -89,13 +94,26 @@ impl Client {
     }
 
     fn connect_err(&self, source: reqwest::Error) -> ClientError {
-        ClientError::Connect { server: self.server.clone(), source }
+        ClientError::Connect {
+            server: self.server.clone(),
+            source,
+        }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<(&Value, &str)>) -> Result<reqwest::Response, ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.server)).bearer_auth(&self.token);
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&Value, &str)>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.server))
+            .bearer_auth(&self.token);
         if let Some((b, ct)) = body {
-            req = req.header(reqwest::header::CONTENT_TYPE, ct).body(b.to_string());
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, ct)
+                .body(b.to_string());
         }
         let resp = req.send().await.map_err(|e| self.connect_err(e))?;
         if resp.status().is_success() {
@@ -103,7 +121,8 @@ impl Client {
         }
         let code = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| self.connect_err(e))?;
-        let status: Value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"message": text}));
+        let status: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"message": text}));
         Err(ClientError::Api {
             code,
             reason: status["reason"].as_str().unwrap_or("Unknown").to_string(),
@@ -113,58 +132,132 @@ impl Client {
     }
 
     /// Send a request with an optional JSON body and decode the JSON answer.
-    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
-        self.request_as(method, path, body, "application/json").await
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        self.request_as(method, path, body, "application/json")
+            .await
     }
 
     /// Like [`Client::request`] with an explicit content type (patches).
-    pub async fn request_as(&self, method: Method, path: &str, body: Option<&Value>, content_type: &str) -> Result<Value, ClientError> {
-        let resp = self.send(method, path, body.map(|b| (b, content_type))).await?;
+    pub async fn request_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        content_type: &str,
+    ) -> Result<Value, ClientError> {
+        let resp = self
+            .send(method, path, body.map(|b| (b, content_type)))
+            .await?;
         let bytes = resp.bytes().await.map_err(|e| self.connect_err(e))?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// GET one object.
-    pub async fn get(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ClientError> {
-        self.request(Method::GET, &res.object_path(ns, name), None).await
+    pub async fn get(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ClientError> {
+        self.request(Method::GET, &res.object_path(ns, name), None)
+            .await
     }
 
     /// LIST with an optional query string (`labelSelector=...`).
-    pub async fn list(&self, res: &Resource, ns: Option<&str>, query: &str) -> Result<Value, ClientError> {
-        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
-        self.request(Method::GET, &format!("{}{q}", res.collection_path(ns)), None).await
+    pub async fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        query: &str,
+    ) -> Result<Value, ClientError> {
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        self.request(
+            Method::GET,
+            &format!("{}{q}", res.collection_path(ns)),
+            None,
+        )
+        .await
     }
 
     /// CREATE.
-    pub async fn create(&self, res: &Resource, ns: Option<&str>, obj: &Value) -> Result<Value, ClientError> {
-        self.request(Method::POST, &res.collection_path(ns), Some(obj)).await
+    pub async fn create(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        obj: &Value,
+    ) -> Result<Value, ClientError> {
+        self.request(Method::POST, &res.collection_path(ns), Some(obj))
+            .await
     }
 
     /// UPDATE (PUT).
-    pub async fn replace(&self, res: &Resource, ns: Option<&str>, name: &str, obj: &Value) -> Result<Value, ClientError> {
-        self.request(Method::PUT, &res.object_path(ns, name), Some(obj)).await
+    pub async fn replace(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        obj: &Value,
+    ) -> Result<Value, ClientError> {
+        self.request(Method::PUT, &res.object_path(ns, name), Some(obj))
+            .await
     }
 
     /// PATCH with a JSON merge patch.
-    pub async fn merge_patch(&self, res: &Resource, ns: Option<&str>, name: &str, patch: &Value) -> Result<Value, ClientError> {
-        self.request_as(Method::PATCH, &res.object_path(ns, name), Some(patch), "application/merge-patch+json").await
+    pub async fn merge_patch(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, ClientError> {
+        self.request_as(
+            Method::PATCH,
+            &res.object_path(ns, name),
+            Some(patch),
+            "application/merge-patch+json",
+        )
+        .await
     }
 
     /// DELETE one object.
-    pub async fn delete(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ClientError> {
-        self.request(Method::DELETE, &res.object_path(ns, name), None).await
+    pub async fn delete(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ClientError> {
+        self.request(Method::DELETE, &res.object_path(ns, name), None)
+            .await
     }
 
     /// WATCH a collection; `query` carries selectors and `resourceVersion`.
-    pub async fn watch(&self, res: &Resource, ns: Option<&str>, query: &str) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>> + use<>, ClientError> {
+    pub async fn watch(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        query: &str,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>> + use<>, ClientError> {
         let sep = if query.is_empty() { "" } else { "&" };
         let path = format!("{}?watch=true{sep}{query}", res.collection_path(ns));
         let resp = self.send(Method::GET, &path, None).await?;
         let server = self.server.clone();
         let bytes = resp.bytes_stream();
         Ok(lines(bytes).map(move |line| {
-            let line = line.map_err(|source| ClientError::Connect { server: server.clone(), source })?;
-            let v: Value = serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
+            let line = line.map_err(|source| ClientError::Connect {
+                server: server.clone(),
+                source,
+            })?;
+            let v: Value =
+                serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
             Ok(WatchEvent {
                 event_type: v["type"].as_str().unwrap_or_default().to_string(),
                 object: v["object"].clone(),
@@ -178,29 +271,32 @@ fn lines<S>(bytes: S) -> impl Stream<Item = Result<Vec<u8>, reqwest::Error>>
 where
     S: Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Unpin,
 {
-    futures::stream::unfold((bytes, Vec::<u8>::new(), false), |(mut s, mut buf, done)| async move {
-        loop {
-            if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                if line.len() > 1 {
-                    return Some((Ok(line[..line.len() - 1].to_vec()), (s, buf, done)));
-                }
-                continue;
-            }
-            if done {
-                return None;
-            }
-            match s.next().await {
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Some((Err(e), (s, buf, true))),
-                None => {
-                    if buf.is_empty() {
-                        return None;
+    futures::stream::unfold(
+        (bytes, Vec::<u8>::new(), false),
+        |(mut s, mut buf, done)| async move {
+            loop {
+                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if line.len() > 1 {
+                        return Some((Ok(line[..line.len() - 1].to_vec()), (s, buf, done)));
                     }
-                    let line = std::mem::take(&mut buf);
-                    return Some((Ok(line), (s, buf, true)));
+                    continue;
+                }
+                if done {
+                    return None;
+                }
+                match s.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Some((Err(e), (s, buf, true))),
+                    None => {
+                        if buf.is_empty() {
+                            return None;
+                        }
+                        let line = std::mem::take(&mut buf);
+                        return Some((Ok(line), (s, buf, true)));
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }

@@ -10,18 +10,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use reqwest::Method;
-use serde_json::{json, Value};
-use tokio_util_lite::CancelToken;
+use serde_json::json;
+
+use super::CancelToken;
 
 use crate::api::meta;
 use crate::api::resources::{self, RESOURCES};
 use crate::client::{Client, ClientError};
-
-/// Cancellation as a watch channel: `true` means stop.
-pub mod tokio_util_lite {
-    /// A cheap cancellation token.
-    pub type CancelToken = tokio::sync::watch::Receiver<bool>;
-}
 
 /// What to do with one terminating namespace, decided from what is left in it.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,7 +29,11 @@ pub enum Step {
 
 /// Decide the next step from how many objects remain per resource collection path.
 pub fn plan(remaining: &[(String, usize)]) -> Step {
-    let left: Vec<String> = remaining.iter().filter(|(_, n)| *n > 0).map(|(p, _)| p.clone()).collect();
+    let left: Vec<String> = remaining
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(p, _)| p.clone())
+        .collect();
     if left.is_empty() {
         Step::Finalize
     } else {
@@ -46,7 +45,10 @@ async fn reconcile(client: &Client, ns: &str) -> Result<bool, ClientError> {
     let mut remaining = Vec::new();
     for res in RESOURCES.iter().filter(|r| r.namespaced) {
         let list = client.list(res, Some(ns), "").await?;
-        remaining.push((res.collection_path(Some(ns)), list["items"].as_array().map_or(0, Vec::len)));
+        remaining.push((
+            res.collection_path(Some(ns)),
+            list["items"].as_array().map_or(0, Vec::len),
+        ));
     }
     match plan(&remaining) {
         Step::DeleteContent(paths) => {
@@ -57,7 +59,14 @@ async fn reconcile(client: &Client, ns: &str) -> Result<bool, ClientError> {
         }
         Step::Finalize => {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": []}});
-            match client.request(Method::PUT, &format!("/api/v1/namespaces/{ns}/finalize"), Some(&body)).await {
+            match client
+                .request(
+                    Method::PUT,
+                    &format!("/api/v1/namespaces/{ns}/finalize"),
+                    Some(&body),
+                )
+                .await
+            {
                 Err(e) if e.is_not_found() => Ok(true),
                 Err(e) => Err(e),
                 Ok(_) => Ok(true),
@@ -73,7 +82,12 @@ pub async fn run(client: Client, mut cancel: CancelToken) {
         let mut pending = false;
         let rv = match client.list(namespaces, None, "").await {
             Ok(list) => {
-                for ns in list["items"].as_array().into_iter().flatten().filter(|n| meta::is_deleting(n)) {
+                for ns in list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| meta::is_deleting(n))
+                {
                     match reconcile(&client, meta::name(ns)).await {
                         Ok(done) => pending |= !done,
                         Err(e) => {
@@ -82,7 +96,10 @@ pub async fn run(client: Client, mut cancel: CancelToken) {
                         }
                     }
                 }
-                list["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string()
+                list["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
             }
             Err(e) => {
                 tracing::debug!(error = %e, "listing namespaces");
@@ -92,7 +109,14 @@ pub async fn run(client: Client, mut cancel: CancelToken) {
         };
         let wait = if pending { 1 } else { 30 };
         let woke = async {
-            if let Ok(stream) = client.watch(namespaces, None, &format!("resourceVersion={rv}&timeoutSeconds={wait}")).await {
+            if let Ok(stream) = client
+                .watch(
+                    namespaces,
+                    None,
+                    &format!("resourceVersion={rv}&timeoutSeconds={wait}"),
+                )
+                .await
+            {
                 let mut stream = std::pin::pin!(stream);
                 // Any change to a namespace is a reason to look again.
                 let _ = stream.next().await;
@@ -107,7 +131,6 @@ pub async fn run(client: Client, mut cancel: CancelToken) {
         if *cancel.borrow() {
             return;
         }
-        let _: Option<Value> = None;
     }
 }
 
@@ -118,6 +141,9 @@ mod tests {
     #[test]
     fn finalizes_only_when_everything_is_gone() {
         assert_eq!(plan(&[("a".into(), 0), ("b".into(), 0)]), Step::Finalize);
-        assert_eq!(plan(&[("a".into(), 2), ("b".into(), 0)]), Step::DeleteContent(vec!["a".into()]));
+        assert_eq!(
+            plan(&[("a".into(), 2), ("b".into(), 0)]),
+            Step::DeleteContent(vec!["a".into()])
+        );
     }
 }

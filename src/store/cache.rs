@@ -107,7 +107,9 @@ impl Cache {
                     inner.objects.remove(&change.key);
                 }
                 _ => {
-                    inner.objects.insert(change.key.clone(), change.object.clone());
+                    inner
+                        .objects
+                        .insert(change.key.clone(), change.object.clone());
                 }
             }
             inner.history.push_back(Arc::new(change));
@@ -249,7 +251,11 @@ impl Cache {
     }
 
     /// Up to `max` changes with a revision above `after`, and the current revision.
-    pub fn changes_after(&self, after: u64, max: usize) -> Result<(Vec<Arc<Change>>, u64), Expired> {
+    pub fn changes_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<(Vec<Arc<Change>>, u64), Expired> {
         let inner = self.read();
         if after < inner.history_start {
             return Err(Expired {
@@ -270,7 +276,9 @@ mod tests {
 
     fn change(cache: &Cache, revision: u64, key: &str, kind: ChangeKind, v: i64) {
         let prev = cache.get(key);
-        let object = Arc::new(json!({"metadata": {"name": key, "resourceVersion": revision.to_string()}, "v": v}));
+        let object = Arc::new(
+            json!({"metadata": {"name": key, "resourceVersion": revision.to_string()}, "v": v}),
+        );
         cache.apply(
             vec![Change {
                 revision,
@@ -284,7 +292,10 @@ mod tests {
     }
 
     fn values(page: &ListPage) -> Vec<i64> {
-        page.items.iter().map(|o| o["v"].as_i64().unwrap()).collect()
+        page.items
+            .iter()
+            .map(|o| o["v"].as_i64().unwrap())
+            .collect()
     }
 
     #[test]
@@ -297,26 +308,52 @@ mod tests {
         change(&cache, 5, "p/b", ChangeKind::Deleted, 2);
         change(&cache, 6, "p/d", ChangeKind::Added, 4);
         let all = &|_: &Value| true;
-        assert_eq!(values(&cache.list("p/", None, None, None, all).unwrap()), vec![10, 3, 4]);
-        assert_eq!(values(&cache.list("p/", None, Some(3), None, all).unwrap()), vec![1, 2, 3]);
-        assert_eq!(values(&cache.list("p/", Some("p/a"), Some(3), None, all).unwrap()), vec![2, 3]);
-        assert_eq!(values(&cache.list("p/", None, Some(1), None, all).unwrap()), vec![1]);
+        assert_eq!(
+            values(&cache.list("p/", None, None, None, all).unwrap()),
+            vec![10, 3, 4]
+        );
+        assert_eq!(
+            values(&cache.list("p/", None, Some(3), None, all).unwrap()),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            values(&cache.list("p/", Some("p/a"), Some(3), None, all).unwrap()),
+            vec![2, 3]
+        );
+        assert_eq!(
+            values(&cache.list("p/", None, Some(1), None, all).unwrap()),
+            vec![1]
+        );
     }
 
     #[test]
     fn paging_returns_every_item_once_with_continue_keys() {
         let cache = Cache::new(100);
         for i in 0..10 {
-            change(&cache, i + 1, &format!("p/{i:02}"), ChangeKind::Added, i as i64);
+            change(
+                &cache,
+                i + 1,
+                &format!("p/{i:02}"),
+                ChangeKind::Added,
+                i as i64,
+            );
         }
         let all = &|_: &Value| true;
         let mut after = None;
         let mut seen = Vec::new();
         loop {
-            let page = cache.list("p/", after.as_deref(), Some(10), Some(3), all).unwrap();
+            let page = cache
+                .list("p/", after.as_deref(), Some(10), Some(3), all)
+                .unwrap();
             seen.extend(values(&page));
             // a concurrent write must not show up in later pages
-            change(&cache, 100 + seen.len() as u64, "p/05", ChangeKind::Modified, 99);
+            change(
+                &cache,
+                100 + seen.len() as u64,
+                "p/05",
+                ChangeKind::Modified,
+                99,
+            );
             match page.continue_after {
                 Some(k) => after = Some(k),
                 None => break,
@@ -335,11 +372,17 @@ mod tests {
         assert!(cache.changes_after(1, 10).is_err());
         let (changes, rev) = cache.changes_after(2, 10).unwrap();
         assert_eq!(rev, 5);
-        assert_eq!(changes.iter().map(|c| c.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         let all = &|_: &Value| true;
         assert_eq!(
             cache.list("p/", None, Some(1), None, all).unwrap_err(),
-            Expired { requested: 1, oldest: 2 }
+            Expired {
+                requested: 1,
+                oldest: 2
+            }
         );
     }
 
@@ -347,7 +390,13 @@ mod tests {
     fn filters_apply_before_limit() {
         let cache = Cache::new(100);
         for i in 0..6 {
-            change(&cache, i + 1, &format!("p/{i}"), ChangeKind::Added, i as i64);
+            change(
+                &cache,
+                i + 1,
+                &format!("p/{i}"),
+                ChangeKind::Added,
+                i as i64,
+            );
         }
         let even = &|v: &Value| v["v"].as_i64().unwrap() % 2 == 0;
         let page = cache.list("p/", None, None, Some(2), even).unwrap();

@@ -26,7 +26,11 @@ pub struct LogStore {
     db: Arc<Database>,
 }
 
-fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
@@ -42,7 +46,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| write_err(e))?
+    tokio::task::spawn_blocking(f).await.map_err(write_err)?
 }
 
 impl LogStore {
@@ -56,7 +60,10 @@ impl LogStore {
         Ok(Self { db: Arc::new(db) })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
         let tx = self.db.begin_read().map_err(read_err)?;
         let table = tx.open_table(META).map_err(read_err)?;
         match table.get(key).map_err(read_err)? {
@@ -65,12 +72,17 @@ impl LogStore {
         }
     }
 
-    async fn put_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError> {
+    async fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(value).map_err(write_err)?;
         let db = self.db.clone();
         blocking(move || {
             let mut tx = db.begin_write().map_err(write_err)?;
-            tx.set_durability(Durability::Immediate).map_err(write_err)?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(write_err)?;
             {
                 let mut table = tx.open_table(META).map_err(write_err)?;
                 table.insert(key, bytes.as_slice()).map_err(write_err)?;
@@ -82,7 +94,11 @@ impl LogStore {
 
     /// Write the state a freshly restored data directory starts from: the vote
     /// and the purge marker that say "everything up to `last` is in the snapshot".
-    pub async fn restore_marker(&self, vote: &Vote<NodeId>, last: LogId) -> Result<(), StorageError> {
+    pub async fn restore_marker(
+        &self,
+        vote: &Vote<NodeId>,
+        last: LogId,
+    ) -> Result<(), StorageError> {
         self.put_meta("vote", vote).await?;
         self.put_meta("last_purged", &Some(last)).await
     }
@@ -169,7 +185,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -181,7 +201,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let res = blocking(move || {
             let mut tx = db.begin_write().map_err(write_err)?;
-            tx.set_durability(Durability::Immediate).map_err(write_err)?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(write_err)?;
             {
                 let mut table = tx.open_table(LOGS).map_err(write_err)?;
                 for (index, bytes) in &rows {
@@ -207,10 +228,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let mut tx = db.begin_write().map_err(write_err)?;
-            tx.set_durability(Durability::Immediate).map_err(write_err)?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(write_err)?;
             {
                 let mut table = tx.open_table(LOGS).map_err(write_err)?;
-                table.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(write_err)?;
             }
             tx.commit().map_err(write_err)
         })
@@ -222,12 +246,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let mut tx = db.begin_write().map_err(write_err)?;
-            tx.set_durability(Durability::Immediate).map_err(write_err)?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(write_err)?;
             {
                 let mut meta = tx.open_table(META).map_err(write_err)?;
-                meta.insert("last_purged", bytes.as_slice()).map_err(write_err)?;
+                meta.insert("last_purged", bytes.as_slice())
+                    .map_err(write_err)?;
                 let mut table = tx.open_table(LOGS).map_err(write_err)?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(write_err)?;
             }
             tx.commit().map_err(write_err)
         })

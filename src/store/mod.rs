@@ -14,6 +14,10 @@
 //! group is `core`, cluster-scoped objects have an empty namespace). The Raft
 //! log index of the entry that wrote an object is its `resourceVersion`.
 
+// openraft's storage traits return its `StorageError` (over 200 bytes) by
+// value; the store follows those signatures.
+#![allow(clippy::result_large_err)]
+
 pub mod cache;
 pub mod log_store;
 pub mod network;
@@ -34,6 +38,12 @@ pub use state_machine::{SnapshotData, SNAPSHOT_FORMAT};
 pub use types::{NodeId, Precondition, Rejection, Request, Response, TypeConfig};
 
 use log_store::LogStore;
+
+impl From<openraft::StorageError<NodeId>> for StoreError {
+    fn from(e: openraft::StorageError<NodeId>) -> Self {
+        StoreError::Storage(Box::new(e))
+    }
+}
 use state_machine::StateMachine;
 
 /// The Raft handle type.
@@ -61,7 +71,7 @@ pub enum StoreError {
     },
     /// Storage I/O failed.
     #[error("storage error")]
-    Storage(#[from] openraft::StorageError<NodeId>),
+    Storage(#[source] Box<openraft::StorageError<NodeId>>),
     /// Raft itself failed (shut down, fatal error, initialization).
     #[error("raft: {0}")]
     Raft(String),
@@ -101,7 +111,9 @@ fn raft_config() -> Result<Arc<Config>, StoreError> {
         ..Default::default()
     };
     Ok(Arc::new(
-        config.validate().map_err(|e| StoreError::Raft(e.to_string()))?,
+        config
+            .validate()
+            .map_err(|e| StoreError::Raft(e.to_string()))?,
     ))
 }
 
@@ -118,7 +130,8 @@ impl Store {
     /// initializes a single-voter cluster of itself: the same membership code
     /// path later used to add voters.
     pub async fn open(dir: &Path, config: &StoreConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Raft(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Raft(format!("create {}: {e}", dir.display())))?;
         let cache = Arc::new(Cache::new(config.history));
         let log = open_log(dir)?;
         let sm = StateMachine::open(&dir.join(STATE_FILE), cache.clone())?;
@@ -168,9 +181,11 @@ impl Store {
                 Response::Rejected(r) => Err(StoreError::Rejected(r)),
                 Response::None => Err(StoreError::Raft("write applied without a result".into())),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(StoreError::NotLeader {
-                leader: f.leader_node.map(|n| n.addr),
-            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(StoreError::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
             Err(e) => Err(StoreError::Raft(e.to_string())),
         }
     }
@@ -188,7 +203,10 @@ impl Store {
         SnapshotData {
             format: SNAPSHOT_FORMAT.to_string(),
             revision,
-            objects: objects.into_iter().map(|(k, v)| (k, (*v).clone())).collect(),
+            objects: objects
+                .into_iter()
+                .map(|(k, v)| (k, (*v).clone()))
+                .collect(),
         }
     }
 }
@@ -196,7 +214,12 @@ impl Store {
 /// Create a new data directory `dir` whose store starts with exactly the
 /// state in `snapshot` (a [`SnapshotData`] JSON document), as a single-node
 /// cluster whose revisions continue after the snapshot's.
-pub async fn restore(snapshot: &[u8], dir: &Path, node_id: NodeId, advertise: &str) -> Result<u64, StoreError> {
+pub async fn restore(
+    snapshot: &[u8],
+    dir: &Path,
+    node_id: NodeId,
+    advertise: &str,
+) -> Result<u64, StoreError> {
     let snap: SnapshotData =
         serde_json::from_slice(snapshot).map_err(|e| StoreError::Snapshot(e.to_string()))?;
     if snap.format != SNAPSHOT_FORMAT {
@@ -211,7 +234,8 @@ pub async fn restore(snapshot: &[u8], dir: &Path, node_id: NodeId, advertise: &s
             dir.display()
         )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::Snapshot(format!("create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Snapshot(format!("create {}: {e}", dir.display())))?;
     let cache = Arc::new(Cache::new(1));
     let mut sm = StateMachine::open(&dir.join(STATE_FILE), cache)?;
     let last = sm.restore(snapshot, node_id, advertise)?;
@@ -229,7 +253,10 @@ mod tests {
     struct Builder;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<NodeId>> {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<NodeId>>
+        {
             let dir = tempfile::tempdir().expect("tempdir");
             let log = LogStore::open(&dir.path().join(LOG_FILE)).expect("open log");
             let sm = StateMachine::open(&dir.path().join(STATE_FILE), Arc::new(Cache::new(100)))?;

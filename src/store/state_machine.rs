@@ -179,12 +179,21 @@ impl StateMachine {
                 objects.insert(k.as_str(), bytes.as_slice()).map_err(w)?;
             }
             let mut m = tx.open_table(META).map_err(w)?;
-            m.insert("last_applied", serde_json::to_vec(&meta.last_log_id).map_err(w)?.as_slice())
-                .map_err(w)?;
-            m.insert("membership", serde_json::to_vec(&meta.last_membership).map_err(w)?.as_slice())
-                .map_err(w)?;
+            m.insert(
+                "last_applied",
+                serde_json::to_vec(&meta.last_log_id).map_err(w)?.as_slice(),
+            )
+            .map_err(w)?;
+            m.insert(
+                "membership",
+                serde_json::to_vec(&meta.last_membership)
+                    .map_err(w)?
+                    .as_slice(),
+            )
+            .map_err(w)?;
             let mut s = tx.open_table(SNAPSHOT).map_err(w)?;
-            s.insert("meta", serde_json::to_vec(meta).map_err(w)?.as_slice()).map_err(w)?;
+            s.insert("meta", serde_json::to_vec(meta).map_err(w)?.as_slice())
+                .map_err(w)?;
             s.insert("data", data).map_err(w)?;
         }
         tx.commit().map_err(w)?;
@@ -202,12 +211,18 @@ impl StateMachine {
 
     /// Make this (empty) state machine start from a saved snapshot, as the
     /// only voter `node` of a new single-node cluster.
-    pub fn restore(&mut self, data: &[u8], node: NodeId, addr: &str) -> Result<LogId, StorageError> {
+    pub fn restore(
+        &mut self,
+        data: &[u8],
+        node: NodeId,
+        addr: &str,
+    ) -> Result<LogId, StorageError> {
         let snap: SnapshotData = serde_json::from_slice(data).map_err(r)?;
         let last = LogId::new(openraft::CommittedLeaderId::new(1, node), snap.revision);
         let mut members = BTreeMap::new();
         members.insert(node, openraft::BasicNode::new(addr));
-        let membership = openraft::Membership::new(vec![members.keys().copied().collect()], members);
+        let membership =
+            openraft::Membership::new(vec![members.keys().copied().collect()], members);
         let meta = Meta {
             last_log_id: Some(last),
             last_membership: StoredMembership::new(Some(last), membership),
@@ -282,7 +297,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         Request::Delete { key, precondition } => {
                             let current = lookup(&key);
-                            match (Self::check(&precondition, current.as_ref(), &lookup), current) {
+                            match (
+                                Self::check(&precondition, current.as_ref(), &lookup),
+                                current,
+                            ) {
                                 (Err(rej), _) => Response::Rejected(rej),
                                 (Ok(()), None) => Response::Rejected(Rejection::NotFound),
                                 (Ok(()), Some(cur)) => {
@@ -323,11 +341,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             let mut meta = tx.open_table(META).map_err(w)?;
-            meta.insert("last_applied", serde_json::to_vec(&last).map_err(w)?.as_slice())
-                .map_err(w)?;
+            meta.insert(
+                "last_applied",
+                serde_json::to_vec(&last).map_err(w)?.as_slice(),
+            )
+            .map_err(w)?;
             if membership_changed {
-                meta.insert("membership", serde_json::to_vec(&self.membership).map_err(w)?.as_slice())
-                    .map_err(w)?;
+                meta.insert(
+                    "membership",
+                    serde_json::to_vec(&self.membership).map_err(w)?.as_slice(),
+                )
+                .map_err(w)?;
             }
         }
         tx.commit().map_err(w)?;
@@ -419,7 +443,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             tx.set_durability(Durability::Immediate).map_err(w)?;
             {
                 let mut s = tx.open_table(SNAPSHOT).map_err(w)?;
-                s.insert("meta", serde_json::to_vec(&meta).map_err(w)?.as_slice()).map_err(w)?;
+                s.insert("meta", serde_json::to_vec(&meta).map_err(w)?.as_slice())
+                    .map_err(w)?;
                 s.insert("data", data.as_slice()).map_err(w)?;
             }
             tx.commit().map_err(w)?;

@@ -72,8 +72,12 @@ pub enum Rejection {
     AlreadyExists,
     NotFound,
     /// The stored object has another resourceVersion than the precondition.
-    Conflict { current: u64 },
-    UidMismatch { current: String },
+    Conflict {
+        current: u64,
+    },
+    UidMismatch {
+        current: String,
+    },
     NamespaceNotFound,
     NamespaceTerminating,
 }

@@ -48,24 +48,58 @@ metadata: [unclosed
 async fn apply_reports_each_document_and_goes_on_past_bad_ones() {
     let s = Server::start().await;
     let out = s.wkctl_stdin(&["apply", "-f", "-"], Some(MANIFEST));
-    assert_eq!(out.status.code(), Some(1), "bad documents make the exit code 1");
-    assert_eq!(stdout(&out), "configmap/settings created\ndeployment.apps/web created\n");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bad documents make the exit code 1"
+    );
+    assert_eq!(
+        stdout(&out),
+        "configmap/settings created\ndeployment.apps/web created\n"
+    );
     let err = stderr(&out);
-    assert!(err.contains("STDIN (document 3, line 27)") && err.contains("no matches for kind \"Widget\""), "{err}");
-    assert!(err.contains("error parsing STDIN (document 4, line 34): column 11: unclosed bracket"), "{err}");
+    assert!(
+        err.contains("STDIN (document 3, line 27)")
+            && err.contains("no matches for kind \"Widget\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("error parsing STDIN (document 4, line 34): column 11: unclosed bracket"),
+        "{err}"
+    );
 
-    let good: String = MANIFEST.split("---\n").take(2).collect::<Vec<_>>().join("---\n");
+    let good: String = MANIFEST
+        .split("---\n")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("---\n");
     let out = s.wkctl_stdin(&["apply", "-f", "-"], Some(&good));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "configmap/settings unchanged\ndeployment.apps/web unchanged\n");
+    assert_eq!(
+        stdout(&out),
+        "configmap/settings unchanged\ndeployment.apps/web unchanged\n"
+    );
 
     // change a value and drop a label: configured, and the label is gone (three-way apply)
-    let changed = good.replace("level: \"1\"", "level: \"2\"").replace("    stale: \"yes\"\n", "");
+    let changed = good
+        .replace("level: \"1\"", "level: \"2\"")
+        .replace("    stale: \"yes\"\n", "");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("app.yaml"), &changed).unwrap();
     let out = s.wkctl(&["apply", "-f", dir.path().to_str().unwrap()]);
-    assert_eq!(stdout(&out), "configmap/settings configured\ndeployment.apps/web unchanged\n", "{}", stderr(&out));
-    let (_, cm) = s.call(Method::GET, "/api/v1/namespaces/default/configmaps/settings", None).await;
+    assert_eq!(
+        stdout(&out),
+        "configmap/settings configured\ndeployment.apps/web unchanged\n",
+        "{}",
+        stderr(&out)
+    );
+    let (_, cm) = s
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/settings",
+            None,
+        )
+        .await;
     assert_eq!(cm["data"]["level"], "2");
     assert_eq!(cm["metadata"]["labels"], json!({"app": "web"}));
 }
@@ -76,31 +110,59 @@ async fn get_prints_tables_formats_and_kubectl_errors() {
     for (ns, name) in [("default", "a"), ("default", "b"), ("kube-system", "c")] {
         let mut cm = configmap(name, "1");
         cm["metadata"]["labels"] = json!({"name": name});
-        s.call(Method::POST, &format!("/api/v1/namespaces/{ns}/configmaps"), Some(cm)).await;
+        s.call(
+            Method::POST,
+            &format!("/api/v1/namespaces/{ns}/configmaps"),
+            Some(cm),
+        )
+        .await;
     }
     let out = s.wkctl(&["get", "cm"]);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("NAME") && lines[0].contains("DATA") && lines[0].ends_with("AGE"), "{text}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("DATA") && lines[0].ends_with("AGE"),
+        "{text}"
+    );
     assert_eq!(lines.len(), 3);
-    assert!(lines[1].starts_with("a ") && lines[1].contains(" 1 "), "{text}");
+    assert!(
+        lines[1].starts_with("a ") && lines[1].contains(" 1 "),
+        "{text}"
+    );
 
-    assert_eq!(stdout(&s.wkctl(&["get", "configmaps", "-o", "name"])), "configmap/a\nconfigmap/b\n");
-    assert_eq!(stdout(&s.wkctl(&["get", "cm", "-l", "name!=a", "-o", "name"])), "configmap/b\n");
+    assert_eq!(
+        stdout(&s.wkctl(&["get", "configmaps", "-o", "name"])),
+        "configmap/a\nconfigmap/b\n"
+    );
+    assert_eq!(
+        stdout(&s.wkctl(&["get", "cm", "-l", "name!=a", "-o", "name"])),
+        "configmap/b\n"
+    );
     let all = stdout(&s.wkctl(&["get", "cm", "-A"]));
-    assert!(all.starts_with("NAMESPACE") && all.contains("kube-system") && all.lines().count() == 4, "{all}");
-    let json: Value = serde_json::from_str(&stdout(&s.wkctl(&["get", "cm", "a", "-o", "json"]))).unwrap();
+    assert!(
+        all.starts_with("NAMESPACE") && all.contains("kube-system") && all.lines().count() == 4,
+        "{all}"
+    );
+    let json: Value =
+        serde_json::from_str(&stdout(&s.wkctl(&["get", "cm", "a", "-o", "json"]))).unwrap();
     assert_eq!(json["kind"], "ConfigMap");
     assert_eq!(json["metadata"]["name"], "a");
-    let list: Value = serde_json::from_str(&stdout(&s.wkctl(&["get", "cm", "-o", "json"]))).unwrap();
+    let list: Value =
+        serde_json::from_str(&stdout(&s.wkctl(&["get", "cm", "-o", "json"]))).unwrap();
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
     let yaml = stdout(&s.wkctl(&["-n", "kube-system", "get", "configmap/c", "-o", "yaml"]));
-    assert!(yaml.contains("kind: ConfigMap") && yaml.contains("name: c"), "{yaml}");
+    assert!(
+        yaml.contains("kind: ConfigMap") && yaml.contains("name: c"),
+        "{yaml}"
+    );
 
     let out = s.wkctl(&["get", "po", "nope"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr(&out), "Error from server (NotFound): pods \"nope\" not found\n");
+    assert_eq!(
+        stderr(&out),
+        "Error from server (NotFound): pods \"nope\" not found\n"
+    );
     let out = s.wkctl(&["get", "widgets"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("the server doesn't have a resource type \"widgets\""));
@@ -110,26 +172,59 @@ async fn get_prints_tables_formats_and_kubectl_errors() {
 
     let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"replicas": 3, "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}});
-    s.call(Method::POST, "/apis/apps/v1/namespaces/default/deployments", Some(deploy)).await;
+    s.call(
+        Method::POST,
+        "/apis/apps/v1/namespaces/default/deployments",
+        Some(deploy),
+    )
+    .await;
     let all = stdout(&s.wkctl(&["get", "all"]));
-    assert!(all.contains("deployment.apps/web") && all.contains("0/3"), "{all}");
+    assert!(
+        all.contains("deployment.apps/web") && all.contains("0/3"),
+        "{all}"
+    );
     let wide = stdout(&s.wkctl(&["get", "deploy", "-o", "wide"]));
-    assert!(wide.contains("SELECTOR") && wide.contains("a=b") && wide.contains("i:1"), "{wide}");
+    assert!(
+        wide.contains("SELECTOR") && wide.contains("a=b") && wide.contains("i:1"),
+        "{wide}"
+    );
 }
 
 #[tokio::test]
 async fn describe_shows_the_object_and_its_aggregated_events() {
     let s = Server::start().await;
-    let (_, cm) = s.call(Method::POST, "/api/v1/namespaces/default/configmaps", Some(configmap("d", "1"))).await;
+    let (_, cm) = s
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(configmap("d", "1")),
+        )
+        .await;
     let rec = wasmkube::client::events::Recorder::new(s.client(), "tester");
-    rec.record(&cm, "Warning", "BackOff", "Back-off restarting").await.unwrap();
-    rec.record(&cm, "Warning", "BackOff", "Back-off restarting").await.unwrap();
+    rec.record(&cm, "Warning", "BackOff", "Back-off restarting")
+        .await
+        .unwrap();
+    rec.record(&cm, "Warning", "BackOff", "Back-off restarting")
+        .await
+        .unwrap();
     let out = s.wkctl(&["describe", "cm", "d"]);
     let text = stdout(&out);
-    assert!(text.starts_with("Name:         d\nNamespace:    default\n"), "{text}");
+    assert!(
+        text.starts_with("Name:         d\nNamespace:    default\n"),
+        "{text}"
+    );
     assert!(text.contains("Events:"), "{text}");
-    let event_line = text.lines().find(|l| l.contains("BackOff")).expect("event row");
-    assert!(event_line.contains("Warning") && event_line.contains("(x2 over") && event_line.contains("tester") && event_line.contains("Back-off restarting"), "{event_line}");
+    let event_line = text
+        .lines()
+        .find(|l| l.contains("BackOff"))
+        .expect("event row");
+    assert!(
+        event_line.contains("Warning")
+            && event_line.contains("(x2 over")
+            && event_line.contains("tester")
+            && event_line.contains("Back-off restarting"),
+        "{event_line}"
+    );
     let out = s.wkctl(&["describe", "cm", "missing"]);
     assert_eq!(out.status.code(), Some(1));
 }
@@ -140,45 +235,101 @@ async fn delete_by_name_selector_file_and_namespace() {
     for n in ["x", "y", "z"] {
         let mut cm = configmap(n, "1");
         cm["metadata"]["labels"] = json!({"group": if n == "x" { "one" } else { "two" }});
-        s.call(Method::POST, "/api/v1/namespaces/default/configmaps", Some(cm)).await;
+        s.call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(cm),
+        )
+        .await;
     }
-    assert_eq!(stdout(&s.wkctl(&["delete", "cm", "x"])), "configmap \"x\" deleted\n");
-    assert_eq!(stdout(&s.wkctl(&["delete", "cm", "-l", "group=two"])), "configmap \"y\" deleted\nconfigmap \"z\" deleted\n");
+    assert_eq!(
+        stdout(&s.wkctl(&["delete", "cm", "x"])),
+        "configmap \"x\" deleted\n"
+    );
+    assert_eq!(
+        stdout(&s.wkctl(&["delete", "cm", "-l", "group=two"])),
+        "configmap \"y\" deleted\nconfigmap \"z\" deleted\n"
+    );
     let out = s.wkctl(&["delete", "cm", "x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr(&out), "Error from server (NotFound): configmaps \"x\" not found\n");
-    assert_eq!(s.wkctl(&["delete", "cm", "x", "--ignore-not-found"]).status.code(), Some(0));
+    assert_eq!(
+        stderr(&out),
+        "Error from server (NotFound): configmaps \"x\" not found\n"
+    );
+    assert_eq!(
+        s.wkctl(&["delete", "cm", "x", "--ignore-not-found"])
+            .status
+            .code(),
+        Some(0)
+    );
 
     let out = s.wkctl(&["create", "namespace", "scratch"]);
     assert_eq!(stdout(&out), "namespace/scratch created\n");
     let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: f\n  namespace: scratch\n";
-    assert_eq!(stdout(&s.wkctl_stdin(&["apply", "-f", "-"], Some(manifest))), "configmap/f created\n");
-    assert_eq!(stdout(&s.wkctl_stdin(&["delete", "-f", "-"], Some(manifest))), "configmap \"f\" deleted\n");
+    assert_eq!(
+        stdout(&s.wkctl_stdin(&["apply", "-f", "-"], Some(manifest))),
+        "configmap/f created\n"
+    );
+    assert_eq!(
+        stdout(&s.wkctl_stdin(&["delete", "-f", "-"], Some(manifest))),
+        "configmap \"f\" deleted\n"
+    );
     s.wkctl_stdin(&["apply", "-f", "-"], Some(manifest));
     let out = s.wkctl(&["delete", "ns", "scratch"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "namespace \"scratch\" deleted\n");
     // wkctl waited for the namespace (and its content) to be gone
-    assert_eq!(s.call(Method::GET, "/api/v1/namespaces/scratch", None).await.0, 404);
-    assert_eq!(s.call(Method::GET, "/api/v1/namespaces/scratch/configmaps/f", None).await.0, 404);
+    assert_eq!(
+        s.call(Method::GET, "/api/v1/namespaces/scratch", None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        s.call(Method::GET, "/api/v1/namespaces/scratch/configmaps/f", None)
+            .await
+            .0,
+        404
+    );
 }
 
 #[tokio::test]
 async fn cluster_info_version_and_api_resources() {
     let s = Server::start().await;
     let out = stdout(&s.wkctl(&["cluster-info"]));
-    assert_eq!(out, format!("Kubernetes control plane is running at {}\n", s.url));
+    assert_eq!(
+        out,
+        format!("Kubernetes control plane is running at {}\n", s.url)
+    );
     let v = stdout(&s.wkctl(&["version"]));
-    assert!(v.contains("Client Version: v1.33.0") && v.contains("Server Version: v1.33.0"), "{v}");
+    assert!(
+        v.contains("Client Version: v1.33.0") && v.contains("Server Version: v1.33.0"),
+        "{v}"
+    );
     let r = stdout(&s.wkctl(&["api-resources"]));
     let deploy = r.lines().find(|l| l.starts_with("deployments")).unwrap();
-    assert!(deploy.contains("deploy") && deploy.contains("apps/v1") && deploy.contains("true") && deploy.ends_with("Deployment"), "{deploy}");
+    assert!(
+        deploy.contains("deploy")
+            && deploy.contains("apps/v1")
+            && deploy.contains("true")
+            && deploy.ends_with("Deployment"),
+        "{deploy}"
+    );
     assert_eq!(r.lines().count(), 1 + wasmkube::api::RESOURCES.len());
     // an unreachable server is an error, not a hang
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kc.yaml");
-    wasmkube::client::Kubeconfig { server: "http://127.0.0.1:1".into(), token: "t".into(), namespace: None }.write(&kc).unwrap();
-    let out = Command::new(WKCTL).args(["--kubeconfig", kc.to_str().unwrap(), "get", "pods"]).output().unwrap();
+    wasmkube::client::Kubeconfig {
+        server: "http://127.0.0.1:1".into(),
+        token: "t".into(),
+        namespace: None,
+    }
+    .write(&kc)
+    .unwrap();
+    let out = Command::new(WKCTL)
+        .args(["--kubeconfig", kc.to_str().unwrap(), "get", "pods"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
 }
@@ -186,7 +337,12 @@ async fn cluster_info_version_and_api_resources() {
 #[tokio::test]
 async fn get_watch_prints_rows_as_objects_change() {
     let s = Server::start().await;
-    s.call(Method::POST, "/api/v1/namespaces/default/configmaps", Some(configmap("first", "1"))).await;
+    s.call(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        Some(configmap("first", "1")),
+    )
+    .await;
     let mut child = Command::new(WKCTL)
         .args(["get", "cm", "-w"])
         .env("KUBECONFIG", s.kubeconfig())
@@ -197,7 +353,12 @@ async fn get_watch_prints_rows_as_objects_change() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().starts_with("NAME"));
     assert!(lines.next().unwrap().unwrap().starts_with("first"));
-    s.call(Method::POST, "/api/v1/namespaces/default/configmaps", Some(configmap("second", "1"))).await;
+    s.call(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        Some(configmap("second", "1")),
+    )
+    .await;
     let reader = std::thread::spawn(move || lines.next().unwrap().unwrap());
     let line = reader.join().unwrap();
     assert!(line.starts_with("second"), "{line}");

@@ -12,7 +12,12 @@ use crate::util::{configmap, stderr, stdout, Server, WK};
 const CM: &str = "/api/v1/namespaces/default/configmaps";
 
 fn names(list: &Value) -> Vec<String> {
-    list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -29,9 +34,16 @@ async fn kill_9_during_a_stream_of_writes_keeps_every_acknowledged_write() {
             for i in 0.. {
                 let name = format!("w{w}-{i}");
                 let value = format!("{w}:{i}");
-                let r = http.post(format!("{url}{CM}")).bearer_auth(&token).json(&configmap(&name, &value)).send().await;
+                let r = http
+                    .post(format!("{url}{CM}"))
+                    .bearer_auth(&token)
+                    .json(&configmap(&name, &value))
+                    .send()
+                    .await;
                 match r {
-                    Ok(r) if r.status().as_u16() == 201 => acked.lock().unwrap().push((name, value)),
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        acked.lock().unwrap().push((name, value))
+                    }
                     _ => return,
                 }
             }
@@ -52,13 +64,28 @@ async fn kill_9_during_a_stream_of_writes_keeps_every_acknowledged_write() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["metadata"]["name"].as_str().unwrap().to_string(), i["data"]["v"].as_str().unwrap().to_string()))
+        .map(|i| {
+            (
+                i["metadata"]["name"].as_str().unwrap().to_string(),
+                i["data"]["v"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     for (name, value) in &acked {
-        assert_eq!(stored.get(name), Some(value), "acknowledged write {name} lost after kill -9 ({} acked)", acked.len());
+        assert_eq!(
+            stored.get(name),
+            Some(value),
+            "acknowledged write {name} lost after kill -9 ({} acked)",
+            acked.len()
+        );
     }
     // and the store keeps working after recovery
-    assert_eq!(s.call(Method::POST, CM, Some(configmap("after", "1"))).await.0, 201);
+    assert_eq!(
+        s.call(Method::POST, CM, Some(configmap("after", "1")))
+            .await
+            .0,
+        201
+    );
 }
 
 #[tokio::test]
@@ -72,67 +99,166 @@ async fn sigterm_shuts_down_cleanly_and_revisions_continue_after_restart() {
     assert_eq!(code, 200);
     assert_eq!(kept["metadata"]["uid"], last["metadata"]["uid"]);
     let (_, next) = s.call(Method::POST, CM, Some(configmap("next", "1"))).await;
-    let rv = |v: &Value| v["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap();
+    let rv = |v: &Value| {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
     assert!(rv(&next) > rv(&last));
     // the token and kubeconfig survive restarts
-    assert_eq!(s.token, std::fs::read_to_string(s.dir.join("token")).unwrap().trim());
+    assert_eq!(
+        s.token,
+        std::fs::read_to_string(s.dir.join("token")).unwrap().trim()
+    );
 }
 
 #[tokio::test]
 async fn snapshot_save_and_restore_round_trip() {
     let s = Server::start().await;
-    s.call(Method::POST, "/api/v1/namespaces", Some(serde_json::json!({"metadata": {"name": "apps"}}))).await;
+    s.call(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(serde_json::json!({"metadata": {"name": "apps"}})),
+    )
+    .await;
     for i in 0..20 {
-        s.call(Method::POST, "/api/v1/namespaces/apps/configmaps", Some(configmap(&format!("c{i}"), &i.to_string()))).await;
+        s.call(
+            Method::POST,
+            "/api/v1/namespaces/apps/configmaps",
+            Some(configmap(&format!("c{i}"), &i.to_string())),
+        )
+        .await;
     }
-    s.call(Method::DELETE, "/api/v1/namespaces/apps/configmaps/c3", None).await;
+    s.call(
+        Method::DELETE,
+        "/api/v1/namespaces/apps/configmaps/c3",
+        None,
+    )
+    .await;
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("snap.json");
     let out = std::process::Command::new(WK)
-        .args(["snapshot", "save", file.to_str().unwrap(), "--kubeconfig", s.kubeconfig().to_str().unwrap()])
+        .args([
+            "snapshot",
+            "save",
+            file.to_str().unwrap(),
+            "--kubeconfig",
+            s.kubeconfig().to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with(&format!("Snapshot saved at {}", file.display())));
     // writes after the snapshot are not in it
-    s.call(Method::POST, "/api/v1/namespaces/apps/configmaps", Some(configmap("later", "1"))).await;
-    let (_, before) = s.call(Method::GET, "/api/v1/namespaces/apps/configmaps", None).await;
+    s.call(
+        Method::POST,
+        "/api/v1/namespaces/apps/configmaps",
+        Some(configmap("later", "1")),
+    )
+    .await;
+    let (_, before) = s
+        .call(Method::GET, "/api/v1/namespaces/apps/configmaps", None)
+        .await;
 
     let restored_dir = work.path().join("restored");
     let out = std::process::Command::new(WK)
-        .args(["snapshot", "restore", file.to_str().unwrap(), "--data-dir", restored_dir.to_str().unwrap()])
+        .args([
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let again = std::process::Command::new(WK)
-        .args(["snapshot", "restore", file.to_str().unwrap(), "--data-dir", restored_dir.to_str().unwrap()])
+        .args([
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(!again.status.success(), "restoring over an existing store is refused");
-    assert!(stderr(&again).contains("already holds a store"), "{}", stderr(&again));
+    assert!(
+        !again.status.success(),
+        "restoring over an existing store is refused"
+    );
+    assert!(
+        stderr(&again).contains("already holds a store"),
+        "{}",
+        stderr(&again)
+    );
     let garbage = work.path().join("garbage.json");
-    std::fs::write(&garbage, "{\"format\": \"something-else\", \"revision\": 1, \"objects\": []}").unwrap();
+    std::fs::write(
+        &garbage,
+        "{\"format\": \"something-else\", \"revision\": 1, \"objects\": []}",
+    )
+    .unwrap();
     let bad = std::process::Command::new(WK)
-        .args(["snapshot", "restore", garbage.to_str().unwrap(), "--data-dir", work.path().join("bad").to_str().unwrap()])
+        .args([
+            "snapshot",
+            "restore",
+            garbage.to_str().unwrap(),
+            "--data-dir",
+            work.path().join("bad").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("format"), "{}", stderr(&bad));
 
     let r = Server::builder().data_dir(&restored_dir).start().await;
-    let (_, after) = r.call(Method::GET, "/api/v1/namespaces/apps/configmaps", None).await;
-    let mut expected: Vec<Value> = before["items"].as_array().unwrap().iter().filter(|i| i["metadata"]["name"] != "later").cloned().collect();
+    let (_, after) = r
+        .call(Method::GET, "/api/v1/namespaces/apps/configmaps", None)
+        .await;
+    let mut expected: Vec<Value> = before["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["metadata"]["name"] != "later")
+        .cloned()
+        .collect();
     expected.sort_by_key(|i| i["metadata"]["name"].as_str().unwrap().to_string());
     let mut got = after["items"].as_array().unwrap().clone();
     got.sort_by_key(|i| i["metadata"]["name"].as_str().unwrap().to_string());
-    assert_eq!(got, expected, "restored objects are identical (uids, revisions, data)");
+    assert_eq!(
+        got, expected,
+        "restored objects are identical (uids, revisions, data)"
+    );
     assert!(!names(&after).contains(&"c3".to_string()));
-    let snap_rv: u64 = after["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
-    let (code, new) = r.call(Method::POST, "/api/v1/namespaces/apps/configmaps", Some(configmap("new", "1"))).await;
+    let snap_rv: u64 = after["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (code, new) = r
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/apps/configmaps",
+            Some(configmap("new", "1")),
+        )
+        .await;
     assert_eq!(code, 201);
-    assert!(new["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap() > snap_rv);
+    assert!(
+        new["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > snap_rv
+    );
     // the restored cluster also restarts from its own files
     drop(r);
     let r = Server::builder().data_dir(&restored_dir).start().await;
-    assert_eq!(r.call(Method::GET, "/api/v1/namespaces/apps/configmaps/new", None).await.0, 200);
+    assert_eq!(
+        r.call(Method::GET, "/api/v1/namespaces/apps/configmaps/new", None)
+            .await
+            .0,
+        200
+    );
 }

@@ -14,8 +14,11 @@ use kube::{Client, Config};
 use crate::util::Server;
 
 async fn kube_client(s: &Server) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(s.kubeconfig()).expect("kube-rs reads our kubeconfig");
-    let config = Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+    let kc =
+        kube::config::Kubeconfig::read_from(s.kubeconfig()).expect("kube-rs reads our kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
     Client::try_from(config).expect("client")
 }
 
@@ -33,27 +36,49 @@ async fn kube_rs_crud_patch_and_paging_work() {
     }))
     .unwrap();
     let created = pods.create(&PostParams::default(), &pod).await.unwrap();
-    assert_eq!(created.spec.as_ref().unwrap().restart_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        created.spec.as_ref().unwrap().restart_policy.as_deref(),
+        Some("Always")
+    );
     let got = pods.get("kube-rs").await.unwrap();
     assert_eq!(got.metadata.uid, created.metadata.uid);
-    let listed = pods.list(&ListParams::default().labels("via=kube")).await.unwrap();
+    let listed = pods
+        .list(&ListParams::default().labels("via=kube"))
+        .await
+        .unwrap();
     assert_eq!(listed.items.len(), 1);
     let patched = pods
-        .patch("kube-rs", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"a": "b"}}})))
+        .patch(
+            "kube-rs",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"a": "b"}}})),
+        )
         .await
         .unwrap();
     assert_eq!(patched.metadata.annotations.unwrap()["a"], "b");
     let err = pods.get("missing").await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 404), "{err:?}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
 
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     for i in 0..7 {
-        let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("p{i}")}})).unwrap();
+        let cm: ConfigMap =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": format!("p{i}")}}))
+                .unwrap();
         cms.create(&PostParams::default(), &cm).await.unwrap();
     }
     let page = cms.list(&ListParams::default().limit(3)).await.unwrap();
     assert_eq!(page.items.len(), 3);
-    let next = cms.list(&ListParams::default().limit(3).continue_token(page.metadata.continue_.as_deref().unwrap())).await.unwrap();
+    let next = cms
+        .list(
+            &ListParams::default()
+                .limit(3)
+                .continue_token(page.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
     assert_eq!(next.items.len(), 3);
     assert_ne!(page.items[0].metadata.name, next.items[0].metadata.name);
 
@@ -66,9 +91,21 @@ async fn kube_rs_crud_patch_and_paging_work() {
     deploys.create(&PostParams::default(), &d).await.unwrap();
     let scale = deploys.get_scale("d").await.unwrap();
     assert_eq!(scale.spec.unwrap().replicas, Some(1));
-    deploys.patch_scale("d", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 4}}))).await.unwrap();
-    assert_eq!(deploys.get("d").await.unwrap().spec.unwrap().replicas, Some(4));
-    pods.delete("kube-rs", &DeleteParams::default()).await.unwrap();
+    deploys
+        .patch_scale(
+            "d",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        deploys.get("d").await.unwrap().spec.unwrap().replicas,
+        Some(4)
+    );
+    pods.delete("kube-rs", &DeleteParams::default())
+        .await
+        .unwrap();
     assert!(pods.get_opt("kube-rs").await.unwrap().is_none());
 }
 
@@ -77,23 +114,41 @@ async fn kube_runtime_watcher_sees_initial_state_and_changes() {
     let s = Server::start().await;
     let client = kube_client(&s).await;
     let cms: Api<ConfigMap> = Api::default_namespaced(client);
-    let mk = |n: &str| serde_json::from_value::<ConfigMap>(serde_json::json!({"metadata": {"name": n}})).unwrap();
-    cms.create(&PostParams::default(), &mk("before")).await.unwrap();
+    let mk = |n: &str| {
+        serde_json::from_value::<ConfigMap>(serde_json::json!({"metadata": {"name": n}})).unwrap()
+    };
+    cms.create(&PostParams::default(), &mk("before"))
+        .await
+        .unwrap();
     let mut stream = watcher::watcher(cms.clone(), watcher::Config::default()).boxed();
     let mut initial = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
             Event::InitApply(o) => initial.push(o.metadata.name.unwrap()),
             Event::InitDone => break,
             _ => {}
         }
     }
     assert_eq!(initial, vec!["before"]);
-    cms.create(&PostParams::default(), &mk("after")).await.unwrap();
-    cms.delete("before", &DeleteParams::default()).await.unwrap();
+    cms.create(&PostParams::default(), &mk("after"))
+        .await
+        .unwrap();
+    cms.delete("before", &DeleteParams::default())
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        match tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
             Event::Apply(o) => seen.push(format!("apply {}", o.metadata.name.unwrap())),
             Event::Delete(o) => seen.push(format!("delete {}", o.metadata.name.unwrap())),
             _ => {}

@@ -49,7 +49,14 @@ impl ServerBuilder {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let mut s = Server { child: None, dir, _tmp: tmp, url: String::new(), token: String::new(), args: self.args };
+        let mut s = Server {
+            child: None,
+            dir,
+            _tmp: tmp,
+            url: String::new(),
+            token: String::new(),
+            args: self.args,
+        };
         s.spawn().await;
         s
     }
@@ -71,7 +78,11 @@ impl Server {
     async fn spawn(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
         let _ = std::fs::remove_file(self.kubeconfig());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
         let child = Command::new(WK)
             .args(["server", "--data-dir"])
             .arg(&self.dir)
@@ -91,7 +102,11 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("wk server exited with {status}: {}", self.log());
             }
-            assert!(Instant::now() < deadline, "wk server did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "wk server did not start: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         self.url = kc.server;
@@ -102,7 +117,11 @@ impl Server {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "wk server never became ready: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "wk server never became ready: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -121,7 +140,9 @@ impl Server {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited with 0.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return true };
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
@@ -153,15 +174,26 @@ impl Server {
         self.call_as(method, path, body, "application/json").await
     }
 
-    pub async fn call_as(&self, method: Method, path: &str, body: Option<Value>, content_type: &str) -> (u16, Value) {
-        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+    pub async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        content_type: &str,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.header("content-type", content_type).body(b.to_string());
         }
         let resp = req.send().await.expect("request");
         let code = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Run the real wkctl against this server.

@@ -26,7 +26,10 @@ impl Watch {
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
-        Watch { resp, buf: Vec::new() }
+        Watch {
+            resp,
+            buf: Vec::new(),
+        }
     }
 
     /// The next event, or None when the stream ends or `secs` pass.
@@ -45,18 +48,38 @@ impl Watch {
     }
 
     async fn expect(&mut self, ty: &str, name: &str) -> Value {
-        let (t, o) = self.next(10).await.unwrap_or_else(|| panic!("no event; wanted {ty} {name}"));
-        assert_eq!((t.as_str(), o["metadata"]["name"].as_str().unwrap_or_default()), (ty, name), "{o}");
+        let (t, o) = self
+            .next(10)
+            .await
+            .unwrap_or_else(|| panic!("no event; wanted {ty} {name}"));
+        assert_eq!(
+            (
+                t.as_str(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            ),
+            (ty, name),
+            "{o}"
+        );
         o
     }
 }
 
 fn rv(v: &Value) -> String {
-    v["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 async fn merge(s: &Server, name: &str, patch: Value) -> Value {
-    s.call_as(Method::PATCH, &format!("{CM}/{name}"), Some(patch), "application/merge-patch+json").await.1
+    s.call_as(
+        Method::PATCH,
+        &format!("{CM}/{name}"),
+        Some(patch),
+        "application/merge-patch+json",
+    )
+    .await
+    .1
 }
 
 #[tokio::test]
@@ -66,7 +89,11 @@ async fn watch_resumes_from_a_revision_and_selectors_shape_events() {
     a["metadata"]["labels"] = json!({"app": "x"});
     let (_, a) = s.call(Method::POST, CM, Some(a)).await;
     s.call(Method::POST, CM, Some(configmap("b", "1"))).await;
-    let mut w = Watch::open(&s, &format!("resourceVersion={}&labelSelector=app%3Dx", rv(&a))).await;
+    let mut w = Watch::open(
+        &s,
+        &format!("resourceVersion={}&labelSelector=app%3Dx", rv(&a)),
+    )
+    .await;
     merge(&s, "a", json!({"data": {"v": "2"}})).await; // MODIFIED
     merge(&s, "b", json!({"metadata": {"labels": {"app": "x"}}})).await; // enters the selection: ADDED
     merge(&s, "a", json!({"metadata": {"labels": {"app": null}}})).await; // leaves it: DELETED
@@ -77,8 +104,14 @@ async fn watch_resumes_from_a_revision_and_selectors_shape_events() {
     w.expect("ADDED", "b").await;
     w.expect("DELETED", "a").await;
     let d = w.expect("DELETED", "b").await;
-    assert!(rv(&d).parse::<u64>().unwrap() > rv(&m).parse::<u64>().unwrap(), "a deletion carries its own revision");
-    assert!(w.next(1).await.is_none(), "unselected objects produce no events");
+    assert!(
+        rv(&d).parse::<u64>().unwrap() > rv(&m).parse::<u64>().unwrap(),
+        "a deletion carries its own revision"
+    );
+    assert!(
+        w.next(1).await.is_none(),
+        "unselected objects produce no events"
+    );
 }
 
 #[tokio::test]
@@ -89,16 +122,22 @@ async fn watch_without_a_revision_starts_with_the_current_state() {
     let mut w = Watch::open(&s, "").await;
     w.expect("ADDED", "one").await;
     w.expect("ADDED", "two").await;
-    s.call(Method::POST, CM, Some(configmap("three", "1"))).await;
+    s.call(Method::POST, CM, Some(configmap("three", "1")))
+        .await;
     w.expect("ADDED", "three").await;
 }
 
 #[tokio::test]
 async fn watch_from_a_revision_older_than_the_window_gets_410_expired() {
-    let s = Server::builder().arg("--watch-history").arg("5").start().await;
+    let s = Server::builder()
+        .arg("--watch-history")
+        .arg("5")
+        .start()
+        .await;
     let (_, first) = s.call(Method::POST, CM, Some(configmap("c0", "1"))).await;
     for i in 1..10 {
-        s.call(Method::POST, CM, Some(configmap(&format!("c{i}"), "1"))).await;
+        s.call(Method::POST, CM, Some(configmap(&format!("c{i}"), "1")))
+            .await;
     }
     let mut w = Watch::open(&s, &format!("resourceVersion={}", rv(&first))).await;
     let (t, status) = w.next(10).await.unwrap();
@@ -110,22 +149,40 @@ async fn watch_from_a_revision_older_than_the_window_gets_410_expired() {
     let (_, page) = s.call(Method::GET, &format!("{CM}?limit=2"), None).await;
     let token = page["metadata"]["continue"].as_str().unwrap().to_string();
     for i in 10..20 {
-        s.call(Method::POST, CM, Some(configmap(&format!("c{i}"), "1"))).await;
+        s.call(Method::POST, CM, Some(configmap(&format!("c{i}"), "1")))
+            .await;
     }
-    let (code, st) = s.call(Method::GET, &format!("{CM}?limit=2&continue={token}"), None).await;
+    let (code, st) = s
+        .call(Method::GET, &format!("{CM}?limit=2&continue={token}"), None)
+        .await;
     assert_eq!(code, 410, "{st}");
     assert_eq!(st["reason"], "Expired");
 }
 
 #[tokio::test]
 async fn idle_watches_that_ask_get_bookmarks() {
-    let s = Server::builder().arg("--bookmark-interval").arg("0.2").start().await;
+    let s = Server::builder()
+        .arg("--bookmark-interval")
+        .arg("0.2")
+        .start()
+        .await;
     let (_, a) = s.call(Method::POST, CM, Some(configmap("a", "1"))).await;
-    let mut w = Watch::open(&s, &format!("resourceVersion={}&allowWatchBookmarks=true", rv(&a))).await;
+    let mut w = Watch::open(
+        &s,
+        &format!("resourceVersion={}&allowWatchBookmarks=true", rv(&a)),
+    )
+    .await;
     let (t, o) = w.next(5).await.unwrap();
     assert_eq!(t, "BOOKMARK");
     assert_eq!(o["kind"], "ConfigMap");
-    assert!(o["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap() >= rv(&a).parse::<u64>().unwrap());
+    assert!(
+        o["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= rv(&a).parse::<u64>().unwrap()
+    );
     let mut quiet = Watch::open(&s, &format!("resourceVersion={}", rv(&a))).await;
     assert!(quiet.next(1).await.is_none(), "no bookmarks unless asked");
 }
@@ -133,7 +190,9 @@ async fn idle_watches_that_ask_get_bookmarks() {
 #[tokio::test]
 async fn many_watchers_each_see_every_write_in_order() {
     let s = Server::start().await;
-    let (_, start) = s.call(Method::POST, CM, Some(configmap("start", "1"))).await;
+    let (_, start) = s
+        .call(Method::POST, CM, Some(configmap("start", "1")))
+        .await;
     let mut watchers = Vec::new();
     for _ in 0..50 {
         watchers.push(Watch::open(&s, &format!("resourceVersion={}", rv(&start))).await);
@@ -172,7 +231,10 @@ async fn many_watchers_each_see_every_write_in_order() {
         .collect::<Vec<_>>()
         .await;
     for revs in &results {
-        assert!(revs.windows(2).all(|p| p[0] < p[1]), "events arrive in revision order");
+        assert!(
+            revs.windows(2).all(|p| p[0] < p[1]),
+            "events arrive in revision order"
+        );
         assert_eq!(revs, &results[0], "every watcher sees the same sequence");
     }
 }
