@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub advertise: Option<String>,
     pub watch_history: usize,
     pub bookmark_interval: Duration,
+    /// Raft log entries between snapshots.
+    pub snapshot_logs: u64,
 }
 
 /// The default data directory: `$WK_DATA_DIR`, else `/var/lib/wasmkube` for
@@ -167,6 +169,7 @@ pub async fn run(
             advertise: advertise.clone(),
             history: config.watch_history,
             peer_token: token.clone(),
+            snapshot_logs: config.snapshot_logs,
         },
     )
     .await?;

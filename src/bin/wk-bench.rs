@@ -1,1 +1,512 @@
-fn main() {}
+//! `wk-bench`: store benchmarks for wasmkube with etcd as the reference.
+//!
+//! Starts a `wk server` and an `etcd` on loopback with fresh data dirs, then
+//! measures, for each, create and update throughput and p50/p99 latency at
+//! several client concurrencies, and watch delivery latency with many
+//! watchers. Both fsync every commit. Prints a Markdown report.
+//!
+//! ```text
+//! cargo build --release && target/release/wk-bench --wk target/release/wk
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::Parser;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(about = "Benchmark the wasmkube store against etcd")]
+struct Args {
+    /// The wk binary to benchmark.
+    #[arg(long, default_value = "target/release/wk")]
+    wk: PathBuf,
+    /// The etcd binary for the reference run ("none" to skip).
+    #[arg(long, default_value = "etcd")]
+    etcd: String,
+    /// Client concurrencies.
+    #[arg(long, default_value = "1,16,100", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Bytes of payload per object.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Concurrent watchers for the delivery-latency run.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Writes observed by the watchers.
+    #[arg(long, default_value_t = 200)]
+    watch_events: usize,
+}
+
+/// A system under test.
+#[derive(Clone)]
+enum Target {
+    Wk { url: String, token: String },
+    Etcd { url: String },
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn object(name: &str, value: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"v": value}})
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Wk { .. } => "wasmkube",
+            Target::Etcd { .. } => "etcd",
+        }
+    }
+
+    async fn write(
+        &self,
+        http: &reqwest::Client,
+        prefix: &str,
+        name: &str,
+        value: &str,
+        update: bool,
+    ) -> Result<()> {
+        let resp = match self {
+            Target::Wk { url, token } => {
+                let base = format!("{url}/api/v1/namespaces/default/configmaps");
+                let mut obj = object(&format!("{prefix}{name}"), value);
+                if update {
+                    obj["metadata"]["resourceVersion"] = Value::Null;
+                    http.put(format!("{base}/{prefix}{name}"))
+                        .bearer_auth(token)
+                        .json(&obj)
+                        .send()
+                        .await?
+                } else {
+                    http.post(base).bearer_auth(token).json(&obj).send().await?
+                }
+            }
+            Target::Etcd { url } => {
+                let key = format!("/registry/configmaps/default/{prefix}{name}");
+                let val = object(&format!("{prefix}{name}"), value).to_string();
+                http.post(format!("{url}/v3/kv/put"))
+                    .json(&json!({"key": b64(&key), "value": b64(&val)}))
+                    .send()
+                    .await?
+            }
+        };
+        if !resp.status().is_success() {
+            bail!(
+                "{} write failed: {} {}",
+                self.name(),
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Open a watch on `prefix` objects; yields each payload value received.
+    async fn watch(&self, http: &reqwest::Client, prefix: &str) -> Result<reqwest::Response> {
+        let resp = match self {
+            Target::Wk { url, token } => {
+                let list: Value = http
+                    .get(format!(
+                        "{url}/api/v1/namespaces/default/configmaps?limit=1"
+                    ))
+                    .bearer_auth(token)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let rv = list["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .to_string();
+                http.get(format!(
+                    "{url}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}"
+                ))
+                .bearer_auth(token)
+                .send()
+                .await?
+            }
+            Target::Etcd { url } => {
+                let key = format!("/registry/configmaps/default/{prefix}");
+                let mut end = key.clone().into_bytes();
+                *end.last_mut().expect("non-empty") += 1;
+                let end = String::from_utf8(end)?;
+                http.post(format!("{url}/v3/watch"))
+                    .json(&json!({"create_request": {"key": b64(&key), "range_end": b64(&end)}}))
+                    .send()
+                    .await?
+            }
+        };
+        if !resp.status().is_success() {
+            bail!("{} watch failed: {}", self.name(), resp.status());
+        }
+        Ok(resp)
+    }
+
+    /// The payload values in one parsed watch message.
+    fn values(&self, msg: &Value) -> Vec<String> {
+        match self {
+            Target::Wk { .. } => msg["object"]["data"]["v"]
+                .as_str()
+                .map(String::from)
+                .into_iter()
+                .collect(),
+            Target::Etcd { .. } => msg["result"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["kv"]["value"].as_str())
+                .filter_map(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .filter_map(|v| serde_json::from_slice::<Value>(&v).ok())
+                .filter_map(|o| o["data"]["v"].as_str().map(String::from))
+                .collect(),
+        }
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+fn payload(size: usize, stamp: u128) -> String {
+    let mut s = format!("t{stamp}x");
+    while s.len() < size {
+        s.push('a');
+    }
+    s
+}
+
+struct Measurement {
+    ops: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+async fn run_writes(
+    target: &Target,
+    clients: usize,
+    seconds: f64,
+    size: usize,
+    update: bool,
+    prefix: &str,
+) -> Result<Measurement> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let target = target.clone();
+        let stop = stop.clone();
+        let total = total.clone();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // updates cycle over the objects this client created
+                let name = if update {
+                    format!("c{c}-{}", i % 64)
+                } else {
+                    format!("c{c}-{i}")
+                };
+                let t = Instant::now();
+                // every write carries a new value, so no update is a no-op
+                target
+                    .write(&http, &prefix, &name, &payload(size, i as u128 + 1), update)
+                    .await?;
+                hist.record(t.elapsed().as_micros() as u64).ok();
+                i += 1;
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    Ok(Measurement {
+        ops: total.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        hist,
+    })
+}
+
+async fn run_watch(
+    target: &Target,
+    watchers: usize,
+    events: usize,
+    size: usize,
+) -> Result<Histogram<u64>> {
+    let http = reqwest::Client::new();
+    let prefix = "watch-";
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        let resp = target.watch(&http, prefix).await?;
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut stream = resp.bytes_stream();
+            let mut buf = Vec::new();
+            let mut seen = 0;
+            while seen < events {
+                let Ok(Some(chunk)) =
+                    tokio::time::timeout(Duration::from_secs(30), stream.next()).await
+                else {
+                    break;
+                };
+                buf.extend_from_slice(&chunk?);
+                let mut de = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+                let mut consumed = 0;
+                while let Some(Ok(msg)) = de.next() {
+                    consumed = de.byte_offset();
+                    for v in target.values(&msg) {
+                        if let Some(stamp) = v
+                            .strip_prefix('t')
+                            .and_then(|r| r.split('x').next())
+                            .and_then(|n| n.parse::<u128>().ok())
+                        {
+                            hist.record(((now_nanos() - stamp) / 1000) as u64).ok();
+                            seen += 1;
+                        }
+                    }
+                }
+                buf.drain(..consumed);
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..events {
+        target
+            .write(
+                &http,
+                prefix,
+                &format!("{i}"),
+                &payload(size, now_nanos()),
+                false,
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    Ok(hist)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_wk(bin: &Path, dir: &Path) -> Result<(Proc, Target)> {
+    let child = Command::new(bin)
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("WK_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let proc = Proc(child);
+    for _ in 0..600 {
+        if let Ok(kc) = wasmkube::client::Kubeconfig::load(&dir.join("kubeconfig.yaml")) {
+            if reqwest::get(format!("{}/readyz", kc.server))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok((
+                    proc,
+                    Target::Wk {
+                        url: kc.server,
+                        token: kc.token,
+                    },
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("wk server did not start")
+}
+
+async fn start_etcd(bin: &str, dir: &Path) -> Result<(Proc, Target)> {
+    let (client, peer) = (free_port()?, free_port()?);
+    let child = Command::new(bin)
+        .args(["--name", "bench", "--data-dir"])
+        .arg(dir)
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
+        .args([
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("bench=http://127.0.0.1:{peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {bin}"))?;
+    let proc = Proc(child);
+    let url = format!("http://127.0.0.1:{client}");
+    for _ in 0..600 {
+        if reqwest::get(format!("{url}/health"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok((proc, Target::Etcd { url }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("etcd did not start")
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+async fn bench(target: &Target, args: &Args, rows: &mut Vec<String>) -> Result<()> {
+    for &c in &args.clients {
+        for update in [false, true] {
+            let prefix = format!("b{c}-");
+            if update {
+                // make sure every object an update touches exists
+                let http = reqwest::Client::new();
+                for client in 0..c {
+                    for i in 0..64 {
+                        let _ = target
+                            .write(&http, &prefix, &format!("c{client}-{i}"), "x", false)
+                            .await;
+                    }
+                }
+            }
+            let m = run_writes(target, c, args.seconds, args.value_size, update, &prefix).await?;
+            rows.push(format!(
+                "| {} | {} | {c} | {:.0} | {} | {} |",
+                target.name(),
+                if update { "update" } else { "create" },
+                m.ops as f64 / m.elapsed.as_secs_f64(),
+                ms(m.hist.value_at_quantile(0.5)),
+                ms(m.hist.value_at_quantile(0.99)),
+            ));
+            eprintln!("{}", rows.last().expect("pushed"));
+        }
+    }
+    let h = run_watch(target, args.watchers, args.watch_events, args.value_size).await?;
+    rows.push(format!(
+        "| {} | watch delivery ({} watchers, {} events) | 1 writer | {} deliveries | {} | {} |",
+        target.name(),
+        args.watchers,
+        args.watch_events,
+        h.len(),
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+    ));
+    eprintln!("{}", rows.last().expect("pushed"));
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or_default().trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    / 1024
+                    / 1024
+            })
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {mem} GiB RAM, Linux {}",
+        kernel.trim()
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile_dir()?;
+    let mut rows = Vec::new();
+    {
+        let (_p, target) = start_wk(&args.wk, &tmp.join("wk")).await?;
+        bench(&target, &args, &mut rows).await?;
+    }
+    if args.etcd != "none" {
+        let (_p, target) = start_etcd(&args.etcd, &tmp.join("etcd")).await?;
+        bench(&target, &args, &mut rows).await?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!("Machine: {}", machine());
+    println!(
+        "Value size: {} bytes, {} s per measurement\n",
+        args.value_size, args.seconds
+    );
+    println!("| system | operation | clients | ops/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("wk-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

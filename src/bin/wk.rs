@@ -48,6 +48,9 @@ struct ServerArgs {
     /// Seconds between watch bookmarks for watches that ask for them.
     #[arg(long, default_value_t = 10.0)]
     bookmark_interval: f64,
+    /// Raft log entries between store snapshots (the log behind a snapshot is purged).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_logs: u64,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +108,7 @@ async fn main() -> Result<()> {
                 advertise: a.advertise,
                 watch_history: a.watch_history,
                 bookmark_interval: Duration::from_secs_f64(a.bookmark_interval.max(0.05)),
+                snapshot_logs: a.snapshot_logs,
             };
             server::run(config, shutdown_signal()).await?;
         }

@@ -2,7 +2,9 @@
 //!
 //! Every append is one redb transaction committed with `Durability::Immediate`
 //! (fsync) before openraft is told the entries are flushed, so an acknowledged
-//! write survives `kill -9`.
+//! write survives `kill -9`. This is the one fsync on a write's path: the
+//! state machine applies without one and is rebuilt from this log after a
+//! crash.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -76,13 +78,13 @@ impl LogStore {
         &self,
         key: &'static str,
         value: &T,
+        durability: Durability,
     ) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(value).map_err(write_err)?;
         let db = self.db.clone();
         blocking(move || {
             let mut tx = db.begin_write().map_err(write_err)?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(write_err)?;
+            tx.set_durability(durability).map_err(write_err)?;
             {
                 let mut table = tx.open_table(META).map_err(write_err)?;
                 table.insert(key, bytes.as_slice()).map_err(write_err)?;
@@ -99,8 +101,9 @@ impl LogStore {
         vote: &Vote<NodeId>,
         last: LogId,
     ) -> Result<(), StorageError> {
-        self.put_meta("vote", vote).await?;
-        self.put_meta("last_purged", &Some(last)).await
+        self.put_meta("vote", vote, Durability::Immediate).await?;
+        self.put_meta("last_purged", &Some(last), Durability::Immediate)
+            .await
     }
 }
 
@@ -170,15 +173,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_meta("vote", vote).await
+        self.put_meta("vote", vote, Durability::Immediate).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
         self.get_meta("vote")
     }
 
+    /// The committed index is a hint that lets a restart re-apply without an
+    /// election; it becomes durable with the next append, and losing it only
+    /// means waiting for the leader to commit again.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta("committed", &committed).await
+        self.put_meta("committed", &committed, Durability::None)
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -91,6 +91,8 @@ pub struct StoreConfig {
     pub history: usize,
     /// Bearer token sent to peers with Raft RPCs.
     pub peer_token: String,
+    /// Build a snapshot (and purge the log behind it) every this many entries.
+    pub snapshot_logs: u64,
 }
 
 /// An open store: the Raft node plus the watch cache it applies into.
@@ -100,14 +102,16 @@ pub struct Store {
     cache: Arc<Cache>,
 }
 
-fn raft_config() -> Result<Arc<Config>, StoreError> {
+fn raft_config(snapshot_logs: u64) -> Result<Arc<Config>, StoreError> {
+    let snapshot_logs = snapshot_logs.max(1);
     let config = Config {
         cluster_name: "wasmkube".into(),
         heartbeat_interval: 100,
         election_timeout_min: 300,
         election_timeout_max: 600,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        max_in_snapshot_log_to_keep: (snapshot_logs / 10).min(1_000),
+        replication_lag_threshold: snapshot_logs.max(5_000),
         ..Default::default()
     };
     Ok(Arc::new(
@@ -137,7 +141,7 @@ impl Store {
         let sm = StateMachine::open(&dir.join(STATE_FILE), cache.clone())?;
         let raft = Raft::new(
             config.node_id,
-            raft_config()?,
+            raft_config(config.snapshot_logs)?,
             network::Network::new(config.peer_token.clone()),
             log,
             sm,

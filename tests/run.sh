@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need,
+# builds once, then runs every test. Usage: bash tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> toolchain targets for Wasm guests"
+rustup target add wasm32-wasip1 wasm32-wasip2
+
+# Debian packages the tests use (none yet for the control plane; the agent
+# and OCI issues add runc and docker-registry here).
+PACKAGES=()
+if [ ${#PACKAGES[@]} -gt 0 ]; then
+  echo "==> apt packages: ${PACKAGES[*]}"
+  missing=()
+  for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+fi
+
+echo "==> Wasm example guests"
+for manifest in examples/*/Cargo.toml; do
+  [ -e "$manifest" ] || continue
+  cargo build --release --manifest-path "$manifest"
+done
+
+echo "==> format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "==> build"
+cargo build --workspace --all-targets
+
+echo "==> tests"
+cargo nextest run --workspace --no-fail-fast
+cargo test --workspace --doc
