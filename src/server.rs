@@ -18,6 +18,9 @@ use crate::store::{Store, StoreConfig, StoreError};
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
+/// Namespaces that cannot be deleted, as in Kubernetes.
+pub const UNDELETABLE_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -175,11 +178,13 @@ pub async fn run(
     .await?;
     ensure_namespaces(&store).await?;
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(ApiState {
         store: store.clone(),
         token: token.clone(),
         bookmark_interval: config.bookmark_interval,
         advertise: advertise.clone(),
+        shutdown: stop_rx.clone(),
     });
     let app = apiserver::router(state);
 
@@ -192,7 +197,6 @@ pub async fn run(
     }
     .write(&kubeconfig)?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let client = Client::new(server_url.clone(), token);
     let controllers = tokio::spawn(crate::controllers::namespace::run(client, stop_rx));
 

@@ -649,6 +649,13 @@ pub async fn delete(
 ) -> Result<Value, ApiError> {
     let key = res.key(ns, name);
     let ns_opt = res.namespaced.then_some(ns);
+    if res.kind == "Namespace" && crate::server::UNDELETABLE_NAMESPACES.contains(&name) {
+        return Err(ApiError::Forbidden {
+            resource: "namespaces".into(),
+            name: name.into(),
+            detail: "this namespace may not be deleted".into(),
+        });
+    }
     for _ in 0..UPDATE_RETRIES {
         let old = store
             .cache()

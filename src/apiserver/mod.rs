@@ -37,6 +37,8 @@ pub struct ApiState {
     pub bookmark_interval: Duration,
     /// The address clients reach this server at (for `/api` discovery).
     pub advertise: String,
+    /// Turns true on shutdown: open watches end so the server can stop.
+    pub shutdown: crate::controllers::CancelToken,
 }
 
 /// An [`ApiError`] as an HTTP response.
@@ -215,7 +217,14 @@ async fn serve(
 
     match (method.clone(), name.as_deref(), sub.as_deref()) {
         (Method::GET, None, None) if p.is_watch() || watch_path => {
-            let body = watch::watch(store, res, ns, &p, state.bookmark_interval)?;
+            let body = watch::watch(
+                store,
+                res,
+                ns,
+                &p,
+                state.bookmark_interval,
+                state.shutdown.clone(),
+            )?;
             Ok(Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "application/json")

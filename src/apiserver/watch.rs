@@ -38,6 +38,7 @@ pub fn watch(
     ns: Option<&str>,
     p: &Params,
     bookmark_interval: Duration,
+    mut shutdown: crate::controllers::CancelToken,
 ) -> Result<Body, ApiError> {
     let filter = Filter::from_params(res, p)?;
     let prefix = res.prefix(ns);
@@ -118,6 +119,7 @@ pub fn watch(
                     }
                     _ = &mut deadline => return,
                     _ = tx.closed() => return,
+                    _ = shutdown.changed() => return,
                 }
             }
         }

@@ -322,6 +322,14 @@ async fn namespaces_gate_creation_and_deleting_one_removes_its_content() {
         .collect();
     assert!(names.contains(&"default") && names.contains(&"kube-system"));
     let (code, st) = s
+        .call(Method::DELETE, "/api/v1/namespaces/kube-system", None)
+        .await;
+    assert_eq!(code, 403, "{st}");
+    assert_eq!(
+        st["message"],
+        "namespaces \"kube-system\" is forbidden: this namespace may not be deleted"
+    );
+    let (code, st) = s
         .call(
             Method::POST,
             "/api/v1/namespaces/missing/configmaps",

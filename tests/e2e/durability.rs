@@ -92,7 +92,21 @@ async fn kill_9_during_a_stream_of_writes_keeps_every_acknowledged_write() {
 async fn sigterm_shuts_down_cleanly_and_revisions_continue_after_restart() {
     let mut s = Server::start().await;
     let (_, last) = s.call(Method::POST, CM, Some(configmap("kept", "1"))).await;
+    // an open watch must not hold the shutdown up
+    let watch = reqwest::Client::new()
+        .get(format!("{}{CM}?watch=true", s.url))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status().as_u16(), 200);
+    let started = std::time::Instant::now();
     assert!(s.terminate(), "wk server exits 0 on SIGTERM: {}", s.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the watch"
+    );
+    drop(watch);
     assert!(s.log().contains("wk server stopped"));
     s.restart().await;
     let (code, kept) = s.call(Method::GET, &format!("{CM}/kept"), None).await;
