@@ -20,17 +20,22 @@ use super::request::Params;
 /// How many times an update is retried after losing a race it did not ask to lose.
 const UPDATE_RETRIES: usize = 16;
 
+/// 409 Conflict: the object changed since the revision the request was based on.
+fn conflict(res: &Resource, name: &str) -> ApiError {
+    ApiError::Conflict {
+        resource: res.qualified_plural(),
+        name: name.into(),
+        detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
+    }
+}
+
 /// Map a store failure on `res`/`name` (in `namespace`) to an API error.
 pub fn store_error(res: &Resource, namespace: Option<&str>, name: &str, e: StoreError) -> ApiError {
     let resource = res.qualified_plural();
     match e {
         StoreError::Rejected(Rejection::AlreadyExists) => ApiError::AlreadyExists { resource, name: name.into() },
         StoreError::Rejected(Rejection::NotFound) => ApiError::NotFound { resource, name: name.into() },
-        StoreError::Rejected(Rejection::Conflict { .. }) => ApiError::Conflict {
-            resource,
-            name: name.into(),
-            detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
-        },
+        StoreError::Rejected(Rejection::Conflict { .. }) => conflict(res, name),
         StoreError::Rejected(Rejection::UidMismatch { current }) => ApiError::Conflict {
             resource,
             name: name.into(),
@@ -407,14 +412,7 @@ where
         };
         if let Some(rv) = pinned {
             if rv != revision_of(&old) {
-                return Err(store_error(
-                    res,
-                    ns_opt,
-                    name,
-                    StoreError::Rejected(Rejection::Conflict {
-                        current: revision_of(&old),
-                    }),
-                ));
+                return Err(conflict(res, name));
             }
         }
         let merged = merge_update(res, &old, candidate, part)?;
@@ -474,12 +472,7 @@ where
             Err(e) => return Err(store_error(res, ns_opt, name, e)),
         }
     }
-    Err(store_error(
-        res,
-        ns_opt,
-        name,
-        StoreError::Rejected(Rejection::Conflict { current: 0 }),
-    ))
+    Err(conflict(res, name))
 }
 
 /// A namespace is only removed once its `spec.finalizers` are cleared too.
@@ -679,14 +672,7 @@ pub async fn delete(
         }
         if let Some(rv) = opts.resource_version {
             if rv != revision_of(&old) {
-                return Err(store_error(
-                    res,
-                    ns_opt,
-                    name,
-                    StoreError::Rejected(Rejection::Conflict {
-                        current: revision_of(&old),
-                    }),
-                ));
+                return Err(conflict(res, name));
             }
         }
         let precondition = Precondition {
@@ -735,12 +721,7 @@ pub async fn delete(
             Err(e) => return Err(store_error(res, ns_opt, name, e)),
         }
     }
-    Err(store_error(
-        res,
-        ns_opt,
-        name,
-        StoreError::Rejected(Rejection::Conflict { current: 0 }),
-    ))
+    Err(conflict(res, name))
 }
 
 /// DELETE a collection: every object the selectors match. Returns them as a list.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::util::{configmap, stderr, stdout, Server, WK};
+use crate::util::{configmap, stderr, stdout, wk, Server};
 
 const CM: &str = "/api/v1/namespaces/default/configmaps";
 
@@ -153,16 +153,13 @@ async fn snapshot_save_and_restore_round_trip() {
     .await;
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("snap.json");
-    let out = std::process::Command::new(WK)
-        .args([
-            "snapshot",
-            "save",
-            file.to_str().unwrap(),
-            "--kubeconfig",
-            s.kubeconfig().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = wk(&[
+        "snapshot",
+        "save",
+        file.to_str().unwrap(),
+        "--kubeconfig",
+        s.kubeconfig().to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with(&format!("Snapshot saved at {}", file.display())));
     // writes after the snapshot are not in it
@@ -177,27 +174,21 @@ async fn snapshot_save_and_restore_round_trip() {
         .await;
 
     let restored_dir = work.path().join("restored");
-    let out = std::process::Command::new(WK)
-        .args([
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            restored_dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = wk(&[
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        restored_dir.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let again = std::process::Command::new(WK)
-        .args([
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            restored_dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let again = wk(&[
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        restored_dir.to_str().unwrap(),
+    ]);
     assert!(
         !again.status.success(),
         "restoring over an existing store is refused"
@@ -213,16 +204,13 @@ async fn snapshot_save_and_restore_round_trip() {
         "{\"format\": \"something-else\", \"revision\": 1, \"objects\": []}",
     )
     .unwrap();
-    let bad = std::process::Command::new(WK)
-        .args([
-            "snapshot",
-            "restore",
-            garbage.to_str().unwrap(),
-            "--data-dir",
-            work.path().join("bad").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let bad = wk(&[
+        "snapshot",
+        "restore",
+        garbage.to_str().unwrap(),
+        "--data-dir",
+        work.path().join("bad").to_str().unwrap(),
+    ]);
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("format"), "{}", stderr(&bad));
 

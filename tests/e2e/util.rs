@@ -226,6 +226,11 @@ impl Drop for Server {
     }
 }
 
+/// Run the `wk` binary (snapshot commands) to completion.
+pub fn wk(args: &[&str]) -> Output {
+    Command::new(WK).args(args).output().expect("run wk")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
