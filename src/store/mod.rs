@@ -32,6 +32,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 pub use cache::{Cache, Change, ChangeKind, Expired, ListPage};
 pub use state_machine::{SnapshotData, SNAPSHOT_FORMAT};
@@ -100,6 +101,71 @@ pub struct StoreConfig {
 pub struct Store {
     raft: RaftHandle,
     cache: Arc<Cache>,
+    /// Writes waiting for the batcher.
+    writes: mpsc::Sender<Pending>,
+}
+
+/// A write waiting to be replicated, and where its result goes.
+struct Pending {
+    req: Request,
+    reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+fn raft_failure(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
+            leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
+        },
+        other => StoreError::Raft(other.to_string()),
+    }
+}
+
+fn outcome(r: Response) -> Result<Value, StoreError> {
+    match r {
+        Response::Applied(v) => Ok(v),
+        Response::Rejected(r) => Err(StoreError::Rejected(r)),
+        Response::None | Response::Batch(_) => {
+            Err(StoreError::Raft("write applied without a result".into()))
+        }
+    }
+}
+
+/// Group commit: take every write queued right now (up to [`types::MAX_BATCH`])
+/// into one log entry, with one entry in flight at a time. Under load batches
+/// grow, so one fsync carries many writes; alone, a write goes straight through.
+async fn batcher(raft: RaftHandle, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut pending = vec![first];
+        while pending.len() < types::MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => pending.push(p),
+                Err(_) => break,
+            }
+        }
+        let (mut reqs, replies): (Vec<Request>, Vec<_>) =
+            pending.into_iter().map(|p| (p.req, p.reply)).unzip();
+        let req = if reqs.len() == 1 {
+            reqs.remove(0)
+        } else {
+            Request::Batch(reqs)
+        };
+        match raft.client_write(req).await {
+            Ok(resp) => {
+                let responses = match resp.data {
+                    Response::Batch(v) => v,
+                    single => vec![single],
+                };
+                for (reply, r) in replies.into_iter().zip(responses) {
+                    let _ = reply.send(outcome(r));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(raft_failure(&e)));
+                }
+            }
+        }
+    }
 }
 
 fn raft_config(snapshot_logs: u64) -> Result<Arc<Config>, StoreError> {
@@ -163,7 +229,13 @@ impl Store {
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
-        Ok(Self { raft, cache })
+        let (writes, rx) = mpsc::channel(4 * types::MAX_BATCH);
+        tokio::spawn(batcher(raft.clone(), rx));
+        Ok(Self {
+            raft,
+            cache,
+            writes,
+        })
     }
 
     /// The watch cache (reads, lists, watches).
@@ -177,21 +249,16 @@ impl Store {
     }
 
     /// Replicate `req`, wait until it is committed, fsynced and applied, and
-    /// return the object as stored.
+    /// return the object as stored. Concurrent writes are grouped into one
+    /// log entry (one fsync) by the batcher.
     pub async fn write(&self, req: Request) -> Result<Value, StoreError> {
-        match self.raft.client_write(req).await {
-            Ok(resp) => match resp.data {
-                Response::Applied(v) => Ok(v),
-                Response::Rejected(r) => Err(StoreError::Rejected(r)),
-                Response::None => Err(StoreError::Raft("write applied without a result".into())),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(StoreError::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(e) => Err(StoreError::Raft(e.to_string())),
-        }
+        let (reply, rx) = oneshot::channel();
+        self.writes
+            .send(Pending { req, reply })
+            .await
+            .map_err(|_| StoreError::Raft("the store is shut down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Raft("the store is shut down".into()))?
     }
 
     /// Stop Raft; every acknowledged write is already durable.

@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use super::cache::{Cache, Change, ChangeKind};
 use super::types::{
-    revision_of, stamp_revision, LogId, NodeId, Precondition, Rejection, Request, Response,
-    StorageError, StoredMembership, TypeConfig,
+    revision, revision_after, revision_of, stamp_revision, LogId, NodeId, Precondition, Rejection,
+    Request, Response, StorageError, StoredMembership, TypeConfig, REVISIONS_PER_ENTRY,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -35,7 +35,7 @@ type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 pub struct SnapshotData {
     /// Format marker, so a wrong file is refused with a clear error.
     pub format: String,
-    /// The revision (log index) the snapshot was taken at.
+    /// The revision the snapshot was taken at.
     pub revision: u64,
     /// Every stored object, by key.
     pub objects: Vec<(String, Value)>,
@@ -101,7 +101,7 @@ impl StateMachine {
             objects.insert(k.value().to_string(), Arc::new(value));
         }
         drop(tx);
-        cache.reset(objects, last_applied.map(|l| l.index).unwrap_or(0));
+        cache.reset(objects, revision_after(last_applied));
         Ok(Self {
             db: Arc::new(db),
             cache,
@@ -161,6 +161,62 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Apply one write at revision `rev`, reading and recording through `batch`.
+    fn apply_one(
+        &self,
+        req: Request,
+        rev: u64,
+        batch: &mut HashMap<String, Option<Arc<Value>>>,
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        let cache = &self.cache;
+        let (key, precondition) = match &req {
+            Request::Put {
+                key, precondition, ..
+            }
+            | Request::Delete { key, precondition } => (key.clone(), precondition.clone()),
+            Request::Batch(_) => return Response::Rejected(Rejection::NestedBatch),
+        };
+        let lookup = |k: &str| match batch.get(k) {
+            Some(v) => v.clone(),
+            None => cache.get(k),
+        };
+        let current = lookup(&key);
+        if let Err(rej) = Self::check(&precondition, current.as_ref(), &lookup) {
+            return Response::Rejected(rej);
+        }
+        let (kind, object) = match (req, current.clone()) {
+            (Request::Put { mut object, .. }, cur) => {
+                stamp_revision(&mut object, rev);
+                let kind = if cur.is_some() {
+                    ChangeKind::Modified
+                } else {
+                    ChangeKind::Added
+                };
+                (kind, Arc::new(object))
+            }
+            (Request::Delete { .. }, Some(cur)) => {
+                let mut gone = (*cur).clone();
+                stamp_revision(&mut gone, rev);
+                (ChangeKind::Deleted, Arc::new(gone))
+            }
+            (Request::Delete { .. }, None) => return Response::Rejected(Rejection::NotFound),
+            (Request::Batch(_), _) => return Response::Rejected(Rejection::NestedBatch),
+        };
+        batch.insert(
+            key.clone(),
+            (kind != ChangeKind::Deleted).then(|| object.clone()),
+        );
+        changes.push(Change {
+            revision: rev,
+            key,
+            kind,
+            object: object.clone(),
+            prev: current,
+        });
+        Response::Applied((*object).clone())
+    }
+
     /// Write a whole snapshot into the tables (used by install and restore).
     fn write_snapshot(&mut self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
         let snap: SnapshotData = serde_json::from_slice(data).map_err(r)?;
@@ -205,8 +261,7 @@ impl StateMachine {
             .into_iter()
             .map(|(k, v)| (k, Arc::new(v)))
             .collect();
-        self.cache
-            .reset(objects, meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        self.cache.reset(objects, revision_after(meta.last_log_id));
         Ok(())
     }
 
@@ -219,7 +274,10 @@ impl StateMachine {
         addr: &str,
     ) -> Result<LogId, StorageError> {
         let snap: SnapshotData = serde_json::from_slice(data).map_err(r)?;
-        let last = LogId::new(openraft::CommittedLeaderId::new(1, node), snap.revision);
+        let last = LogId::new(
+            openraft::CommittedLeaderId::new(1, node),
+            snap.revision / REVISIONS_PER_ENTRY,
+        );
         let mut members = BTreeMap::new();
         members.insert(node, openraft::BasicNode::new(addr));
         let membership =
@@ -246,7 +304,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Objects written earlier in this batch, so later entries see them.
+        // Objects written earlier in this call, so later writes see them.
         let mut batch: HashMap<String, Option<Arc<Value>>> = HashMap::new();
         let mut changes = Vec::new();
         let mut responses = Vec::new();
@@ -254,7 +312,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut membership_changed = false;
         for entry in entries {
             last = Some(entry.log_id);
-            let revision = entry.log_id.index;
+            let index = entry.log_id.index;
             let response = match entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Membership(m) => {
@@ -262,65 +320,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     membership_changed = true;
                     Response::None
                 }
+                EntryPayload::Normal(Request::Batch(reqs)) => Response::Batch(
+                    reqs.into_iter()
+                        .enumerate()
+                        .map(|(pos, req)| {
+                            let rev = revision(index, pos as u64);
+                            self.apply_one(req, rev, &mut batch, &mut changes)
+                        })
+                        .collect(),
+                ),
                 EntryPayload::Normal(req) => {
-                    let cache = &self.cache;
-                    let lookup = |k: &str| match batch.get(k) {
-                        Some(v) => v.clone(),
-                        None => cache.get(k),
-                    };
-                    match req {
-                        Request::Put {
-                            key,
-                            mut object,
-                            precondition,
-                        } => {
-                            let current = lookup(&key);
-                            match Self::check(&precondition, current.as_ref(), &lookup) {
-                                Err(rej) => Response::Rejected(rej),
-                                Ok(()) => {
-                                    stamp_revision(&mut object, revision);
-                                    let object = Arc::new(object);
-                                    batch.insert(key.clone(), Some(object.clone()));
-                                    changes.push(Change {
-                                        revision,
-                                        key,
-                                        kind: if current.is_some() {
-                                            ChangeKind::Modified
-                                        } else {
-                                            ChangeKind::Added
-                                        },
-                                        object: object.clone(),
-                                        prev: current,
-                                    });
-                                    Response::Applied((*object).clone())
-                                }
-                            }
-                        }
-                        Request::Delete { key, precondition } => {
-                            let current = lookup(&key);
-                            match (
-                                Self::check(&precondition, current.as_ref(), &lookup),
-                                current,
-                            ) {
-                                (Err(rej), _) => Response::Rejected(rej),
-                                (Ok(()), None) => Response::Rejected(Rejection::NotFound),
-                                (Ok(()), Some(cur)) => {
-                                    let mut gone = (*cur).clone();
-                                    stamp_revision(&mut gone, revision);
-                                    let gone = Arc::new(gone);
-                                    batch.insert(key.clone(), None);
-                                    changes.push(Change {
-                                        revision,
-                                        key,
-                                        kind: ChangeKind::Deleted,
-                                        object: gone.clone(),
-                                        prev: Some(cur),
-                                    });
-                                    Response::Applied((*gone).clone())
-                                }
-                            }
-                        }
-                    }
+                    self.apply_one(req, revision(index, 0), &mut batch, &mut changes)
                 }
             };
             responses.push(response);
@@ -361,8 +371,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         tx.commit().map_err(w)?;
         self.last_applied = last;
-        self.cache
-            .apply(changes, last.map(|l| l.index).unwrap_or(0));
+        self.cache.apply(changes, revision_after(last));
         Ok(responses)
     }
 
@@ -431,7 +440,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             drop(tx);
             let data = serde_json::to_vec(&SnapshotData {
                 format: SNAPSHOT_FORMAT.to_string(),
-                revision: last_applied.map(|l| l.index).unwrap_or(0),
+                revision: revision_after(last_applied),
                 objects,
             })
             .map_err(w)?;
@@ -460,5 +469,75 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await
         .map_err(w)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn put(key: &str, exists: Option<bool>) -> Request {
+        Request::Put {
+            key: key.into(),
+            object: json!({"metadata": {"name": key}}),
+            precondition: Precondition {
+                exists,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn entry(index: u64, req: Request) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(req),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_in_one_entry_see_each_other_and_get_their_own_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::new(100));
+        let mut sm = StateMachine::open(&dir.path().join("s.redb"), cache.clone()).unwrap();
+        let batch = Request::Batch(vec![
+            put("a", Some(false)),
+            put("a", Some(false)),
+            put("b", None),
+            Request::Delete {
+                key: "a".into(),
+                precondition: Precondition::default(),
+            },
+            Request::Delete {
+                key: "a".into(),
+                precondition: Precondition::default(),
+            },
+        ]);
+        let out = sm.apply([entry(7, batch)]).await.unwrap();
+        let Response::Batch(rs) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert!(matches!(&rs[0], Response::Applied(v) if revision_of(v) == 7000));
+        assert_eq!(rs[1], Response::Rejected(Rejection::AlreadyExists));
+        assert!(matches!(&rs[2], Response::Applied(v) if revision_of(v) == 7002));
+        assert!(matches!(&rs[3], Response::Applied(v) if revision_of(v) == 7003));
+        assert_eq!(rs[4], Response::Rejected(Rejection::NotFound));
+        assert_eq!(cache.revision(), 7999);
+        assert!(cache.get("a").is_none() && cache.get("b").is_some());
+        let (changes, _) = cache.changes_after(0, 10).unwrap();
+        assert_eq!(
+            changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            vec![7000, 7002, 7003]
+        );
+        // the next entry's writes are above everything in this one
+        let out = sm.apply([entry(8, put("c", None))]).await.unwrap();
+        assert!(matches!(&out[0], Response::Applied(v) if revision_of(v) == 8000));
+        drop(sm);
+        // reopening loads the same state
+        let cache = Arc::new(Cache::new(100));
+        let sm = StateMachine::open(&dir.path().join("s.redb"), cache.clone()).unwrap();
+        assert_eq!(cache.revision(), 8999);
+        assert_eq!(cache.len(), 2);
+        drop(sm);
     }
 }

@@ -55,6 +55,29 @@ pub enum Request {
         key: String,
         precondition: Precondition,
     },
+    /// Several writes in one log entry (group commit), applied in order; each
+    /// is decided and revisioned on its own.
+    Batch(Vec<Request>),
+}
+
+/// Revisions each log entry spans: the writes of entry `i` get revisions
+/// `i * 1000 + position`, so one entry (one fsync) can carry many writes
+/// while every write keeps its own global, monotonic resourceVersion.
+pub const REVISIONS_PER_ENTRY: u64 = 1000;
+
+/// Most writes one entry carries.
+pub const MAX_BATCH: usize = (REVISIONS_PER_ENTRY - 1) as usize;
+
+/// The revision of the write at `position` in log entry `index`.
+pub fn revision(index: u64, position: u64) -> u64 {
+    index * REVISIONS_PER_ENTRY + position
+}
+
+/// The store's revision once everything up to `last` is applied: above every
+/// write of that entry, below every write of the next.
+pub fn revision_after(last: Option<LogId>) -> u64 {
+    last.map(|l| revision(l.index, REVISIONS_PER_ENTRY - 1))
+        .unwrap_or(0)
 }
 
 impl std::fmt::Display for Request {
@@ -62,6 +85,7 @@ impl std::fmt::Display for Request {
         match self {
             Request::Put { key, .. } => write!(f, "put {key}"),
             Request::Delete { key, .. } => write!(f, "delete {key}"),
+            Request::Batch(reqs) => write!(f, "batch of {}", reqs.len()),
         }
     }
 }
@@ -80,6 +104,8 @@ pub enum Rejection {
     },
     NamespaceNotFound,
     NamespaceTerminating,
+    /// A batch inside a batch (never sent by this store).
+    NestedBatch,
 }
 
 /// The result of applying one log entry.
@@ -90,6 +116,8 @@ pub enum Response {
     /// The object as stored (for deletes: as it was, stamped with the deletion revision).
     Applied(Value),
     Rejected(Rejection),
+    /// One response per write of a [`Request::Batch`].
+    Batch(Vec<Response>),
 }
 
 /// Set `metadata.resourceVersion` on a JSON object.
