@@ -1,1 +1,121 @@
-//! Node runtime for wasmkube.
+//! Node runtime for wasmkube: runs pod containers.
+//!
+//! One object-safe trait, [`ContainerRuntime`], modelled on the kubelet's
+//! container runtime interface: create, start, stop with a grace period,
+//! remove, status, wait, logs. The agent picks a runtime per container with
+//! [`ContainerRuntime::supports`], so one pod can mix runtimes.
+//!
+//! # Layout
+//! - [`wasm`]: Wasm containers in-process under wasmtime (WASI preview 1
+//!   modules and preview 2 components), one shared engine per node.
+//! - [`logs`]: per-container log files in the CRI format, with rotation.
+//! - [`image`]: image references and module loading.
+//!
+//! This crate knows nothing of the control plane: the agent maps Kubernetes
+//! pod specs to [`ContainerSpec`]s.
+
+pub mod image;
+pub mod logs;
+pub mod wasm;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// Identifies one container instance (pod uid, container name, attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerId(pub String);
+
+impl std::fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A directory made visible to the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// Everything needed to run one container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub id: ContainerId,
+    /// The image reference as written in the pod (`file:///...`, `registry/repo:tag`).
+    pub image: String,
+    /// argv, including argv[0].
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub mounts: Vec<Mount>,
+    /// Memory limit in bytes (`resources.limits.memory`).
+    pub memory_limit: Option<u64>,
+    /// CPU limit in millicores (`resources.limits.cpu`).
+    pub cpu_millis: Option<u64>,
+    /// Where stdout and stderr go.
+    pub log_path: PathBuf,
+}
+
+/// Why a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, `Killed` ...
+    pub reason: String,
+    /// The trap message or other detail.
+    pub message: Option<String>,
+    pub started_at: SystemTime,
+    pub finished_at: SystemTime,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running { started_at: SystemTime },
+    Exited(Exit),
+}
+
+/// Errors from a runtime, named for the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image could not be fetched or read (kubelet: ErrImagePull).
+    #[error("failed to pull image {image:?}: {reason}")]
+    Pull { image: String, reason: String },
+    /// The module is not valid Wasm or does not fit (kubelet: CreateContainerError).
+    #[error("failed to create container {id}: {reason}")]
+    Create { id: ContainerId, reason: String },
+    #[error("failed to start container {id}: {reason}")]
+    Start { id: ContainerId, reason: String },
+    #[error("container {0} not found")]
+    NotFound(ContainerId),
+    #[error("reading logs of {id}: {source}")]
+    Logs {
+        id: ContainerId,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A container runtime (object-safe; `Send + Sync`).
+#[async_trait::async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// A short name (`wasm`, `oci`), also advertised on the Node.
+    fn name(&self) -> &'static str;
+    /// Whether this runtime runs `spec`'s image.
+    fn supports(&self, image: &str) -> bool;
+    /// Fetch and prepare the image (compile, cache) and the container.
+    async fn create(&self, spec: ContainerSpec) -> Result<(), RuntimeError>;
+    /// Start a created container.
+    async fn start(&self, id: &ContainerId) -> Result<(), RuntimeError>;
+    /// Ask the container to stop, and force it after `grace`.
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), RuntimeError>;
+    /// Forget a stopped container (its log file stays until the pod goes).
+    async fn remove(&self, id: &ContainerId) -> Result<(), RuntimeError>;
+    /// The container's state.
+    async fn status(&self, id: &ContainerId) -> Result<ContainerState, RuntimeError>;
+    /// Wait until the container has exited.
+    async fn wait(&self, id: &ContainerId) -> Result<Exit, RuntimeError>;
+}

@@ -1,0 +1,574 @@
+//! Wasm containers under wasmtime, in-process.
+//!
+//! - One [`Engine`] per node: async support, epoch interruption driven by one
+//!   ticker thread, the pooling instance allocator (falling back to on-demand
+//!   allocation where its reservations cannot be made), copy-on-write memory
+//!   images.
+//! - Compiled artifacts are cached on disk under `sha256-<digest>-<engine
+//!   compatibility hash>.cwasm` and in memory, so a restart or a second pod
+//!   with the same module skips compilation.
+//! - WASI preview 1 core modules run `_start`; preview 2 components run
+//!   `wasi:cli/run`. Components exporting `wasi:http/incoming-handler` are
+//!   recognised (served by the agent's HTTP function support).
+//! - `memory_limit` caps the sum of a store's linear memories (growing past it
+//!   traps; the exit says `OOMKilled`); `cpu_millis` is enforced per 100 ms
+//!   period from the epoch callback, which also yields on every tick so a
+//!   busy guest cannot starve others.
+
+mod limits;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, Store,
+};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::image::{self, ImageRef};
+use crate::logs::{self, LogSink, Stream};
+use crate::{ContainerId, ContainerRuntime, ContainerSpec, ContainerState, Exit, RuntimeError};
+
+use limits::{CpuThrottle, MemoryLimiter};
+
+/// How often the epoch ticks (the granularity of yields, CPU accounting and stops).
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// Exit code of a guest that trapped.
+pub const TRAP_EXIT_CODE: i32 = 134;
+/// Exit code of a guest stopped by the runtime or over its memory limit.
+pub const KILLED_EXIT_CODE: i32 = 137;
+
+/// Node-level Wasm settings.
+#[derive(Debug, Clone)]
+pub struct WasmConfig {
+    /// Where compiled artifacts are cached.
+    pub cache_dir: PathBuf,
+    /// Instance slots of the pooling allocator (`None`: on-demand allocation).
+    pub pooling_instances: Option<u32>,
+}
+
+/// A compiled image.
+#[derive(Clone)]
+pub enum Compiled {
+    Module(Module),
+    Component(Component),
+}
+
+impl Compiled {
+    /// Whether this is a component exporting `wasi:http/incoming-handler`.
+    pub fn is_http_handler(&self, engine: &Engine) -> bool {
+        match self {
+            Compiled::Module(_) => false,
+            Compiled::Component(c) => c
+                .component_type()
+                .exports(engine)
+                .any(|(name, _)| name.starts_with("wasi:http/incoming-handler")),
+        }
+    }
+}
+
+struct Container {
+    spec: ContainerSpec,
+    compiled: Compiled,
+    state: watch::Sender<ContainerState>,
+    stop: Arc<AtomicBool>,
+}
+
+struct Inner {
+    engine: Engine,
+    cache_dir: PathBuf,
+    /// Engine compatibility hash, part of every cache file name.
+    compat: String,
+    compiled: Mutex<HashMap<String, Compiled>>,
+    containers: Mutex<HashMap<ContainerId, Arc<Container>>>,
+    ticker_stop: Arc<AtomicBool>,
+    /// How images were prepared: compiled now, or loaded from the disk cache.
+    stats: CompileStats,
+}
+
+/// Counters of how compiled artifacts were obtained.
+#[derive(Debug, Default)]
+pub struct CompileStats {
+    pub compiled: std::sync::atomic::AtomicU64,
+    pub loaded_from_disk: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The Wasm runtime (cheap to clone).
+#[derive(Clone)]
+pub struct WasmRuntime {
+    inner: Arc<Inner>,
+}
+
+fn engine_config(pooling: Option<u32>) -> Config {
+    let mut c = Config::new();
+    c.epoch_interruption(true);
+    c.memory_init_cow(true);
+    if let Some(n) = pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(n * 4)
+            .total_component_instances(n)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .total_stacks(n);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What kind of binary `bytes` is, from its header.
+fn is_component(bytes: &[u8]) -> Option<bool> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return None;
+    }
+    Some(bytes[6..8] == [1, 0])
+}
+
+impl WasmRuntime {
+    /// Create the node's engine and start its epoch ticker.
+    pub fn new(config: WasmConfig) -> Result<Self, RuntimeError> {
+        let err = |reason: String| RuntimeError::Create {
+            id: ContainerId("engine".into()),
+            reason,
+        };
+        let engine = match Engine::new(&engine_config(config.pooling_instances)) {
+            Ok(e) => e,
+            Err(e) if config.pooling_instances.is_some() => {
+                tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand allocation");
+                Engine::new(&engine_config(None)).map_err(|e| err(e.to_string()))?
+            }
+            Err(e) => return Err(err(e.to_string())),
+        };
+        std::fs::create_dir_all(&config.cache_dir)
+            .map_err(|e| err(format!("cache dir {}: {e}", config.cache_dir.display())))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.weak();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        match engine.upgrade() {
+                            Some(e) => e.increment_epoch(),
+                            None => return,
+                        }
+                    }
+                })
+                .map_err(|e| err(format!("epoch ticker: {e}")))?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                cache_dir: config.cache_dir,
+                compat: format!("{:016x}", h.finish()),
+                compiled: Mutex::default(),
+                containers: Mutex::default(),
+                ticker_stop,
+                stats: CompileStats::default(),
+            }),
+        })
+    }
+
+    /// The shared engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// How many artifacts were compiled, and how many loaded from the disk cache.
+    pub fn compile_stats(&self) -> (u64, u64) {
+        (
+            self.inner.stats.compiled.load(Ordering::Relaxed),
+            self.inner.stats.loaded_from_disk.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Compile `bytes` (or load them from the caches).
+    pub async fn compile(&self, bytes: Vec<u8>, digest: &str) -> Result<Compiled, String> {
+        if let Some(c) = lock(&self.inner.compiled).get(digest) {
+            return Ok(c.clone());
+        }
+        let component = is_component(&bytes)
+            .ok_or_else(|| "not a WebAssembly binary (bad magic number)".to_string())?;
+        let engine = self.inner.engine.clone();
+        let inner = self.inner.clone();
+        let path = self.inner.cache_dir.join(format!(
+            "{}-{}.cwasm",
+            digest.replace(':', "-"),
+            self.inner.compat
+        ));
+        let compiled = tokio::task::spawn_blocking(move || -> Result<Compiled, String> {
+            if path.exists() {
+                // SAFETY: the file was written by `serialize` of this same engine
+                // configuration (its compatibility hash is in the name) into the
+                // node's private cache directory.
+                let loaded = unsafe {
+                    if component {
+                        Component::deserialize_file(&engine, &path).map(Compiled::Component)
+                    } else {
+                        Module::deserialize_file(&engine, &path).map(Compiled::Module)
+                    }
+                };
+                match loaded {
+                    Ok(c) => {
+                        inner.stats.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
+                        return Ok(c);
+                    }
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unusable cache entry"),
+                }
+            }
+            let (compiled, artifact) = if component {
+                let c = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
+                let a = c.serialize().map_err(|e| format!("{e:#}"))?;
+                (Compiled::Component(c), a)
+            } else {
+                let m = Module::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
+                let a = m.serialize().map_err(|e| format!("{e:#}"))?;
+                (Compiled::Module(m), a)
+            };
+            inner.stats.compiled.fetch_add(1, Ordering::Relaxed);
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, &artifact).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+                tracing::warn!(path = %path.display(), "could not write the compile cache");
+            }
+            Ok(compiled)
+        })
+        .await
+        .map_err(|e| format!("compile task: {e}"))??;
+        lock(&self.inner.compiled).insert(digest.to_string(), compiled.clone());
+        Ok(compiled)
+    }
+
+    fn container(&self, id: &ContainerId) -> Result<Arc<Container>, RuntimeError> {
+        lock(&self.inner.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(id.clone()))
+    }
+}
+
+/// stdout/stderr of a guest, into its log sink.
+struct LogStdout(LogSink, Stream);
+
+impl IsTerminal for LogStdout {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStdout {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.0.writer(self.1))
+    }
+}
+
+struct P1Host {
+    wasi: WasiP1Ctx,
+    memory: MemoryLimiter,
+}
+
+struct P2Host {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimiter,
+}
+
+impl WasiView for P2Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn wasi_builder(spec: &ContainerSpec, sink: &LogSink) -> Result<WasiCtxBuilder, String> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&spec.args);
+    let mut env = spec.env.clone();
+    if let Some(wd) = &spec.working_dir {
+        env.push(("PWD".into(), wd.clone()));
+    }
+    b.envs(&env);
+    b.stdout(LogStdout(sink.clone(), Stream::Stdout));
+    b.stderr(LogStdout(sink.clone(), Stream::Stderr));
+    for m in &spec.mounts {
+        let perms = if m.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(&m.host_path, &m.guest_path, perms)
+            .map_err(|e| {
+                format!(
+                    "mounting {} at {}: {e}",
+                    m.host_path.display(),
+                    m.guest_path
+                )
+            })?;
+    }
+    Ok(b)
+}
+
+/// Install the epoch callback: stop requests interrupt, every tick yields,
+/// and a CPU limit throttles.
+fn schedule<T: Send + 'static>(
+    store: &mut Store<T>,
+    stop: Arc<AtomicBool>,
+    cpu_millis: Option<u64>,
+) {
+    let throttle = CpuThrottle::new(cpu_millis);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(wasmtime::UpdateDeadline::Interrupt);
+        }
+        Ok(wasmtime::UpdateDeadline::YieldCustom(1, throttle.pause()))
+    });
+}
+
+enum Outcome {
+    Exited(i32),
+    Trapped(String),
+}
+
+fn outcome(r: wasmtime::Result<()>) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Exited(0),
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(exit) => Outcome::Exited(exit.0),
+            None => Outcome::Trapped(format!("{e:#}")),
+        },
+    }
+}
+
+async fn run_p1(
+    engine: &Engine,
+    module: &Module,
+    spec: &ContainerSpec,
+    sink: &LogSink,
+    stop: Arc<AtomicBool>,
+) -> (Outcome, bool) {
+    let wasi = match wasi_builder(spec, sink) {
+        Ok(mut b) => b.build_p1(),
+        Err(e) => return (Outcome::Trapped(e), false),
+    };
+    let mut store = Store::new(
+        engine,
+        P1Host {
+            wasi,
+            memory: MemoryLimiter::new(spec.memory_limit),
+        },
+    );
+    store.limiter(|h| &mut h.memory);
+    schedule(&mut store, stop, spec.cpu_millis);
+    let mut linker = wasmtime::Linker::new(engine);
+    let result = async {
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut P1Host| &mut h.wasi)?;
+        let instance = linker.instantiate_async(&mut store, module).await?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call_async(&mut store, ()).await
+    }
+    .await;
+    let oom = store.data().memory.exceeded();
+    (outcome(result), oom)
+}
+
+async fn run_p2(
+    engine: &Engine,
+    component: &Component,
+    spec: &ContainerSpec,
+    sink: &LogSink,
+    stop: Arc<AtomicBool>,
+) -> (Outcome, bool) {
+    let ctx = match wasi_builder(spec, sink) {
+        Ok(mut b) => b.build(),
+        Err(e) => return (Outcome::Trapped(e), false),
+    };
+    let mut store = Store::new(
+        engine,
+        P2Host {
+            ctx,
+            table: ResourceTable::new(),
+            memory: MemoryLimiter::new(spec.memory_limit),
+        },
+    );
+    store.limiter(|h| &mut h.memory);
+    schedule(&mut store, stop, spec.cpu_millis);
+    let mut linker = wasmtime::component::Linker::new(engine);
+    let result = async {
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        let command =
+            wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
+                .await?;
+        match command.wasi_cli_run().call_run(&mut store).await? {
+            Ok(()) => Ok(()),
+            Err(()) => Err(wasmtime::Error::new(I32Exit(1))),
+        }
+    }
+    .await;
+    let oom = store.data().memory.exceeded();
+    (outcome(result), oom)
+}
+
+async fn run(engine: Engine, container: Arc<Container>, started_at: SystemTime) {
+    let spec = &container.spec;
+    let (sink, writer) = logs::open(spec.log_path.clone(), logs::DEFAULT_MAX_BYTES);
+    let stop = container.stop.clone();
+    let (out, oom) = match &container.compiled {
+        Compiled::Module(m) => run_p1(&engine, m, spec, &sink, stop.clone()).await,
+        Compiled::Component(c) => run_p2(&engine, c, spec, &sink, stop.clone()).await,
+    };
+    drop(sink);
+    writer.finish().await;
+    let (exit_code, reason, message) = match out {
+        _ if oom => (
+            KILLED_EXIT_CODE,
+            "OOMKilled",
+            Some(format!(
+                "memory limit of {} bytes exceeded",
+                spec.memory_limit.unwrap_or(0)
+            )),
+        ),
+        _ if stop.load(Ordering::Relaxed) => (KILLED_EXIT_CODE, "Killed", None),
+        Outcome::Exited(0) => (0, "Completed", None),
+        Outcome::Exited(code) => (code, "Error", None),
+        Outcome::Trapped(msg) => (TRAP_EXIT_CODE, "Error", Some(msg)),
+    };
+    container.state.send_replace(ContainerState::Exited(Exit {
+        exit_code,
+        reason: reason.into(),
+        message,
+        started_at,
+        finished_at: SystemTime::now(),
+    }));
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for WasmRuntime {
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn supports(&self, image: &str) -> bool {
+        // file:// images and OCI references; the OCI shim claims non-Wasm images later.
+        !image.is_empty()
+    }
+
+    async fn create(&self, spec: ContainerSpec) -> Result<(), RuntimeError> {
+        let loaded = match ImageRef::parse(&spec.image) {
+            ImageRef::File(path) => image::load_file(&spec.image, &path).await?,
+            ImageRef::Registry(r) => {
+                return Err(RuntimeError::Pull {
+                    image: spec.image.clone(),
+                    reason: format!("registry images are not supported yet: {r}"),
+                })
+            }
+        };
+        let compiled = self
+            .compile(loaded.bytes, &loaded.digest)
+            .await
+            .map_err(|reason| RuntimeError::Create {
+                id: spec.id.clone(),
+                reason,
+            })?;
+        let (state, _) = watch::channel(ContainerState::Created);
+        let container = Arc::new(Container {
+            spec: spec.clone(),
+            compiled,
+            state,
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        lock(&self.inner.containers).insert(spec.id, container);
+        Ok(())
+    }
+
+    async fn start(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        let c = self.container(id)?;
+        let started_at = SystemTime::now();
+        let started = c.state.send_if_modified(|s| {
+            if *s == ContainerState::Created {
+                *s = ContainerState::Running { started_at };
+                true
+            } else {
+                false
+            }
+        });
+        if !started {
+            return Err(RuntimeError::Start {
+                id: id.clone(),
+                reason: "container already started".into(),
+            });
+        }
+        tokio::spawn(run(self.inner.engine.clone(), c, started_at));
+        Ok(())
+    }
+
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), RuntimeError> {
+        let c = self.container(id)?;
+        let mut rx = c.state.subscribe();
+        let exited =
+            |s: &ContainerState| matches!(s, ContainerState::Exited(_) | ContainerState::Created);
+        // WASI has no signals: give the guest the grace period to finish on its
+        // own, bounded by one tick of polling, then interrupt it at its next epoch.
+        let natural = tokio::time::timeout(grace.min(TICK * 2), async {
+            rx.wait_for(exited).await.map(|_| ())
+        })
+        .await;
+        if natural.is_err() {
+            c.stop.store(true, Ordering::Relaxed);
+            let _ = rx.wait_for(exited).await.map(|_| ());
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        let c = lock(&self.inner.containers).remove(id);
+        if let Some(c) = c {
+            c.stop.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn status(&self, id: &ContainerId) -> Result<ContainerState, RuntimeError> {
+        Ok(self.container(id)?.state.borrow().clone())
+    }
+
+    async fn wait(&self, id: &ContainerId) -> Result<Exit, RuntimeError> {
+        let c = self.container(id)?;
+        let mut rx = c.state.subscribe();
+        let exit = rx
+            .wait_for(|s| matches!(s, ContainerState::Exited(_)))
+            .await
+            .map(|state| match &*state {
+                ContainerState::Exited(e) => Some(e.clone()),
+                _ => None,
+            })
+            .map_err(|_| RuntimeError::NotFound(id.clone()))?;
+        exit.ok_or_else(|| RuntimeError::NotFound(id.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

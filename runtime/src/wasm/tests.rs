@@ -1,0 +1,259 @@
+//! Runtime tests with tiny `.wat` fixtures.
+
+use std::time::Duration;
+
+use super::*;
+use crate::logs;
+
+/// A WASI preview 1 module that prints `text`, then calls `proc_exit(code)`
+/// (or returns from `_start` when `code` is None).
+fn p1_print(text: &str, code: Option<i32>) -> String {
+    let exit = code
+        .map(|c| format!("(call $exit (i32.const {c}))"))
+        .unwrap_or_default();
+    format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "{text}\n")
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 16))
+            (i32.store (i32.const 4) (i32.const {len}))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+            {exit}))"#,
+        len = text.len() + 1
+    )
+}
+
+const TRAP: &str = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
+
+/// Grows memory one 64 KiB page at a time, forever.
+const HOG: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (loop $l (drop (memory.grow (i32.const 1))) (br $l))))"#;
+
+/// Spins forever.
+const SPIN: &str =
+    r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+
+/// A preview 2 component exporting `wasi:cli/run` that returns `ok` or `err`.
+fn p2_run(ok: bool) -> String {
+    format!(
+        r#"(component
+          (core module $m (func (export "run") (result i32) i32.const {}))
+          (core instance $i (instantiate $m))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $inst (export "run" (func $run)))
+          (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
+        if ok { 0 } else { 1 }
+    )
+}
+
+struct Fixture {
+    rt: WasmRuntime,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = WasmRuntime::new(WasmConfig {
+            cache_dir: dir.path().join("cache"),
+            pooling_instances: Some(16),
+        })
+        .unwrap();
+        Self { rt, dir }
+    }
+
+    fn spec(&self, name: &str, wat: &str) -> ContainerSpec {
+        let bytes = wat::parse_str(wat).unwrap();
+        let path = self.dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&path, bytes).unwrap();
+        ContainerSpec {
+            id: ContainerId(name.into()),
+            image: format!("file://{}", path.display()),
+            args: vec![name.into()],
+            env: vec![],
+            working_dir: None,
+            mounts: vec![],
+            memory_limit: None,
+            cpu_millis: None,
+            log_path: self.dir.path().join(format!("{name}.log")),
+        }
+    }
+
+    async fn run(&self, spec: ContainerSpec) -> Exit {
+        let id = spec.id.clone();
+        self.rt.create(spec).await.unwrap();
+        self.rt.start(&id).await.unwrap();
+        self.rt.wait(&id).await.unwrap()
+    }
+
+    async fn log(&self, name: &str) -> Vec<String> {
+        logs::read(&self.dir.path().join(format!("{name}.log")))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.text)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_module_runs_to_completion_and_its_output_is_logged() {
+    let f = Fixture::new();
+    let exit = f.run(f.spec("hello", &p1_print("hello, wasm", None))).await;
+    assert_eq!((exit.exit_code, exit.reason.as_str()), (0, "Completed"));
+    assert_eq!(f.log("hello").await, vec!["hello, wasm"]);
+}
+
+#[tokio::test]
+async fn exit_codes_and_traps_become_terminated_states() {
+    let f = Fixture::new();
+    let exit = f.run(f.spec("exit3", &p1_print("bye", Some(3)))).await;
+    assert_eq!((exit.exit_code, exit.reason.as_str()), (3, "Error"));
+    let exit = f.run(f.spec("trap", TRAP)).await;
+    assert_eq!(
+        (exit.exit_code, exit.reason.as_str()),
+        (TRAP_EXIT_CODE, "Error")
+    );
+    assert!(
+        exit.message.as_deref().unwrap().contains("unreachable"),
+        "{:?}",
+        exit.message
+    );
+}
+
+#[tokio::test]
+async fn growing_past_the_memory_limit_is_oomkilled() {
+    let f = Fixture::new();
+    let mut spec = f.spec("hog", HOG);
+    spec.memory_limit = Some(4 * 1024 * 1024);
+    let exit = f.run(spec).await;
+    assert_eq!(
+        (exit.exit_code, exit.reason.as_str()),
+        (KILLED_EXIT_CODE, "OOMKilled")
+    );
+}
+
+#[tokio::test]
+async fn a_spinning_guest_is_stopped_at_the_next_tick() {
+    let f = Fixture::new();
+    let spec = f.spec("spin", SPIN);
+    let id = spec.id.clone();
+    f.rt.create(spec).await.unwrap();
+    f.rt.start(&id).await.unwrap();
+    assert!(matches!(
+        f.rt.status(&id).await.unwrap(),
+        ContainerState::Running { .. }
+    ));
+    f.rt.stop(&id, Duration::from_secs(30)).await.unwrap();
+    let exit = f.rt.wait(&id).await.unwrap();
+    assert_eq!(
+        (exit.exit_code, exit.reason.as_str()),
+        (KILLED_EXIT_CODE, "Killed")
+    );
+}
+
+/// On a single-threaded executor a busy guest that never yielded would block
+/// everything else forever; epoch ticks make it yield.
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_guest_cannot_starve_others_on_the_same_thread() {
+    let f = Fixture::new();
+    let mut busy = f.spec("busy", SPIN);
+    busy.cpu_millis = Some(100);
+    let busy_id = busy.id.clone();
+    f.rt.create(busy).await.unwrap();
+    f.rt.start(&busy_id).await.unwrap();
+    for i in 0..3 {
+        let exit = f
+            .run(f.spec(&format!("worker{i}"), &p1_print("done", None)))
+            .await;
+        assert_eq!(exit.reason, "Completed");
+    }
+    f.rt.stop(&busy_id, Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test]
+async fn compiled_artifacts_are_reused_from_memory_and_disk() {
+    let f = Fixture::new();
+    let wat = p1_print("cached", None);
+    f.run(f.spec("a", &wat)).await;
+    f.run(f.spec("b", &wat)).await;
+    assert_eq!(
+        f.rt.compile_stats(),
+        (1, 0),
+        "the second container reused the compiled module"
+    );
+    // a new engine (a restarted agent) finds it on disk
+    let rt2 = WasmRuntime::new(WasmConfig {
+        cache_dir: f.dir.path().join("cache"),
+        pooling_instances: None,
+    })
+    .unwrap();
+    let bytes = wat::parse_str(&wat).unwrap();
+    rt2.compile(bytes.clone(), &crate::image::digest(&bytes))
+        .await
+        .unwrap();
+    assert_eq!(rt2.compile_stats(), (0, 1));
+}
+
+#[tokio::test]
+async fn an_invalid_module_is_a_create_error_with_wasmtimes_reason() {
+    let f = Fixture::new();
+    let mut spec = f.spec("bad", TRAP);
+    std::fs::write(
+        spec.image.trim_start_matches("file://"),
+        b"\0asm\x01\0\0\0\x05garbage",
+    )
+    .unwrap();
+    spec.id = ContainerId("bad2".into());
+    match f.rt.create(spec).await {
+        Err(RuntimeError::Create { reason, .. }) => assert!(!reason.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let mut spec = f.spec("notwasm", TRAP);
+    std::fs::write(spec.image.trim_start_matches("file://"), b"#!/bin/sh\n").unwrap();
+    spec.id = ContainerId("notwasm2".into());
+    match f.rt.create(spec).await {
+        Err(RuntimeError::Create { reason, .. }) => {
+            assert!(reason.contains("not a WebAssembly binary"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut spec = f.spec("missing", TRAP);
+    spec.image = "file:///no/such/module.wasm".into();
+    assert!(matches!(
+        f.rt.create(spec).await,
+        Err(RuntimeError::Pull { .. })
+    ));
+}
+
+#[tokio::test]
+async fn preview2_components_run_wasi_cli_run() {
+    let f = Fixture::new();
+    let exit = f.run(f.spec("p2ok", &p2_run(true))).await;
+    assert_eq!((exit.exit_code, exit.reason.as_str()), (0, "Completed"));
+    let exit = f.run(f.spec("p2err", &p2_run(false))).await;
+    assert_eq!((exit.exit_code, exit.reason.as_str()), (1, "Error"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cpu_throttle_pauses_a_guest_over_its_quota_until_the_period_ends() {
+    let t = limits::CpuThrottle::new(Some(100)); // 10 ms per 100 ms period
+    tokio::time::advance(Duration::from_millis(6)).await;
+    let start = tokio::time::Instant::now();
+    t.pause().await; // 6 ms used: just a yield
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    tokio::time::advance(Duration::from_millis(6)).await;
+    let start = tokio::time::Instant::now();
+    t.pause().await; // 12 ms used: sleeps to the end of the period
+    assert_eq!(start.elapsed(), Duration::from_millis(88));
+    let unlimited = limits::CpuThrottle::new(None);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let start = tokio::time::Instant::now();
+    unlimited.pause().await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
