@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`store`]: the replicated object store (openraft over redb) and the watch cache.
+pub mod agent;
 pub mod api;
 pub mod apiserver;
 pub mod cli;

@@ -46,6 +46,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Kubeconfig(#[from] crate::client::kubeconfig::KubeconfigError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -62,6 +64,8 @@ pub struct ServerConfig {
     pub bookmark_interval: Duration,
     /// Raft log entries between snapshots.
     pub snapshot_logs: u64,
+    /// The embedded node agent (`None`: `--disable-agent`).
+    pub agent: Option<crate::agent::AgentConfig>,
 }
 
 /// The default data directory: `$WK_DATA_DIR`, else `/var/lib/wasmkube` for
@@ -198,6 +202,13 @@ pub async fn run(
     .write(&kubeconfig)?;
 
     let client = Client::new(server_url.clone(), token);
+    let agent = match config.agent.clone() {
+        Some(agent_config) => {
+            let agent = crate::agent::Agent::new(agent_config, client.clone())?;
+            Some(tokio::spawn(agent.run(stop_rx.clone())))
+        }
+        None => None,
+    };
     let controllers = tokio::spawn(crate::controllers::namespace::run(client, stop_rx));
 
     tracing::info!(listen = %bound, node = %config.node_name, kubeconfig = %kubeconfig.display(), "wk server ready");
@@ -207,6 +218,9 @@ pub async fn run(
     });
     let result = serve.await.map_err(ServerError::Serve);
     let _ = controllers.await;
+    if let Some(a) = agent {
+        let _ = a.await;
+    }
     store.shutdown().await;
     tracing::info!("wk server stopped");
     result

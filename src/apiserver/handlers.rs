@@ -598,15 +598,45 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<u64>,
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: 0 deletes a pod at once.
+    pub grace_period: Option<i64>,
+}
+
+/// The grace period of a graceful pod deletion, when one applies: the pod is
+/// bound to a node and still running, so its agent must stop it first.
+fn pod_grace_period(res: &Resource, pod: &Value, opts: &DeleteOptions) -> Option<i64> {
+    if res.kind != "Pod" {
+        return None;
+    }
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let terminal = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    let grace = opts
+        .grace_period
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30);
+    (bound && !terminal && grace > 0).then_some(grace)
 }
 
 impl DeleteOptions {
     pub fn from_body(body: Option<&Value>, p: &Params) -> Result<Self, ApiError> {
         let mut o = DeleteOptions {
             dry_run: p.is_dry_run(),
+            grace_period: p.grace_period_seconds,
             ..Default::default()
         };
         if let Some(b) = body {
+            if let Some(g) = b.get("gracePeriodSeconds").and_then(Value::as_i64) {
+                o.grace_period = Some(g);
+            }
             o.uid = b
                 .pointer("/preconditions/uid")
                 .and_then(Value::as_str)
@@ -681,15 +711,24 @@ pub async fn delete(
             uid: opts.uid.clone(),
             ..Default::default()
         };
-        let graceful = !finalizers(&old).is_empty() || !namespace_finalized(res, &old);
+        let grace = pod_grace_period(res, &old, opts);
+        let graceful =
+            grace.is_some() || !finalizers(&old).is_empty() || !namespace_finalized(res, &old);
         let result = if graceful {
             if is_deleting(&old) || opts.dry_run {
                 return Ok((*old).clone());
             }
             let mut marked = (*old).clone();
             let m = meta::meta_mut(&mut marked);
-            m.insert("deletionTimestamp".into(), json!(meta::now()));
-            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            let at = chrono::Utc::now() + chrono::Duration::seconds(grace.unwrap_or(0));
+            m.insert(
+                "deletionTimestamp".into(),
+                json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            );
+            m.insert(
+                "deletionGracePeriodSeconds".into(),
+                json!(grace.unwrap_or(0)),
+            );
             if res.kind == "Namespace" {
                 marked["status"] = json!({"phase": "Terminating"});
             }

@@ -21,8 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane (API server, store, controllers).
+    /// Run the control plane (API server, store, controllers) and an embedded node agent.
     Server(ServerArgs),
+    /// Run a node agent that joins a cluster.
+    Agent(AgentArgs),
     /// Save or restore a point-in-time snapshot of the store.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -51,6 +53,51 @@ struct ServerArgs {
     /// Raft log entries between store snapshots (the log behind a snapshot is purged).
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
+    /// Do not run the embedded node agent.
+    #[arg(long)]
+    disable_agent: bool,
+    #[command(flatten)]
+    agent: AgentTuning,
+}
+
+/// Agent settings shared by `wk server` (embedded agent) and `wk agent`.
+#[derive(clap::Args)]
+struct AgentTuning {
+    /// First container restart back-off in milliseconds (doubles up to 5 minutes).
+    #[arg(long, default_value_t = 10_000)]
+    backoff_base_ms: u64,
+    /// Node status and Lease renewal interval in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    heartbeat_ms: u64,
+}
+
+impl AgentTuning {
+    fn apply(&self, mut c: wasmkube::agent::AgentConfig) -> wasmkube::agent::AgentConfig {
+        c.backoff_base = Duration::from_millis(self.backoff_base_ms.max(1));
+        c.heartbeat = Duration::from_millis(self.heartbeat_ms.max(100));
+        c
+    }
+}
+
+#[derive(Parser)]
+struct AgentArgs {
+    /// The API server URL (e.g. http://10.0.0.1:6443).
+    #[arg(long)]
+    server: String,
+    /// The cluster token (the server's DATA_DIR/token).
+    #[arg(long, env = "WK_TOKEN")]
+    token: String,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where pods, logs and the compile cache live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The node's address, as pods and the API server see it.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_address: String,
+    #[command(flatten)]
+    agent: AgentTuning,
 }
 
 #[derive(Subcommand)]
@@ -101,16 +148,42 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(a) => {
+            let data_dir = a.data_dir.unwrap_or_else(server::default_data_dir);
+            let node_name = a.node_name.unwrap_or_else(hostname);
+            let agent = (!a.disable_agent).then(|| {
+                a.agent.apply(wasmkube::agent::AgentConfig::new(
+                    node_name.clone(),
+                    data_dir.join("agent"),
+                ))
+            });
             let config = ServerConfig {
-                data_dir: a.data_dir.unwrap_or_else(server::default_data_dir),
+                data_dir,
                 listen: a.listen,
-                node_name: a.node_name.unwrap_or_else(hostname),
+                node_name,
                 advertise: a.advertise,
                 watch_history: a.watch_history,
                 bookmark_interval: Duration::from_secs_f64(a.bookmark_interval.max(0.05)),
                 snapshot_logs: a.snapshot_logs,
+                agent,
             };
             server::run(config, shutdown_signal()).await?;
+        }
+        Command::Agent(a) => {
+            let node_name = a.node_name.unwrap_or_else(hostname);
+            let data_dir = a
+                .data_dir
+                .unwrap_or_else(|| server::default_data_dir().join("agent"));
+            let mut config = a
+                .agent
+                .apply(wasmkube::agent::AgentConfig::new(node_name, data_dir));
+            config.advertise_ip = a.advertise_address;
+            let client = wasmkube::client::Client::new(a.server, a.token);
+            let agent = wasmkube::agent::Agent::new(config, client)?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let run = tokio::spawn(agent.run(stop_rx));
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+            let _ = run.await;
         }
         Command::Snapshot(SnapshotCommand::Save { file, kubeconfig }) => {
             let path = kubeconfig_path(kubeconfig);

@@ -91,13 +91,11 @@ fn pod_status(pod: &Value) -> String {
         if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             return r.into();
         }
-        if let Some(r) = c
-            .pointer("/state/terminated/reason")
-            .and_then(Value::as_str)
-        {
-            if s(pod, "/status/phase") != "Succeeded" || r != "Completed" {
-                return r.into();
-            }
+        if let Some(t) = c.pointer("/state/terminated") {
+            return match t["reason"].as_str() {
+                Some(r) if !r.is_empty() => r.into(),
+                _ => format!("ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
+            };
         }
     }
     match s(pod, "/status/reason") {

@@ -1,6 +1,7 @@
 //! Integration tests: real `wk server` processes on loopback, real redb files,
 //! driven over HTTP, with kube-rs and with the `wkctl` binary.
 
+mod agent;
 mod api;
 mod cli;
 mod durability;

@@ -220,6 +220,75 @@ impl Server {
     }
 }
 
+/// A `wk agent` process joined to a server.
+pub struct AgentProc {
+    child: Option<Child>,
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    server_url: String,
+    token: String,
+}
+
+impl AgentProc {
+    pub fn start(server: &Server, name: &str) -> AgentProc {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = AgentProc {
+            child: None,
+            name: name.into(),
+            dir,
+            server_url: server.url.clone(),
+            token: server.token.clone(),
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        self.child = Some(
+            Command::new(WK)
+                .args([
+                    "agent",
+                    "--server",
+                    &self.server_url,
+                    "--token",
+                    &self.token,
+                    "--node-name",
+                    &self.name,
+                ])
+                .arg("--data-dir")
+                .arg(self.dir.path().join("data"))
+                .args(["--backoff-base-ms", "200", "--heartbeat-ms", "500"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start wk agent"),
+        );
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();

@@ -1,0 +1,225 @@
+//! The node agent (kubelet): registers its Node, heartbeats, runs the pods
+//! bound to it (`spec.nodeName`) and reports their status, all through the
+//! public API. `wk server` embeds one; `wk agent` runs one on another machine.
+//!
+//! - [`node`]: Node registration, Ready condition, Lease heartbeats.
+//! - [`pod`]: one worker per pod (init containers, restart policy, back-off,
+//!   status, deletion).
+//! - [`spec`]: pod container → runtime container spec (pure).
+//! - [`status`]: runtime state → pod status (pure).
+
+pub mod node;
+pub mod pod;
+pub mod spec;
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::watch;
+use wasmkube_runtime::wasm::{WasmConfig, WasmRuntime};
+use wasmkube_runtime::ContainerRuntime;
+
+use crate::api::meta;
+use crate::api::resources;
+use crate::client::events::Recorder;
+use crate::client::Client;
+use crate::controllers::CancelToken;
+
+/// Errors starting an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("starting the Wasm runtime: {0}")]
+    Runtime(#[from] wasmkube_runtime::RuntimeError),
+    #[error("agent listener: {0}")]
+    Listen(#[source] std::io::Error),
+}
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// Pod files, logs, volumes and the compile cache.
+    pub data_dir: PathBuf,
+    /// The node's address (Node InternalIP, pods' hostIP).
+    pub advertise_ip: String,
+    /// Pods this node accepts (Node capacity).
+    pub max_pods: u32,
+    /// Node status and Lease renewal interval.
+    pub heartbeat: Duration,
+    /// First restart back-off (doubles up to `backoff_max`).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl AgentConfig {
+    /// Kubernetes' defaults: 10 s heartbeats, back-off 10 s doubling to 5 min.
+    pub fn new(node_name: String, data_dir: PathBuf) -> Self {
+        Self {
+            node_name,
+            data_dir,
+            advertise_ip: "127.0.0.1".into(),
+            max_pods: 1000,
+            heartbeat: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A running agent's shared state.
+pub struct Agent {
+    pub config: AgentConfig,
+    pub client: Client,
+    pub recorder: Recorder,
+    pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
+    next_ip: AtomicU32,
+    workers: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
+}
+
+impl Agent {
+    /// Set up the runtimes; nothing runs until [`Agent::run`].
+    pub fn new(config: AgentConfig, client: Client) -> Result<Arc<Self>, AgentError> {
+        let wasm = WasmRuntime::new(WasmConfig {
+            cache_dir: config.data_dir.join("cache"),
+            pooling_instances: Some(config.max_pods),
+        })?;
+        let recorder = Recorder::new(client.clone(), format!("agent/{}", config.node_name));
+        Ok(Arc::new(Self {
+            config,
+            client,
+            recorder,
+            runtimes: vec![Arc::new(wasm)],
+            next_ip: AtomicU32::new(2),
+            workers: Mutex::default(),
+        }))
+    }
+
+    /// A pod address unique on this node (127.1.0.0/16 until pod networking lands).
+    pub fn allocate_ip(&self) -> String {
+        let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
+        format!("127.1.{}.{}", (n >> 8) & 0xff, n & 0xff)
+    }
+
+    fn upsert(self: &Arc<Self>, pod: Value) {
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = workers.get(&uid) {
+            tx.send_replace(Some(pod));
+            return;
+        }
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        if matches!(phase, "Succeeded" | "Failed") && !meta::is_deleting(&pod) {
+            return;
+        }
+        let (tx, rx) = watch::channel(Some(pod));
+        workers.insert(uid.clone(), tx);
+        let agent = self.clone();
+        tokio::spawn(async move {
+            pod::run(agent.clone(), rx).await;
+            agent
+                .workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+        });
+    }
+
+    fn remove(&self, uid: &str) {
+        if let Some(tx) = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+        {
+            tx.send_replace(None);
+        }
+    }
+
+    /// List and watch the pods bound to this node, feeding their workers.
+    async fn watch_pods(self: Arc<Self>, mut cancel: CancelToken) {
+        let pods = resources::lookup("pods").expect("pods are served");
+        let selector = format!("fieldSelector=spec.nodeName%3D{}", self.config.node_name);
+        loop {
+            let list = tokio::select! {
+                l = self.client.list(pods, None, &selector) => l,
+                _ = cancel.changed() => return,
+            };
+            let list = match list {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "listing pods");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = cancel.changed() => return,
+                    }
+                }
+            };
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            let present: Vec<String> = items
+                .iter()
+                .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
+                .collect();
+            let known: Vec<String> = self
+                .workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for uid in known.iter().filter(|u| !present.contains(u)) {
+                self.remove(uid);
+            }
+            for p in items {
+                self.upsert(p);
+            }
+            let rv = list["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let stream = match self.client.watch(pods, None, &format!("{selector}&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=300")).await {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => ev,
+                    _ = cancel.changed() => return,
+                };
+                match ev {
+                    Some(Ok(ev)) => match ev.event_type.as_str() {
+                        "ADDED" | "MODIFIED" => self.upsert(ev.object),
+                        "DELETED" => {
+                            self.remove(ev.object["metadata"]["uid"].as_str().unwrap_or_default())
+                        }
+                        "ERROR" => break,
+                        _ => {}
+                    },
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Run until `cancel` turns true.
+    pub async fn run(self: Arc<Self>, cancel: CancelToken) {
+        let node = tokio::spawn(node::run(
+            self.client.clone(),
+            self.config.clone(),
+            0,
+            cancel.clone(),
+        ));
+        let pods = tokio::spawn(self.clone().watch_pods(cancel));
+        let _ = pods.await;
+        let _ = node.await;
+    }
+}

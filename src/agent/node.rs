@@ -1,0 +1,217 @@
+//! Node registration and heartbeats: the Node object with capacity and
+//! addresses, its Ready condition, and a coordination.k8s.io Lease renewed
+//! in `kube-node-lease`.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::api::meta;
+use crate::client::{Client, ClientError};
+
+use super::AgentConfig;
+
+/// Lease duration advertised; the node lifecycle controller uses it.
+pub const LEASE_SECONDS: u64 = 40;
+
+fn micro_time() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+fn memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The Node object this agent registers.
+pub fn node_object(cfg: &AgentConfig, port: u16) -> Value {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": cfg.max_pods.to_string()});
+    let now = meta::now();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": cfg.node_name,
+            "labels": {
+                "kubernetes.io/hostname": cfg.node_name,
+                "kubernetes.io/arch": crate::apiserver::discovery::go_arch(),
+                "kubernetes.io/os": "linux",
+                "node.wasmkube.io/runtime-wasm": "true",
+            },
+            "annotations": {"node.wasmkube.io/runtimes": "wasm"},
+        },
+        "spec": {},
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "addresses": [{"type": "InternalIP", "address": cfg.advertise_ip}, {"type": "Hostname", "address": cfg.node_name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+            "nodeInfo": {
+                "architecture": crate::apiserver::discovery::go_arch(),
+                "operatingSystem": "linux",
+                "kernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+                "osImage": "wasmkube",
+                "kubeletVersion": format!("v1.33.0+wasmkube-{}", env!("CARGO_PKG_VERSION")),
+                "kubeProxyVersion": "",
+                "containerRuntimeVersion": "wasmtime://48.0.8",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+            "conditions": [{
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "wasmkube agent is posting ready status",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }],
+        },
+    })
+}
+
+/// Create the Node, or take it over after a restart (spec and labels are kept).
+pub async fn register(client: &Client, cfg: &AgentConfig, port: u16) -> Result<(), ClientError> {
+    let desired = node_object(cfg, port);
+    let path = format!("/api/v1/nodes/{}", cfg.node_name);
+    match client
+        .request(Method::POST, "/api/v1/nodes", Some(&desired))
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(409) => {
+            let patch = json!({"metadata": {"labels": desired["metadata"]["labels"], "annotations": desired["metadata"]["annotations"]}});
+            client
+                .request_as(
+                    Method::PATCH,
+                    &path,
+                    Some(&patch),
+                    "application/merge-patch+json",
+                )
+                .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    client
+        .request_as(
+            Method::PATCH,
+            &format!("{path}/status"),
+            Some(&json!({"status": desired["status"]})),
+            "application/merge-patch+json",
+        )
+        .await?;
+    Ok(())
+}
+
+/// Renew the Lease and the Ready condition's heartbeat.
+pub async fn heartbeat(client: &Client, cfg: &AgentConfig) -> Result<(), ClientError> {
+    let lease_path = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{}",
+        cfg.node_name
+    );
+    let spec = json!({"holderIdentity": cfg.node_name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": micro_time()});
+    let patched = client
+        .request_as(
+            Method::PATCH,
+            &lease_path,
+            Some(&json!({"spec": spec})),
+            "application/merge-patch+json",
+        )
+        .await;
+    if matches!(&patched, Err(e) if e.is_not_found()) {
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": cfg.node_name}, "spec": spec});
+        client
+            .request(
+                Method::POST,
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                Some(&lease),
+            )
+            .await?;
+    } else {
+        patched?;
+    }
+    let node = client
+        .request(
+            Method::GET,
+            &format!("/api/v1/nodes/{}", cfg.node_name),
+            None,
+        )
+        .await?;
+    let now = meta::now();
+    let mut conditions = node["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut found = false;
+    for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
+        found = true;
+        if c["status"] != "True" {
+            c["lastTransitionTime"] = json!(now);
+        }
+        c["status"] = json!("True");
+        c["reason"] = json!("KubeletReady");
+        c["message"] = json!("wasmkube agent is posting ready status");
+        c["lastHeartbeatTime"] = json!(now);
+    }
+    if !found {
+        conditions.push(json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "wasmkube agent is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}));
+    }
+    client
+        .request_as(
+            Method::PATCH,
+            &format!("/api/v1/nodes/{}/status", cfg.node_name),
+            Some(&json!({"status": {"conditions": conditions}})),
+            "application/merge-patch+json",
+        )
+        .await?;
+    Ok(())
+}
+
+/// Register, then heartbeat every `cfg.heartbeat` until cancelled; failures
+/// are retried (the control plane may be away: the node keeps running).
+pub async fn run(
+    client: Client,
+    cfg: AgentConfig,
+    port: u16,
+    mut cancel: crate::controllers::CancelToken,
+) {
+    let mut registered = false;
+    loop {
+        if !registered {
+            match register(&client, &cfg, port).await {
+                Ok(()) => registered = true,
+                Err(e) => tracing::debug!(error = %e, "node registration"),
+            }
+        }
+        let result = if registered {
+            heartbeat(&client, &cfg).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "node heartbeat");
+        }
+        let wait = if registered {
+            cfg.heartbeat
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.changed() => return,
+        }
+    }
+}

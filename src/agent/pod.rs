@@ -1,0 +1,642 @@
+//! One worker per pod: prepares its volumes, runs init containers in order,
+//! then supervises each container under the pod's restart policy with the
+//! kubelet's back-off, reports status through the API, and on deletion stops
+//! everything and removes the pod object.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use wasmkube_runtime::{ContainerId, ContainerRuntime, Exit, RuntimeError};
+
+use super::spec::{self, Lookup};
+use super::status::{self, CState, ContainerRecord, PodRecord};
+use super::Agent;
+use crate::api::meta;
+
+/// Back-off is reset once a container has run this long.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+fn ts(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Init containers or main containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Init,
+    Main,
+}
+
+impl Kind {
+    fn list(self) -> &'static str {
+        match self {
+            Kind::Init => "initContainers",
+            Kind::Main => "containers",
+        }
+    }
+}
+
+/// Shared state of one pod's worker.
+pub struct PodCtx {
+    agent: Arc<Agent>,
+    uid: String,
+    namespace: String,
+    name: String,
+    pod: watch::Receiver<Option<Value>>,
+    rec: Mutex<PodRecord>,
+    dirty: Notify,
+    stop: watch::Receiver<bool>,
+}
+
+struct Data {
+    configmaps: BTreeMap<String, BTreeMap<String, String>>,
+    secrets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Lookup for Data {
+    fn configmap(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        self.configmaps.get(name).cloned()
+    }
+    fn secret(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        self.secrets.get(name).cloned()
+    }
+}
+
+impl PodCtx {
+    fn pod(&self) -> Value {
+        self.pod.borrow().clone().unwrap_or(Value::Null)
+    }
+
+    fn update(&self, kind: Kind, idx: usize, f: impl FnOnce(&mut ContainerRecord)) {
+        {
+            let mut rec = self.rec.lock().unwrap_or_else(|e| e.into_inner());
+            let list = match kind {
+                Kind::Init => &mut rec.init,
+                Kind::Main => &mut rec.containers,
+            };
+            if let Some(c) = list.get_mut(idx) {
+                f(c);
+            }
+        }
+        self.dirty.notify_one();
+    }
+
+    fn record(&self) -> PodRecord {
+        self.rec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn event(&self, event_type: &str, reason: &str, message: &str) {
+        let pod = self.pod();
+        if pod.is_null() {
+            return;
+        }
+        if let Err(e) = self
+            .agent
+            .recorder
+            .record(&pod, event_type, reason, message)
+            .await
+        {
+            tracing::debug!(error = %e, reason, "recording event");
+        }
+    }
+
+    /// Sleep for `d` unless the pod is being stopped; returns false if stopped.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => !self.stopping(),
+            _ = stopped(self.stop.clone()) => false,
+        }
+    }
+
+    async fn lookup_data(&self) -> Data {
+        let client = &self.agent.client;
+        let mut data = Data {
+            configmaps: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        };
+        let ns = &self.namespace;
+        if let Ok(l) = client
+            .request(
+                Method::GET,
+                &format!("/api/v1/namespaces/{ns}/configmaps"),
+                None,
+            )
+            .await
+        {
+            for cm in l["items"].as_array().into_iter().flatten() {
+                data.configmaps
+                    .insert(meta::name(cm).to_string(), spec::configmap_data(cm));
+            }
+        }
+        if let Ok(l) = client
+            .request(
+                Method::GET,
+                &format!("/api/v1/namespaces/{ns}/secrets"),
+                None,
+            )
+            .await
+        {
+            for s in l["items"].as_array().into_iter().flatten() {
+                data.secrets
+                    .insert(meta::name(s).to_string(), spec::secret_data(s));
+            }
+        }
+        data
+    }
+
+    fn log_path(&self, container: &str, restart: u32) -> PathBuf {
+        spec::pod_dir(&self.agent.config.data_dir, &self.uid)
+            .join("logs")
+            .join(container)
+            .join(format!("{restart}.log"))
+    }
+
+    /// Host directories for the pod's volumes (projecting ConfigMaps and Secrets as files).
+    async fn prepare_volumes(&self, data: &Data) -> Result<BTreeMap<String, PathBuf>, String> {
+        let pod = self.pod();
+        let base = spec::pod_dir(&self.agent.config.data_dir, &self.uid).join("volumes");
+        let mut out = BTreeMap::new();
+        for v in pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = v["name"].as_str().unwrap_or_default().to_string();
+            let dir = if v.get("emptyDir").is_some() {
+                base.join("empty").join(&name)
+            } else if let Some(h) = v.get("hostPath") {
+                PathBuf::from(h["path"].as_str().unwrap_or_default())
+            } else if let Some(c) = v.get("persistentVolumeClaim") {
+                self.agent
+                    .config
+                    .data_dir
+                    .join("claims")
+                    .join(&self.namespace)
+                    .join(c["claimName"].as_str().unwrap_or_default())
+            } else if let Some(src) = v.get("configMap").or_else(|| v.get("secret")) {
+                let is_cm = v.get("configMap").is_some();
+                let source = if is_cm {
+                    src["name"].as_str()
+                } else {
+                    src["secretName"].as_str()
+                }
+                .unwrap_or_default();
+                let items = if is_cm {
+                    data.configmaps.get(source)
+                } else {
+                    data.secrets.get(source)
+                };
+                let items = match items {
+                    Some(i) => i.clone(),
+                    None if src["optional"].as_bool().unwrap_or(false) => BTreeMap::new(),
+                    None => {
+                        return Err(format!(
+                            "{} {source:?} not found",
+                            if is_cm { "configmap" } else { "secret" }
+                        ))
+                    }
+                };
+                let dir = base
+                    .join(if is_cm { "configmap" } else { "secret" })
+                    .join(&name);
+                tokio::fs::create_dir_all(&dir)
+                    .await
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+                let wanted: Vec<(String, String)> = match src["items"].as_array() {
+                    Some(sel) => sel
+                        .iter()
+                        .filter_map(|i| {
+                            Some((
+                                i["key"].as_str()?.to_string(),
+                                i["path"].as_str()?.to_string(),
+                            ))
+                        })
+                        .collect(),
+                    None => items.keys().map(|k| (k.clone(), k.clone())).collect(),
+                };
+                for (key, path) in wanted {
+                    if path.contains("..") {
+                        return Err(format!(
+                            "volume {name}: path {path:?} must not contain '..'"
+                        ));
+                    }
+                    let value = items.get(&key).cloned().unwrap_or_default();
+                    let file = dir.join(&path);
+                    if let Some(parent) = file.parent() {
+                        let _ = tokio::fs::create_dir_all(parent).await;
+                    }
+                    tokio::fs::write(&file, value)
+                        .await
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                }
+                out.insert(name, dir);
+                continue;
+            } else {
+                return Err(format!("volume {name:?}: unsupported volume type"));
+            };
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            out.insert(name, dir);
+        }
+        Ok(out)
+    }
+
+    fn runtime_for(&self, image: &str) -> Option<Arc<dyn ContainerRuntime>> {
+        self.agent
+            .runtimes
+            .iter()
+            .find(|r| r.supports(image))
+            .cloned()
+    }
+
+    /// Run one container until it will not be restarted; returns its last exit.
+    async fn supervise(
+        &self,
+        kind: Kind,
+        idx: usize,
+        volumes: &BTreeMap<String, PathBuf>,
+    ) -> Option<Exit> {
+        let cfg = &self.agent.config;
+        let mut backoff = cfg.backoff_base;
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            let pod = self.pod();
+            let def = pod["spec"][kind.list()][idx].clone();
+            let name = def["name"].as_str().unwrap_or_default().to_string();
+            let image = def["image"].as_str().unwrap_or_default().to_string();
+            let restart_policy = pod["spec"]["restartPolicy"]
+                .as_str()
+                .unwrap_or("Always")
+                .to_string();
+            let restart = self.record_of(kind, idx).restart_count;
+            let data = self.lookup_data().await;
+            let (pod_ip, service_env) = (self.record().pod_ip, Vec::new());
+            let failure = match spec::container_spec(
+                &pod,
+                &def,
+                restart,
+                volumes,
+                &data,
+                &pod_ip,
+                self.log_path(&name, restart),
+                &service_env,
+            ) {
+                Err(e) => Some((
+                    "CreateContainerConfigError",
+                    e.0,
+                    "CreateContainerConfigError",
+                )),
+                Ok(spec) => match self.runtime_for(&image) {
+                    None => Some((
+                        "CreateContainerError",
+                        format!("no runtime on this node runs image {image:?}"),
+                        "CreateContainerError",
+                    )),
+                    Some(rt) => {
+                        self.event("Normal", "Pulling", &format!("Pulling image {image:?}"))
+                            .await;
+                        let id = spec.id.clone();
+                        match rt.create(spec).await {
+                            Err(RuntimeError::Pull { reason, .. }) => {
+                                Some(("ErrImagePull", reason, "ImagePullBackOff"))
+                            }
+                            Err(e) => Some((
+                                "CreateContainerError",
+                                e.to_string(),
+                                "CreateContainerError",
+                            )),
+                            Ok(()) => {
+                                self.event(
+                                    "Normal",
+                                    "Pulled",
+                                    &format!("Successfully pulled image {image:?}"),
+                                )
+                                .await;
+                                self.event(
+                                    "Normal",
+                                    "Created",
+                                    &format!("Created container {name}"),
+                                )
+                                .await;
+                                if let Err(e) = rt.start(&id).await {
+                                    Some((
+                                        "CreateContainerError",
+                                        e.to_string(),
+                                        "CreateContainerError",
+                                    ))
+                                } else {
+                                    self.event(
+                                        "Normal",
+                                        "Started",
+                                        &format!("Started container {name}"),
+                                    )
+                                    .await;
+                                    let exit =
+                                        self.watch_container(kind, idx, &rt, &id, &name).await;
+                                    let _ = rt.remove(&id).await;
+                                    let ran = exit
+                                        .finished_at
+                                        .duration_since(exit.started_at)
+                                        .unwrap_or_default();
+                                    if ran >= BACKOFF_RESET {
+                                        backoff = cfg.backoff_base;
+                                    }
+                                    if self.stopping() {
+                                        return Some(exit);
+                                    }
+                                    let again = match (kind, restart_policy.as_str()) {
+                                        (_, "Never") => false,
+                                        (Kind::Init, _) | (_, "OnFailure") => exit.exit_code != 0,
+                                        _ => true,
+                                    };
+                                    if !again {
+                                        return Some(exit);
+                                    }
+                                    let wait = backoff;
+                                    self.update(kind, idx, |c| {
+                                        c.last_state = Some(c.state.clone());
+                                        c.restart_count += 1;
+                                        c.state = CState::Waiting {
+                                            reason: "CrashLoopBackOff".into(),
+                                            message: Some(format!("back-off {}s restarting failed container={name} pod={}_{}({})", wait.as_secs(), self.name, self.namespace, self.uid)),
+                                        };
+                                    });
+                                    self.event("Warning", "BackOff", &format!("Back-off restarting failed container {name} in pod {}_{}({})", self.name, self.namespace, self.uid)).await;
+                                    None
+                                }
+                            }
+                        }
+                    }
+                },
+            };
+            if let Some((reason, message, backoff_reason)) = failure {
+                self.update(kind, idx, |c| {
+                    c.state = CState::Waiting {
+                        reason: reason.into(),
+                        message: Some(message.clone()),
+                    }
+                });
+                self.event("Warning", "Failed", &format!("Error: {reason}: {message}"))
+                    .await;
+                if backoff_reason != reason {
+                    if !self.pause(Duration::from_millis(200)).await {
+                        return None;
+                    }
+                    self.update(kind, idx, |c| {
+                        c.state = CState::Waiting {
+                            reason: backoff_reason.into(),
+                            message: Some(format!("Back-off pulling image {image:?}: {message}")),
+                        }
+                    });
+                    self.event(
+                        "Normal",
+                        "BackOff",
+                        &format!("Back-off pulling image {image:?}"),
+                    )
+                    .await;
+                }
+            }
+            if !self.pause(backoff).await {
+                return None;
+            }
+            backoff = (backoff * 2).min(cfg.backoff_max);
+        }
+    }
+
+    fn record_of(&self, kind: Kind, idx: usize) -> ContainerRecord {
+        let rec = self.record();
+        match kind {
+            Kind::Init => rec.init[idx].clone(),
+            Kind::Main => rec.containers[idx].clone(),
+        }
+    }
+
+    /// A started container: record Running, wait for its exit (or stop it), record it.
+    async fn watch_container(
+        &self,
+        kind: Kind,
+        idx: usize,
+        rt: &Arc<dyn ContainerRuntime>,
+        id: &ContainerId,
+        name: &str,
+    ) -> Exit {
+        let started = SystemTime::now();
+        self.update(kind, idx, |c| {
+            c.state = CState::Running {
+                started_at: ts(started),
+            };
+            c.container_id = format!("{}://{id}", rt.name());
+        });
+        let exit = tokio::select! {
+            exit = rt.wait(id) => exit,
+            _ = stopped(self.stop.clone()) => {
+                let grace = self.pod()["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                self.event("Normal", "Killing", &format!("Stopping container {name}")).await;
+                let _ = rt.stop(id, Duration::from_secs(grace)).await;
+                rt.wait(id).await
+            }
+        };
+        let exit = exit.unwrap_or(Exit {
+            exit_code: wasmkube_runtime::wasm::KILLED_EXIT_CODE,
+            reason: "Error".into(),
+            message: Some("container disappeared".into()),
+            started_at: started,
+            finished_at: SystemTime::now(),
+        });
+        let term = CState::Terminated {
+            exit_code: exit.exit_code,
+            reason: exit.reason.clone(),
+            message: exit.message.clone(),
+            started_at: ts(exit.started_at),
+            finished_at: ts(exit.finished_at),
+        };
+        self.update(kind, idx, |c| c.state = term);
+        exit
+    }
+
+    /// Push the status whenever it changes, until the pod is gone.
+    async fn sync_status(self: Arc<Self>) {
+        let mut last = Value::Null;
+        loop {
+            self.dirty.notified().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let pod = self.pod();
+            if pod.is_null() {
+                return;
+            }
+            let rp = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
+            let status = status::pod_status(&self.record(), rp, &pod["status"], &meta::now());
+            if status == last {
+                continue;
+            }
+            let path = format!(
+                "/api/v1/namespaces/{}/pods/{}/status",
+                self.namespace, self.name
+            );
+            match self
+                .agent
+                .client
+                .request_as(
+                    Method::PATCH,
+                    &path,
+                    Some(&json!({"status": status})),
+                    "application/merge-patch+json",
+                )
+                .await
+            {
+                Ok(_) => last = status,
+                Err(e) if e.is_not_found() => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, pod = %self.name, "status update");
+                    // keep the change pending; retry shortly
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    self.dirty.notify_one();
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the pod is being stopped.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Run a pod until it is deleted. `pod` carries its latest object (None once removed).
+pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
+    let pod = pod_rx.borrow().clone().unwrap_or(Value::Null);
+    let list = |k: &str| -> Vec<ContainerRecord> {
+        pod["spec"][k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                ContainerRecord::new(
+                    c["name"].as_str().unwrap_or_default(),
+                    c["image"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let rec = PodRecord {
+        init: list("initContainers"),
+        containers: list("containers"),
+        initialized: list("initContainers").is_empty(),
+        init_failed: false,
+        pod_ip: agent.allocate_ip(),
+        host_ip: agent.config.advertise_ip.clone(),
+        start_time: meta::now(),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(PodCtx {
+        agent: agent.clone(),
+        uid: pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        namespace: meta::namespace(&pod).to_string(),
+        name: meta::name(&pod).to_string(),
+        pod: pod_rx.clone(),
+        rec: Mutex::new(rec),
+        dirty: Notify::new(),
+        stop: stop_rx,
+    });
+    // Deletion (a deletionTimestamp, or the object gone) stops the pod.
+    let mut watcher = pod_rx.clone();
+    tokio::spawn(async move {
+        let _ = watcher
+            .wait_for(|p| p.as_ref().is_none_or(meta::is_deleting))
+            .await;
+        let _ = stop_tx.send(true);
+    });
+    let status_task = tokio::spawn(ctx.clone().sync_status());
+    ctx.dirty.notify_one();
+
+    let data = ctx.lookup_data().await;
+    match ctx.prepare_volumes(&data).await {
+        Err(message) => {
+            for i in 0..ctx.record().containers.len() {
+                ctx.update(Kind::Main, i, |c| {
+                    c.state = CState::Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message: Some(message.clone()),
+                    }
+                });
+            }
+            ctx.event("Warning", "FailedMount", &message).await;
+        }
+        Ok(volumes) => {
+            let mut init_ok = true;
+            for i in 0..ctx.record().init.len() {
+                match ctx.supervise(Kind::Init, i, &volumes).await {
+                    Some(exit) if exit.exit_code == 0 => {}
+                    Some(_) => {
+                        ctx.rec
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .init_failed = true;
+                        ctx.dirty.notify_one();
+                        init_ok = false;
+                        break;
+                    }
+                    None => {
+                        init_ok = false;
+                        break;
+                    }
+                }
+            }
+            if init_ok && !ctx.stopping() {
+                ctx.rec
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .initialized = true;
+                ctx.dirty.notify_one();
+                let n = ctx.record().containers.len();
+                let workers: Vec<_> = (0..n)
+                    .map(|i| {
+                        let ctx = ctx.clone();
+                        let volumes = volumes.clone();
+                        tokio::spawn(async move { ctx.supervise(Kind::Main, i, &volumes).await })
+                    })
+                    .collect();
+                for w in workers {
+                    let _ = w.await;
+                }
+            }
+        }
+    }
+    // Done running: wait for deletion, then finish it.
+    stopped(ctx.stop.clone()).await;
+    ctx.dirty.notify_one();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    status_task.abort();
+    if pod_rx.borrow().is_some() {
+        let path = format!("/api/v1/namespaces/{}/pods/{}", ctx.namespace, ctx.name);
+        let body = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": ctx.uid}});
+        if let Err(e) = agent
+            .client
+            .request(Method::DELETE, &path, Some(&body))
+            .await
+        {
+            if !e.is_not_found() {
+                tracing::warn!(error = %e, pod = %ctx.name, "removing deleted pod");
+            }
+        }
+    }
+    let _ = tokio::fs::remove_dir_all(spec::pod_dir(&agent.config.data_dir, &ctx.uid)).await;
+}

@@ -1,0 +1,387 @@
+//! Turning a pod's container into a runtime [`ContainerSpec`]: argv, env
+//! (literal, `valueFrom`, `envFrom`), volumes as mounts, limits. Pure, apart
+//! from the lookups passed in.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde_json::Value;
+use wasmkube_runtime::{ContainerId, ContainerSpec, Mount};
+
+use crate::api::quantity;
+
+/// Why a container cannot be configured (kubelet: CreateContainerConfigError).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Data the mapping may read: ConfigMaps and Secrets of the pod's namespace.
+pub trait Lookup {
+    fn configmap(&self, name: &str) -> Option<BTreeMap<String, String>>;
+    fn secret(&self, name: &str) -> Option<BTreeMap<String, String>>;
+}
+
+/// Decode a Secret's `data` (base64) into strings.
+pub fn secret_data(secret: &Value) -> BTreeMap<String, String> {
+    secret["data"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(v.as_str()?)
+                        .ok()?;
+                    Some((k.clone(), String::from_utf8_lossy(&raw).into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A ConfigMap's `data`.
+pub fn configmap_data(cm: &Value) -> BTreeMap<String, String> {
+    cm["data"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn s<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
+    v.pointer(p).and_then(Value::as_str)
+}
+
+/// The pod fields `fieldRef` can read.
+pub fn field_ref(pod: &Value, path: &str, pod_ip: &str) -> Option<String> {
+    match path {
+        "metadata.name" => s(pod, "/metadata/name").map(String::from),
+        "metadata.namespace" => s(pod, "/metadata/namespace").map(String::from),
+        "metadata.uid" => s(pod, "/metadata/uid").map(String::from),
+        "spec.nodeName" => s(pod, "/spec/nodeName").map(String::from),
+        "spec.serviceAccountName" => Some(
+            s(pod, "/spec/serviceAccountName")
+                .unwrap_or("default")
+                .to_string(),
+        ),
+        "status.podIP" => Some(pod_ip.to_string()),
+        "status.hostIP" => s(pod, "/status/hostIP").map(String::from),
+        p => {
+            let key = p
+                .strip_prefix("metadata.labels['")
+                .or_else(|| p.strip_prefix("metadata.annotations['"))?;
+            let key = key.strip_suffix("']")?;
+            let section = if p.starts_with("metadata.labels") {
+                "labels"
+            } else {
+                "annotations"
+            };
+            pod["metadata"][section][key].as_str().map(String::from)
+        }
+    }
+}
+
+fn env_var(
+    pod: &Value,
+    e: &Value,
+    lookup: &dyn Lookup,
+    pod_ip: &str,
+    at: &str,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(v) = e.get("value").and_then(Value::as_str) {
+        return Ok(Some(v.to_string()));
+    }
+    let Some(from) = e.get("valueFrom") else {
+        return Ok(Some(String::new()));
+    };
+    let optional = |r: &Value| r["optional"].as_bool().unwrap_or(false);
+    if let Some(r) = from.get("configMapKeyRef") {
+        let (name, key) = (
+            r["name"].as_str().unwrap_or_default(),
+            r["key"].as_str().unwrap_or_default(),
+        );
+        return match lookup.configmap(name).and_then(|d| d.get(key).cloned()) {
+            Some(v) => Ok(Some(v)),
+            None if optional(r) => Ok(None),
+            None => Err(ConfigError(format!(
+                "{at}: couldn't find key {key} in ConfigMap {name}"
+            ))),
+        };
+    }
+    if let Some(r) = from.get("secretKeyRef") {
+        let (name, key) = (
+            r["name"].as_str().unwrap_or_default(),
+            r["key"].as_str().unwrap_or_default(),
+        );
+        return match lookup.secret(name).and_then(|d| d.get(key).cloned()) {
+            Some(v) => Ok(Some(v)),
+            None if optional(r) => Ok(None),
+            None => Err(ConfigError(format!(
+                "{at}: couldn't find key {key} in Secret {name}"
+            ))),
+        };
+    }
+    if let Some(r) = from.get("fieldRef") {
+        let path = r["fieldPath"].as_str().unwrap_or_default();
+        return field_ref(pod, path, pod_ip)
+            .map(Some)
+            .ok_or_else(|| ConfigError(format!("{at}: unsupported fieldPath {path:?}")));
+    }
+    Ok(Some(String::new()))
+}
+
+/// Where the agent keeps a pod's files.
+pub fn pod_dir(data_dir: &Path, uid: &str) -> PathBuf {
+    data_dir.join("pods").join(uid)
+}
+
+/// Map `container` of `pod` to a runtime spec. `volumes` maps each volume
+/// name to the host directory prepared for it.
+#[allow(clippy::too_many_arguments)]
+pub fn container_spec(
+    pod: &Value,
+    container: &Value,
+    restart: u32,
+    volumes: &BTreeMap<String, PathBuf>,
+    lookup: &dyn Lookup,
+    pod_ip: &str,
+    log_path: PathBuf,
+    service_env: &[(String, String)],
+) -> Result<ContainerSpec, ConfigError> {
+    let name = container["name"].as_str().unwrap_or_default();
+    let uid = s(pod, "/metadata/uid").unwrap_or_default();
+    let strings = |k: &str| -> Vec<String> {
+        container[k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (command, args) = (strings("command"), strings("args"));
+    let argv = if command.is_empty() {
+        std::iter::once(name.to_string()).chain(args).collect()
+    } else {
+        command.into_iter().chain(args).collect()
+    };
+
+    let mut env: Vec<(String, String)> = service_env.to_vec();
+    let set = |k: String, v: String, env: &mut Vec<(String, String)>| {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    };
+    for (i, from) in container["envFrom"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let prefix = from["prefix"].as_str().unwrap_or_default();
+        let (data, what, r) = if let Some(r) = from.get("configMapRef") {
+            (
+                lookup.configmap(r["name"].as_str().unwrap_or_default()),
+                "ConfigMap",
+                r,
+            )
+        } else if let Some(r) = from.get("secretRef") {
+            (
+                lookup.secret(r["name"].as_str().unwrap_or_default()),
+                "Secret",
+                r,
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(d) => {
+                for (k, v) in d {
+                    set(format!("{prefix}{k}"), v, &mut env);
+                }
+            }
+            None if r["optional"].as_bool().unwrap_or(false) => {}
+            None => {
+                return Err(ConfigError(format!(
+                    "envFrom[{i}]: {what} {:?} not found",
+                    r["name"].as_str().unwrap_or_default()
+                )))
+            }
+        }
+    }
+    for (i, e) in container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let k = e["name"].as_str().unwrap_or_default().to_string();
+        if let Some(v) = env_var(pod, e, lookup, pod_ip, &format!("env[{i}] {k}"))? {
+            set(k, v, &mut env);
+        }
+    }
+
+    let mut mounts = Vec::new();
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let vol = m["name"].as_str().unwrap_or_default();
+        let host = volumes
+            .get(vol)
+            .ok_or_else(|| ConfigError(format!("volume {vol:?} is not prepared")))?;
+        let host = match m["subPath"].as_str().filter(|p| !p.is_empty()) {
+            Some(sub) if !sub.contains("..") => host.join(sub),
+            Some(sub) => {
+                return Err(ConfigError(format!(
+                    "subPath {sub:?} must not contain '..'"
+                )))
+            }
+            None => host.clone(),
+        };
+        mounts.push(Mount {
+            host_path: host,
+            guest_path: m["mountPath"].as_str().unwrap_or_default().to_string(),
+            read_only: m["readOnly"].as_bool().unwrap_or(false),
+        });
+    }
+    let limit = |k: &str| {
+        container
+            .pointer(&format!("/resources/limits/{k}"))
+            .and_then(Value::as_str)
+    };
+    let memory_limit = limit("memory")
+        .map(quantity::bytes)
+        .transpose()
+        .map_err(|e| ConfigError(format!("resources.limits.memory: {e}")))?;
+    let cpu_millis = limit("cpu")
+        .map(quantity::millicores)
+        .transpose()
+        .map_err(|e| ConfigError(format!("resources.limits.cpu: {e}")))?;
+    Ok(ContainerSpec {
+        id: ContainerId(format!("{uid}/{name}/{restart}")),
+        image: container["image"].as_str().unwrap_or_default().to_string(),
+        args: argv,
+        env,
+        working_dir: container["workingDir"].as_str().map(String::from),
+        mounts,
+        memory_limit,
+        cpu_millis,
+        log_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Data;
+
+    impl Lookup for Data {
+        fn configmap(&self, name: &str) -> Option<BTreeMap<String, String>> {
+            (name == "cfg").then(|| {
+                [
+                    ("level".to_string(), "debug".to_string()),
+                    ("mode".to_string(), "fast".to_string()),
+                ]
+                .into()
+            })
+        }
+        fn secret(&self, name: &str) -> Option<BTreeMap<String, String>> {
+            (name == "sec").then(|| [("password".to_string(), "hunter2".to_string())].into())
+        }
+    }
+
+    fn pod() -> Value {
+        json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "web"}}, "spec": {"nodeName": "n1"}})
+    }
+
+    #[test]
+    fn env_comes_from_literals_configmaps_secrets_and_fields() {
+        let c = json!({"name": "app", "image": "file:///a.wasm", "args": ["--x"],
+            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+            "env": [
+                {"name": "LIT", "value": "1"},
+                {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+                {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "level"}}},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "k", "optional": true}}}
+            ],
+            "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}});
+        let spec = container_spec(
+            &pod(),
+            &c,
+            2,
+            &BTreeMap::new(),
+            &Data,
+            "127.1.0.5",
+            PathBuf::from("/l"),
+            &[("WEB_SERVICE_HOST".into(), "10.0.0.1".into())],
+        )
+        .unwrap();
+        let env: BTreeMap<_, _> = spec.env.iter().cloned().collect();
+        assert_eq!(env["LIT"], "1");
+        assert_eq!(env["PW"], "hunter2");
+        assert_eq!(env["LEVEL"], "debug");
+        assert_eq!(env["CFG_mode"], "fast");
+        assert_eq!(env["POD"], "p");
+        assert_eq!(env["IP"], "127.1.0.5");
+        assert_eq!(env["APP"], "web");
+        assert_eq!(env["WEB_SERVICE_HOST"], "10.0.0.1");
+        assert!(!env.contains_key("OPT"));
+        assert_eq!(spec.args, vec!["app", "--x"]);
+        assert_eq!(spec.memory_limit, Some(64 * 1024 * 1024));
+        assert_eq!(spec.cpu_millis, Some(250));
+        assert_eq!(spec.id.0, "u1/app/2");
+    }
+
+    #[test]
+    fn missing_references_are_config_errors() {
+        let c = json!({"name": "app", "image": "i", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]});
+        let e = container_spec(
+            &pod(),
+            &c,
+            0,
+            &BTreeMap::new(),
+            &Data,
+            "",
+            PathBuf::new(),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.0.contains("couldn't find key k in Secret nope"), "{e}");
+        let c = json!({"name": "app", "image": "i", "volumeMounts": [{"name": "v", "mountPath": "/data"}]});
+        assert!(container_spec(
+            &pod(),
+            &c,
+            0,
+            &BTreeMap::new(),
+            &Data,
+            "",
+            PathBuf::new(),
+            &[]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn command_replaces_argv0_and_mounts_follow_volumes() {
+        let c = json!({"name": "app", "image": "i", "command": ["tool", "run"], "args": ["x"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": true}, {"name": "data", "mountPath": "/sub", "subPath": "a"}]});
+        let vols = [("data".to_string(), PathBuf::from("/host/data"))].into();
+        let spec = container_spec(&pod(), &c, 0, &vols, &Data, "", PathBuf::new(), &[]).unwrap();
+        assert_eq!(spec.args, vec!["tool", "run", "x"]);
+        assert_eq!(
+            spec.mounts[0],
+            Mount {
+                host_path: "/host/data".into(),
+                guest_path: "/data".into(),
+                read_only: true
+            }
+        );
+        assert_eq!(spec.mounts[1].host_path, PathBuf::from("/host/data/a"));
+    }
+}

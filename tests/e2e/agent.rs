@@ -1,0 +1,452 @@
+//! The node agent running Wasm pods: embedded in `wk server` and as separate
+//! `wk agent` processes. Fixtures are `.wat` compiled with the `wat` crate.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::util::{eventually, stdout, AgentProc, Server};
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// Prints its first argument, then exits with `code`.
+fn print_and_exit(code: i32) -> String {
+    format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 64) "hello from wasm\n")
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const 16))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+            (call $exit (i32.const {code}))))"#
+    )
+}
+
+const TRAP: &str = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
+const HOG: &str = r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (drop (memory.grow (i32.const 1))) (br $l))))"#;
+const SPIN: &str =
+    r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+
+/// Write a fixture under the server's data dir and return its image reference.
+fn image(s: &Server, name: &str, wat: &str) -> String {
+    let path = s.dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+    format!("file://{}", path.display())
+}
+
+fn pod(name: &str, node: &str, image: &str, restart: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": node, "restartPolicy": restart, "containers": [{"name": "main", "image": image}]}})
+}
+
+async fn node_name(s: &Server) -> String {
+    eventually(30, "the embedded node registers", || async {
+        let (_, nodes) = s.call(Method::GET, "/api/v1/nodes", None).await;
+        nodes["items"]
+            .as_array()
+            .and_then(|a| a.first())
+            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+    })
+    .await
+}
+
+async fn wait_pod(s: &Server, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    eventually(60, what, || async {
+        let (code, p) = s.call(Method::GET, &format!("{PODS}/{name}"), None).await;
+        (code == 200 && pred(&p)).then_some(p)
+    })
+    .await
+}
+
+async fn events_for(s: &Server, name: &str) -> Vec<(String, String)> {
+    let (_, l) = s
+        .call(
+            Method::GET,
+            &format!(
+                "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
+            ),
+            None,
+        )
+        .await;
+    l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap().to_string(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_embedded_node_registers_and_runs_a_pod_to_completion() {
+    let s = Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .arg("--heartbeat-ms")
+        .arg("500")
+        .start()
+        .await;
+    let node = node_name(&s).await;
+    let (_, n) = s
+        .call(Method::GET, &format!("/api/v1/nodes/{node}"), None)
+        .await;
+    assert_eq!(n["metadata"]["labels"]["kubernetes.io/os"], "linux");
+    assert_eq!(
+        n["metadata"]["labels"]["kubernetes.io/hostname"],
+        node.as_str()
+    );
+    assert!(
+        n["status"]["capacity"]["cpu"].is_string() && n["status"]["allocatable"]["pods"] == "1000"
+    );
+    assert_eq!(n["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(n["status"]["conditions"][0]["status"], "True");
+    eventually(10, "the node lease", || async {
+        let (code, l) = s
+            .call(
+                Method::GET,
+                &format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}"),
+                None,
+            )
+            .await;
+        (code == 200 && l["spec"]["holderIdentity"] == node.as_str()).then_some(())
+    })
+    .await;
+
+    let img = image(&s, "hello", &print_and_exit(0));
+    s.call(Method::POST, PODS, Some(pod("hello", &node, &img, "Never")))
+        .await;
+    let p = wait_pod(&s, "hello", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(cs["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(cs["restartCount"], 0);
+    assert!(cs["containerID"].as_str().unwrap().starts_with("wasm://"));
+    assert!(p["status"]["podIP"].as_str().unwrap().starts_with("127."));
+    assert_eq!(p["status"]["hostIP"], "127.0.0.1");
+    assert!(p["status"]["startTime"].is_string());
+    let conds: Vec<(String, String)> = p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().into(),
+                c["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        conds.contains(&("PodScheduled".into(), "True".into()))
+            && conds.contains(&("Initialized".into(), "True".into()))
+            && conds.contains(&("Ready".into(), "False".into())),
+        "{conds:?}"
+    );
+    let reasons: Vec<String> = events_for(&s, "hello")
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    for want in ["Pulling", "Pulled", "Created", "Started"] {
+        assert!(
+            reasons.contains(&want.to_string()),
+            "{want} missing from {reasons:?}"
+        );
+    }
+    // wkctl shows it
+    let out = stdout(&s.wkctl(&["get", "pods"]));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("hello") && l.contains("Completed")),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_traps_and_memory_limits_reach_the_pod_status() {
+    let s = Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .start()
+        .await;
+    let node = node_name(&s).await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod(
+            "exit3",
+            &node,
+            &image(&s, "exit3", &print_and_exit(3)),
+            "Never",
+        )),
+    )
+    .await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod("trap", &node, &image(&s, "trap", TRAP), "Never")),
+    )
+    .await;
+    let mut hog = pod("hog", &node, &image(&s, "hog", HOG), "Never");
+    hog["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "4Mi"}});
+    s.call(Method::POST, PODS, Some(hog)).await;
+
+    let p = wait_pod(&s, "exit3", "exit3 fails", |p| phase(p) == "Failed").await;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (t["exitCode"].as_i64(), t["reason"].as_str()),
+        (Some(3), Some("Error"))
+    );
+    let p = wait_pod(&s, "trap", "trap fails", |p| phase(p) == "Failed").await;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "Error");
+    assert!(
+        t["message"].as_str().unwrap().contains("unreachable"),
+        "{t}"
+    );
+    let p = wait_pod(&s, "hog", "hog is killed", |p| phase(p) == "Failed").await;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (t["exitCode"].as_i64(), t["reason"].as_str()),
+        (Some(137), Some("OOMKilled"))
+    );
+}
+
+#[tokio::test]
+async fn a_crashing_container_restarts_with_back_off() {
+    let s = Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .start()
+        .await;
+    let node = node_name(&s).await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod(
+            "crash",
+            &node,
+            &image(&s, "crash", &print_and_exit(1)),
+            "Always",
+        )),
+    )
+    .await;
+    let p = wait_pod(&s, "crash", "CrashLoopBackOff", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+            && p["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 2
+    })
+    .await;
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1);
+    assert_eq!(
+        phase(&p),
+        "Running",
+        "restartPolicy Always keeps the pod Running"
+    );
+    let events = events_for(&s, "crash").await;
+    assert!(events.iter().any(|(r, m)| r == "BackOff" && m.contains("Back-off restarting failed container main")), "{events:?}");
+    // OnFailure stops restarting after a success
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod(
+            "once",
+            &node,
+            &image(&s, "ok", &print_and_exit(0)),
+            "OnFailure",
+        )),
+    )
+    .await;
+    let p = wait_pod(&s, "once", "Succeeded", |p| phase(p) == "Succeeded").await;
+    assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+}
+
+#[tokio::test]
+async fn deleting_a_running_pod_stops_it_and_removes_the_object() {
+    let s = Server::start().await;
+    let node = node_name(&s).await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod("spin", &node, &image(&s, "spin", SPIN), "Always")),
+    )
+    .await;
+    wait_pod(&s, "spin", "Running", |p| {
+        phase(p) == "Running" && p["status"]["containerStatuses"][0]["ready"] == true
+    })
+    .await;
+    let (code, marked) = s.call(Method::DELETE, &format!("{PODS}/spin"), None).await;
+    assert_eq!(code, 200);
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "a bound running pod is deleted gracefully: {marked}"
+    );
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+    eventually(30, "the agent removes the pod", || async {
+        (s.call(Method::GET, &format!("{PODS}/spin"), None).await.0 == 404).then_some(())
+    })
+    .await;
+    let events = events_for(&s, "spin").await;
+    assert!(events.iter().any(|(r, _)| r == "Killing"), "{events:?}");
+    // an unbound pod is deleted at once
+    let (_, p) = s
+        .call(
+            Method::POST,
+            PODS,
+            Some(pod("unbound", "", "file:///x.wasm", "Always")),
+        )
+        .await;
+    assert!(p["spec"].get("nodeName").is_none_or(|n| n == ""));
+    let (_, gone) = s
+        .call(Method::DELETE, &format!("{PODS}/unbound"), None)
+        .await;
+    assert!(gone["metadata"].get("deletionTimestamp").is_none());
+    assert_eq!(
+        s.call(Method::GET, &format!("{PODS}/unbound"), None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn bad_images_report_pull_and_create_errors_with_events() {
+    let s = Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .start()
+        .await;
+    let node = node_name(&s).await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod(
+            "missing",
+            &node,
+            "file:///no/such/module.wasm",
+            "Always",
+        )),
+    )
+    .await;
+    let bad = s.dir.join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\x7fnot-a-section").unwrap();
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod(
+            "invalid",
+            &node,
+            &format!("file://{}", bad.display()),
+            "Always",
+        )),
+    )
+    .await;
+    wait_pod(&s, "missing", "image pull back-off", |p| {
+        matches!(
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str(),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        )
+    })
+    .await;
+    let p = wait_pod(&s, "invalid", "CreateContainerError", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerError"
+    })
+    .await;
+    let msg = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!msg.is_empty(), "wasmtime's reason is carried");
+    let events = eventually(10, "pull failure and back-off events", || async {
+        let events = events_for(&s, "missing").await;
+        (events
+            .iter()
+            .any(|(r, m)| r == "Failed" && m.contains("ErrImagePull"))
+            && events.iter().any(|(r, _)| r == "BackOff"))
+        .then_some(events)
+    })
+    .await;
+    assert!(
+        events.iter().any(|(_, m)| m.contains("No such file")),
+        "{events:?}"
+    );
+    let events = events_for(&s, "invalid").await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "Failed" && m.contains("CreateContainerError")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn separate_agents_run_their_own_pods_and_come_back_after_kill_9() {
+    let s = Server::builder().arg("--disable-agent").start().await;
+    let mut a = AgentProc::start(&s, "node-a");
+    let _b = AgentProc::start(&s, "node-b");
+    eventually(30, "both nodes register", || async {
+        let (_, l) = s.call(Method::GET, "/api/v1/nodes", None).await;
+        let mut names: Vec<String> = l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        (names == ["node-a", "node-b"]).then_some(())
+    })
+    .await;
+    let hello = image(&s, "hello", &print_and_exit(0));
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod("on-a", "node-a", &hello, "Never")),
+    )
+    .await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod("on-b", "node-b", &hello, "Never")),
+    )
+    .await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod("spin-a", "node-a", &image(&s, "spin", SPIN), "Always")),
+    )
+    .await;
+    wait_pod(&s, "on-a", "on-a succeeds", |p| phase(p) == "Succeeded").await;
+    wait_pod(&s, "on-b", "on-b succeeds", |p| phase(p) == "Succeeded").await;
+    let before = wait_pod(&s, "spin-a", "spin-a runs", |p| phase(p) == "Running").await;
+    let started = before["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+    // startedAt has one-second resolution: restart in a later second so it can differ
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    a.kill9();
+    a.restart();
+    // the restarted agent brings its running pod back: same object, started again
+    let after = wait_pod(&s, "spin-a", "spin-a runs again", |p| {
+        phase(p) == "Running"
+            && p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].is_string()
+            && p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"] != started
+    })
+    .await;
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    let (_, l) = s.call(Method::GET, PODS, None).await;
+    assert_eq!(l["items"].as_array().unwrap().len(), 3, "no duplicates");
+    // a completed pod is not run again
+    let (_, on_a) = s.call(Method::GET, &format!("{PODS}/on-a"), None).await;
+    assert_eq!(phase(&on_a), "Succeeded");
+}
