@@ -189,6 +189,7 @@ pub async fn run(
         bookmark_interval: config.bookmark_interval,
         advertise: advertise.clone(),
         shutdown: stop_rx.clone(),
+        http: reqwest::Client::new(),
     });
     let app = apiserver::router(state);
 
@@ -201,11 +202,16 @@ pub async fn run(
     }
     .write(&kubeconfig)?;
 
-    let client = Client::new(server_url.clone(), token);
+    let client = Client::new(server_url.clone(), token.clone());
     let agent = match config.agent.clone() {
         Some(agent_config) => {
             let agent = crate::agent::Agent::new(agent_config, client.clone())?;
-            Some(tokio::spawn(agent.run(stop_rx.clone())))
+            let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            Some(tokio::spawn(agent.run(
+                listen,
+                token.clone(),
+                stop_rx.clone(),
+            )))
         }
         None => None,
     };

@@ -10,6 +10,7 @@
 
 pub mod node;
 pub mod pod;
+pub mod server;
 pub mod spec;
 pub mod status;
 
@@ -80,6 +81,8 @@ pub struct Agent {
     pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
     next_ip: AtomicU32,
     workers: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
+    /// Running pod workers by `namespace/name`, for logs.
+    pods: Mutex<HashMap<String, Arc<pod::PodCtx>>>,
 }
 
 impl Agent {
@@ -97,6 +100,7 @@ impl Agent {
             runtimes: vec![Arc::new(wasm)],
             next_ip: AtomicU32::new(2),
             workers: Mutex::default(),
+            pods: Mutex::default(),
         }))
     }
 
@@ -104,6 +108,32 @@ impl Agent {
     pub fn allocate_ip(&self) -> String {
         let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
         format!("127.1.{}.{}", (n >> 8) & 0xff, n & 0xff)
+    }
+
+    fn register_pod(&self, ns: &str, name: &str, ctx: Arc<pod::PodCtx>) {
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{ns}/{name}"), ctx);
+    }
+
+    fn unregister_pod(&self, ns: &str, name: &str, uid: &str) {
+        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        if pods
+            .get(&format!("{ns}/{name}"))
+            .is_some_and(|p| p.uid == uid)
+        {
+            pods.remove(&format!("{ns}/{name}"));
+        }
+    }
+
+    /// The worker of pod `ns/name`, if it runs here.
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<pod::PodCtx>> {
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&format!("{ns}/{name}"))
+            .cloned()
     }
 
     fn upsert(self: &Arc<Self>, pod: Value) {
@@ -210,16 +240,36 @@ impl Agent {
         }
     }
 
-    /// Run until `cancel` turns true.
-    pub async fn run(self: Arc<Self>, cancel: CancelToken) {
+    /// Serve the agent API on `listen`, register, and run pods until `cancel` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        listen: std::net::SocketAddr,
+        token: String,
+        cancel: CancelToken,
+    ) -> Result<(), AgentError> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(AgentError::Listen)?;
+        let port = listener.local_addr().map_err(AgentError::Listen)?.port();
+        let app = server::router(self.clone(), token);
+        let mut stop = cancel.clone();
+        let http = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+                })
+                .await;
+        });
         let node = tokio::spawn(node::run(
             self.client.clone(),
             self.config.clone(),
-            0,
+            port,
             cancel.clone(),
         ));
         let pods = tokio::spawn(self.clone().watch_pods(cancel));
         let _ = pods.await;
         let _ = node.await;
+        let _ = http.await;
+        Ok(())
     }
 }

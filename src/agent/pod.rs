@@ -46,7 +46,7 @@ impl Kind {
 /// Shared state of one pod's worker.
 pub struct PodCtx {
     agent: Arc<Agent>,
-    uid: String,
+    pub uid: String,
     namespace: String,
     name: String,
     pod: watch::Receiver<Option<Value>>,
@@ -153,6 +153,47 @@ impl PodCtx {
             }
         }
         data
+    }
+
+    /// The log file of `container`'s current run, or of the one before (`previous`).
+    pub fn log_file(&self, container: &str, previous: bool) -> Result<(PathBuf, bool), String> {
+        let rec = self.record();
+        let c = rec
+            .containers
+            .iter()
+            .chain(rec.init.iter())
+            .find(|c| c.name == container)
+            .ok_or_else(|| format!("container {container} is not valid for pod {}", self.name))?;
+        let running = matches!(c.state, CState::Running { .. });
+        if previous {
+            if c.restart_count == 0 {
+                return Err(format!(
+                    "previous terminated container {container:?} in pod {:?} not found",
+                    self.name
+                ));
+            }
+            Ok((self.log_path(container, c.restart_count - 1), false))
+        } else {
+            Ok((self.log_path(container, c.restart_count), running))
+        }
+    }
+
+    /// Whether `container` is running its current attempt.
+    pub fn is_running(&self, container: &str) -> bool {
+        let rec = self.record();
+        rec.containers
+            .iter()
+            .chain(rec.init.iter())
+            .any(|c| c.name == container && matches!(c.state, CState::Running { .. }))
+    }
+
+    /// The names of the pod's containers.
+    pub fn container_names(&self) -> Vec<String> {
+        self.record()
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     fn log_path(&self, container: &str, restart: u32) -> PathBuf {
@@ -564,6 +605,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
             .await;
         let _ = stop_tx.send(true);
     });
+    agent.register_pod(&ctx.namespace, &ctx.name, ctx.clone());
     let status_task = tokio::spawn(ctx.clone().sync_status());
     ctx.dirty.notify_one();
 
@@ -638,5 +680,6 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
             }
         }
     }
+    agent.unregister_pod(&ctx.namespace, &ctx.name, &ctx.uid);
     let _ = tokio::fs::remove_dir_all(spec::pod_dir(&agent.config.data_dir, &ctx.uid)).await;
 }

@@ -7,6 +7,7 @@
 
 pub mod discovery;
 pub mod handlers;
+pub mod proxy;
 pub mod request;
 pub mod watch;
 
@@ -37,6 +38,8 @@ pub struct ApiState {
     pub bookmark_interval: Duration,
     /// The address clients reach this server at (for `/api` discovery).
     pub advertise: String,
+    /// HTTP client for proxying to agents.
+    pub http: reqwest::Client,
     /// Turns true on shutdown: open watches end so the server can stop.
     pub shutdown: crate::controllers::CancelToken,
 }
@@ -340,6 +343,9 @@ async fn serve(
                 .await?,
             )
         }
+        (Method::GET, Some(n), Some("log")) if res.kind == "Pod" => {
+            proxy::pod_logs(state, ns_str, n, query).await
+        }
         (Method::POST, Some(n), Some("binding")) if res.kind == "Pod" => Ok(json_response(
             StatusCode::CREATED,
             &handlers::bind(store, ns_str, n, decoded()?).await?,
@@ -347,7 +353,9 @@ async fn serve(
         (Method::PUT, Some(n), Some("finalize")) if res.kind == "Namespace" => {
             ok(handlers::finalize_namespace(store, n, decoded()?).await?)
         }
-        (_, Some(n), Some(s)) if !matches!(s, "status" | "scale" | "binding" | "finalize") => {
+        (_, Some(n), Some(s))
+            if !matches!(s, "status" | "scale" | "binding" | "finalize" | "log") =>
+        {
             Err(ApiError::NotFound {
                 resource: format!("{}/{s}", res.plural),
                 name: n.into(),

@@ -96,6 +96,9 @@ struct AgentArgs {
     /// The node's address, as pods and the API server see it.
     #[arg(long, default_value = "127.0.0.1")]
     advertise_address: String,
+    /// Where the agent serves logs to the API server.
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    listen: SocketAddr,
     #[command(flatten)]
     agent: AgentTuning,
 }
@@ -177,13 +180,17 @@ async fn main() -> Result<()> {
                 .agent
                 .apply(wasmkube::agent::AgentConfig::new(node_name, data_dir));
             config.advertise_ip = a.advertise_address;
-            let client = wasmkube::client::Client::new(a.server, a.token);
+            let client = wasmkube::client::Client::new(a.server, a.token.clone());
             let agent = wasmkube::agent::Agent::new(config, client)?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let run = tokio::spawn(agent.run(stop_rx));
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-            let _ = run.await;
+            let mut run = tokio::spawn(agent.run(a.listen, a.token, stop_rx));
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    let _ = stop_tx.send(true);
+                    (&mut run).await??;
+                }
+                r = &mut run => r??,
+            }
         }
         Command::Snapshot(SnapshotCommand::Save { file, kubeconfig }) => {
             let path = kubeconfig_path(kubeconfig);

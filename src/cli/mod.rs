@@ -11,6 +11,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod info;
+pub mod logs;
 pub mod manifest;
 pub mod printers;
 
@@ -53,6 +54,8 @@ pub enum Command {
     /// Create a resource (namespace).
     #[command(subcommand)]
     Create(create::Create),
+    /// Print the logs of a container in a pod.
+    Logs(logs::Logs),
     /// Display the address of the control plane.
     ClusterInfo(info::ClusterInfo),
     /// Print the client and server version.
@@ -135,6 +138,7 @@ pub async fn run(cli: Cli) -> i32 {
             Command::Describe(c) => c.execute(&ctx).await,
             Command::Delete(c) => c.execute(&ctx).await,
             Command::Create(c) => c.execute(&ctx).await,
+            Command::Logs(c) => c.execute(&ctx).await,
             Command::ClusterInfo(c) => c.execute(&ctx).await,
             Command::Version(c) => c.execute(&ctx).await,
             Command::ApiResources(c) => c.execute(&ctx).await,

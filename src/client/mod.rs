@@ -131,6 +131,11 @@ impl Client {
         })
     }
 
+    /// GET `path` and return the raw response (logs, other streams).
+    pub async fn get_raw(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.send(Method::GET, path, None).await
+    }
+
     /// Send a request with an optional JSON body and decode the JSON answer.
     pub async fn request(
         &self,

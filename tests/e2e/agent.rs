@@ -450,3 +450,123 @@ async fn separate_agents_run_their_own_pods_and_come_back_after_kill_9() {
     let (_, on_a) = s.call(Method::GET, &format!("{PODS}/on-a"), None).await;
     assert_eq!(phase(&on_a), "Succeeded");
 }
+
+/// Prints a line, then spins forever.
+const PRINT_THEN_SPIN: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "still running\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 14))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop $l (br $l))))"#;
+
+#[tokio::test]
+async fn wkctl_logs_reads_current_previous_and_followed_output_through_the_api() {
+    use std::io::{BufRead, BufReader};
+    let s = Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .start()
+        .await;
+    let node = node_name(&s).await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod(
+            "hello",
+            &node,
+            &image(&s, "hello", &print_and_exit(0)),
+            "Never",
+        )),
+    )
+    .await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod(
+            "crash",
+            &node,
+            &image(&s, "crash", &print_and_exit(1)),
+            "Always",
+        )),
+    )
+    .await;
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod(
+            "live",
+            &node,
+            &image(&s, "live", PRINT_THEN_SPIN),
+            "Always",
+        )),
+    )
+    .await;
+    wait_pod(&s, "hello", "Succeeded", |p| phase(p) == "Succeeded").await;
+
+    let out = s.wkctl(&["logs", "hello"]);
+    assert_eq!(
+        stdout(&out),
+        "hello from wasm\n",
+        "{}",
+        crate::util::stderr(&out)
+    );
+    let ts = stdout(&s.wkctl(&["logs", "hello", "--timestamps"]));
+    let (stamp, text) = ts.trim_end().split_once(' ').unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(stamp).is_ok(), "{ts}");
+    assert_eq!(text, "hello from wasm");
+    assert_eq!(stdout(&s.wkctl(&["logs", "hello", "--tail", "0"])), "");
+
+    wait_pod(&s, "crash", "a restart", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    assert_eq!(
+        stdout(&s.wkctl(&["logs", "crash", "--previous"])),
+        "hello from wasm\n"
+    );
+
+    wait_pod(&s, "live", "live runs", |p| phase(p) == "Running").await;
+    let mut follow = std::process::Command::new(crate::util::WKCTL)
+        .args(["logs", "-f", "live"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "still running");
+    // still attached: the stream only ends when the container stops
+    assert!(follow.try_wait().unwrap().is_none());
+    s.call(Method::DELETE, &format!("{PODS}/live"), None).await;
+    let status = follow.wait().unwrap();
+    assert!(
+        status.success(),
+        "logs -f ends cleanly when the container stops"
+    );
+
+    let out = s.wkctl(&["logs", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        crate::util::stderr(&out),
+        "Error from server (NotFound): pods \"nope\" not found\n"
+    );
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod("unbound", "", "file:///x.wasm", "Always")),
+    )
+    .await;
+    let out = s.wkctl(&["logs", "unbound"]);
+    assert!(
+        crate::util::stderr(&out).contains("does not have a host assigned"),
+        "{}",
+        crate::util::stderr(&out)
+    );
+    let out = s.wkctl(&["logs", "hello", "-c", "other"]);
+    assert!(crate::util::stderr(&out).contains("container other is not valid for pod hello"));
+}

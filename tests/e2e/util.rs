@@ -262,7 +262,14 @@ impl AgentProc {
                 ])
                 .arg("--data-dir")
                 .arg(self.dir.path().join("data"))
-                .args(["--backoff-base-ms", "200", "--heartbeat-ms", "500"])
+                .args([
+                    "--backoff-base-ms",
+                    "200",
+                    "--heartbeat-ms",
+                    "500",
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

@@ -1,0 +1,158 @@
+//! The agent's own HTTP API, reached only through the API server (as
+//! kube-apiserver reaches the kubelet): container logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
+
+use super::Agent;
+
+struct AgentApi {
+    agent: Arc<Agent>,
+    token: String,
+}
+
+/// Query parameters of a log request (those of `pods/log`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogParams {
+    pub container: Option<String>,
+    pub follow: Option<bool>,
+    pub previous: Option<bool>,
+    pub tail_lines: Option<usize>,
+    pub timestamps: Option<bool>,
+}
+
+/// The agent API router; every request needs `token`.
+pub fn router(agent: Arc<Agent>, token: String) -> Router {
+    Router::new()
+        .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
+        .with_state(Arc::new(AgentApi { agent, token }))
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    let reason = if code == StatusCode::NOT_FOUND {
+        "NotFound"
+    } else {
+        "BadRequest"
+    };
+    (code, axum::Json(serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}))).into_response()
+}
+
+fn format_line(line: &str, timestamps: bool) -> Option<String> {
+    let mut parts = line.splitn(4, ' ');
+    let (ts, _stream, _flag) = (parts.next()?, parts.next()?, parts.next()?);
+    let text = parts.next().unwrap_or_default();
+    Some(if timestamps {
+        format!("{ts} {text}\n")
+    } else {
+        format!("{text}\n")
+    })
+}
+
+async fn logs(
+    State(api): State<Arc<AgentApi>>,
+    headers: HeaderMap,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<LogParams>,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == api.token);
+    if !authorized {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    let Some(ctx) = api.agent.pod(&ns, &pod) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pod {ns}/{pod} is not running on node {}",
+                api.agent.config.node_name
+            ),
+        );
+    };
+    let (path, live) = match ctx.log_file(&container, q.previous.unwrap_or(false)) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let timestamps = q.timestamps.unwrap_or(false);
+    let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| format_line(l, timestamps))
+        .collect();
+    if let Some(n) = q.tail_lines {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let head: String = lines.concat();
+    if !(q.follow.unwrap_or(false) && live) {
+        return ([(header::CONTENT_TYPE, "text/plain")], head).into_response();
+    }
+    // Follow: stream what the container writes until it stops or the client goes.
+    let offset = text.len() as u64;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(head))).await.is_err() {
+            return;
+        }
+        let Ok(mut file) = tokio::fs::File::open(&path).await else {
+            return;
+        };
+        if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+            return;
+        }
+        let mut reader = tokio::io::BufReader::new(file);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line).await {
+                Ok(0) => {
+                    if !ctx.is_running(&container) {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = tx.closed() => return,
+                    }
+                }
+                Ok(_) if line.ends_with('\n') => {
+                    if let Some(out) = format_line(line.trim_end_matches('\n'), timestamps) {
+                        if tx.send(Ok(Bytes::from(out))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(_) => {
+                    // a partial line: wait for the rest
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let mut rest = String::new();
+                    let _ = reader.read_line(&mut rest).await;
+                    line.push_str(&rest);
+                    if let Some(out) = format_line(line.trim_end_matches('\n'), timestamps) {
+                        if tx.send(Ok(Bytes::from(out))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
