@@ -20,11 +20,9 @@ if [ ${#PACKAGES[@]} -gt 0 ]; then
   fi
 fi
 
-echo "==> Wasm example guests"
-for manifest in examples/*/Cargo.toml; do
-  [ -e "$manifest" ] || continue
-  cargo build --release --manifest-path "$manifest"
-done
+echo "==> Wasm example guests (from source)"
+cargo build --release --manifest-path examples/Cargo.toml --target wasm32-wasip1
+cargo build --release --manifest-path examples/Cargo.toml --target wasm32-wasip2
 
 echo "==> format and lints"
 cargo fmt --all -- --check

@@ -5,6 +5,7 @@ mod agent;
 mod api;
 mod cli;
 mod durability;
+mod examples;
 mod kube_client;
 mod util;
 mod watch;

@@ -1,0 +1,25 @@
+//! A long-running worker: appends a line to /data/work.log every interval
+//! (args: [count] [interval-ms]; count 0 runs forever).
+use std::io::Write;
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let count: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let interval: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let mut i = 0;
+    loop {
+        i += 1;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("/data/work.log")
+            .expect("open /data/work.log");
+        writeln!(f, "tick {i}").expect("write");
+        println!("wrote tick {i}");
+        if count != 0 && i >= count {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(interval));
+    }
+}
