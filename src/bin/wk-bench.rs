@@ -23,7 +23,15 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(about = "Benchmark the wasmkube store against etcd")]
+#[command(about = "wasmkube benchmarks")]
+enum Bench {
+    /// The store (create/update throughput, latency, watch delivery) against etcd.
+    Store(Args),
+    /// Wasm pods: apply → Running latency (cold and warm) and idle density.
+    Pods(pods::PodArgs),
+}
+
+#[derive(Parser)]
 struct Args {
     /// The wk binary to benchmark.
     #[arg(long, default_value = "target/release/wk")]
@@ -329,11 +337,12 @@ impl Drop for Proc {
     }
 }
 
-async fn start_wk(bin: &Path, dir: &Path) -> Result<(Proc, Target)> {
+async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Target)> {
     let child = Command::new(bin)
         .args(["server", "--data-dir"])
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .env("WK_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -445,6 +454,250 @@ async fn bench(target: &Target, args: &Args, rows: &mut Vec<String>) -> Result<(
     Ok(())
 }
 
+mod pods {
+    //! Wasm pod start latency and density, on the embedded node of one `wk server`.
+
+    use super::*;
+    use std::collections::HashMap;
+    use tokio::sync::oneshot;
+
+    #[derive(Parser)]
+    pub struct PodArgs {
+        /// The wk binary.
+        #[arg(long, default_value = "target/release/wk")]
+        wk: PathBuf,
+        /// A long-running, mostly idle guest (the worker example sleeping between ticks).
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip1/release/worker.wasm"
+        )]
+        module: PathBuf,
+        /// Pods per latency run.
+        #[arg(long, default_value_t = 200)]
+        pods: usize,
+        /// Idle pod counts for the density runs.
+        #[arg(long, default_value = "100,1000", value_delimiter = ',')]
+        density: Vec<usize>,
+    }
+
+    /// Append a custom section so each copy has its own digest (a cold compile).
+    fn unique(module: &[u8], i: usize) -> Vec<u8> {
+        let name = format!("wk-bench-{i}");
+        let mut payload = vec![name.len() as u8];
+        payload.extend_from_slice(name.as_bytes());
+        let mut out = module.to_vec();
+        out.push(0); // custom section id
+        out.push(payload.len() as u8);
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    fn rss_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    struct Cluster {
+        proc: Proc,
+        url: String,
+        token: String,
+        node: String,
+        http: reqwest::Client,
+        waiting: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<Instant>>>>,
+    }
+
+    impl Cluster {
+        async fn start(bin: &Path, dir: &Path) -> Result<Self> {
+            let (proc, target) = start_wk(bin, dir, &["--heartbeat-ms", "10000"]).await?;
+            let Target::Wk { url, token } = target else {
+                unreachable!()
+            };
+            let http = reqwest::Client::new();
+            let node = loop {
+                let l: Value = http
+                    .get(format!("{url}/api/v1/nodes"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                if let Some(n) = l["items"][0]["metadata"]["name"].as_str() {
+                    break n.to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let waiting: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<Instant>>>> =
+                Arc::default();
+            // one watch tells every waiter when its pod is Running
+            let list: Value = http
+                .get(format!("{url}/api/v1/pods"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let rv = list["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("0")
+                .to_string();
+            let resp = http
+                .get(format!("{url}/api/v1/pods?watch=true&resourceVersion={rv}"))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            let w = waiting.clone();
+            tokio::spawn(async move {
+                let mut stream = resp.bytes_stream();
+                let mut buf = Vec::new();
+                while let Some(Ok(chunk)) = stream.next().await {
+                    buf.extend_from_slice(&chunk);
+                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
+                            continue;
+                        };
+                        let o = &ev["object"];
+                        if o["status"]["phase"] == "Running"
+                            && o["status"]["containerStatuses"][0]["state"]["running"].is_object()
+                        {
+                            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                            if let Some(tx) = w.lock().unwrap().remove(name) {
+                                let _ = tx.send(Instant::now());
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(Self {
+                proc,
+                url,
+                token,
+                node,
+                http,
+                waiting,
+            })
+        }
+
+        /// Create a pod running `image` and wait until it is Running; returns the latency.
+        async fn run_pod(&self, name: &str, image: &Path) -> Result<Duration> {
+            let (tx, rx) = oneshot::channel();
+            self.waiting.lock().unwrap().insert(name.to_string(), tx);
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"nodeName": self.node, "volumes": [{"name": "data", "emptyDir": {}}],
+                    "containers": [{"name": "w", "image": format!("file://{}", image.display()), "args": ["0", "3600000"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}});
+            let start = Instant::now();
+            let r = self
+                .http
+                .post(format!("{}/api/v1/namespaces/default/pods", self.url))
+                .bearer_auth(&self.token)
+                .json(&pod)
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("creating {name}: {}", r.text().await.unwrap_or_default());
+            }
+            let at = tokio::time::timeout(Duration::from_secs(60), rx)
+                .await
+                .context("pod did not start")??;
+            Ok(at - start)
+        }
+    }
+
+    fn row(label: &str, h: &Histogram<u64>) -> String {
+        format!(
+            "| {label} | {} | {} | {} | {} |",
+            h.len(),
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.max())
+        )
+    }
+
+    pub async fn run(args: PodArgs) -> Result<()> {
+        let module = std::fs::read(&args.module).with_context(|| {
+            format!(
+                "reading {} (build the examples first)",
+                args.module.display()
+            )
+        })?;
+        let tmp = tempfile_dir()?;
+        let images = tmp.join("images");
+        std::fs::create_dir_all(&images)?;
+        let mut out = Vec::new();
+
+        // Latency: cold (a distinct module per pod: load + compile) and warm (one module, cached).
+        let c = Cluster::start(&args.wk, &tmp.join("lat")).await?;
+        let (mut cold, mut warm) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+        let warm_image = images.join("warm.wasm");
+        std::fs::write(&warm_image, &module)?;
+        for i in 0..args.pods {
+            let img = images.join(format!("cold-{i}.wasm"));
+            std::fs::write(&img, unique(&module, i))?;
+            cold.record(c.run_pod(&format!("cold-{i}"), &img).await?.as_micros() as u64)?;
+        }
+        for i in 0..args.pods {
+            warm.record(
+                c.run_pod(&format!("warm-{i}"), &warm_image)
+                    .await?
+                    .as_micros() as u64,
+            )?;
+        }
+        out.push(row(
+            "apply → Running, cold (new module: load + compile)",
+            &cold,
+        ));
+        out.push(row("apply → Running, warm (compiled module cached)", &warm));
+        drop(c);
+
+        // Density: idle pods on one node, RSS of the whole wk server process.
+        let mut density = Vec::new();
+        for &n in &args.density {
+            let c = Cluster::start(&args.wk, &tmp.join(format!("density-{n}"))).await?;
+            c.run_pod("warmup", &warm_image).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = rss_kib(c.proc.0.id());
+            for i in 0..n {
+                c.run_pod(&format!("idle-{i}"), &warm_image).await?;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = rss_kib(c.proc.0.id());
+            density.push(format!(
+                "| {n} | {:.1} | {:.1} | {:.1} |",
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                (after.saturating_sub(before)) as f64 / n as f64
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        println!("Machine: {}", machine());
+        println!(
+            "Module: {} ({} bytes), {} pods per latency run\n",
+            args.module.display(),
+            module.len(),
+            args.pods
+        );
+        println!("| measurement | pods | p50 ms | p99 ms | max ms |");
+        println!("|---|---|---|---|---|");
+        for r in out {
+            println!("{r}");
+        }
+        println!("\n| idle pods | RSS before MiB | RSS after MiB | KiB per pod |");
+        println!("|---|---|---|---|");
+        for r in density {
+            println!("{r}");
+        }
+        Ok(())
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -480,11 +733,17 @@ fn machine() -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    match Bench::parse() {
+        Bench::Store(args) => store_main(args).await,
+        Bench::Pods(args) => pods::run(args).await,
+    }
+}
+
+async fn store_main(args: Args) -> Result<()> {
     let tmp = tempfile_dir()?;
     let mut rows = Vec::new();
     {
-        let (_p, target) = start_wk(&args.wk, &tmp.join("wk")).await?;
+        let (_p, target) = start_wk(&args.wk, &tmp.join("wk"), &["--disable-agent"]).await?;
         bench(&target, &args, &mut rows).await?;
     }
     if args.etcd != "none" {
