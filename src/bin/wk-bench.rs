@@ -6,7 +6,8 @@
 //! watchers. Both fsync every commit. Prints a Markdown report.
 //!
 //! ```text
-//! cargo build --release && target/release/wk-bench --wk target/release/wk
+//! cargo build --release && target/release/wk-bench store --wk target/release/wk
+//! target/release/wk-bench pods --wk target/release/wk   # after building the examples
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -143,3 +143,60 @@ async fn the_memory_hog_is_oomkilled_and_the_crashlooper_backs_off() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn pods_keep_running_while_the_control_plane_is_down_and_the_agent_resyncs() {
+    let port = crate::util::free_port();
+    let mut s = Server::builder()
+        .arg("--disable-agent")
+        .arg("--listen")
+        .arg(&format!("127.0.0.1:{port}"))
+        .start()
+        .await;
+    let _agent = crate::util::AgentProc::start(&s, "edge-1");
+    node(&s).await;
+    let host = tempfile::tempdir().unwrap();
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ticker"}, "spec": {
+        "nodeName": "edge-1",
+        "volumes": [{"name": "data", "hostPath": {"path": host.path()}}],
+        "containers": [{"name": "w", "image": format!("file://{}/wasm32-wasip1/release/worker.wasm", examples_dir().display()),
+            "args": ["0", "50"], "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}});
+    s.call(Method::POST, PODS, Some(pod)).await;
+    wait_phase(&s, "ticker", "Running").await;
+    let ticks = || {
+        std::fs::read_to_string(host.path().join("work.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+
+    s.kill9();
+    let at_kill = ticks();
+    eventually(
+        20,
+        "the pod keeps working without the control plane",
+        || async { (ticks() > at_kill + 10).then_some(()) },
+    )
+    .await;
+
+    s.restart().await;
+    assert!(
+        s.url.ends_with(&format!(":{port}")),
+        "same address after restart"
+    );
+    // the agent reconnects: it still reports the pod, and acts on a deletion
+    let p = wait_phase(&s, "ticker", "Running").await;
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["restartCount"], 0,
+        "the pod was never restarted"
+    );
+    s.call(Method::DELETE, &format!("{PODS}/ticker"), None)
+        .await;
+    eventually(30, "the agent removes the deleted pod", || async {
+        (s.call(Method::GET, &format!("{PODS}/ticker"), None).await.0 == 404).then_some(())
+    })
+    .await;
+    let stopped_at = ticks();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(ticks(), stopped_at, "the guest stopped with its pod");
+}

@@ -83,10 +83,15 @@ impl Server {
             .append(true)
             .open(self.dir.join("server.log"))
             .unwrap();
+        let listen: &[&str] = if self.args.iter().any(|a| a == "--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let child = Command::new(WK)
             .args(["server", "--data-dir"])
             .arg(&self.dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .args(&self.args)
             .env("WK_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
@@ -313,6 +318,15 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A ConfigMap manifest.
