@@ -7,9 +7,8 @@ cd "$(dirname "$0")/.."
 echo "==> toolchain targets for Wasm guests"
 rustup target add wasm32-wasip1 wasm32-wasip2
 
-# Debian packages the tests use (none yet for the control plane; the agent
-# and OCI issues add runc and docker-registry here).
-PACKAGES=()
+# Debian packages the tests use: a real OCI registry for image pulls.
+PACKAGES=(docker-registry)
 if [ ${#PACKAGES[@]} -gt 0 ]; then
   echo "==> apt packages: ${PACKAGES[*]}"
   missing=()

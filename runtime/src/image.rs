@@ -1,7 +1,15 @@
-//! Image references and loading module bytes for them.
+//! Images: node-local `file://` modules for development, and Wasm artifacts
+//! in OCI registries (the CNCF layout: an `application/wasm` layer), pulled
+//! with oci-client into a content-addressed store under the agent's data
+//! directory, honouring `imagePullPolicy` and basic-auth pull secrets.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
 use sha2::{Digest, Sha256};
 
 use crate::RuntimeError;
@@ -24,6 +32,32 @@ impl ImageRef {
     }
 }
 
+/// `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "Always" => PullPolicy::Always,
+            "Never" => PullPolicy::Never,
+            _ => PullPolicy::IfNotPresent,
+        }
+    }
+}
+
+/// Basic-auth credentials for a registry (from an `imagePullSecret`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
 /// Module bytes with their content digest.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -38,7 +72,7 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 /// Load a node-local image.
-pub async fn load_file(image: &str, path: &PathBuf) -> Result<Loaded, RuntimeError> {
+pub async fn load_file(image: &str, path: &Path) -> Result<Loaded, RuntimeError> {
     if !path.is_absolute() {
         return Err(RuntimeError::Pull {
             image: image.into(),
@@ -55,4 +89,176 @@ pub async fn load_file(image: &str, path: &PathBuf) -> Result<Loaded, RuntimeErr
         digest: digest(&bytes),
         bytes,
     })
+}
+
+/// Layer media types accepted as a Wasm module or component.
+pub const WASM_MEDIA_TYPES: &[&str] = &[
+    "application/wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+];
+
+/// Pulled images, stored by digest, with an index from reference to digest.
+pub struct ImageStore {
+    dir: PathBuf,
+    index: Mutex<HashMap<String, String>>,
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
+impl ImageStore {
+    /// A store under `dir` (blobs in `dir/blobs`, the index in `dir/index.json`).
+    pub fn new(dir: PathBuf) -> Self {
+        let index = std::fs::read(dir.join("index.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            dir,
+            index: Mutex::new(index),
+        }
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir.join("blobs").join(digest.replace(':', "-"))
+    }
+
+    fn cached(&self, reference: &str) -> Option<(String, PathBuf)> {
+        let digest = self
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(reference)
+            .cloned()?;
+        let path = self.blob_path(&digest);
+        path.exists().then_some((digest, path))
+    }
+
+    /// Bytes of `image`, pulled according to `policy`.
+    pub async fn get(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        credentials: Option<&Credentials>,
+    ) -> Result<Loaded, RuntimeError> {
+        let fail = |reason: String| RuntimeError::Pull {
+            image: image.into(),
+            reason,
+        };
+        let reference: Reference = image
+            .parse()
+            .map_err(|e| fail(format!("invalid image reference: {e}")))?;
+        let key = reference.whole();
+        if policy != PullPolicy::Always {
+            if let Some((digest, path)) = self.cached(&key) {
+                let bytes = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| fail(format!("reading cached {}: {e}", path.display())))?;
+                return Ok(Loaded { bytes, digest });
+            }
+        }
+        if policy == PullPolicy::Never {
+            return Err(RuntimeError::NeverPull {
+                image: image.into(),
+            });
+        }
+        let auth = match credentials {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        // A client per pull: oci-client remembers the first credentials it
+        // used for a registry, and each pod brings its own pull secrets.
+        let protocol = if is_loopback(reference.resolve_registry()) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let client = oci_client::Client::new(ClientConfig {
+            protocol,
+            ..Default::default()
+        });
+        let data = client
+            .pull(&reference, &auth, WASM_MEDIA_TYPES.to_vec())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let layer = data
+            .layers
+            .into_iter()
+            .find(|l| WASM_MEDIA_TYPES.contains(&l.media_type.as_str()))
+            .ok_or_else(|| fail("the image has no application/wasm layer".into()))?;
+        let bytes = layer.data.to_vec();
+        let digest = digest(&bytes);
+        let path = self.blob_path(&digest);
+        let write = async {
+            tokio::fs::create_dir_all(self.dir.join("blobs")).await?;
+            let tmp = path.with_extension("tmp");
+            tokio::fs::write(&tmp, &bytes).await?;
+            tokio::fs::rename(&tmp, &path).await?;
+            let index = {
+                let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+                index.insert(key.clone(), digest.clone());
+                serde_json::to_vec(&*index).unwrap_or_default()
+            };
+            let tmp = self.dir.join("index.json.tmp");
+            tokio::fs::write(&tmp, index).await?;
+            tokio::fs::rename(&tmp, self.dir.join("index.json")).await
+        };
+        write
+            .await
+            .map_err(|e| fail(format!("storing the image: {e}")))?;
+        Ok(Loaded { bytes, digest })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_and_policies_parse() {
+        assert_eq!(
+            ImageRef::parse("file:///a/b.wasm"),
+            ImageRef::File("/a/b.wasm".into())
+        );
+        assert_eq!(
+            ImageRef::parse("ghcr.io/x/y:1"),
+            ImageRef::Registry("ghcr.io/x/y:1".into())
+        );
+        assert_eq!(PullPolicy::parse("Always"), PullPolicy::Always);
+        assert_eq!(PullPolicy::parse("Never"), PullPolicy::Never);
+        assert_eq!(PullPolicy::parse("IfNotPresent"), PullPolicy::IfNotPresent);
+        assert!(
+            is_loopback("127.0.0.1:5000")
+                && is_loopback("localhost:5000")
+                && !is_loopback("ghcr.io")
+        );
+    }
+
+    #[tokio::test]
+    async fn never_pulls_fail_without_a_cached_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path().to_path_buf());
+        match store
+            .get("127.0.0.1:1/x/y:1", PullPolicy::Never, None)
+            .await
+        {
+            Err(RuntimeError::NeverPull { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            store
+                .get("127.0.0.1:1/x/y:1", PullPolicy::IfNotPresent, None)
+                .await,
+            Err(RuntimeError::Pull { .. })
+        ));
+        assert!(matches!(
+            store
+                .get("Not A Reference!", PullPolicy::Always, None)
+                .await,
+            Err(RuntimeError::Pull { .. })
+        ));
+    }
 }

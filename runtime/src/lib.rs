@@ -56,6 +56,17 @@ pub struct ContainerSpec {
     pub cpu_millis: Option<u64>,
     /// Where stdout and stderr go.
     pub log_path: PathBuf,
+    /// `imagePullPolicy`.
+    pub pull_policy: image::PullPolicy,
+    /// Registry credentials from the pod's `imagePullSecrets`.
+    pub pull_credentials: Option<image::Credentials>,
+}
+
+/// What `create` prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The image's content digest (`imageID`).
+    pub image_id: String,
 }
 
 /// Why a container ended.
@@ -85,6 +96,9 @@ pub enum RuntimeError {
     #[error("failed to pull image {image:?}: {reason}")]
     Pull { image: String, reason: String },
     /// The module is not valid Wasm or does not fit (kubelet: CreateContainerError).
+    /// `imagePullPolicy: Never` and the image is not on the node (kubelet: ErrImageNeverPull).
+    #[error("container image {image:?} is not present with pull policy of Never")]
+    NeverPull { image: String },
     #[error("failed to create container {id}: {reason}")]
     Create { id: ContainerId, reason: String },
     #[error("failed to start container {id}: {reason}")]
@@ -107,7 +121,7 @@ pub trait ContainerRuntime: Send + Sync {
     /// Whether this runtime runs `spec`'s image.
     fn supports(&self, image: &str) -> bool;
     /// Fetch and prepare the image (compile, cache) and the container.
-    async fn create(&self, spec: ContainerSpec) -> Result<(), RuntimeError>;
+    async fn create(&self, spec: ContainerSpec) -> Result<Created, RuntimeError>;
     /// Start a created container.
     async fn start(&self, id: &ContainerId) -> Result<(), RuntimeError>;
     /// Ask the container to stop, and force it after `grace`.

@@ -90,6 +90,7 @@ impl Agent {
     pub fn new(config: AgentConfig, client: Client) -> Result<Arc<Self>, AgentError> {
         let wasm = WasmRuntime::new(WasmConfig {
             cache_dir: config.data_dir.join("cache"),
+            image_dir: config.data_dir.join("images"),
             pooling_instances: Some(config.max_pods),
         })?;
         let recorder = Recorder::new(client.clone(), format!("agent/{}", config.node_name));

@@ -356,12 +356,16 @@ impl PodCtx {
                             Err(RuntimeError::Pull { reason, .. }) => {
                                 Some(("ErrImagePull", reason, "ImagePullBackOff"))
                             }
+                            Err(e @ RuntimeError::NeverPull { .. }) => {
+                                Some(("ErrImageNeverPull", e.to_string(), "ErrImageNeverPull"))
+                            }
                             Err(e) => Some((
                                 "CreateContainerError",
                                 e.to_string(),
                                 "CreateContainerError",
                             )),
-                            Ok(()) => {
+                            Ok(created) => {
+                                self.update(kind, idx, |c| c.image_id = created.image_id.clone());
                                 self.event(
                                     "Normal",
                                     "Pulled",

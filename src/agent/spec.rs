@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use serde_json::Value;
+use wasmkube_runtime::image::{Credentials, PullPolicy};
 use wasmkube_runtime::{ContainerId, ContainerSpec, Mount};
 
 use crate::api::quantity;
@@ -131,6 +132,61 @@ fn env_var(
             .ok_or_else(|| ConfigError(format!("{at}: unsupported fieldPath {path:?}")));
     }
     Ok(Some(String::new()))
+}
+
+/// The registry host of an image reference (`docker.io` when it has none).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}
+
+/// Basic-auth credentials for `image`'s registry from the pod's
+/// `imagePullSecrets` (`kubernetes.io/dockerconfigjson` Secrets).
+pub fn pull_credentials(pod: &Value, image: &str, lookup: &dyn Lookup) -> Option<Credentials> {
+    let registry = registry_of(image);
+    for s in pod
+        .pointer("/spec/imagePullSecrets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let data = lookup.secret(s["name"].as_str().unwrap_or_default())?;
+        let config: Value = serde_json::from_str(data.get(".dockerconfigjson")?).ok()?;
+        let auths = config["auths"].as_object()?;
+        let entry = auths.iter().find(|(k, _)| {
+            let host = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            host == registry
+        });
+        if let Some((_, e)) = entry {
+            if let (Some(u), Some(p)) = (e["username"].as_str(), e["password"].as_str()) {
+                return Some(Credentials {
+                    username: u.into(),
+                    password: p.into(),
+                });
+            }
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(e["auth"].as_str()?)
+                .ok()?;
+            let (u, p) = String::from_utf8(decoded)
+                .ok()?
+                .split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))?;
+            return Some(Credentials {
+                username: u,
+                password: p,
+            });
+        }
+    }
+    None
 }
 
 /// Where the agent keeps a pod's files.
@@ -258,9 +314,16 @@ pub fn container_spec(
         .map(quantity::millicores)
         .transpose()
         .map_err(|e| ConfigError(format!("resources.limits.cpu: {e}")))?;
+    let image = container["image"].as_str().unwrap_or_default().to_string();
     Ok(ContainerSpec {
+        pull_policy: PullPolicy::parse(
+            container["imagePullPolicy"]
+                .as_str()
+                .unwrap_or("IfNotPresent"),
+        ),
+        pull_credentials: pull_credentials(pod, &image, lookup),
         id: ContainerId(format!("{uid}/{name}/{restart}")),
-        image: container["image"].as_str().unwrap_or_default().to_string(),
+        image,
         args: argv,
         env,
         working_dir: container["workingDir"].as_str().map(String::from),
@@ -336,6 +399,48 @@ mod tests {
         assert_eq!(spec.memory_limit, Some(64 * 1024 * 1024));
         assert_eq!(spec.cpu_millis, Some(250));
         assert_eq!(spec.id.0, "u1/app/2");
+    }
+
+    #[test]
+    fn pull_secrets_give_credentials_for_the_images_registry() {
+        struct Secrets;
+        impl Lookup for Secrets {
+            fn configmap(&self, _: &str) -> Option<BTreeMap<String, String>> {
+                None
+            }
+            fn secret(&self, name: &str) -> Option<BTreeMap<String, String>> {
+                let cfg = match name {
+                    "plain" => {
+                        r#"{"auths": {"127.0.0.1:5000": {"username": "u", "password": "p"}}}"#
+                            .to_string()
+                    }
+                    "encoded" => format!(
+                        r#"{{"auths": {{"https://reg.example.com": {{"auth": "{}"}}}}}}"#,
+                        base64::engine::general_purpose::STANDARD.encode("me:secret")
+                    ),
+                    _ => return None,
+                };
+                Some([(".dockerconfigjson".to_string(), cfg)].into())
+            }
+        }
+        let pod = json!({"spec": {"imagePullSecrets": [{"name": "plain"}, {"name": "encoded"}]}});
+        assert_eq!(
+            pull_credentials(&pod, "127.0.0.1:5000/a/b:1", &Secrets),
+            Some(Credentials {
+                username: "u".into(),
+                password: "p".into()
+            })
+        );
+        assert_eq!(
+            pull_credentials(&pod, "reg.example.com/a:1", &Secrets),
+            Some(Credentials {
+                username: "me".into(),
+                password: "secret".into()
+            })
+        );
+        assert_eq!(pull_credentials(&pod, "other.io/a:1", &Secrets), None);
+        assert_eq!(registry_of("nginx"), "docker.io");
+        assert_eq!(registry_of("localhost:5000/x"), "localhost:5000");
     }
 
     #[test]

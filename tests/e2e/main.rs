@@ -7,5 +7,6 @@ mod cli;
 mod durability;
 mod examples;
 mod kube_client;
+mod registry;
 mod util;
 mod watch;

@@ -35,7 +35,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::image::{self, ImageRef};
 use crate::logs::{self, LogSink, Stream};
-use crate::{ContainerId, ContainerRuntime, ContainerSpec, ContainerState, Exit, RuntimeError};
+use crate::{
+    ContainerId, ContainerRuntime, ContainerSpec, ContainerState, Created, Exit, RuntimeError,
+};
 
 use limits::{CpuThrottle, MemoryLimiter};
 
@@ -52,6 +54,8 @@ pub const KILLED_EXIT_CODE: i32 = 137;
 pub struct WasmConfig {
     /// Where compiled artifacts are cached.
     pub cache_dir: PathBuf,
+    /// Where pulled images are stored.
+    pub image_dir: PathBuf,
     /// Instance slots of the pooling allocator (`None`: on-demand allocation).
     pub pooling_instances: Option<u32>,
 }
@@ -91,6 +95,8 @@ struct Inner {
     compiled: Mutex<HashMap<String, Compiled>>,
     containers: Mutex<HashMap<ContainerId, Arc<Container>>>,
     ticker_stop: Arc<AtomicBool>,
+    /// Pulled registry images.
+    images: crate::image::ImageStore,
     /// How images were prepared: compiled now, or loaded from the disk cache.
     stats: CompileStats,
 }
@@ -186,6 +192,7 @@ impl WasmRuntime {
                 compiled: Mutex::default(),
                 containers: Mutex::default(),
                 ticker_stop,
+                images: crate::image::ImageStore::new(config.image_dir),
                 stats: CompileStats::default(),
             }),
         })
@@ -476,16 +483,17 @@ impl ContainerRuntime for WasmRuntime {
         !image.is_empty()
     }
 
-    async fn create(&self, spec: ContainerSpec) -> Result<(), RuntimeError> {
+    async fn create(&self, spec: ContainerSpec) -> Result<Created, RuntimeError> {
         let loaded = match ImageRef::parse(&spec.image) {
             ImageRef::File(path) => image::load_file(&spec.image, &path).await?,
             ImageRef::Registry(r) => {
-                return Err(RuntimeError::Pull {
-                    image: spec.image.clone(),
-                    reason: format!("registry images are not supported yet: {r}"),
-                })
+                self.inner
+                    .images
+                    .get(&r, spec.pull_policy, spec.pull_credentials.as_ref())
+                    .await?
             }
         };
+        let image_id = loaded.digest.clone();
         let compiled = self
             .compile(loaded.bytes, &loaded.digest)
             .await
@@ -501,7 +509,7 @@ impl ContainerRuntime for WasmRuntime {
             stop: Arc::new(AtomicBool::new(false)),
         });
         lock(&self.inner.containers).insert(spec.id, container);
-        Ok(())
+        Ok(Created { image_id })
     }
 
     async fn start(&self, id: &ContainerId) -> Result<(), RuntimeError> {

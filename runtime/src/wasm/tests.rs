@@ -61,6 +61,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let rt = WasmRuntime::new(WasmConfig {
             cache_dir: dir.path().join("cache"),
+            image_dir: dir.path().join("images"),
             pooling_instances: Some(16),
         })
         .unwrap();
@@ -81,6 +82,8 @@ impl Fixture {
             memory_limit: None,
             cpu_millis: None,
             log_path: self.dir.path().join(format!("{name}.log")),
+            pull_policy: Default::default(),
+            pull_credentials: None,
         }
     }
 
@@ -190,6 +193,7 @@ async fn compiled_artifacts_are_reused_from_memory_and_disk() {
     // a new engine (a restarted agent) finds it on disk
     let rt2 = WasmRuntime::new(WasmConfig {
         cache_dir: f.dir.path().join("cache"),
+        image_dir: f.dir.path().join("images"),
         pooling_instances: None,
     })
     .unwrap();
@@ -228,6 +232,13 @@ async fn an_invalid_module_is_a_create_error_with_wasmtimes_reason() {
     assert!(matches!(
         f.rt.create(spec).await,
         Err(RuntimeError::Pull { .. })
+    ));
+    let mut spec = f.spec("nopull", TRAP);
+    spec.image = "127.0.0.1:1/demo/absent:v1".into();
+    spec.pull_policy = crate::image::PullPolicy::Never;
+    assert!(matches!(
+        f.rt.create(spec).await,
+        Err(RuntimeError::NeverPull { .. })
     ));
 }
 
