@@ -98,32 +98,28 @@ fn env_var(
     let Some(from) = e.get("valueFrom") else {
         return Ok(Some(String::new()));
     };
-    let optional = |r: &Value| r["optional"].as_bool().unwrap_or(false);
-    if let Some(r) = from.get("configMapKeyRef") {
-        let (name, key) = (
-            r["name"].as_str().unwrap_or_default(),
-            r["key"].as_str().unwrap_or_default(),
-        );
-        return match lookup.configmap(name).and_then(|d| d.get(key).cloned()) {
-            Some(v) => Ok(Some(v)),
-            None if optional(r) => Ok(None),
-            None => Err(ConfigError(format!(
-                "{at}: couldn't find key {key} in ConfigMap {name}"
-            ))),
-        };
-    }
-    if let Some(r) = from.get("secretKeyRef") {
-        let (name, key) = (
-            r["name"].as_str().unwrap_or_default(),
-            r["key"].as_str().unwrap_or_default(),
-        );
-        return match lookup.secret(name).and_then(|d| d.get(key).cloned()) {
-            Some(v) => Ok(Some(v)),
-            None if optional(r) => Ok(None),
-            None => Err(ConfigError(format!(
-                "{at}: couldn't find key {key} in Secret {name}"
-            ))),
-        };
+    for (field, what, secret) in [
+        ("configMapKeyRef", "ConfigMap", false),
+        ("secretKeyRef", "Secret", true),
+    ] {
+        if let Some(r) = from.get(field) {
+            let (name, key) = (
+                r["name"].as_str().unwrap_or_default(),
+                r["key"].as_str().unwrap_or_default(),
+            );
+            let data = if secret {
+                lookup.secret(name)
+            } else {
+                lookup.configmap(name)
+            };
+            return match data.and_then(|d| d.get(key).cloned()) {
+                Some(v) => Ok(Some(v)),
+                None if r["optional"].as_bool().unwrap_or(false) => Ok(None),
+                None => Err(ConfigError(format!(
+                    "{at}: couldn't find key {key} in {what} {name}"
+                ))),
+            };
+        }
     }
     if let Some(r) = from.get("fieldRef") {
         let path = r["fieldPath"].as_str().unwrap_or_default();

@@ -42,17 +42,6 @@ fn pod(name: &str, node: &str, image: &str, restart: &str) -> Value {
         "spec": {"nodeName": node, "restartPolicy": restart, "containers": [{"name": "main", "image": image}]}})
 }
 
-async fn node_name(s: &Server) -> String {
-    eventually(30, "the embedded node registers", || async {
-        let (_, nodes) = s.call(Method::GET, "/api/v1/nodes", None).await;
-        nodes["items"]
-            .as_array()
-            .and_then(|a| a.first())
-            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
-    })
-    .await
-}
-
 async fn wait_pod(s: &Server, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     eventually(60, what, || async {
         let (code, p) = s.call(Method::GET, &format!("{PODS}/{name}"), None).await;
@@ -97,7 +86,7 @@ async fn the_embedded_node_registers_and_runs_a_pod_to_completion() {
         .arg("500")
         .start()
         .await;
-    let node = node_name(&s).await;
+    let node = s.node_name().await;
     let (_, n) = s
         .call(Method::GET, &format!("/api/v1/nodes/{node}"), None)
         .await;
@@ -179,7 +168,7 @@ async fn exit_codes_traps_and_memory_limits_reach_the_pod_status() {
         .arg("200")
         .start()
         .await;
-    let node = node_name(&s).await;
+    let node = s.node_name().await;
     s.call(
         Method::POST,
         PODS,
@@ -229,7 +218,7 @@ async fn a_crashing_container_restarts_with_back_off() {
         .arg("200")
         .start()
         .await;
-    let node = node_name(&s).await;
+    let node = s.node_name().await;
     s.call(
         Method::POST,
         PODS,
@@ -277,7 +266,7 @@ async fn a_crashing_container_restarts_with_back_off() {
 #[tokio::test]
 async fn deleting_a_running_pod_stops_it_and_removes_the_object() {
     let s = Server::start().await;
-    let node = node_name(&s).await;
+    let node = s.node_name().await;
     s.call(
         Method::POST,
         PODS,
@@ -329,7 +318,7 @@ async fn bad_images_report_pull_and_create_errors_with_events() {
         .arg("200")
         .start()
         .await;
-    let node = node_name(&s).await;
+    let node = s.node_name().await;
     s.call(
         Method::POST,
         PODS,
@@ -470,7 +459,7 @@ async fn wkctl_logs_reads_current_previous_and_followed_output_through_the_api()
         .arg("200")
         .start()
         .await;
-    let node = node_name(&s).await;
+    let node = s.node_name().await;
     s.call(
         Method::POST,
         PODS,

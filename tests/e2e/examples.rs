@@ -22,17 +22,6 @@ fn examples_dir() -> std::path::PathBuf {
     dir
 }
 
-async fn node(s: &Server) -> String {
-    eventually(30, "the node", || async {
-        let (_, l) = s.call(Method::GET, "/api/v1/nodes", None).await;
-        l["items"]
-            .as_array()
-            .and_then(|a| a.first())
-            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
-    })
-    .await
-}
-
 /// Apply `examples/manifests/NAME.yaml` with its placeholders filled in.
 async fn apply(s: &Server, name: &str) {
     let text = std::fs::read_to_string(
@@ -42,7 +31,7 @@ async fn apply(s: &Server, name: &str) {
     .unwrap();
     let text = text
         .replace("/WASMKUBE_EXAMPLES", &examples_dir().display().to_string())
-        .replace("WASMKUBE_NODE", &node(s).await);
+        .replace("WASMKUBE_NODE", &s.node_name().await);
     let out = s.wkctl_stdin(&["apply", "-f", "-"], Some(&text));
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -61,7 +50,7 @@ async fn hello_runs_as_a_preview1_module_and_as_a_preview2_component() {
     apply(&s, "hello").await;
     wait_phase(&s, "hello-p1", "Succeeded").await;
     wait_phase(&s, "hello-p2", "Succeeded").await;
-    let node = node(&s).await;
+    let node = s.node_name().await;
     assert_eq!(
         stdout(&s.wkctl(&["logs", "hello-p1"])),
         format!("Hello from wasmkube! args=[\"one\", \"two\"]\nPOD_NAME=hello-p1\nNODE_NAME={node}\nGREETING=hi\n")
@@ -154,7 +143,7 @@ async fn pods_keep_running_while_the_control_plane_is_down_and_the_agent_resyncs
         .start()
         .await;
     let _agent = crate::util::AgentProc::start(&s, "edge-1");
-    node(&s).await;
+    s.node_name().await;
     let host = tempfile::tempdir().unwrap();
     let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ticker"}, "spec": {
         "nodeName": "edge-1",

@@ -91,17 +91,6 @@ fn hello() -> Vec<u8> {
     .expect("examples are built by tests/run.sh")
 }
 
-async fn node(s: &Server) -> String {
-    eventually(30, "the node", || async {
-        let (_, l) = s.call(Method::GET, "/api/v1/nodes", None).await;
-        l["items"]
-            .as_array()
-            .and_then(|a| a.first())
-            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
-    })
-    .await
-}
-
 fn pod(name: &str, node: &str, image: &str, policy: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {"nodeName": node, "restartPolicy": "Never", "containers": [{"name": "main", "image": image, "imagePullPolicy": policy}]}})
@@ -139,7 +128,7 @@ async fn wasm_images_are_pulled_from_a_registry_honouring_pull_policy() {
         .arg("200")
         .start()
         .await;
-    let node = node(&s).await;
+    let node = s.node_name().await;
 
     // Never, before anything was pulled: not on the node
     s.call(
@@ -203,7 +192,7 @@ async fn missing_tags_back_off_and_pull_secrets_authenticate() {
         .arg("200")
         .start()
         .await;
-    let node = node(&s).await;
+    let node = s.node_name().await;
 
     s.call(
         Method::POST,

@@ -201,6 +201,19 @@ impl Server {
         )
     }
 
+    /// The name of the first registered node (waiting for one to register).
+    pub async fn node_name(&self) -> String {
+        eventually(30, "a node registers", || async {
+            let (_, nodes) = self.call(Method::GET, "/api/v1/nodes", None).await;
+            nodes["items"]
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(|n| n["metadata"]["name"].as_str())
+                .map(String::from)
+        })
+        .await
+    }
+
     /// Run the real wkctl against this server.
     pub fn wkctl(&self, args: &[&str]) -> Output {
         self.wkctl_stdin(args, None)
