@@ -42,14 +42,6 @@ fn pod(name: &str, node: &str, image: &str, restart: &str) -> Value {
         "spec": {"nodeName": node, "restartPolicy": restart, "containers": [{"name": "main", "image": image}]}})
 }
 
-async fn wait_pod(s: &Server, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    eventually(60, what, || async {
-        let (code, p) = s.call(Method::GET, &format!("{PODS}/{name}"), None).await;
-        (code == 200 && pred(&p)).then_some(p)
-    })
-    .await
-}
-
 async fn events_for(s: &Server, name: &str) -> Vec<(String, String)> {
     let (_, l) = s
         .call(
@@ -115,7 +107,9 @@ async fn the_embedded_node_registers_and_runs_a_pod_to_completion() {
     let img = image(&s, "hello", &print_and_exit(0));
     s.call(Method::POST, PODS, Some(pod("hello", &node, &img, "Never")))
         .await;
-    let p = wait_pod(&s, "hello", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let p = s
+        .wait_pod("hello", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
     let cs = &p["status"]["containerStatuses"][0];
     assert_eq!(cs["state"]["terminated"]["exitCode"], 0);
     assert_eq!(cs["state"]["terminated"]["reason"], "Completed");
@@ -190,20 +184,26 @@ async fn exit_codes_traps_and_memory_limits_reach_the_pod_status() {
     hog["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "4Mi"}});
     s.call(Method::POST, PODS, Some(hog)).await;
 
-    let p = wait_pod(&s, "exit3", "exit3 fails", |p| phase(p) == "Failed").await;
+    let p = s
+        .wait_pod("exit3", "exit3 fails", |p| phase(p) == "Failed")
+        .await;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!(
         (t["exitCode"].as_i64(), t["reason"].as_str()),
         (Some(3), Some("Error"))
     );
-    let p = wait_pod(&s, "trap", "trap fails", |p| phase(p) == "Failed").await;
+    let p = s
+        .wait_pod("trap", "trap fails", |p| phase(p) == "Failed")
+        .await;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!(t["reason"], "Error");
     assert!(
         t["message"].as_str().unwrap().contains("unreachable"),
         "{t}"
     );
-    let p = wait_pod(&s, "hog", "hog is killed", |p| phase(p) == "Failed").await;
+    let p = s
+        .wait_pod("hog", "hog is killed", |p| phase(p) == "Failed")
+        .await;
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!(
         (t["exitCode"].as_i64(), t["reason"].as_str()),
@@ -230,14 +230,15 @@ async fn a_crashing_container_restarts_with_back_off() {
         )),
     )
     .await;
-    let p = wait_pod(&s, "crash", "CrashLoopBackOff", |p| {
-        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
-            && p["status"]["containerStatuses"][0]["restartCount"]
-                .as_i64()
-                .unwrap_or(0)
-                >= 2
-    })
-    .await;
+    let p = s
+        .wait_pod("crash", "CrashLoopBackOff", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                && p["status"]["containerStatuses"][0]["restartCount"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    >= 2
+        })
+        .await;
     let cs = &p["status"]["containerStatuses"][0];
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1);
     assert_eq!(
@@ -259,7 +260,9 @@ async fn a_crashing_container_restarts_with_back_off() {
         )),
     )
     .await;
-    let p = wait_pod(&s, "once", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let p = s
+        .wait_pod("once", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
 }
 
@@ -273,7 +276,7 @@ async fn deleting_a_running_pod_stops_it_and_removes_the_object() {
         Some(pod("spin", &node, &image(&s, "spin", SPIN), "Always")),
     )
     .await;
-    wait_pod(&s, "spin", "Running", |p| {
+    s.wait_pod("spin", "Running", |p| {
         phase(p) == "Running" && p["status"]["containerStatuses"][0]["ready"] == true
     })
     .await;
@@ -343,17 +346,19 @@ async fn bad_images_report_pull_and_create_errors_with_events() {
         )),
     )
     .await;
-    wait_pod(&s, "missing", "image pull back-off", |p| {
+    s.wait_pod("missing", "image pull back-off", |p| {
         matches!(
             p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str(),
             Some("ErrImagePull" | "ImagePullBackOff")
         )
     })
     .await;
-    let p = wait_pod(&s, "invalid", "CreateContainerError", |p| {
-        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerError"
-    })
-    .await;
+    let p = s
+        .wait_pod("invalid", "CreateContainerError", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerError"
+        })
+        .await;
     let msg = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
         .as_str()
         .unwrap()
@@ -417,21 +422,26 @@ async fn separate_agents_run_their_own_pods_and_come_back_after_kill_9() {
         Some(pod("spin-a", "node-a", &image(&s, "spin", SPIN), "Always")),
     )
     .await;
-    wait_pod(&s, "on-a", "on-a succeeds", |p| phase(p) == "Succeeded").await;
-    wait_pod(&s, "on-b", "on-b succeeds", |p| phase(p) == "Succeeded").await;
-    let before = wait_pod(&s, "spin-a", "spin-a runs", |p| phase(p) == "Running").await;
+    s.wait_pod("on-a", "on-a succeeds", |p| phase(p) == "Succeeded")
+        .await;
+    s.wait_pod("on-b", "on-b succeeds", |p| phase(p) == "Succeeded")
+        .await;
+    let before = s
+        .wait_pod("spin-a", "spin-a runs", |p| phase(p) == "Running")
+        .await;
     let started = before["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
     // startedAt has one-second resolution: restart in a later second so it can differ
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     a.kill9();
     a.restart();
     // the restarted agent brings its running pod back: same object, started again
-    let after = wait_pod(&s, "spin-a", "spin-a runs again", |p| {
-        phase(p) == "Running"
-            && p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].is_string()
-            && p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"] != started
-    })
-    .await;
+    let after = s
+        .wait_pod("spin-a", "spin-a runs again", |p| {
+            phase(p) == "Running"
+                && p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].is_string()
+                && p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"] != started
+        })
+        .await;
     assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
     let (_, l) = s.call(Method::GET, PODS, None).await;
     assert_eq!(l["items"].as_array().unwrap().len(), 3, "no duplicates");
@@ -493,7 +503,8 @@ async fn wkctl_logs_reads_current_previous_and_followed_output_through_the_api()
         )),
     )
     .await;
-    wait_pod(&s, "hello", "Succeeded", |p| phase(p) == "Succeeded").await;
+    s.wait_pod("hello", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
 
     let out = s.wkctl(&["logs", "hello"]);
     assert_eq!(
@@ -508,7 +519,7 @@ async fn wkctl_logs_reads_current_previous_and_followed_output_through_the_api()
     assert_eq!(text, "hello from wasm");
     assert_eq!(stdout(&s.wkctl(&["logs", "hello", "--tail", "0"])), "");
 
-    wait_pod(&s, "crash", "a restart", |p| {
+    s.wait_pod("crash", "a restart", |p| {
         p["status"]["containerStatuses"][0]["restartCount"]
             .as_i64()
             .unwrap_or(0)
@@ -520,7 +531,8 @@ async fn wkctl_logs_reads_current_previous_and_followed_output_through_the_api()
         "hello from wasm\n"
     );
 
-    wait_pod(&s, "live", "live runs", |p| phase(p) == "Running").await;
+    s.wait_pod("live", "live runs", |p| phase(p) == "Running")
+        .await;
     let mut follow = std::process::Command::new(crate::util::WKCTL)
         .args(["logs", "-f", "live"])
         .env("KUBECONFIG", s.kubeconfig())

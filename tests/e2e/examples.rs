@@ -37,9 +37,8 @@ async fn apply(s: &Server, name: &str) {
 }
 
 async fn wait_phase(s: &Server, pod: &str, want: &str) -> Value {
-    eventually(60, &format!("{pod} {want}"), || async {
-        let (_, p) = s.call(Method::GET, &format!("{PODS}/{pod}"), None).await;
-        (p["status"]["phase"] == want).then_some(p)
+    s.wait_pod(pod, &format!("{pod} {want}"), |p| {
+        p["status"]["phase"] == want
     })
     .await
 }

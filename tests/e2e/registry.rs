@@ -97,21 +97,19 @@ fn pod(name: &str, node: &str, image: &str, policy: &str) -> Value {
 }
 
 async fn waiting_reason(s: &Server, name: &str, reasons: &[&str]) -> Value {
-    eventually(30, &format!("{name} waits with {reasons:?}"), || async {
-        let (_, p) = s.call(Method::GET, &format!("{PODS}/{name}"), None).await;
-        let r = p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        reasons.contains(&r.as_str()).then_some(p)
+    s.wait_pod(name, &format!("{name} waits with {reasons:?}"), |p| {
+        reasons.contains(
+            &p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                .as_str()
+                .unwrap_or_default(),
+        )
     })
     .await
 }
 
 async fn succeeded(s: &Server, name: &str) -> Value {
-    eventually(60, &format!("{name} succeeds"), || async {
-        let (_, p) = s.call(Method::GET, &format!("{PODS}/{name}"), None).await;
-        (p["status"]["phase"] == "Succeeded").then_some(p)
+    s.wait_pod(name, &format!("{name} succeeds"), |p| {
+        p["status"]["phase"] == "Succeeded"
     })
     .await
 }

@@ -214,6 +214,21 @@ impl Server {
         .await
     }
 
+    /// Poll pod `name` in `default` until `pred` holds (at most 60 s).
+    pub async fn wait_pod(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        eventually(60, what, || async {
+            let (code, p) = self
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/namespaces/default/pods/{name}"),
+                    None,
+                )
+                .await;
+            (code == 200 && pred(&p)).then_some(p)
+        })
+        .await
+    }
+
     /// Run the real wkctl against this server.
     pub fn wkctl(&self, args: &[&str]) -> Output {
         self.wkctl_stdin(args, None)
