@@ -133,3 +133,44 @@ pub trait ContainerRuntime: Send + Sync {
     /// Wait until the container has exited.
     async fn wait(&self, id: &ContainerId) -> Result<Exit, RuntimeError>;
 }
+
+#[cfg(test)]
+mod wit_tests {
+    /// The repository's `wit/` resolves: our package, its worlds, and the
+    /// vendored WASI packages they include.
+    #[test]
+    fn the_wit_worlds_resolve() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let mut resolve = wit_parser::Resolve::default();
+        let (pkg, _) = resolve.push_dir(&dir).expect("wit/ parses and resolves");
+        let worlds: Vec<&str> = resolve.packages[pkg]
+            .worlds
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            worlds,
+            vec!["command", "http-function", "configured-command"]
+        );
+        let command = resolve.packages[pkg].worlds["command"];
+        let exports: Vec<String> = resolve.worlds[command]
+            .exports
+            .keys()
+            .map(|k| resolve.name_world_key(k))
+            .collect();
+        assert!(
+            exports.contains(&"wasi:cli/run@0.2.12".to_string()),
+            "{exports:?}"
+        );
+        let http = resolve.packages[pkg].worlds["http-function"];
+        let exports: Vec<String> = resolve.worlds[http]
+            .exports
+            .keys()
+            .map(|k| resolve.name_world_key(k))
+            .collect();
+        assert!(
+            exports.contains(&"wasi:http/incoming-handler@0.2.12".to_string()),
+            "{exports:?}"
+        );
+    }
+}
