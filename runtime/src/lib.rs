@@ -60,6 +60,17 @@ pub struct ContainerSpec {
     pub pull_policy: image::PullPolicy,
     /// Registry credentials from the pod's `imagePullSecrets`.
     pub pull_credentials: Option<image::Credentials>,
+    /// The pod's address: the one specific address a guest may bind besides
+    /// the unspecified one.
+    pub pod_ip: Option<std::net::IpAddr>,
+}
+
+/// The standard streams of an `exec`: stdin if the caller wires one, and
+/// where stdout and stderr go.
+pub struct ExecIo {
+    pub stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
+    pub stdout: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
+    pub stderr: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
 }
 
 /// What `create` prepared.
@@ -105,6 +116,9 @@ pub enum RuntimeError {
     Start { id: ContainerId, reason: String },
     #[error("container {0} not found")]
     NotFound(ContainerId),
+    /// exec into a container that is not running.
+    #[error("cannot exec in container {id}: {reason}")]
+    Exec { id: ContainerId, reason: String },
     #[error("reading logs of {id}: {source}")]
     Logs {
         id: ContainerId,
@@ -132,6 +146,14 @@ pub trait ContainerRuntime: Send + Sync {
     async fn status(&self, id: &ContainerId) -> Result<ContainerState, RuntimeError>;
     /// Wait until the container has exited.
     async fn wait(&self, id: &ContainerId) -> Result<Exit, RuntimeError>;
+    /// Run `command` in the context of a running container (kubelet: exec).
+    /// Dropping the future ends the command.
+    async fn exec(
+        &self,
+        id: &ContainerId,
+        command: Vec<String>,
+        io: ExecIo,
+    ) -> Result<Exit, RuntimeError>;
 }
 
 #[cfg(test)]
@@ -150,7 +172,13 @@ mod wit_tests {
             .collect();
         assert_eq!(
             worlds,
-            vec!["command", "http-function", "configured-command"]
+            vec![
+                "command",
+                "http-function",
+                "configured-command",
+                "graceful-command",
+                "guest-imports"
+            ]
         );
         let command = resolve.packages[pkg].worlds["command"];
         let exports: Vec<String> = resolve.worlds[command]

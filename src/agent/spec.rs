@@ -318,6 +318,7 @@ pub fn container_spec(
                 .unwrap_or("IfNotPresent"),
         ),
         pull_credentials: pull_credentials(pod, &image, lookup),
+        pod_ip: pod_ip.parse().ok(),
         id: ContainerId(format!("{uid}/{name}/{restart}")),
         image,
         args: argv,

@@ -1,7 +1,30 @@
 //! Reads configuration from the environment and from a mounted ConfigMap
-//! (/config), and prints what it found.
+//! (/config), and prints what it found. Built as a preview 2 component it
+//! also reads `wasi:config/store`.
+
+#[cfg(target_env = "p2")]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "wasmkube:pod/guest-imports",
+    generate_all,
+});
+
 fn main() {
-    let mut vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("APP_")).collect();
+    #[cfg(target_env = "p2")]
+    {
+        use wasi::config::store;
+        match store::get("APP_MODE") {
+            Ok(v) => println!("wasi:config APP_MODE={}", v.unwrap_or_default()),
+            Err(e) => println!("wasi:config error: {e:?}"),
+        }
+        let mut all = store::get_all().unwrap_or_default();
+        all.retain(|(k, _)| k.starts_with("APP_"));
+        all.sort();
+        println!("wasi:config has {} APP_ keys", all.len());
+    }
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("APP_"))
+        .collect();
     vars.sort();
     for (k, v) in vars {
         println!("env {k}={v}");

@@ -19,6 +19,7 @@ mod limits;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,14 +30,17 @@ use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, Store,
 };
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
 use crate::image::{self, ImageRef};
 use crate::logs::{self, LogSink, Stream};
 use crate::{
-    ContainerId, ContainerRuntime, ContainerSpec, ContainerState, Created, Exit, RuntimeError,
+    ContainerId, ContainerRuntime, ContainerSpec, ContainerState, Created, ExecIo, Exit,
+    RuntimeError,
 };
 
 use limits::{CpuThrottle, MemoryLimiter};
@@ -68,6 +72,18 @@ pub enum Compiled {
 }
 
 impl Compiled {
+    /// Whether the guest imports `wasmkube:pod/lifecycle` (and so can be
+    /// asked to shut down).
+    pub fn imports_lifecycle(&self, engine: &Engine) -> bool {
+        match self {
+            Compiled::Module(m) => m.imports().any(|i| i.module() == LIFECYCLE),
+            Compiled::Component(c) => c
+                .component_type()
+                .imports(engine)
+                .any(|(name, _)| name == LIFECYCLE),
+        }
+    }
+
     /// Whether this is a component exporting `wasi:http/incoming-handler`.
     pub fn is_http_handler(&self, engine: &Engine) -> bool {
         match self {
@@ -84,7 +100,12 @@ struct Container {
     spec: ContainerSpec,
     compiled: Compiled,
     state: watch::Sender<ContainerState>,
+    /// Interrupt the guest.
     stop: Arc<AtomicBool>,
+    /// Ask the guest to finish (`wasmkube:pod/lifecycle`).
+    shutdown: Arc<AtomicBool>,
+    /// Whether the guest imports the lifecycle interface, so can hear the ask.
+    listens: bool,
 }
 
 struct Inner {
@@ -275,6 +296,29 @@ impl WasmRuntime {
     }
 }
 
+struct P1Host {
+    wasi: WasiP1Ctx,
+    memory: MemoryLimiter,
+    shutdown: Arc<AtomicBool>,
+}
+
+struct P2Host {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimiter,
+    shutdown: Arc<AtomicBool>,
+    config: WasiConfigVariables,
+}
+
+impl WasiView for P2Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
 /// stdout/stderr of a guest, into its log sink.
 struct LogStdout(LogSink, Stream);
 
@@ -290,36 +334,167 @@ impl StdoutStream for LogStdout {
     }
 }
 
-struct P1Host {
-    wasi: WasiP1Ctx,
-    memory: MemoryLimiter,
+/// Where one of a guest's output streams goes: the container log, or the
+/// caller of an exec.
+enum Out {
+    Log(LogStdout),
+    Pipe(AsyncStdoutStream),
 }
 
-struct P2Host {
-    ctx: WasiCtx,
-    table: ResourceTable,
-    memory: MemoryLimiter,
+impl IsTerminal for Out {
+    fn is_terminal(&self) -> bool {
+        false
+    }
 }
 
-impl WasiView for P2Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.ctx,
-            table: &mut self.table,
+impl StdoutStream for Out {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        match self {
+            Out::Log(l) => l.async_stream(),
+            Out::Pipe(p) => p.async_stream(),
+        }
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        match self {
+            Out::Log(l) => l.p2_stream(),
+            Out::Pipe(p) => p.p2_stream(),
         }
     }
 }
 
-fn wasi_builder(spec: &ContainerSpec, sink: &LogSink) -> Result<WasiCtxBuilder, String> {
+/// The standard streams of one instance.
+struct Stdio {
+    stdin: Option<AsyncStdinStream>,
+    stdout: Out,
+    stderr: Out,
+}
+
+impl Stdio {
+    fn log(sink: &LogSink) -> Self {
+        Self {
+            stdin: None,
+            stdout: Out::Log(LogStdout(sink.clone(), Stream::Stdout)),
+            stderr: Out::Log(LogStdout(sink.clone(), Stream::Stderr)),
+        }
+    }
+
+    /// The stdio of an exec, and the handles that close its output.
+    fn exec(io: ExecIo) -> (Self, [Revocable; 2]) {
+        let (stdout, stderr) = (Revocable::new(io.stdout), Revocable::new(io.stderr));
+        let stdio = Self {
+            stdin: io.stdin.map(AsyncStdinStream::new),
+            stdout: Out::Pipe(AsyncStdoutStream::new(PIPE_BUDGET, stdout.clone())),
+            stderr: Out::Pipe(AsyncStdoutStream::new(PIPE_BUDGET, stderr.clone())),
+        };
+        (stdio, [stdout, stderr])
+    }
+}
+
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>;
+
+/// A writer the runtime can take back, so that an exec's output ends (EOF
+/// for the caller) when its command does, whatever wasmtime-wasi's stream
+/// workers still hold.
+#[derive(Clone)]
+struct Revocable(Arc<Mutex<Option<Writer>>>);
+
+impl Revocable {
+    fn new(w: Writer) -> Self {
+        Self(Arc::new(Mutex::new(Some(w))))
+    }
+
+    fn revoke(&self) {
+        lock(&self.0).take();
+    }
+
+    fn with<R>(
+        &self,
+        f: impl FnOnce(std::pin::Pin<&mut Writer>) -> std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        match lock(&self.0).as_mut() {
+            Some(w) => f(std::pin::Pin::new(w)),
+            None => std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Revocable {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.with(|w| w.poll_write(cx, buf))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.with(|w| w.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.with(|w| w.poll_shutdown(cx))
+    }
+}
+
+/// Bytes a guest may have in flight to an exec's output.
+const PIPE_BUDGET: usize = 64 * 1024;
+
+/// The import module of the graceful-shutdown interface (`wit/wasmkube.wit`).
+pub const LIFECYCLE: &str = "wasmkube:pod/lifecycle@0.1.0";
+
+/// One instance to run: a container's main process or an exec.
+struct Launch<'a> {
+    spec: &'a ContainerSpec,
+    args: &'a [String],
+    stdio: Stdio,
+    /// Interrupt the guest at its next epoch tick.
+    stop: Arc<AtomicBool>,
+    /// What `wasmkube:pod/lifecycle.shutdown-requested` answers.
+    shutdown: Arc<AtomicBool>,
+}
+
+/// May a guest of a pod at `pod_ip` use `addr` this way? Binds: the
+/// unspecified address or the pod's own; everything else is refused (until
+/// pod networking, a bind on the unspecified address shares the node's ports).
+/// Connections: anywhere.
+fn socket_allowed(pod_ip: Option<IpAddr>, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+    match use_ {
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+            addr.ip().is_unspecified() || Some(addr.ip()) == pod_ip
+        }
+        _ => true,
+    }
+}
+
+fn wasi_builder(launch: Launch<'_>) -> Result<WasiCtxBuilder, String> {
+    let spec = launch.spec;
     let mut b = WasiCtxBuilder::new();
-    b.args(&spec.args);
+    b.args(launch.args);
     let mut env = spec.env.clone();
     if let Some(wd) = &spec.working_dir {
         env.push(("PWD".into(), wd.clone()));
     }
     b.envs(&env);
-    b.stdout(LogStdout(sink.clone(), Stream::Stdout));
-    b.stderr(LogStdout(sink.clone(), Stream::Stderr));
+    if let Some(stdin) = launch.stdio.stdin {
+        b.stdin(stdin);
+    }
+    b.stdout(launch.stdio.stdout);
+    b.stderr(launch.stdio.stderr);
+    let pod_ip = spec.pod_ip;
+    b.allow_tcp(true)
+        .allow_udp(true)
+        .allow_ip_name_lookup(true)
+        .socket_addr_check(move |addr, use_| {
+            let ok = socket_allowed(pod_ip, addr, use_);
+            Box::pin(async move { ok })
+        });
     for m in &spec.mounts {
         let perms = if m.read_only {
             FsPerms::ReadOnly
@@ -370,14 +545,10 @@ fn outcome(r: wasmtime::Result<()>) -> Outcome {
     }
 }
 
-async fn run_p1(
-    engine: &Engine,
-    module: &Module,
-    spec: &ContainerSpec,
-    sink: &LogSink,
-    stop: Arc<AtomicBool>,
-) -> (Outcome, bool) {
-    let wasi = match wasi_builder(spec, sink) {
+async fn run_p1(engine: &Engine, module: &Module, launch: Launch<'_>) -> (Outcome, bool) {
+    let (memory_limit, cpu) = (launch.spec.memory_limit, launch.spec.cpu_millis);
+    let (stop, shutdown) = (launch.stop.clone(), launch.shutdown.clone());
+    let wasi = match wasi_builder(launch) {
         Ok(mut b) => b.build_p1(),
         Err(e) => return (Outcome::Trapped(e), false),
     };
@@ -385,14 +556,22 @@ async fn run_p1(
         engine,
         P1Host {
             wasi,
-            memory: MemoryLimiter::new(spec.memory_limit),
+            memory: MemoryLimiter::new(memory_limit),
+            shutdown,
         },
     );
     store.limiter(|h| &mut h.memory);
-    schedule(&mut store, stop, spec.cpu_millis);
+    schedule(&mut store, stop, cpu);
     let mut linker = wasmtime::Linker::new(engine);
     let result = async {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut P1Host| &mut h.wasi)?;
+        linker.func_wrap(
+            LIFECYCLE,
+            "shutdown-requested",
+            |caller: wasmtime::Caller<'_, P1Host>| -> i32 {
+                caller.data().shutdown.load(Ordering::Relaxed) as i32
+            },
+        )?;
         let instance = linker.instantiate_async(&mut store, module).await?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
@@ -402,14 +581,11 @@ async fn run_p1(
     (outcome(result), oom)
 }
 
-async fn run_p2(
-    engine: &Engine,
-    component: &Component,
-    spec: &ContainerSpec,
-    sink: &LogSink,
-    stop: Arc<AtomicBool>,
-) -> (Outcome, bool) {
-    let ctx = match wasi_builder(spec, sink) {
+async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (Outcome, bool) {
+    let (memory_limit, cpu) = (launch.spec.memory_limit, launch.spec.cpu_millis);
+    let (stop, shutdown) = (launch.stop.clone(), launch.shutdown.clone());
+    let config = WasiConfigVariables::from_iter(launch.spec.env.clone());
+    let ctx = match wasi_builder(launch) {
         Ok(mut b) => b.build(),
         Err(e) => return (Outcome::Trapped(e), false),
     };
@@ -418,14 +594,25 @@ async fn run_p2(
         P2Host {
             ctx,
             table: ResourceTable::new(),
-            memory: MemoryLimiter::new(spec.memory_limit),
+            memory: MemoryLimiter::new(memory_limit),
+            shutdown,
+            config,
         },
     );
     store.limiter(|h| &mut h.memory);
-    schedule(&mut store, stop, spec.cpu_millis);
+    schedule(&mut store, stop, cpu);
     let mut linker = wasmtime::component::Linker::new(engine);
     let result = async {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |h: &mut P2Host| {
+            WasiConfig::from(&h.config)
+        })?;
+        linker.instance(LIFECYCLE)?.func_wrap(
+            "shutdown-requested",
+            |store: wasmtime::StoreContextMut<'_, P2Host>, (): ()| {
+                Ok((store.data().shutdown.load(Ordering::Relaxed),))
+            },
+        )?;
         let command =
             wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
                 .await?;
@@ -439,23 +626,25 @@ async fn run_p2(
     (outcome(result), oom)
 }
 
-async fn run(engine: Engine, container: Arc<Container>, started_at: SystemTime) {
-    let spec = &container.spec;
-    let (sink, writer) = logs::open(spec.log_path.clone(), logs::DEFAULT_MAX_BYTES);
-    let stop = container.stop.clone();
-    let (out, oom) = match &container.compiled {
-        Compiled::Module(m) => run_p1(&engine, m, spec, &sink, stop.clone()).await,
-        Compiled::Component(c) => run_p2(&engine, c, spec, &sink, stop.clone()).await,
+/// Run one instance of `compiled` to its end, and say how it ended.
+async fn launch(
+    engine: &Engine,
+    compiled: &Compiled,
+    launch: Launch<'_>,
+    started_at: SystemTime,
+) -> Exit {
+    let (memory_limit, stop) = (launch.spec.memory_limit, launch.stop.clone());
+    let (out, oom) = match compiled {
+        Compiled::Module(m) => run_p1(engine, m, launch).await,
+        Compiled::Component(c) => run_p2(engine, c, launch).await,
     };
-    drop(sink);
-    writer.finish().await;
     let (exit_code, reason, message) = match out {
         _ if oom => (
             KILLED_EXIT_CODE,
             "OOMKilled",
             Some(format!(
                 "memory limit of {} bytes exceeded",
-                spec.memory_limit.unwrap_or(0)
+                memory_limit.unwrap_or(0)
             )),
         ),
         _ if stop.load(Ordering::Relaxed) => (KILLED_EXIT_CODE, "Killed", None),
@@ -463,13 +652,34 @@ async fn run(engine: Engine, container: Arc<Container>, started_at: SystemTime) 
         Outcome::Exited(code) => (code, "Error", None),
         Outcome::Trapped(msg) => (TRAP_EXIT_CODE, "Error", Some(msg)),
     };
-    container.state.send_replace(ContainerState::Exited(Exit {
+    Exit {
         exit_code,
         reason: reason.into(),
         message,
         started_at,
         finished_at: SystemTime::now(),
-    }));
+    }
+}
+
+async fn run(engine: Engine, container: Arc<Container>, started_at: SystemTime) {
+    let spec = &container.spec;
+    let (sink, writer) = logs::open(spec.log_path.clone(), logs::DEFAULT_MAX_BYTES);
+    let exit = launch(
+        &engine,
+        &container.compiled,
+        Launch {
+            spec,
+            args: &spec.args,
+            stdio: Stdio::log(&sink),
+            stop: container.stop.clone(),
+            shutdown: container.shutdown.clone(),
+        },
+        started_at,
+    )
+    .await;
+    drop(sink);
+    writer.finish().await;
+    container.state.send_replace(ContainerState::Exited(exit));
 }
 
 #[async_trait::async_trait]
@@ -502,11 +712,14 @@ impl ContainerRuntime for WasmRuntime {
                 reason,
             })?;
         let (state, _) = watch::channel(ContainerState::Created);
+        let listens = compiled.imports_lifecycle(&self.inner.engine);
         let container = Arc::new(Container {
             spec: spec.clone(),
             compiled,
             state,
             stop: Arc::new(AtomicBool::new(false)),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            listens,
         });
         lock(&self.inner.containers).insert(spec.id, container);
         Ok(Created { image_id })
@@ -538,12 +751,18 @@ impl ContainerRuntime for WasmRuntime {
         let mut rx = c.state.subscribe();
         let exited =
             |s: &ContainerState| matches!(s, ContainerState::Exited(_) | ContainerState::Created);
-        // WASI has no signals: give the guest the grace period to finish on its
-        // own, bounded by one tick of polling, then interrupt it at its next epoch.
-        let natural = tokio::time::timeout(grace.min(TICK * 2), async {
-            rx.wait_for(exited).await.map(|_| ())
-        })
-        .await;
+        // WASI has no signals. Ask through `wasmkube:pod/lifecycle`; a guest
+        // that imports it gets the whole grace period to finish, one that
+        // cannot hear the ask is interrupted at once (after a tick or two in
+        // which it may still end on its own).
+        c.shutdown.store(true, Ordering::Relaxed);
+        let wait = if c.listens {
+            grace
+        } else {
+            grace.min(TICK * 2)
+        };
+        let natural =
+            tokio::time::timeout(wait, async { rx.wait_for(exited).await.map(|_| ()) }).await;
         if natural.is_err() {
             c.stop.store(true, Ordering::Relaxed);
             let _ = rx.wait_for(exited).await.map(|_| ());
@@ -575,6 +794,48 @@ impl ContainerRuntime for WasmRuntime {
             })
             .map_err(|_| RuntimeError::NotFound(id.clone()))?;
         exit.ok_or_else(|| RuntimeError::NotFound(id.clone()))
+    }
+
+    /// A fresh instance of the container's image, with its env, mounts and
+    /// limits, running `command` as argv; ends with the container.
+    async fn exec(
+        &self,
+        id: &ContainerId,
+        command: Vec<String>,
+        io: ExecIo,
+    ) -> Result<Exit, RuntimeError> {
+        let c = self.container(id)?;
+        if !matches!(*c.state.borrow(), ContainerState::Running { .. }) {
+            return Err(RuntimeError::Exec {
+                id: id.clone(),
+                reason: "container is not running".into(),
+            });
+        }
+        if command.is_empty() {
+            return Err(RuntimeError::Exec {
+                id: id.clone(),
+                reason: "no command given".into(),
+            });
+        }
+        let (stdio, outputs) = Stdio::exec(io);
+        let exit = launch(
+            &self.inner.engine,
+            &c.compiled,
+            Launch {
+                spec: &c.spec,
+                args: &command,
+                stdio,
+                // stopping the container stops its execs too
+                stop: c.stop.clone(),
+                shutdown: c.shutdown.clone(),
+            },
+            SystemTime::now(),
+        )
+        .await;
+        for o in &outputs {
+            o.revoke();
+        }
+        Ok(exit)
     }
 }
 

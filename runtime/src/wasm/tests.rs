@@ -84,6 +84,7 @@ impl Fixture {
             log_path: self.dir.path().join(format!("{name}.log")),
             pull_policy: Default::default(),
             pull_credentials: None,
+            pod_ip: None,
         }
     }
 
@@ -267,4 +268,130 @@ async fn the_cpu_throttle_pauses_a_guest_over_its_quota_until_the_period_ends() 
     let start = tokio::time::Instant::now();
     unlimited.pause().await;
     assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// Run with no arguments, it waits for the shutdown ask and exits 0. Run with
+/// arguments (an exec), it copies up to 100 bytes of stdin to stdout and
+/// exits 7.
+const LISTENER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $argsz (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wasmkube:pod/lifecycle@0.1.0" "shutdown-requested" (func $asked (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (drop (call $argsz (i32.const 0) (i32.const 4)))
+    (if (i32.eq (i32.load (i32.const 0)) (i32.const 1))
+      (then
+        (loop $wait (br_if $wait (i32.eqz (call $asked))))
+        (call $exit (i32.const 0))))
+    (i32.store (i32.const 16) (i32.const 100))
+    (i32.store (i32.const 20) (i32.const 100))
+    (drop (call $fd_read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (i32.store (i32.const 32) (i32.const 100))
+    (i32.store (i32.const 36) (i32.load (i32.const 24)))
+    (drop (call $fd_write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 40)))
+    (call $exit (i32.const 7))))"#;
+
+#[tokio::test]
+async fn exec_runs_a_fresh_instance_with_the_callers_stdio() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::new();
+    let spec = f.spec("listener", LISTENER);
+    let id = spec.id.clone();
+    f.rt.create(spec).await.unwrap();
+    let io = || {
+        let (stdin_r, stdin_w) = tokio::io::duplex(1024);
+        let (out_r, out_w) = tokio::io::duplex(1024);
+        let io = ExecIo {
+            stdin: Some(Box::new(stdin_r)),
+            stdout: Box::new(out_w),
+            stderr: Box::new(tokio::io::sink()),
+        };
+        (io, stdin_w, out_r)
+    };
+    let (early, _, _) = io();
+    assert!(
+        matches!(
+            f.rt.exec(&id, vec!["echo".into(), "x".into()], early).await,
+            Err(RuntimeError::Exec { .. })
+        ),
+        "no exec before the container runs"
+    );
+    f.rt.start(&id).await.unwrap();
+    let (exec_io, mut stdin, mut stdout) = io();
+    stdin.write_all(b"ping from stdin").await.unwrap();
+    drop(stdin);
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.rt.exec(&id, vec!["echo".into(), "x".into()], exec_io),
+    )
+    .await
+    .expect("exec returned")
+    .unwrap();
+    assert_eq!((exit.exit_code, exit.reason.as_str()), (7, "Error"));
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stdout.read_to_string(&mut out))
+        .await
+        .expect("stdout closed")
+        .unwrap();
+    assert_eq!(out, "ping from stdin");
+    assert!(
+        matches!(
+            f.rt.status(&id).await.unwrap(),
+            ContainerState::Running { .. }
+        ),
+        "the container itself kept running"
+    );
+    f.rt.stop(&id, Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_guest_that_imports_the_lifecycle_interface_is_asked_to_stop_and_finishes() {
+    let f = Fixture::new();
+    let spec = f.spec("graceful", LISTENER);
+    let id = spec.id.clone();
+    f.rt.create(spec).await.unwrap();
+    f.rt.start(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.rt.stop(&id, Duration::from_secs(30)).await.unwrap();
+    let exit = f.rt.wait(&id).await.unwrap();
+    assert_eq!(
+        (exit.exit_code, exit.reason.as_str()),
+        (0, "Completed"),
+        "it heard the ask and exited on its own"
+    );
+    // and one that ignores the ask is interrupted when the grace period ends
+    const DEAF: &str = r#"(module
+      (import "wasmkube:pod/lifecycle@0.1.0" "shutdown-requested" (func $asked (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (loop $l (br $l))))"#;
+    let spec = f.spec("deaf", DEAF);
+    let id = spec.id.clone();
+    f.rt.create(spec).await.unwrap();
+    f.rt.start(&id).await.unwrap();
+    f.rt.stop(&id, Duration::from_millis(200)).await.unwrap();
+    let exit = f.rt.wait(&id).await.unwrap();
+    assert_eq!(
+        (exit.exit_code, exit.reason.as_str()),
+        (KILLED_EXIT_CODE, "Killed")
+    );
+    assert!(
+        exit.finished_at.duration_since(exit.started_at).unwrap() >= Duration::from_millis(200),
+        "it had its grace period"
+    );
+}
+
+#[test]
+fn guests_bind_only_the_unspecified_address_or_their_pod_ip() {
+    use wasmtime_wasi::sockets::SocketAddrUse::*;
+    let pod: IpAddr = "127.1.0.9".parse().unwrap();
+    let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert!(socket_allowed(Some(pod), at("0.0.0.0:8080"), TcpBind));
+    assert!(socket_allowed(Some(pod), at("[::]:8080"), TcpBind));
+    assert!(socket_allowed(Some(pod), at("127.1.0.9:8080"), UdpBind));
+    assert!(!socket_allowed(Some(pod), at("127.1.0.10:8080"), TcpBind));
+    assert!(!socket_allowed(None, at("127.0.0.1:8080"), TcpBind));
+    assert!(socket_allowed(Some(pod), at("127.0.0.1:5000"), TcpConnect));
 }
