@@ -4,12 +4,14 @@
 //!
 //! - [`node`]: Node registration, Ready condition, Lease heartbeats.
 //! - [`pod`]: one worker per pod (init containers, restart policy, back-off,
-//!   status, deletion).
+//!   probes, status, deletion).
+//! - [`probe`]: startup, liveness and readiness probes.
 //! - [`spec`]: pod container → runtime container spec (pure).
 //! - [`status`]: runtime state → pod status (pure).
 
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod server;
 pub mod spec;
 pub mod status;
@@ -79,6 +81,8 @@ pub struct Agent {
     pub client: Client,
     pub recorder: Recorder,
     pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
+    /// For HTTP probes.
+    pub http: reqwest::Client,
     next_ip: AtomicU32,
     workers: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
     /// Running pod workers by `namespace/name`, for logs.
@@ -99,6 +103,10 @@ impl Agent {
             client,
             recorder,
             runtimes: vec![Arc::new(wasm)],
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap_or_default(),
             next_ip: AtomicU32::new(2),
             workers: Mutex::default(),
             pods: Mutex::default(),

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use wasmkube_runtime::{ContainerId, ContainerRuntime, Exit, RuntimeError};
 
+use super::probe::{self, Probe, Tracker, Transition};
 use super::spec::{self, Lookup};
 use super::status::{self, CState, ContainerRecord, PodRecord};
 use super::Agent;
@@ -41,6 +42,14 @@ impl Kind {
             Kind::Main => "containers",
         }
     }
+}
+
+/// A container's probes.
+#[derive(Default)]
+struct Probes {
+    startup: Option<Probe>,
+    liveness: Option<Probe>,
+    readiness: Option<Probe>,
 }
 
 /// Shared state of one pod's worker.
@@ -471,7 +480,19 @@ impl PodCtx {
         }
     }
 
-    /// A started container: record Running, wait for its exit (or stop it), record it.
+    /// The grace period for stopping the pod's containers: the deletion's
+    /// (`kubectl delete --grace-period`), else the pod's.
+    fn grace(&self) -> Duration {
+        let pod = self.pod();
+        let secs = pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_u64()
+            .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+            .unwrap_or(30);
+        Duration::from_secs(secs)
+    }
+
+    /// A started container: record Running, probe it, wait for its exit (or
+    /// stop it), record it.
     async fn watch_container(
         &self,
         kind: Kind,
@@ -481,18 +502,48 @@ impl PodCtx {
         name: &str,
     ) -> Exit {
         let started = SystemTime::now();
+        let def = self.pod()["spec"][kind.list()][idx].clone();
+        let mut probes = Probes::default();
+        if kind == Kind::Main {
+            for (which, slot) in [
+                ("startupProbe", &mut probes.startup),
+                ("livenessProbe", &mut probes.liveness),
+                ("readinessProbe", &mut probes.readiness),
+            ] {
+                match Probe::parse(&def, which) {
+                    Ok(p) => *slot = p,
+                    Err(e) => {
+                        self.event("Warning", "Unhealthy", &format!("invalid probe: {e}"))
+                            .await
+                    }
+                }
+            }
+        }
         self.update(kind, idx, |c| {
             c.state = CState::Running {
                 started_at: ts(started),
             };
             c.container_id = format!("{}://{id}", rt.name());
+            c.started = probes.startup.is_none();
+            c.ready = c.started && probes.readiness.is_none();
         });
+        let pod_ip = self.record().pod_ip;
+        let target = probe::Target {
+            runtime: rt,
+            id,
+            pod_ip: &pod_ip,
+            http: &self.agent.http,
+        };
         let exit = tokio::select! {
             exit = rt.wait(id) => exit,
             _ = stopped(self.stop.clone()) => {
-                let grace = self.pod()["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
                 self.event("Normal", "Killing", &format!("Stopping container {name}")).await;
-                let _ = rt.stop(id, Duration::from_secs(grace)).await;
+                let _ = rt.stop(id, self.grace()).await;
+                rt.wait(id).await
+            }
+            failed = self.run_probes(idx, &probes, &target) => {
+                self.event("Normal", "Killing", &format!("Container {name} failed {failed} probe, will be restarted")).await;
+                let _ = rt.stop(id, self.grace()).await;
                 rt.wait(id).await
             }
         };
@@ -510,8 +561,88 @@ impl PodCtx {
             started_at: ts(exit.started_at),
             finished_at: ts(exit.finished_at),
         };
-        self.update(kind, idx, |c| c.state = term);
+        self.update(kind, idx, |c| {
+            c.state = term;
+            c.ready = false;
+        });
         exit
+    }
+
+    /// Probe a running container: the startup probe until it succeeds, then
+    /// liveness and readiness side by side. Returns only when the container
+    /// must be restarted, naming the probe that failed.
+    async fn run_probes(
+        &self,
+        idx: usize,
+        probes: &Probes,
+        target: &probe::Target<'_>,
+    ) -> &'static str {
+        /// One probe's loop; `on` gets every transition and says whether to stop.
+        async fn each(
+            ctx: &PodCtx,
+            label: &str,
+            p: &Probe,
+            target: &probe::Target<'_>,
+            mut on: impl FnMut(Transition) -> bool,
+        ) {
+            tokio::time::sleep(p.initial_delay).await;
+            let mut tracker = Tracker::new(p);
+            loop {
+                let result = probe::check(p, target).await;
+                if let Err(m) = &result {
+                    ctx.event(
+                        "Warning",
+                        "Unhealthy",
+                        &format!("{label} probe failed: {m}"),
+                    )
+                    .await;
+                }
+                if let Some(t) = tracker.observe(result.is_ok()) {
+                    if on(t) {
+                        return;
+                    }
+                }
+                tokio::time::sleep(p.period).await;
+            }
+        }
+        if let Some(p) = &probes.startup {
+            let mut ok = false;
+            each(self, "Startup", p, target, |t| {
+                ok = t == Transition::Succeeded;
+                true
+            })
+            .await;
+            if !ok {
+                return "startup";
+            }
+            let ready = probes.readiness.is_none();
+            self.update(Kind::Main, idx, |c| {
+                c.started = true;
+                c.ready = ready;
+            });
+        }
+        let liveness = async {
+            match &probes.liveness {
+                Some(p) => each(self, "Liveness", p, target, |t| t == Transition::Failed).await,
+                None => std::future::pending().await,
+            }
+        };
+        let readiness = async {
+            match &probes.readiness {
+                Some(p) => {
+                    each(self, "Readiness", p, target, |t| {
+                        self.update(Kind::Main, idx, |c| c.ready = t == Transition::Succeeded);
+                        false
+                    })
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = liveness => "liveness",
+            _ = readiness => "readiness",
+        }
     }
 
     /// Push the status whenever it changes, until the pod is gone.

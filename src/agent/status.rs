@@ -67,6 +67,10 @@ pub struct ContainerRecord {
     pub state: CState,
     pub last_state: Option<CState>,
     pub restart_count: u32,
+    /// The startup probe succeeded (or there is none) in the current run.
+    pub started: bool,
+    /// The readiness probe passes (or there is none) in the current run.
+    pub ready: bool,
 }
 
 impl ContainerRecord {
@@ -79,7 +83,14 @@ impl ContainerRecord {
             state: CState::waiting("ContainerCreating"),
             last_state: None,
             restart_count: 0,
+            started: false,
+            ready: false,
         }
+    }
+
+    /// Ready: running, started and passing its readiness probe.
+    pub fn is_ready(&self) -> bool {
+        self.running() && self.started && self.ready
     }
 
     fn running(&self) -> bool {
@@ -93,8 +104,8 @@ impl ContainerRecord {
             "imageID": self.image_id,
             "state": self.state.to_json(),
             "lastState": self.last_state.as_ref().map(CState::to_json).unwrap_or(json!({})),
-            "ready": self.running(),
-            "started": self.running(),
+            "ready": self.is_ready(),
+            "started": self.running() && self.started,
             "restartCount": self.restart_count,
         });
         if !self.container_id.is_empty() {
@@ -187,7 +198,7 @@ fn condition(kind: &str, ok: bool, previous: &Value, now: &str) -> Value {
 /// The full `status` of a pod; `previous` is the status currently stored.
 pub fn pod_status(rec: &PodRecord, restart_policy: &str, previous: &Value, now: &str) -> Value {
     let phase = phase(rec, restart_policy);
-    let ready = phase == "Running" && rec.containers.iter().all(ContainerRecord::running);
+    let ready = phase == "Running" && rec.containers.iter().all(ContainerRecord::is_ready);
     json!({
         "phase": phase,
         "conditions": [
@@ -233,6 +244,8 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| ContainerRecord {
                     state: s,
+                    started: true,
+                    ready: true,
                     ..ContainerRecord::new(&format!("c{i}"), "i")
                 })
                 .collect(),
@@ -291,5 +304,14 @@ mod tests {
         // an unchanged condition keeps its transition time
         let again = pod_status(&r, "Always", &s, "later");
         assert_eq!(again["conditions"][3]["lastTransitionTime"], "now");
+        // a running container failing its readiness probe is not ready, nor is the pod
+        let mut unready = r.clone();
+        unready.containers[0].ready = false;
+        let s = pod_status(&unready, "Always", &s, "later");
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(s["containerStatuses"][0]["ready"], false);
+        assert_eq!(s["containerStatuses"][0]["started"], true);
+        assert_eq!(s["conditions"][3]["status"], "False");
+        assert_eq!(s["conditions"][3]["lastTransitionTime"], "later");
     }
 }

@@ -24,6 +24,11 @@ fn examples_dir() -> std::path::PathBuf {
 
 /// Apply `examples/manifests/NAME.yaml` with its placeholders filled in.
 async fn apply(s: &Server, name: &str) {
+    apply_with(s, name, &[]).await
+}
+
+/// [`apply`], with extra replacements in the manifest's text.
+async fn apply_with(s: &Server, name: &str, replace: &[(&str, &str)]) {
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("examples/manifests/{name}.yaml")),
@@ -32,6 +37,9 @@ async fn apply(s: &Server, name: &str) {
     let text = text
         .replace("/WASMKUBE_EXAMPLES", &examples_dir().display().to_string())
         .replace("WASMKUBE_NODE", &s.node_name().await);
+    let text = replace
+        .iter()
+        .fold(text, |t, (from, to)| t.replace(from, to));
     let out = s.wkctl_stdin(&["apply", "-f", "-"], Some(&text));
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -61,13 +69,14 @@ async fn hello_runs_as_a_preview1_module_and_as_a_preview2_component() {
 }
 
 #[tokio::test]
-async fn config_reaches_the_guest_as_env_and_mounted_files() {
+async fn config_reaches_the_guest_as_env_wasi_config_and_mounted_files() {
     let s = Server::start().await;
     apply(&s, "config-reader").await;
     wait_phase(&s, "config-reader", "Succeeded").await;
     assert_eq!(
         stdout(&s.wkctl(&["logs", "config-reader"])),
-        "env APP_LEVEL=debug\nenv APP_MODE=fast\nenv APP_PASSWORD=hunter2\n\
+        "wasi:config APP_MODE=fast\nwasi:config has 3 APP_ keys\n\
+         env APP_LEVEL=debug\nenv APP_MODE=fast\nenv APP_PASSWORD=hunter2\n\
          file /config/APP_LEVEL=debug\nfile /config/APP_MODE=fast\nfile /config/greeting.txt=hello from a configmap\n"
     );
 }
@@ -187,4 +196,169 @@ async fn pods_keep_running_while_the_control_plane_is_down_and_the_agent_resyncs
     let stopped_at = ticks();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(ticks(), stopped_at, "the guest stopped with its pod");
+}
+
+#[tokio::test]
+async fn a_deleted_pod_asks_its_guest_to_shut_down_and_it_finishes_cleanly() {
+    let s = Server::start().await;
+    let host = tempfile::tempdir().unwrap();
+    let node = s.node_name().await;
+    for (name, target) in [
+        ("graceful-p1", "wasm32-wasip1"),
+        ("graceful-p2", "wasm32-wasip2"),
+    ] {
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+            "nodeName": node, "terminationGracePeriodSeconds": 20,
+            "volumes": [{"name": "data", "hostPath": {"path": host.path().join(name)}}],
+            "containers": [{"name": "g", "image": format!("file://{}/{target}/release/graceful.wasm", examples_dir().display()),
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}});
+        std::fs::create_dir_all(host.path().join(name)).unwrap();
+        s.call(Method::POST, PODS, Some(pod)).await;
+    }
+    for name in ["graceful-p1", "graceful-p2"] {
+        wait_phase(&s, name, "Running").await;
+        eventually(20, "the guest is working", || async {
+            stdout(&s.wkctl(&["logs", name]))
+                .contains("graceful: working")
+                .then_some(())
+        })
+        .await;
+    }
+    let out = s.wkctl(&["delete", "pod", "graceful-p1", "graceful-p2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["graceful-p1", "graceful-p2"] {
+        let saved = std::fs::read_to_string(host.path().join(name).join("shutdown.txt"))
+            .unwrap_or_else(|e| panic!("{name} did not save its state: {e}"));
+        assert!(saved.starts_with("clean shutdown after "), "{saved}");
+        assert_eq!(
+            s.call(Method::GET, &format!("{PODS}/{name}"), None).await.0,
+            404
+        );
+    }
+}
+
+async fn events_of(s: &Server, pod: &str) -> Vec<(String, String)> {
+    let (_, list) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{pod}"),
+            None,
+        )
+        .await;
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn condition<'a>(p: &'a Value, kind: &str) -> &'a str {
+    p["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn probes_gate_readiness_and_a_failing_liveness_probe_restarts_the_container() {
+    let s = Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .start()
+        .await;
+    // the example: startup (exec), readiness (httpGet on a named port), liveness
+    let port = crate::util::free_port().to_string();
+    apply_with(&s, "webserver", &[("8080", &port)]).await;
+    let p = s
+        .wait_pod("webserver", "webserver Ready", |p| {
+            condition(p, "Ready") == "True"
+        })
+        .await;
+    assert_eq!(p["status"]["containerStatuses"][0]["started"], true);
+    let body = reqwest::get(format!(
+        "http://{}:{port}/probe-me",
+        p["status"]["podIP"].as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(body, "hello from webserver at /probe-me\n");
+    let out = stdout(&s.wkctl(&["get", "pod", "webserver"]));
+    assert!(out.lines().nth(1).unwrap().contains(" 1/1 "), "{out}");
+
+    // liveness goes bad after 2 checks: killed, restarted, and it says why
+    let node = s.node_name().await;
+    let port2 = crate::util::free_port();
+    let image = format!(
+        "file://{}/wasm32-wasip2/release/webserver.wasm",
+        examples_dir().display()
+    );
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sickly"}, "spec": {
+        "nodeName": node, "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "web", "image": image,
+            "env": [{"name": "PORT", "value": port2.to_string()}, {"name": "HEALTHY_FOR", "value": "2"}],
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": port2}, "periodSeconds": 1, "failureThreshold": 1}}]}});
+    s.call(Method::POST, PODS, Some(pod)).await;
+    // and a pod whose readiness probe (exec) fails is Running but not Ready
+    let port3 = crate::util::free_port();
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unready"}, "spec": {
+        "nodeName": node,
+        "containers": [{"name": "web", "image": image,
+            "env": [{"name": "PORT", "value": port3.to_string()}],
+            "readinessProbe": {"exec": {"command": ["webserver", "fail"]}, "periodSeconds": 1, "failureThreshold": 1}}]}});
+    s.call(Method::POST, PODS, Some(pod)).await;
+
+    let p = s
+        .wait_pod("sickly", "sickly restarted", |p| {
+            p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        137
+    );
+    let events = events_of(&s, "sickly").await;
+    assert!(
+        events.iter().any(|(r, m)| r == "Unhealthy"
+            && m == "Liveness probe failed: HTTP probe failed with statuscode: 500"),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|(r, m)| r == "Killing"
+            && m == "Container web failed liveness probe, will be restarted"),
+        "{events:?}"
+    );
+
+    let p = eventually(20, "unready has run a readiness check", || async {
+        let events = events_of(&s, "unready").await;
+        if !events.iter().any(|(r, _)| r == "Unhealthy") {
+            return None;
+        }
+        Some(
+            s.call(Method::GET, &format!("{PODS}/unready"), None)
+                .await
+                .1,
+        )
+    })
+    .await;
+    assert_eq!(p["status"]["phase"], "Running");
+    assert_eq!(condition(&p, "Ready"), "False");
+    assert_eq!(p["status"]["containerStatuses"][0]["ready"], false);
+    let events = events_of(&s, "unready").await;
+    assert!(
+        events.iter().any(|(r, m)| r == "Unhealthy"
+            && m.starts_with(
+                "Readiness probe failed: command [\"webserver\", \"fail\"] exited with 1: not ok"
+            )),
+        "{events:?}"
+    );
 }

@@ -101,7 +101,7 @@ struct Container {
     compiled: Compiled,
     state: watch::Sender<ContainerState>,
     /// Interrupt the guest.
-    stop: Arc<AtomicBool>,
+    stop: Arc<Kill>,
     /// Ask the guest to finish (`wasmkube:pod/lifecycle`).
     shutdown: Arc<AtomicBool>,
     /// Whether the guest imports the lifecycle interface, so can hear the ask.
@@ -449,13 +449,41 @@ const PIPE_BUDGET: usize = 64 * 1024;
 /// The import module of the graceful-shutdown interface (`wit/wasmkube.wit`).
 pub const LIFECYCLE: &str = "wasmkube:pod/lifecycle@0.1.0";
 
+/// The runtime's order to end a guest now.
+#[derive(Default)]
+struct Kill {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Kill {
+    fn raise(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    fn raised(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once raised.
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.raised() {
+            notified.await;
+        }
+    }
+}
+
 /// One instance to run: a container's main process or an exec.
 struct Launch<'a> {
     spec: &'a ContainerSpec,
     args: &'a [String],
     stdio: Stdio,
-    /// Interrupt the guest at its next epoch tick.
-    stop: Arc<AtomicBool>,
+    /// End the guest now.
+    stop: Arc<Kill>,
     /// What `wasmkube:pod/lifecycle.shutdown-requested` answers.
     shutdown: Arc<AtomicBool>,
 }
@@ -515,15 +543,11 @@ fn wasi_builder(launch: Launch<'_>) -> Result<WasiCtxBuilder, String> {
 
 /// Install the epoch callback: stop requests interrupt, every tick yields,
 /// and a CPU limit throttles.
-fn schedule<T: Send + 'static>(
-    store: &mut Store<T>,
-    stop: Arc<AtomicBool>,
-    cpu_millis: Option<u64>,
-) {
+fn schedule<T: Send + 'static>(store: &mut Store<T>, stop: Arc<Kill>, cpu_millis: Option<u64>) {
     let throttle = CpuThrottle::new(cpu_millis);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if stop.load(Ordering::Relaxed) {
+        if stop.raised() {
             return Ok(wasmtime::UpdateDeadline::Interrupt);
         }
         Ok(wasmtime::UpdateDeadline::YieldCustom(1, throttle.pause()))
@@ -634,9 +658,18 @@ async fn launch(
     started_at: SystemTime,
 ) -> Exit {
     let (memory_limit, stop) = (launch.spec.memory_limit, launch.stop.clone());
-    let (out, oom) = match compiled {
-        Compiled::Module(m) => run_p1(engine, m, launch).await,
-        Compiled::Component(c) => run_p2(engine, c, launch).await,
+    let run = async {
+        match compiled {
+            Compiled::Module(m) => run_p1(engine, m, launch).await,
+            Compiled::Component(c) => run_p2(engine, c, launch).await,
+        }
+    };
+    // Epoch interruption stops a guest running Wasm code; one blocked in a
+    // host call (accept, a long sleep) is stopped by dropping its future,
+    // which drops its instance.
+    let (out, oom) = tokio::select! {
+        r = run => r,
+        _ = stop.wait() => (Outcome::Trapped("stopped".into()), false),
     };
     let (exit_code, reason, message) = match out {
         _ if oom => (
@@ -647,7 +680,7 @@ async fn launch(
                 memory_limit.unwrap_or(0)
             )),
         ),
-        _ if stop.load(Ordering::Relaxed) => (KILLED_EXIT_CODE, "Killed", None),
+        _ if stop.raised() => (KILLED_EXIT_CODE, "Killed", None),
         Outcome::Exited(0) => (0, "Completed", None),
         Outcome::Exited(code) => (code, "Error", None),
         Outcome::Trapped(msg) => (TRAP_EXIT_CODE, "Error", Some(msg)),
@@ -717,7 +750,7 @@ impl ContainerRuntime for WasmRuntime {
             spec: spec.clone(),
             compiled,
             state,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(Kill::default()),
             shutdown: Arc::new(AtomicBool::new(false)),
             listens,
         });
@@ -764,7 +797,7 @@ impl ContainerRuntime for WasmRuntime {
         let natural =
             tokio::time::timeout(wait, async { rx.wait_for(exited).await.map(|_| ()) }).await;
         if natural.is_err() {
-            c.stop.store(true, Ordering::Relaxed);
+            c.stop.raise();
             let _ = rx.wait_for(exited).await.map(|_| ());
         }
         Ok(())
@@ -773,7 +806,7 @@ impl ContainerRuntime for WasmRuntime {
     async fn remove(&self, id: &ContainerId) -> Result<(), RuntimeError> {
         let c = lock(&self.inner.containers).remove(id);
         if let Some(c) = c {
-            c.stop.store(true, Ordering::Relaxed);
+            c.stop.raise();
         }
         Ok(())
     }

@@ -395,3 +395,31 @@ fn guests_bind_only_the_unspecified_address_or_their_pod_ip() {
     assert!(!socket_allowed(None, at("127.0.0.1:8080"), TcpBind));
     assert!(socket_allowed(Some(pod), at("127.0.0.1:5000"), TcpConnect));
 }
+
+#[tokio::test]
+async fn a_guest_blocked_in_a_host_call_is_stopped_too() {
+    // sleeps an hour in poll_oneoff: no Wasm runs, so no epoch check fires
+    const SLEEPER: &str = r#"(module
+      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (i32.store8 (i32.const 8) (i32.const 0))
+        (i32.store (i32.const 16) (i32.const 1))
+        (i64.store (i32.const 24) (i64.const 3600000000000))
+        (drop (call $poll (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 200)))))"#;
+    let f = Fixture::new();
+    let spec = f.spec("sleeper", SLEEPER);
+    let id = spec.id.clone();
+    f.rt.create(spec).await.unwrap();
+    f.rt.start(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(60), f.rt.stop(&id, Duration::ZERO))
+        .await
+        .expect("stop returns")
+        .unwrap();
+    let exit = f.rt.wait(&id).await.unwrap();
+    assert_eq!(
+        (exit.exit_code, exit.reason.as_str()),
+        (KILLED_EXIT_CODE, "Killed")
+    );
+}

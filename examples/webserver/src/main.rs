@@ -1,0 +1,74 @@
+//! A small HTTP server on `wasi:sockets` (a preview 2 component): listens on
+//! 0.0.0.0:$PORT (default 8080), one connection at a time.
+//!
+//! - `GET /healthz`: 200 for the first $HEALTHY_FOR health checks (default:
+//!   always), 500 after that: a liveness probe target that goes bad.
+//! - any other path: 200 with a greeting naming the pod and the path.
+//! - `webserver check` exits 0 and `webserver fail` exits 1: subcommands for
+//!   exec probes (an exec runs a fresh instance of the module).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("check") => {
+            println!("ok");
+            return;
+        }
+        Some("fail") => {
+            println!("not ok");
+            std::process::exit(1);
+        }
+        _ => {}
+    }
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let healthy_for: Option<u64> = std::env::var("HEALTHY_FOR")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "webserver".into());
+    let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("webserver: bind 0.0.0.0:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("webserver: listening on 0.0.0.0:{port}");
+    let mut health_checks: u64 = 0;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let mut line = String::new();
+        let mut reader = BufReader::new(&conn);
+        if reader.read_line(&mut line).is_err() {
+            continue;
+        }
+        // skip the headers
+        loop {
+            let mut h = String::new();
+            match reader.read_line(&mut h) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if h == "\r\n" || h == "\n" => break,
+                Ok(_) => {}
+            }
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (status, body) = if path == "/healthz" {
+            health_checks += 1;
+            match healthy_for {
+                Some(n) if health_checks > n => {
+                    ("500 Internal Server Error", "unhealthy\n".to_string())
+                }
+                _ => ("200 OK", "ok\n".to_string()),
+            }
+        } else {
+            ("200 OK", format!("hello from {pod} at {path}\n"))
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
