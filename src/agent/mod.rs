@@ -6,9 +6,11 @@
 //! - [`pod`]: one worker per pod (init containers, restart policy, back-off,
 //!   probes, status, deletion).
 //! - [`probe`]: startup, liveness and readiness probes.
+//! - [`exec`]: exec sessions over the WebSocket channel protocol.
 //! - [`spec`]: pod container → runtime container spec (pure).
 //! - [`status`]: runtime state → pod status (pure).
 
+pub mod exec;
 pub mod node;
 pub mod pod;
 pub mod probe;

@@ -196,6 +196,37 @@ impl PodCtx {
             .any(|c| c.name == container && matches!(c.state, CState::Running { .. }))
     }
 
+    /// The runtime and id of `container`'s current run, if it is running.
+    pub fn exec_target(
+        &self,
+        container: &str,
+    ) -> Result<(Arc<dyn ContainerRuntime>, ContainerId), String> {
+        let rec = self.record();
+        let c = rec
+            .containers
+            .iter()
+            .chain(rec.init.iter())
+            .find(|c| c.name == container)
+            .ok_or_else(|| format!("container {container} is not valid for pod {}", self.name))?;
+        if !matches!(c.state, CState::Running { .. }) {
+            return Err(format!(
+                "unable to upgrade connection: container not found ({container:?}): it is not running"
+            ));
+        }
+        let (rt_name, id) = c
+            .container_id
+            .split_once("://")
+            .ok_or_else(|| format!("container {container} has no id yet"))?;
+        let rt = self
+            .agent
+            .runtimes
+            .iter()
+            .find(|r| r.name() == rt_name)
+            .cloned()
+            .ok_or_else(|| format!("no runtime {rt_name:?} on this node"))?;
+        Ok((rt, ContainerId(id.to_string())))
+    }
+
     /// The names of the pod's containers.
     pub fn container_names(&self) -> Vec<String> {
         self.record()

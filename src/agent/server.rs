@@ -1,11 +1,13 @@
 //! The agent's own HTTP API, reached only through the API server (as
-//! kube-apiserver reaches the kubelet): container logs.
+//! kube-apiserver reaches the kubelet): container logs and exec.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,6 +38,7 @@ pub struct LogParams {
 pub fn router(agent: Arc<Agent>, token: String) -> Router {
     Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
+        .route("/exec/{ns}/{pod}/{container}", get(exec))
         .with_state(Arc::new(AgentApi { agent, token }))
 }
 
@@ -46,6 +49,72 @@ fn error(code: StatusCode, message: String) -> Response {
         "BadRequest"
     };
     (code, axum::Json(serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}))).into_response()
+}
+
+fn authorized(api: &AgentApi, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == api.token)
+}
+
+/// `exec`: the query is that of `pods/exec` (`command` repeated, `stdin`,
+/// `stdout`, `stderr`, `tty`).
+async fn exec(
+    State(api): State<Arc<AgentApi>>,
+    headers: HeaderMap,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    let flag = |k: &str| {
+        params
+            .iter()
+            .any(|(key, v)| key == k && matches!(v.as_str(), "true" | "1"))
+    };
+    let command: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if command.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least 1 command".into(),
+        );
+    }
+    let Some(ctx) = api.agent.pod(&ns, &pod) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pod {ns}/{pod} is not running on node {}",
+                api.agent.config.node_name
+            ),
+        );
+    };
+    let (runtime, id) = match ctx.exec_target(&container) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Ok(ws) = ws else {
+        return error(StatusCode::BAD_REQUEST, "Upgrade request required".into());
+    };
+    let session = super::exec::Session {
+        runtime,
+        id,
+        command,
+        stdin: flag("stdin"),
+        stdout: flag("stdout"),
+        stderr: flag("stderr"),
+    };
+    ws.protocols([super::exec::V5, super::exec::V4])
+        .on_upgrade(move |socket| super::exec::run(socket, session))
 }
 
 fn format_line(line: &str, timestamps: bool) -> Option<String> {
@@ -65,12 +134,7 @@ async fn logs(
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogParams>,
 ) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == api.token);
-    if !authorized {
+    if !authorized(&api, &headers) {
         return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
     }
     let Some(ctx) = api.agent.pod(&ns, &pod) else {

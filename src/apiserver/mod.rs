@@ -161,6 +161,15 @@ async fn dispatch(
     req: HttpRequest,
 ) -> Response {
     let path = req.uri().path().to_string();
+    if let Some((ns, name)) = exec_target(&path) {
+        let (ns, name) = (ns.to_string(), name.to_string());
+        if matches!(method, Method::GET | Method::POST) {
+            return match proxy::pod_exec(&state, &ns, &name, req).await {
+                Ok(r) => r,
+                Err(e) => Failure(e).into_response(),
+            };
+        }
+    }
     let query = req.uri().query().map(String::from);
     let body = match axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024).await {
         Ok(b) => b,
@@ -177,6 +186,22 @@ async fn dispatch(
             }
             Failure(e).into_response()
         }
+    }
+}
+
+/// `(namespace, name)` of a `pods/{name}/exec` path.
+fn exec_target(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let mut parts = rest.split('/');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(ns), Some("pods"), Some(name), Some("exec"), None) => Some((ns, name)),
+        _ => None,
     }
 }
 

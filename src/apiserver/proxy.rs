@@ -1,5 +1,7 @@
-//! `pods/{name}/log`: served by the agent of the pod's node, proxied here as
-//! kube-apiserver proxies to the kubelet.
+//! `pods/{name}/log` and `pods/{name}/exec`: served by the agent of the pod's
+//! node, proxied here as kube-apiserver proxies to the kubelet. Exec's
+//! WebSocket upgrade is passed through: the agent speaks the channel
+//! protocol, this side copies bytes.
 
 use axum::body::Body;
 use axum::http::{header, StatusCode};
@@ -32,8 +34,40 @@ pub async fn pod_logs(
     let pod = handlers::get(&state.store, pods, ns, name)?;
     let params: LogParams = serde_urlencoded::from_str(query.unwrap_or_default())
         .map_err(|e| ApiError::BadRequest(format!("invalid query parameters: {e}")))?;
-    let containers = names(&pod, "containers");
-    let container = match params.container.clone() {
+    let container = pick_container(&pod, name, params.container.clone())?;
+    let base = agent_base(state, &pod, name)?;
+    let mut url = format!("{base}/containerLogs/{ns}/{name}/{container}");
+    if let Some(q) = query {
+        url = format!("{url}?{q}");
+    }
+    let resp = state
+        .http
+        .get(&url)
+        .bearer_auth(&state.token)
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::Unavailable(format!(
+                "the agent of pod {name}'s node is unreachable: {e}"
+            ))
+        })?;
+    let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = if code.is_success() {
+        "text/plain"
+    } else {
+        "application/json"
+    };
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from_stream(resp.bytes_stream()))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// The container a request names, or the pod's only one.
+fn pick_container(pod: &Value, name: &str, wanted: Option<String>) -> Result<String, ApiError> {
+    let containers = names(pod, "containers");
+    let container = match wanted {
         Some(c) => c,
         None if containers.len() == 1 => containers[0].clone(),
         None => {
@@ -43,11 +77,16 @@ pub async fn pod_logs(
             )))
         }
     };
-    if !containers.contains(&container) && !names(&pod, "initContainers").contains(&container) {
+    if !containers.contains(&container) && !names(pod, "initContainers").contains(&container) {
         return Err(ApiError::BadRequest(format!(
             "container {container} is not valid for pod {name}"
         )));
     }
+    Ok(container)
+}
+
+/// `http://ADDRESS:PORT` of the agent on the pod's node.
+fn agent_base(state: &ApiState, pod: &Value, name: &str) -> Result<String, ApiError> {
     let node_name = pod["spec"]["nodeName"]
         .as_str()
         .filter(|n| !n.is_empty())
@@ -64,28 +103,96 @@ pub async fn pod_logs(
         .and_then(Value::as_u64)
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::Unavailable(format!("node {node_name} has no agent endpoint")))?;
-    let mut url = format!("http://{addr}:{port}/containerLogs/{ns}/{name}/{container}");
-    if let Some(q) = query {
-        url = format!("{url}?{q}");
+    Ok(format!("http://{addr}:{port}"))
+}
+
+/// The headers of a WebSocket handshake passed between client and agent.
+const HANDSHAKE: [header::HeaderName; 5] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_PROTOCOL,
+];
+
+/// Exec in a container: validate, then pass the WebSocket upgrade through
+/// to the pod's agent and copy bytes both ways until either side closes.
+pub async fn pod_exec(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    mut req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let pods = resources::lookup("pods").expect("pods are served");
+    let pod = handlers::get(&state.store, pods, ns, name)?;
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(&query)
+        .map_err(|e| ApiError::BadRequest(format!("invalid query parameters: {e}")))?;
+    let wanted = params
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.clone());
+    let container = pick_container(&pod, name, wanted)?;
+    if !params.iter().any(|(k, _)| k == "command") {
+        return Err(ApiError::BadRequest(
+            "you must specify at least 1 command".into(),
+        ));
     }
-    let resp = state
-        .http
-        .get(&url)
-        .bearer_auth(&state.token)
-        .send()
-        .await
-        .map_err(|e| {
-            ApiError::Unavailable(format!("the agent of node {node_name} is unreachable: {e}"))
-        })?;
-    let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = if code.is_success() {
-        "text/plain"
-    } else {
-        "application/json"
-    };
-    Response::builder()
-        .status(code)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from_stream(resp.bytes_stream()))
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return Err(ApiError::BadRequest("Upgrade request required".into()));
+    }
+    let url = format!(
+        "{}/exec/{ns}/{name}/{container}?{query}",
+        agent_base(state, &pod, name)?
+    );
+    let mut forward = state.http.get(&url).bearer_auth(&state.token);
+    for h in HANDSHAKE {
+        if let Some(v) = req.headers().get(&h) {
+            forward = forward.header(h.as_str(), v.as_bytes());
+        }
+    }
+    let resp = forward.send().await.map_err(|e| {
+        ApiError::Unavailable(format!(
+            "the agent of pod {name}'s node is unreachable: {e}"
+        ))
+    })?;
+    if resp.status().as_u16() != 101 {
+        let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        return Response::builder()
+            .status(code)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(resp.bytes_stream()))
+            .map_err(|e| ApiError::Internal(e.to_string()));
+    }
+    let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for h in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::SEC_WEBSOCKET_PROTOCOL,
+    ] {
+        if let Some(v) = resp.headers().get(h.as_str()) {
+            out = out.header(h, v.as_bytes());
+        }
+    }
+    let client = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let (agent, client) = match tokio::join!(resp.upgrade(), client) {
+            (Ok(a), Ok(c)) => (a, c),
+            (a, c) => {
+                tracing::debug!(agent = ?a.err(), client = ?c.err(), "exec upgrade failed");
+                return;
+            }
+        };
+        let mut agent = agent;
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+    });
+    out.body(Body::empty())
         .map_err(|e| ApiError::Internal(e.to_string()))
 }

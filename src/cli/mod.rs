@@ -9,6 +9,7 @@ pub mod apply;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod exec;
 pub mod get;
 pub mod info;
 pub mod logs;
@@ -56,6 +57,8 @@ pub enum Command {
     Create(create::Create),
     /// Print the logs of a container in a pod.
     Logs(logs::Logs),
+    /// Execute a command in a container (Wasm: a fresh instance of its module).
+    Exec(exec::Exec),
     /// Display the address of the control plane.
     ClusterInfo(info::ClusterInfo),
     /// Print the client and server version.
@@ -76,6 +79,9 @@ pub enum CliError {
     /// Some items failed; each was already reported.
     #[error("")]
     Reported,
+    /// An exec'd command ended with this non-zero code (wkctl exits with it).
+    #[error("command terminated with exit code {0}")]
+    Exit(i32),
 }
 
 /// What every verb needs: the client and the namespace in scope.
@@ -139,6 +145,7 @@ pub async fn run(cli: Cli) -> i32 {
             Command::Delete(c) => c.execute(&ctx).await,
             Command::Create(c) => c.execute(&ctx).await,
             Command::Logs(c) => c.execute(&ctx).await,
+            Command::Exec(c) => c.execute(&ctx).await,
             Command::ClusterInfo(c) => c.execute(&ctx).await,
             Command::Version(c) => c.execute(&ctx).await,
             Command::ApiResources(c) => c.execute(&ctx).await,
@@ -148,6 +155,10 @@ pub async fn run(cli: Cli) -> i32 {
     match result {
         Ok(()) => 0,
         Err(CliError::Reported) => 1,
+        Err(CliError::Exit(code)) => {
+            eprintln!("{}", CliError::Exit(code));
+            code
+        }
         Err(e) => {
             eprintln!("{e}");
             1

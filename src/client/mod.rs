@@ -93,6 +93,12 @@ impl Client {
         &self.server
     }
 
+    /// The bearer token (for connections this client does not make itself,
+    /// such as exec's WebSocket).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     fn connect_err(&self, source: reqwest::Error) -> ClientError {
         ClientError::Connect {
             server: self.server.clone(),

@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod durability;
 mod examples;
+mod exec;
 mod kube_client;
 mod registry;
 mod util;

@@ -5,7 +5,9 @@
 //!   always), 500 after that: a liveness probe target that goes bad.
 //! - any other path: 200 with a greeting naming the pod and the path.
 //! - `webserver check` exits 0 and `webserver fail` exits 1: subcommands for
-//!   exec probes (an exec runs a fresh instance of the module).
+//!   exec probes (an exec runs a fresh instance of the module);
+//!   `webserver env NAME` prints a variable and `webserver cat` copies stdin
+//!   to stdout, for `wkctl exec`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -20,6 +22,15 @@ fn main() {
         Some("fail") => {
             println!("not ok");
             std::process::exit(1);
+        }
+        Some("env") => {
+            let name = args.get(2).map(String::as_str).unwrap_or("POD_NAME");
+            println!("{}", std::env::var(name).unwrap_or_default());
+            return;
+        }
+        Some("cat") => {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::stdout());
+            return;
         }
         _ => {}
     }
