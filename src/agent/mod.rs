@@ -20,7 +20,6 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,7 +84,8 @@ pub struct Agent {
     pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
     /// For HTTP probes.
     pub http: reqwest::Client,
-    next_ip: AtomicU32,
+    /// Host numbers of the pod addresses in use (127.1.0.0/16).
+    ips: Mutex<std::collections::BTreeSet<u32>>,
     workers: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
     /// Running pod workers by `namespace/name`, for logs.
     pods: Mutex<HashMap<String, Arc<pod::PodCtx>>>,
@@ -109,7 +109,7 @@ impl Agent {
                 .no_proxy()
                 .build()
                 .unwrap_or_default(),
-            next_ip: AtomicU32::new(2),
+            ips: Mutex::default(),
             workers: Mutex::default(),
             pods: Mutex::default(),
         }))
@@ -117,8 +117,82 @@ impl Agent {
 
     /// A pod address unique on this node (127.1.0.0/16 until pod networking lands).
     pub fn allocate_ip(&self) -> String {
-        let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
+        let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        let n = (2u32..0xffff).find(|n| !ips.contains(n)).unwrap_or(0xffff);
+        ips.insert(n);
         format!("127.1.{}.{}", (n >> 8) & 0xff, n & 0xff)
+    }
+
+    /// Keep `ip` (a pod's address before an agent restart) if it is one of
+    /// ours and free; otherwise allocate a new one.
+    pub fn claim_ip(&self, ip: &str) -> String {
+        let n = ip
+            .strip_prefix("127.1.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(a, b)| Some(a.parse::<u32>().ok()? << 8 | b.parse::<u32>().ok()?))
+            .filter(|n| (2..0xffff).contains(n));
+        let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        match n {
+            Some(n) if ips.insert(n) => ip.to_string(),
+            _ => {
+                drop(ips);
+                self.allocate_ip()
+            }
+        }
+    }
+
+    /// Return a pod's address to the pool.
+    pub fn release_ip(&self, ip: &str) {
+        if let Some(n) = ip
+            .strip_prefix("127.1.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(a, b)| Some(a.parse::<u32>().ok()? << 8 | b.parse::<u32>().ok()?))
+        {
+            self.ips
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&n);
+        }
+    }
+
+    /// Start the pods recorded under the data directory by an earlier run
+    /// of this agent, before (and whether or not) the control plane answers.
+    fn resume_local_pods(self: &Arc<Self>) {
+        let dir = self.config.data_dir.join("pods");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.path().join(pod::LOCAL_STATE);
+            let Ok(bytes) = std::fs::read(&file) else {
+                continue;
+            };
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(p) if p["spec"]["nodeName"] == self.config.node_name.as_str() => {
+                    tracing::info!(pod = %meta::name(&p), "resuming pod from local state");
+                    self.upsert(p);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(file = %file.display(), error = %err, "ignoring unreadable local pod state")
+                }
+            }
+        }
+    }
+
+    /// Remove the directories of pods the API no longer has and no worker runs.
+    fn collect_pod_dirs(&self, present: &[String]) {
+        let dir = self.config.data_dir.join("pods");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for e in entries.flatten() {
+            let uid = e.file_name().to_string_lossy().to_string();
+            if !present.contains(&uid) && !workers.contains_key(&uid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     fn register_pod(&self, ns: &str, name: &str, ctx: Arc<pod::PodCtx>) {
@@ -222,6 +296,7 @@ impl Agent {
             for p in items {
                 self.upsert(p);
             }
+            self.collect_pod_dirs(&present);
             let rv = list["metadata"]["resourceVersion"]
                 .as_str()
                 .unwrap_or_default()
@@ -277,6 +352,7 @@ impl Agent {
             port,
             cancel.clone(),
         ));
+        self.resume_local_pods();
         let pods = tokio::spawn(self.clone().watch_pods(cancel));
         let _ = pods.await;
         let _ = node.await;

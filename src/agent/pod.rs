@@ -19,6 +19,10 @@ use super::status::{self, CState, ContainerRecord, PodRecord};
 use super::Agent;
 use crate::api::meta;
 
+/// The file in a pod's directory holding its last known object and status,
+/// from which a restarted agent resumes it.
+pub const LOCAL_STATE: &str = "pod.json";
+
 /// Back-off is reset once a container has run this long.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
@@ -676,6 +680,27 @@ impl PodCtx {
         }
     }
 
+    /// Record the pod with `status` as its local state (atomically).
+    async fn persist(&self, status: &Value) {
+        let mut pod = self.pod();
+        if pod.is_null() {
+            return;
+        }
+        pod["status"] = status.clone();
+        let dir = spec::pod_dir(&self.agent.config.data_dir, &self.uid);
+        let tmp = dir.join(format!("{LOCAL_STATE}.tmp"));
+        let bytes = serde_json::to_vec(&pod).unwrap_or_default();
+        let written = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::write(&tmp, &bytes).await?;
+            tokio::fs::rename(&tmp, dir.join(LOCAL_STATE)).await
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(pod = %self.name, error = %e, "saving local pod state");
+        }
+    }
+
     /// Push the status whenever it changes, until the pod is gone.
     async fn sync_status(self: Arc<Self>) {
         let mut last = Value::Null;
@@ -691,6 +716,7 @@ impl PodCtx {
             if status == last {
                 continue;
             }
+            self.persist(&status).await;
             let path = format!(
                 "/api/v1/namespaces/{}/pods/{}/status",
                 self.namespace, self.name
@@ -727,27 +753,15 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Run a pod until it is deleted. `pod` carries its latest object (None once removed).
 pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     let pod = pod_rx.borrow().clone().unwrap_or(Value::Null);
-    let list = |k: &str| -> Vec<ContainerRecord> {
-        pod["spec"][k]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                ContainerRecord::new(
-                    c["name"].as_str().unwrap_or_default(),
-                    c["image"].as_str().unwrap_or_default(),
-                )
-            })
-            .collect()
-    };
+    let rec = resumed_record(&pod, || agent.allocate_ip(), |ip| agent.claim_ip(ip));
     let rec = PodRecord {
-        init: list("initContainers"),
-        containers: list("containers"),
-        initialized: list("initContainers").is_empty(),
-        init_failed: false,
-        pod_ip: agent.allocate_ip(),
         host_ip: agent.config.advertise_ip.clone(),
-        start_time: meta::now(),
+        start_time: if rec.start_time.is_empty() {
+            meta::now()
+        } else {
+            rec.start_time
+        },
+        ..rec
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Arc::new(PodCtx {
@@ -772,6 +786,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         let _ = stop_tx.send(true);
     });
     agent.register_pod(&ctx.namespace, &ctx.name, ctx.clone());
+    ctx.persist(&pod["status"]).await;
     let status_task = tokio::spawn(ctx.clone().sync_status());
     ctx.dirty.notify_one();
 
@@ -847,5 +862,102 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         }
     }
     agent.unregister_pod(&ctx.namespace, &ctx.name, &ctx.uid);
+    agent.release_ip(&ctx.record().pod_ip);
     let _ = tokio::fs::remove_dir_all(spec::pod_dir(&agent.config.data_dir, &ctx.uid)).await;
+}
+
+/// The record a worker starts from. A pod this node ran before (its status
+/// has a pod IP: the agent restarted) keeps its address, start time and
+/// restart counts; a container that was running died with the agent's
+/// process, so its count goes up and its last state says why.
+fn resumed_record(
+    pod: &Value,
+    allocate: impl FnOnce() -> String,
+    claim: impl FnOnce(&str) -> String,
+) -> PodRecord {
+    let status = &pod["status"];
+    let list = |k: &str, statuses: &str| -> Vec<ContainerRecord> {
+        pod["spec"][k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let name = c["name"].as_str().unwrap_or_default();
+                let mut rec = ContainerRecord::new(name, c["image"].as_str().unwrap_or_default());
+                let prev = status[statuses]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s["name"] == name);
+                if let Some(prev) = prev {
+                    let count = prev["restartCount"].as_u64().unwrap_or(0) as u32;
+                    let running = &prev["state"]["running"];
+                    if running.is_object() {
+                        rec.restart_count = count + 1;
+                        rec.last_state = Some(CState::Terminated {
+                            exit_code: wasmkube_runtime::wasm::KILLED_EXIT_CODE,
+                            reason: "Unknown".into(),
+                            message: Some("the node agent restarted".into()),
+                            started_at: running["startedAt"].as_str().unwrap_or_default().into(),
+                            finished_at: ts(SystemTime::now()),
+                        });
+                    } else {
+                        rec.restart_count = count;
+                    }
+                }
+                rec
+            })
+            .collect()
+    };
+    let init = list("initContainers", "initContainerStatuses");
+    let pod_ip = match status["podIP"].as_str().filter(|ip| !ip.is_empty()) {
+        Some(ip) => claim(ip),
+        None => allocate(),
+    };
+    PodRecord {
+        initialized: init.is_empty(),
+        init,
+        containers: list("containers", "containerStatuses"),
+        init_failed: false,
+        pod_ip,
+        host_ip: String::new(),
+        start_time: status["startTime"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_pod_keeps_its_address_and_counts_the_lost_run_as_a_restart() {
+        let fresh = serde_json::json!({"spec": {"containers": [{"name": "a", "image": "i"}]}});
+        let rec = resumed_record(&fresh, || "127.1.0.2".into(), |_| unreachable!());
+        assert_eq!(rec.pod_ip, "127.1.0.2");
+        assert_eq!(rec.containers[0].restart_count, 0);
+        assert!(rec.containers[0].last_state.is_none());
+        assert_eq!(rec.start_time, "");
+
+        let resumed = serde_json::json!({
+        "spec": {"containers": [{"name": "a", "image": "i"}, {"name": "b", "image": "i"}]},
+        "status": {"podIP": "127.1.0.9", "startTime": "2026-01-01T00:00:00Z", "containerStatuses": [
+            {"name": "a", "restartCount": 2, "state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}},
+            {"name": "b", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+        ]}});
+        let rec = resumed_record(&resumed, || unreachable!(), |ip| ip.to_string());
+        assert_eq!(rec.pod_ip, "127.1.0.9");
+        assert_eq!(rec.start_time, "2026-01-01T00:00:00Z");
+        assert_eq!(rec.containers[0].restart_count, 3);
+        match &rec.containers[0].last_state {
+            Some(CState::Terminated {
+                reason, started_at, ..
+            }) => {
+                assert_eq!(reason, "Unknown");
+                assert_eq!(started_at, "2026-01-01T00:00:05Z");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rec.containers[1].restart_count, 4);
+        assert!(rec.containers[1].last_state.is_none());
+    }
 }

@@ -362,3 +362,101 @@ async fn probes_gate_readiness_and_a_failing_liveness_probe_restarts_the_contain
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_agent_resumes_its_pods_from_local_state_without_the_control_plane() {
+    let port = crate::util::free_port();
+    let mut s = Server::builder()
+        .arg("--disable-agent")
+        .arg("--listen")
+        .arg(&format!("127.0.0.1:{port}"))
+        .start()
+        .await;
+    let mut agent = crate::util::AgentProc::start(&s, "edge-2");
+    s.node_name().await;
+    let host = tempfile::tempdir().unwrap();
+    let worker = format!(
+        "file://{}/wasm32-wasip1/release/worker.wasm",
+        examples_dir().display()
+    );
+    let pod = |name: &str, args: [&str; 2], restart: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+            "nodeName": "edge-2", "restartPolicy": restart,
+            "volumes": [{"name": "data", "hostPath": {"path": host.path().join(name)}}],
+            "containers": [{"name": "w", "image": worker, "args": args,
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}})
+    };
+    for name in ["forever", "done"] {
+        std::fs::create_dir_all(host.path().join(name)).unwrap();
+    }
+    s.call(
+        Method::POST,
+        PODS,
+        Some(pod("forever", ["0", "50"], "Always")),
+    )
+    .await;
+    s.call(Method::POST, PODS, Some(pod("done", ["3", "10"], "Never")))
+        .await;
+    let before = wait_phase(&s, "forever", "Running").await;
+    wait_phase(&s, "done", "Succeeded").await;
+    let ticks = |name: &str| {
+        std::fs::read_to_string(host.path().join(name).join("work.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(ticks("done"), 3);
+
+    // the control plane goes away, then the agent process dies and comes back
+    s.kill9();
+    agent.restart();
+    let at_restart = ticks("forever");
+    eventually(
+        30,
+        "the restarted agent runs its pod again with no control plane",
+        || async { (ticks("forever") > at_restart + 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(ticks("done"), 3, "a completed pod is not run again");
+
+    // the control plane returns: the same pods, no duplicates, the lost run counted
+    s.restart().await;
+    let after = s
+        .wait_pod("forever", "forever reported again", |p| {
+            p["status"]["containerStatuses"][0]["restartCount"] == 1
+                && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+        })
+        .await;
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(
+        after["status"]["podIP"], before["status"]["podIP"],
+        "same pod address"
+    );
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"],
+        "the node agent restarted"
+    );
+    let (_, list) = s.call(Method::GET, PODS, None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2, "no duplicates");
+    let (_, done) = s.call(Method::GET, &format!("{PODS}/done"), None).await;
+    assert_eq!(done["status"]["phase"], "Succeeded");
+
+    // and a deletion through the API still stops the resumed pod
+    s.call(Method::DELETE, &format!("{PODS}/forever"), None)
+        .await;
+    eventually(30, "the agent removes the deleted pod", || async {
+        (s.call(Method::GET, &format!("{PODS}/forever"), None)
+            .await
+            .0
+            == 404)
+            .then_some(())
+    })
+    .await;
+    let stopped_at = ticks("forever");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        ticks("forever"),
+        stopped_at,
+        "the guest stopped with its pod"
+    );
+}
