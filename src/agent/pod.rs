@@ -132,40 +132,34 @@ impl PodCtx {
         }
     }
 
+    /// The ConfigMaps and Secrets of the pod's namespace, fetched only when
+    /// the pod refers to that kind at all.
     async fn lookup_data(&self) -> Data {
-        let client = &self.agent.client;
-        let mut data = Data {
-            configmaps: BTreeMap::new(),
-            secrets: BTreeMap::new(),
+        let (wants_configmaps, wants_secrets) = references(&self.pod()["spec"]);
+        let list = |kind: &'static str, wanted: bool| async move {
+            if !wanted {
+                return Vec::new();
+            }
+            let path = format!("/api/v1/namespaces/{}/{kind}", self.namespace);
+            match self.agent.client.request(Method::GET, &path, None).await {
+                Ok(l) => l["items"].as_array().cloned().unwrap_or_default(),
+                Err(_) => Vec::new(),
+            }
         };
-        let ns = &self.namespace;
-        if let Ok(l) = client
-            .request(
-                Method::GET,
-                &format!("/api/v1/namespaces/{ns}/configmaps"),
-                None,
-            )
-            .await
-        {
-            for cm in l["items"].as_array().into_iter().flatten() {
-                data.configmaps
-                    .insert(meta::name(cm).to_string(), spec::configmap_data(cm));
-            }
+        let (configmaps, secrets) = tokio::join!(
+            list("configmaps", wants_configmaps),
+            list("secrets", wants_secrets)
+        );
+        Data {
+            configmaps: configmaps
+                .iter()
+                .map(|cm| (meta::name(cm).to_string(), spec::configmap_data(cm)))
+                .collect(),
+            secrets: secrets
+                .iter()
+                .map(|s| (meta::name(s).to_string(), spec::secret_data(s)))
+                .collect(),
         }
-        if let Ok(l) = client
-            .request(
-                Method::GET,
-                &format!("/api/v1/namespaces/{ns}/secrets"),
-                None,
-            )
-            .await
-        {
-            for s in l["items"].as_array().into_iter().flatten() {
-                data.secrets
-                    .insert(meta::name(s).to_string(), spec::secret_data(s));
-            }
-        }
-        data
     }
 
     /// The log file of `container`'s current run, or of the one before (`previous`).
@@ -866,6 +860,29 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     let _ = tokio::fs::remove_dir_all(spec::pod_dir(&agent.config.data_dir, &ctx.uid)).await;
 }
 
+/// Whether a pod spec refers to ConfigMaps, and to Secrets (env, envFrom,
+/// volumes, image pull secrets), at any depth.
+fn references(spec: &Value) -> (bool, bool) {
+    match spec {
+        Value::Object(m) => m.iter().fold((false, false), |(cm, sec), (k, v)| {
+            let (c, s) = references(v);
+            (
+                cm || c || matches!(k.as_str(), "configMap" | "configMapKeyRef" | "configMapRef"),
+                sec || s
+                    || matches!(
+                        k.as_str(),
+                        "secret" | "secretKeyRef" | "secretRef" | "imagePullSecrets"
+                    ),
+            )
+        }),
+        Value::Array(a) => a.iter().fold((false, false), |(cm, sec), v| {
+            let (c, s) = references(v);
+            (cm || c, sec || s)
+        }),
+        _ => (false, false),
+    }
+}
+
 /// The record a worker starts from. A pod this node ran before (its status
 /// has a pod IP: the agent restarted) keeps its address, start time and
 /// restart counts; a container that was running died with the agent's
@@ -928,6 +945,19 @@ fn resumed_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_kinds_a_pod_refers_to_are_fetched() {
+        let plain = serde_json::json!({"containers": [{"name": "a", "env": [{"name": "X", "value": "configMap"}]}]});
+        assert_eq!(references(&plain), (false, false));
+        let env = serde_json::json!({"containers": [{"name": "a", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]});
+        assert_eq!(references(&env), (false, true));
+        let from =
+            serde_json::json!({"initContainers": [{"envFrom": [{"configMapRef": {"name": "c"}}]}]});
+        assert_eq!(references(&from), (true, false));
+        let vols = serde_json::json!({"volumes": [{"name": "v", "configMap": {"name": "c"}}], "imagePullSecrets": [{"name": "r"}]});
+        assert_eq!(references(&vols), (true, true));
+    }
 
     #[test]
     fn a_resumed_pod_keeps_its_address_and_counts_the_lost_run_as_a_restart() {

@@ -30,6 +30,8 @@ enum Bench {
     Store(Args),
     /// Wasm pods: apply → Running latency (cold and warm) and idle density.
     Pods(pods::PodArgs),
+    /// The Wasm runtime alone: instantiate-and-run time of one container or exec.
+    Instantiate(instantiate::InstArgs),
 }
 
 #[derive(Parser)]
@@ -455,6 +457,141 @@ async fn bench(target: &Target, args: &Args, rows: &mut Vec<String>) -> Result<(
     Ok(())
 }
 
+mod instantiate {
+    //! Instance start-up in the node's Wasm runtime, without the control
+    //! plane: create (compiled module cached) + start + wait for a guest that
+    //! exits at once, and an exec (a fresh instance beside a running one).
+
+    use super::*;
+    use wasmkube_runtime::wasm::{WasmConfig, WasmRuntime};
+    use wasmkube_runtime::{ContainerId, ContainerRuntime, ContainerSpec, ExecIo};
+
+    #[derive(Parser)]
+    pub struct InstArgs {
+        /// The built example guests.
+        #[arg(long, default_value = "examples/target")]
+        examples: PathBuf,
+        /// Instances per measurement.
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+    }
+
+    fn spec(id: &str, image: &Path, args: &[&str], log: PathBuf) -> ContainerSpec {
+        ContainerSpec {
+            id: ContainerId(id.into()),
+            image: format!("file://{}", image.display()),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![("POD_NAME".into(), "bench".into())],
+            working_dir: None,
+            mounts: vec![],
+            memory_limit: None,
+            cpu_millis: None,
+            log_path: log,
+            pull_policy: Default::default(),
+            pull_credentials: None,
+            pod_ip: None,
+        }
+    }
+
+    pub async fn run(args: InstArgs) -> Result<()> {
+        let tmp = tempfile_dir()?;
+        let rt = WasmRuntime::new(WasmConfig {
+            cache_dir: tmp.join("cache"),
+            image_dir: tmp.join("images"),
+            pooling_instances: Some(1000),
+        })?;
+        let empty = tmp.join("empty.wasm");
+        // (module (memory (export "memory") 1) (func (export "_start")))
+        let mut bytes =
+            b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x03\x02\x01\0\x05\x03\x01\0\x01\x07\x13\x02"
+                .to_vec();
+        bytes.extend_from_slice(b"\x06memory\x02\0\x06_start\0\0\x0a\x04\x01\x02\0\x0b");
+        std::fs::write(&empty, bytes)?;
+        let examples = std::path::absolute(&args.examples)?;
+        let p1_hello = examples.join("wasm32-wasip1/release/hello.wasm");
+        let p2_hello = examples.join("wasm32-wasip2/release/hello.wasm");
+        let web = examples.join("wasm32-wasip2/release/webserver.wasm");
+        let mut rows = Vec::new();
+        for (label, image) in [
+            ("core module, empty `_start` (P1)", &empty),
+            ("hello example (P1 module)", &p1_hello),
+            ("hello example (P2 component)", &p2_hello),
+        ] {
+            let mut hist = Histogram::<u64>::new(3)?;
+            for i in 0..=args.runs {
+                let s = spec(
+                    &format!("c{i}"),
+                    image,
+                    &["hello"],
+                    tmp.join(format!("log-{i}")),
+                );
+                let id = s.id.clone();
+                let t = Instant::now();
+                rt.create(s).await?;
+                rt.start(&id).await?;
+                let exit = rt.wait(&id).await?;
+                let took = t.elapsed();
+                rt.remove(&id).await?;
+                let _ = std::fs::remove_file(tmp.join(format!("log-{i}")));
+                anyhow::ensure!(exit.exit_code == 0, "{label}: exit {}", exit.exit_code);
+                if i > 0 {
+                    // the first run compiles; the rest measure instantiation
+                    hist.record(took.as_micros() as u64)?;
+                }
+            }
+            rows.push(row(label, &hist));
+        }
+        // exec: a fresh instance of a running container's component
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let mut s = spec("web", &web, &["webserver"], tmp.join("web.log"));
+        s.env.push(("PORT".into(), port.to_string()));
+        rt.create(s).await?;
+        rt.start(&ContainerId("web".into())).await?;
+        let mut hist = Histogram::<u64>::new(3)?;
+        for _ in 0..args.runs {
+            let io = ExecIo {
+                stdin: None,
+                stdout: Box::new(tokio::io::sink()),
+                stderr: Box::new(tokio::io::sink()),
+            };
+            let t = Instant::now();
+            let exit = rt
+                .exec(
+                    &ContainerId("web".into()),
+                    vec!["webserver".into(), "check".into()],
+                    io,
+                )
+                .await?;
+            hist.record(t.elapsed().as_micros() as u64)?;
+            anyhow::ensure!(exit.exit_code == 0, "exec: exit {}", exit.exit_code);
+        }
+        rows.push(row("exec `webserver check` (P2 component)", &hist));
+        rt.stop(&ContainerId("web".into()), Duration::ZERO).await?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        println!("Machine: {}", machine());
+        println!("{} runs each, compiled artifacts cached\n", args.runs);
+        println!("| guest | runs | p50 ms | p99 ms | max ms |");
+        println!("|---|---|---|---|---|");
+        for r in rows {
+            println!("{r}");
+        }
+        Ok(())
+    }
+
+    fn row(label: &str, h: &Histogram<u64>) -> String {
+        format!(
+            "| {label} | {} | {} | {} | {} |",
+            h.len(),
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.max())
+        )
+    }
+}
+
 mod pods {
     //! Wasm pod start latency and density, on the embedded node of one `wk server`.
 
@@ -738,6 +875,7 @@ async fn main() -> Result<()> {
     match Bench::parse() {
         Bench::Store(args) => store_main(args).await,
         Bench::Pods(args) => pods::run(args).await,
+        Bench::Instantiate(args) => instantiate::run(args).await,
     }
 }
 
