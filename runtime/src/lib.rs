@@ -2,7 +2,7 @@
 //!
 //! One object-safe trait, [`ContainerRuntime`], modelled on the kubelet's
 //! container runtime interface: create, start, stop with a grace period,
-//! remove, status, wait, logs. The agent picks a runtime per container with
+//! remove, status, wait, exec. The agent picks a runtime per container with
 //! [`ContainerRuntime::supports`], so one pod can mix runtimes.
 //!
 //! # Layout

@@ -23,6 +23,10 @@ use crate::api::meta;
 /// from which a restarted agent resumes it.
 pub const LOCAL_STATE: &str = "pod.json";
 
+/// How long a status change waits for others to share its PATCH (a start
+/// changes the status two or three times within a few milliseconds).
+const STATUS_COALESCE: Duration = Duration::from_millis(5);
+
 /// Back-off is reset once a container has run this long.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
@@ -700,7 +704,7 @@ impl PodCtx {
         let mut last = Value::Null;
         loop {
             self.dirty.notified().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(STATUS_COALESCE).await;
             let pod = self.pod();
             if pod.is_null() {
                 return;
