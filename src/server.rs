@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub snapshot_logs: u64,
     /// The embedded node agent (`None`: `--disable-agent`).
     pub agent: Option<crate::agent::AgentConfig>,
+    /// The scheduler and controllers.
+    pub controllers: crate::controllers::Config,
 }
 
 /// The default data directory: `$WK_DATA_DIR`, else `/var/lib/wasmkube` for
@@ -215,7 +217,11 @@ pub async fn run(
         }
         None => None,
     };
-    let controllers = tokio::spawn(crate::controllers::namespace::run(client, stop_rx));
+    let controllers = tokio::spawn(crate::controllers::run(
+        client,
+        config.controllers.clone(),
+        stop_rx,
+    ));
 
     tracing::info!(listen = %bound, node = %config.node_name, kubeconfig = %kubeconfig.display(), "wk server ready");
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -54,6 +54,9 @@ pub struct AgentConfig {
     pub advertise_ip: String,
     /// Pods this node accepts (Node capacity).
     pub max_pods: u32,
+    /// CPU and memory offered to pods (quantities; default: the machine's).
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
     /// Node status and Lease renewal interval.
     pub heartbeat: Duration,
     /// First restart back-off (doubles up to `backoff_max`).
@@ -69,6 +72,8 @@ impl AgentConfig {
             data_dir,
             advertise_ip: "127.0.0.1".into(),
             max_pods: 1000,
+            cpu: None,
+            memory: None,
             heartbeat: Duration::from_secs(10),
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),

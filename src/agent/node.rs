@@ -38,7 +38,12 @@ pub fn node_object(cfg: &AgentConfig, port: u16) -> Value {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": cfg.max_pods.to_string()});
+    let cpu = cfg.cpu.clone().unwrap_or_else(|| cpus.to_string());
+    let memory = cfg
+        .memory
+        .clone()
+        .unwrap_or_else(|| format!("{}Ki", memory_kib()));
+    let capacity = json!({"cpu": cpu, "memory": memory, "pods": cfg.max_pods.to_string()});
     let now = meta::now();
     json!({
         "apiVersion": "v1",

@@ -56,6 +56,10 @@ struct ServerArgs {
     /// Do not run the embedded node agent.
     #[arg(long)]
     disable_agent: bool,
+    /// How the scheduler scores nodes: most-allocated (bin packing: fill a
+    /// node before the next) or least-allocated (spread the load).
+    #[arg(long, default_value = "most-allocated")]
+    scheduling_strategy: wasmkube::controllers::scheduler::Strategy,
     #[command(flatten)]
     agent: AgentTuning,
 }
@@ -69,12 +73,36 @@ struct AgentTuning {
     /// Node status and Lease renewal interval in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     heartbeat_ms: u64,
+    /// Pods this node accepts (its `pods` capacity; the Wasm instance pool size).
+    #[arg(long, default_value_t = 1000)]
+    max_pods: u32,
+    /// CPU the node offers to pods, as a quantity (default: all its cores).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory the node offers to pods, as a quantity (default: all of it).
+    #[arg(long)]
+    memory: Option<String>,
 }
 
 impl AgentTuning {
+    /// Reject capacities that are not quantities, naming the flag.
+    fn check(&self) -> anyhow::Result<()> {
+        use wasmkube::api::quantity;
+        if let Some(c) = &self.cpu {
+            quantity::millicores(c).map_err(|e| anyhow::anyhow!("--cpu {c:?}: {e}"))?;
+        }
+        if let Some(m) = &self.memory {
+            quantity::bytes(m).map_err(|e| anyhow::anyhow!("--memory {m:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
     fn apply(&self, mut c: wasmkube::agent::AgentConfig) -> wasmkube::agent::AgentConfig {
         c.backoff_base = Duration::from_millis(self.backoff_base_ms.max(1));
         c.heartbeat = Duration::from_millis(self.heartbeat_ms.max(100));
+        c.max_pods = self.max_pods.max(1);
+        c.cpu = self.cpu.clone();
+        c.memory = self.memory.clone();
         c
     }
 }
@@ -151,6 +179,7 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(a) => {
+            a.agent.check()?;
             let data_dir = a.data_dir.unwrap_or_else(server::default_data_dir);
             let node_name = a.node_name.unwrap_or_else(hostname);
             let agent = (!a.disable_agent).then(|| {
@@ -168,10 +197,14 @@ async fn main() -> Result<()> {
                 bookmark_interval: Duration::from_secs_f64(a.bookmark_interval.max(0.05)),
                 snapshot_logs: a.snapshot_logs,
                 agent,
+                controllers: wasmkube::controllers::Config {
+                    scheduling_strategy: a.scheduling_strategy,
+                },
             };
             server::run(config, shutdown_signal()).await?;
         }
         Command::Agent(a) => {
+            a.agent.check()?;
             let node_name = a.node_name.unwrap_or_else(hostname);
             let data_dir = a
                 .data_dir

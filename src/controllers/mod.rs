@@ -2,6 +2,29 @@
 //! only the public API, through [`crate::client::Client`].
 
 pub mod namespace;
+pub mod runtime;
+pub mod scheduler;
 
 /// Cancellation for controller loops: a watch channel that turns `true` on shutdown.
 pub type CancelToken = tokio::sync::watch::Receiver<bool>;
+
+/// Settings of the controller manager.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub scheduling_strategy: scheduler::Strategy,
+}
+
+/// Run the scheduler and every controller until `cancel` turns true.
+pub async fn run(client: crate::client::Client, config: Config, cancel: CancelToken) {
+    let tasks = [
+        tokio::spawn(namespace::run(client.clone(), cancel.clone())),
+        tokio::spawn(scheduler::run(
+            client.clone(),
+            config.scheduling_strategy,
+            cancel.clone(),
+        )),
+    ];
+    for t in tasks {
+        let _ = t.await;
+    }
+}

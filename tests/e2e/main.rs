@@ -9,5 +9,6 @@ mod examples;
 mod exec;
 mod kube_client;
 mod registry;
+mod scheduler;
 mod util;
 mod watch;

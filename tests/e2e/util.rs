@@ -260,10 +260,16 @@ pub struct AgentProc {
     pub dir: tempfile::TempDir,
     server_url: String,
     token: String,
+    extra: Vec<String>,
 }
 
 impl AgentProc {
     pub fn start(server: &Server, name: &str) -> AgentProc {
+        Self::start_with(server, name, &[])
+    }
+
+    /// Start an agent with extra `wk agent` flags.
+    pub fn start_with(server: &Server, name: &str, extra: &[&str]) -> AgentProc {
         let dir = tempfile::tempdir().unwrap();
         let mut a = AgentProc {
             child: None,
@@ -271,6 +277,7 @@ impl AgentProc {
             dir,
             server_url: server.url.clone(),
             token: server.token.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         a.spawn();
         a
@@ -303,6 +310,7 @@ impl AgentProc {
                     "--listen",
                     "127.0.0.1:0",
                 ])
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

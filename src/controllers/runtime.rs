@@ -1,0 +1,492 @@
+//! The machinery every controller shares: a reflector (list, then watch,
+//! into a cache; resume from the last resourceVersion; relist on 410 Gone;
+//! back off on errors), a deduplicating work queue (a key is queued at most
+//! once and never handed to two workers at the same time), and a worker loop
+//! that runs a level-triggered reconcile function per key, requeueing with
+//! back-off on errors.
+//!
+//! The shape follows client-go and kube-runtime: handlers map changes to
+//! keys, reconcilers read the cache and act through the API.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+
+use super::CancelToken;
+use crate::api::meta;
+use crate::api::resources::Resource;
+use crate::client::Client;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `namespace/name`, or `name` for cluster-scoped objects.
+pub fn key_of(obj: &Value) -> String {
+    let ns = meta::namespace(obj);
+    if ns.is_empty() {
+        meta::name(obj).to_string()
+    } else {
+        format!("{ns}/{}", meta::name(obj))
+    }
+}
+
+/// A change the reflector saw.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Created or modified (or found by a relist).
+    Applied(Arc<Value>),
+    /// Deleted (or gone at a relist).
+    Deleted(Arc<Value>),
+}
+
+impl Change {
+    pub fn object(&self) -> &Value {
+        match self {
+            Change::Applied(o) | Change::Deleted(o) => o,
+        }
+    }
+}
+
+/// The cache a reflector keeps: every object of one kind, by key.
+#[derive(Default)]
+pub struct Cache {
+    objects: RwLock<BTreeMap<String, Arc<Value>>>,
+    synced: watch::Sender<bool>,
+}
+
+impl Cache {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+        self.objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Every object (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Value>> {
+        self.objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The objects of one namespace.
+    pub fn in_namespace(&self, ns: &str) -> Vec<Arc<Value>> {
+        let prefix = format!("{ns}/");
+        self.objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Resolves once the first list has filled the cache.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    fn apply(&self, obj: Value) -> Change {
+        let obj = Arc::new(obj);
+        self.objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_of(&obj), obj.clone());
+        Change::Applied(obj)
+    }
+
+    fn delete(&self, obj: Value) -> Change {
+        let key = key_of(&obj);
+        let last = self
+            .objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        Change::Deleted(last.unwrap_or_else(|| Arc::new(obj)))
+    }
+
+    /// Replace the contents with a fresh list; the changes that makes.
+    fn replace(&self, items: Vec<Value>) -> Vec<Change> {
+        let mut fresh: BTreeMap<String, Arc<Value>> = items
+            .into_iter()
+            .map(|o| (key_of(&o), Arc::new(o)))
+            .collect();
+        let mut map = self.objects.write().unwrap_or_else(|e| e.into_inner());
+        let mut changes: Vec<Change> = map
+            .iter()
+            .filter(|(k, _)| !fresh.contains_key(*k))
+            .map(|(_, v)| Change::Deleted(v.clone()))
+            .collect();
+        changes.extend(fresh.values().map(|v| Change::Applied(v.clone())));
+        std::mem::swap(&mut *map, &mut fresh);
+        changes
+    }
+}
+
+/// List and watch `res` (all namespaces) into `cache`, calling `on_change`
+/// for every change, until `cancel` turns true.
+pub async fn reflect(
+    client: Client,
+    res: &'static Resource,
+    cache: Arc<Cache>,
+    on_change: impl Fn(Change) + Send + Sync + 'static,
+    mut cancel: CancelToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut resume: Option<String> = None;
+    loop {
+        if *cancel.borrow() {
+            return;
+        }
+        let rv = match resume.take() {
+            Some(rv) => rv,
+            None => {
+                let list = tokio::select! {
+                    l = client.list(res, None, "") => l,
+                    _ = cancel.changed() => return,
+                };
+                match list {
+                    Ok(list) => {
+                        let items = list["items"].as_array().cloned().unwrap_or_default();
+                        for c in cache.replace(items) {
+                            on_change(c);
+                        }
+                        cache.synced.send_replace(true);
+                        backoff = Duration::from_millis(100);
+                        list["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    }
+                    Err(e) => {
+                        tracing::debug!(kind = res.kind, error = %e, "list failed; backing off");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = cancel.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                }
+            }
+        };
+        let query = format!("resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=300");
+        let stream = match client.watch(res, None, &query).await {
+            Ok(s) => s,
+            Err(_) => continue, // relist
+        };
+        let mut stream = std::pin::pin!(stream);
+        let mut last = rv;
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                _ = cancel.changed() => return,
+            };
+            match ev {
+                Some(Ok(ev)) => {
+                    let rv = meta::resource_version(&ev.object).to_string();
+                    match ev.event_type.as_str() {
+                        "ADDED" | "MODIFIED" => on_change(cache.apply(ev.object)),
+                        "DELETED" => on_change(cache.delete(ev.object)),
+                        "BOOKMARK" => {}
+                        // 410 Gone: the window moved past us; relist
+                        _ => break,
+                    }
+                    if !rv.is_empty() {
+                        last = rv;
+                    }
+                }
+                // the watch ended (timeout, server restart): resume where we were
+                Some(Err(_)) | None => {
+                    resume = Some(last);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = cancel.changed() => return,
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct QueueState {
+    order: VecDeque<String>,
+    queued: HashSet<String>,
+    active: HashSet<String>,
+    /// Added again while a worker had it: queue once that worker is done.
+    again: HashSet<String>,
+    failures: HashMap<String, u32>,
+}
+
+/// A deduplicating work queue of keys.
+#[derive(Default)]
+pub struct WorkQueue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+}
+
+impl WorkQueue {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Queue `key` unless it is queued already (or, if a worker has it,
+    /// once that worker is done).
+    pub fn add(&self, key: &str) {
+        let mut s = lock(&self.state);
+        if s.active.contains(key) {
+            s.again.insert(key.to_string());
+        } else if s.queued.insert(key.to_string()) {
+            s.order.push_back(key.to_string());
+            drop(s);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Queue `key` after `delay`.
+    pub fn add_after(self: &Arc<Self>, key: &str, delay: Duration) {
+        let (q, key) = (self.clone(), key.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            q.add(&key);
+        });
+    }
+
+    /// Queue `key` after its back-off: 5 ms doubling per consecutive
+    /// failure, up to 60 s.
+    pub fn add_rate_limited(self: &Arc<Self>, key: &str) {
+        let n = {
+            let mut s = lock(&self.state);
+            let n = s.failures.entry(key.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        let delay = Duration::from_millis(5)
+            .saturating_mul(1u32 << n.min(14))
+            .min(Duration::from_secs(60));
+        self.add_after(key, delay);
+    }
+
+    /// Reset `key`'s back-off.
+    pub fn forget(&self, key: &str) {
+        lock(&self.state).failures.remove(key);
+    }
+
+    /// The next key; the caller owns it until [`WorkQueue::done`].
+    pub async fn next(&self) -> String {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut s = lock(&self.state);
+                if let Some(key) = s.order.pop_front() {
+                    s.queued.remove(&key);
+                    s.active.insert(key.clone());
+                    if !s.order.is_empty() {
+                        drop(s);
+                        self.ready.notify_one();
+                    }
+                    return key;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The worker is done with `key`.
+    pub fn done(&self, key: &str) {
+        let again = {
+            let mut s = lock(&self.state);
+            s.active.remove(key);
+            s.again.remove(key)
+        };
+        if again {
+            self.add(key);
+        }
+    }
+
+    /// Keys waiting (not counting those being worked on).
+    pub fn len(&self) -> usize {
+        lock(&self.state).order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a reconcile asks for next.
+pub enum Next {
+    /// Nothing until something changes.
+    Done,
+    /// Look again after this long (level-triggered resync).
+    After(Duration),
+}
+
+/// Run `workers` workers over `queue` until `cancel`: each takes a key,
+/// reconciles it, and requeues it with back-off if that failed.
+pub async fn run_workers<F, Fut, E>(
+    name: &'static str,
+    queue: Arc<WorkQueue>,
+    workers: usize,
+    reconcile: F,
+    cancel: CancelToken,
+) where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Next, E>> + Send,
+    E: std::fmt::Display + Send,
+{
+    let mut handles = Vec::new();
+    for _ in 0..workers.max(1) {
+        let (queue, reconcile, mut cancel) = (queue.clone(), reconcile.clone(), cancel.clone());
+        handles.push(tokio::spawn(async move {
+            loop {
+                let key = tokio::select! {
+                    k = queue.next() => k,
+                    _ = cancel.wait_for(|c| *c) => return,
+                };
+                match reconcile(key.clone()).await {
+                    Ok(next) => {
+                        queue.forget(&key);
+                        if let Next::After(d) = next {
+                            queue.add_after(&key, d);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(controller = name, key, error = %e, "reconcile failed; retrying");
+                        queue.add_rate_limited(&key);
+                    }
+                }
+                queue.done(&key);
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_are_deduplicated_while_queued() {
+        let q = WorkQueue::new();
+        q.add("a");
+        q.add("b");
+        q.add("a");
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.next().await, "a");
+        assert_eq!(q.next().await, "b");
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_key_being_worked_on_is_not_handed_out_again_until_done() {
+        let q = WorkQueue::new();
+        q.add("a");
+        let k = q.next().await;
+        q.add("a"); // changed while a worker has it
+        assert!(q.is_empty(), "not handed to a second worker");
+        q.done(&k);
+        assert_eq!(q.len(), 1, "queued again once the first worker finished");
+        assert_eq!(q.next().await, "a");
+        q.done("a");
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_exponentially_and_forget_resets() {
+        let q = WorkQueue::new();
+        q.add_rate_limited("k"); // 10 ms
+        tokio::time::sleep(Duration::from_millis(9)).await;
+        assert!(q.is_empty());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(q.next().await, "k");
+        q.done("k");
+        q.add_rate_limited("k"); // 20 ms
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        assert!(q.is_empty());
+        tokio::time::sleep(Duration::from_millis(6)).await;
+        assert_eq!(q.len(), 1);
+        q.forget("k");
+        assert_eq!(lock(&q.state).failures.get("k"), None);
+    }
+
+    #[tokio::test]
+    async fn workers_never_reconcile_one_key_concurrently() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let q = WorkQueue::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let running = Arc::new(AtomicUsize::new(0));
+        let overlaps = Arc::new(AtomicUsize::new(0));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (r, o, n) = (running.clone(), overlaps.clone(), runs.clone());
+        let workers = tokio::spawn(run_workers(
+            "test",
+            q.clone(),
+            4,
+            move |_key: String| {
+                let (r, o, n) = (r.clone(), o.clone(), n.clone());
+                async move {
+                    if r.fetch_add(1, Ordering::SeqCst) > 0 {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    n.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, String>(Next::Done)
+                }
+            },
+            stop_rx,
+        ));
+        for _ in 0..50 {
+            q.add("same");
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop_tx.send_replace(true);
+        workers.await.unwrap();
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+        let n = runs.load(Ordering::SeqCst);
+        assert!(
+            (2..50).contains(&n),
+            "coalesced, yet seen again after changes: {n}"
+        );
+    }
+
+    #[test]
+    fn a_relist_reports_what_disappeared() {
+        let cache = Cache::default();
+        let obj = |name: &str| serde_json::json!({"metadata": {"name": name, "namespace": "ns"}});
+        cache.apply(obj("a"));
+        cache.apply(obj("b"));
+        let changes = cache.replace(vec![obj("b"), obj("c")]);
+        let deleted: Vec<String> = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Deleted(_)))
+            .map(|c| key_of(c.object()))
+            .collect();
+        assert_eq!(deleted, vec!["ns/a"]);
+        assert_eq!(changes.len(), 3);
+        assert_eq!(cache.in_namespace("ns").len(), 2);
+        assert!(cache.get("ns/c").is_some());
+    }
+}

@@ -1,0 +1,905 @@
+//! The scheduler: picks a node for every pod without `spec.nodeName` and
+//! binds it through `pods/{name}/binding`.
+//!
+//! [`schedule`] is the decision, pure: filters (node Ready and schedulable,
+//! the runtimes the pod needs, `nodeSelector` and required node affinity,
+//! taints and tolerations, resource fit including the pod count, required
+//! pod affinity and anti-affinity), then scores (bin packing or spreading
+//! by allocation, preferred node affinity, spreading the replicas of one
+//! owner), highest wins, ties by node name. A pod that fits nowhere gets
+//! Kubernetes' "0/N nodes are available: ..." message.
+//!
+//! [`run`] is the thin loop around it: reflectors for pods and nodes, a work
+//! queue of pending pods, one worker (pods are placed one at a time, each
+//! seeing the ones before), and "assumed" placements so a pod bound a
+//! moment ago counts before the watch reports it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::CancelToken;
+use crate::api::selector::{labels_of, LabelSelector};
+use crate::api::{meta, quantity, resources};
+use crate::client::events::Recorder;
+use crate::client::{Client, ClientError};
+
+/// The scheduler's name, as pods name it in `spec.schedulerName`.
+pub const NAME: &str = "default-scheduler";
+
+/// How allocation is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Prefer the fullest node that fits: fill nodes one by one (bin packing,
+    /// the default on edge fleets).
+    #[default]
+    MostAllocated,
+    /// Prefer the emptiest node: spread load.
+    LeastAllocated,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "most-allocated" | "MostAllocated" => Ok(Strategy::MostAllocated),
+            "least-allocated" | "LeastAllocated" => Ok(Strategy::LeastAllocated),
+            other => Err(format!(
+                "unknown scheduling strategy {other:?} (most-allocated or least-allocated)"
+            )),
+        }
+    }
+}
+
+/// CPU and memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory: u64,
+}
+
+impl std::ops::Add for Resources {
+    type Output = Resources;
+    fn add(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis + o.cpu_millis,
+            memory: self.memory + o.memory,
+        }
+    }
+}
+
+fn container_requests(c: &Value, defaults: bool) -> Resources {
+    let get = |k: &str| {
+        c.pointer(&format!("/resources/requests/{k}"))
+            .or_else(|| c.pointer(&format!("/resources/limits/{k}")))
+            .and_then(Value::as_str)
+    };
+    let cpu = get("cpu").and_then(|q| quantity::millicores(q).ok());
+    let memory = get("memory").and_then(|q| quantity::bytes(q).ok());
+    // the scheduler's non-zero defaults, used only for scoring (as kube-scheduler)
+    Resources {
+        cpu_millis: cpu.unwrap_or(if defaults { 100 } else { 0 }),
+        memory: memory.unwrap_or(if defaults { 200 * 1024 * 1024 } else { 0 }),
+    }
+}
+
+fn requests_with(pod: &Value, defaults: bool) -> Resources {
+    let list = |k: &str| pod["spec"][k].as_array().cloned().unwrap_or_default();
+    let sum = list("containers")
+        .iter()
+        .fold(Resources::default(), |acc, c| {
+            acc + container_requests(c, defaults)
+        });
+    // init containers run one at a time, before the others
+    list("initContainers").iter().fold(sum, |acc, c| {
+        let r = container_requests(c, false);
+        Resources {
+            cpu_millis: acc.cpu_millis.max(r.cpu_millis),
+            memory: acc.memory.max(r.memory),
+        }
+    })
+}
+
+/// What a pod requests (limits stand in for absent requests).
+pub fn pod_requests(pod: &Value) -> Resources {
+    requests_with(pod, false)
+}
+
+/// The runtimes a pod's containers need: `spec.runtimeClassName` names one
+/// (`wasm`, `oci`); without it, Wasm.
+pub fn required_runtime(pod: &Value) -> String {
+    pod["spec"]["runtimeClassName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("wasm")
+        .to_string()
+}
+
+/// A node as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub taints: Vec<Value>,
+    pub runtimes: Vec<String>,
+    pub allocatable: Resources,
+    pub max_pods: u64,
+}
+
+impl NodeInfo {
+    pub fn from_node(node: &Value) -> Self {
+        let alloc = &node["status"]["allocatable"];
+        let q = |k: &str| alloc[k].as_str().unwrap_or("0");
+        NodeInfo {
+            name: meta::name(node).to_string(),
+            labels: labels_of(node),
+            ready: node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+            unschedulable: node["spec"]["unschedulable"].as_bool().unwrap_or(false),
+            taints: node["spec"]["taints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            runtimes: node["metadata"]["annotations"]["node.wasmkube.io/runtimes"]
+                .as_str()
+                .unwrap_or("wasm")
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            allocatable: Resources {
+                cpu_millis: quantity::millicores(q("cpu")).unwrap_or(0),
+                memory: quantity::bytes(q("memory")).unwrap_or(0),
+            },
+            max_pods: q("pods").parse().unwrap_or(110),
+        }
+    }
+}
+
+/// A pod already on (or assumed onto) a node.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub node: String,
+    pub pod: Arc<Value>,
+}
+
+/// Whether `tol` tolerates `taint`.
+pub fn tolerates(tol: &Value, taint: &Value) -> bool {
+    let effect = tol["effect"].as_str().unwrap_or("");
+    if !effect.is_empty() && Some(effect) != taint["effect"].as_str() {
+        return false;
+    }
+    let key = tol["key"].as_str().unwrap_or("");
+    let exists = tol["operator"].as_str() == Some("Exists");
+    if key.is_empty() {
+        return exists;
+    }
+    if Some(key) != taint["key"].as_str() {
+        return false;
+    }
+    exists || tol["value"].as_str().unwrap_or("") == taint["value"].as_str().unwrap_or("")
+}
+
+fn untolerated<'a>(pod: &Value, taints: &'a [Value], effects: &[&str]) -> Option<&'a Value> {
+    let tolerations = pod["spec"]["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    taints.iter().find(|t| {
+        effects.contains(&t["effect"].as_str().unwrap_or(""))
+            && !tolerations.iter().any(|tol| tolerates(tol, t))
+    })
+}
+
+/// One node selector requirement against a node's labels and name.
+fn requirement_matches(
+    req: &Value,
+    labels: &BTreeMap<String, String>,
+    field: Option<&str>,
+) -> bool {
+    let key = req["key"].as_str().unwrap_or("");
+    let value = match field {
+        Some(name) if key == "metadata.name" => Some(name.to_string()),
+        Some(_) => None,
+        None => labels.get(key).cloned(),
+    };
+    let values: Vec<&str> = req["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let number = |s: &str| s.parse::<i64>().ok();
+    match req["operator"].as_str().unwrap_or("") {
+        "In" => value.is_some_and(|v| values.contains(&v.as_str())),
+        "NotIn" => value.is_none_or(|v| !values.contains(&v.as_str())),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((value.as_deref().and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((value.as_deref().and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
+    }
+}
+
+/// A NodeSelectorTerm: its expressions and fields all match.
+fn term_matches(term: &Value, node: &NodeInfo) -> bool {
+    let all = |k: &str, field: Option<&str>| {
+        term[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|r| requirement_matches(r, &node.labels, field))
+    };
+    let has_any = term["matchExpressions"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+        || term["matchFields"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+    has_any && all("matchExpressions", None) && all("matchFields", Some(&node.name))
+}
+
+fn node_affinity_ok(pod: &Value, node: &NodeInfo) -> bool {
+    let selector_ok = pod["spec"]["nodeSelector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| node.labels.get(k).map(String::as_str) == v.as_str());
+    let required = &pod["spec"]["affinity"]["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+    let affinity_ok = match required.as_array() {
+        Some(terms) if !terms.is_empty() => terms.iter().any(|t| term_matches(t, node)),
+        _ => true,
+    };
+    selector_ok && affinity_ok
+}
+
+/// Pods in `placed` that a pod-affinity term of `pod` selects.
+fn term_selects<'a>(
+    pod: &Value,
+    term: &Value,
+    placed: &'a [Placed],
+) -> impl Iterator<Item = &'a Placed> + 'a {
+    let selector = LabelSelector::from_object(&term["labelSelector"]).ok();
+    let namespaces: Vec<String> = match term["namespaces"].as_array() {
+        Some(ns) if !ns.is_empty() => ns
+            .iter()
+            .filter_map(|n| n.as_str().map(String::from))
+            .collect(),
+        _ => vec![meta::namespace(pod).to_string()],
+    };
+    placed.iter().filter(move |p| {
+        namespaces.iter().any(|n| n == meta::namespace(&p.pod))
+            && selector.as_ref().is_some_and(|s| s.matches_object(&p.pod))
+    })
+}
+
+fn pod_affinity_terms<'a>(pod: &'a Value, kind: &str) -> Vec<&'a Value> {
+    pod["spec"]["affinity"][kind]["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Why `node` cannot take `pod`: empty if it can.
+fn filter(
+    pod: &Value,
+    node: &NodeInfo,
+    nodes: &HashMap<&str, &NodeInfo>,
+    placed: &[Placed],
+) -> Vec<String> {
+    if node.unschedulable {
+        return vec!["node(s) were unschedulable".into()];
+    }
+    if !node.ready {
+        return vec!["node(s) were not ready".into()];
+    }
+    let runtime = required_runtime(pod);
+    if !node.runtimes.contains(&runtime) {
+        return vec![format!("node(s) did not offer the {runtime} runtime")];
+    }
+    if !node_affinity_ok(pod, node) {
+        return vec!["node(s) didn't match Pod's node affinity/selector".into()];
+    }
+    if let Some(t) = untolerated(pod, &node.taints, &["NoSchedule", "NoExecute"]) {
+        return vec![format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t["key"].as_str().unwrap_or(""),
+            t["value"].as_str().unwrap_or("")
+        )];
+    }
+    let on_node: Vec<&Placed> = placed.iter().filter(|p| p.node == node.name).collect();
+    let used = on_node
+        .iter()
+        .fold(Resources::default(), |acc, p| acc + pod_requests(&p.pod));
+    let want = pod_requests(pod);
+    let mut reasons = Vec::new();
+    if on_node.len() as u64 + 1 > node.max_pods {
+        reasons.push("Too many pods".to_string());
+    }
+    if want.cpu_millis > 0 && used.cpu_millis + want.cpu_millis > node.allocatable.cpu_millis {
+        reasons.push("Insufficient cpu".into());
+    }
+    if want.memory > 0 && used.memory + want.memory > node.allocatable.memory {
+        reasons.push("Insufficient memory".into());
+    }
+    if !reasons.is_empty() {
+        return reasons;
+    }
+    let topology = |n: &str, key: &str| nodes.get(n).and_then(|i| i.labels.get(key).cloned());
+    for term in pod_affinity_terms(pod, "podAffinity") {
+        let key = term["topologyKey"]
+            .as_str()
+            .unwrap_or("kubernetes.io/hostname");
+        let here = node.labels.get(key);
+        let mut selected = term_selects(pod, term, placed).peekable();
+        let first_of_its_group = selected.peek().is_none()
+            && LabelSelector::from_object(&term["labelSelector"])
+                .is_ok_and(|s| s.matches_object(pod));
+        if first_of_its_group {
+            continue;
+        }
+        if here.is_none() || !selected.any(|p| topology(&p.node, key).as_ref() == here) {
+            return vec!["node(s) didn't match pod affinity rules".into()];
+        }
+    }
+    for term in pod_affinity_terms(pod, "podAntiAffinity") {
+        let key = term["topologyKey"]
+            .as_str()
+            .unwrap_or("kubernetes.io/hostname");
+        let here = node.labels.get(key);
+        if here.is_some()
+            && term_selects(pod, term, placed).any(|p| topology(&p.node, key).as_ref() == here)
+        {
+            return vec!["node(s) didn't match pod anti-affinity rules".into()];
+        }
+    }
+    Vec::new()
+}
+
+/// The controller (owner) uid of a pod, for spreading replicas.
+fn owner_uid(pod: &Value) -> Option<&str> {
+    pod["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|o| o["controller"] == true)?["uid"]
+        .as_str()
+}
+
+fn scores(pod: &Value, feasible: &[&NodeInfo], placed: &[Placed], strategy: Strategy) -> Vec<i64> {
+    let want = requests_with(pod, true);
+    let allocation: Vec<i64> = feasible
+        .iter()
+        .map(|n| {
+            let used = placed
+                .iter()
+                .filter(|p| p.node == n.name)
+                .fold(Resources::default(), |acc, p| {
+                    acc + requests_with(&p.pod, true)
+                })
+                + want;
+            let frac = |used: u64, alloc: u64| -> i64 {
+                if alloc == 0 {
+                    return 0;
+                }
+                let pct = (used.min(alloc) * 100 / alloc) as i64;
+                match strategy {
+                    Strategy::MostAllocated => pct,
+                    Strategy::LeastAllocated => 100 - pct,
+                }
+            };
+            (frac(used.cpu_millis, n.allocatable.cpu_millis)
+                + frac(used.memory, n.allocatable.memory))
+                / 2
+        })
+        .collect();
+    let preferred = pod["spec"]["affinity"]["nodeAffinity"]
+        ["preferredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let affinity: Vec<i64> = feasible
+        .iter()
+        .map(|n| {
+            preferred
+                .iter()
+                .filter(|p| term_matches(&p["preference"], n))
+                .map(|p| p["weight"].as_i64().unwrap_or(0))
+                .sum()
+        })
+        .collect();
+    let max_affinity = affinity.iter().copied().max().unwrap_or(0);
+    let owner = owner_uid(pod);
+    let siblings: Vec<i64> = feasible
+        .iter()
+        .map(|n| {
+            placed
+                .iter()
+                .filter(|p| p.node == n.name && owner.is_some() && owner_uid(&p.pod) == owner)
+                .count() as i64
+        })
+        .collect();
+    let max_siblings = siblings.iter().copied().max().unwrap_or(0);
+    (0..feasible.len())
+        .map(|i| {
+            let affinity = if max_affinity > 0 {
+                affinity[i] * 100 / max_affinity
+            } else {
+                0
+            };
+            let spread = if max_siblings > 0 {
+                (max_siblings - siblings[i]) * 100 / max_siblings
+            } else {
+                100
+            };
+            // kube-scheduler's default weights: resources 1, node affinity 2, spreading 2
+            allocation[i] + 2 * affinity + 2 * spread
+        })
+        .collect()
+}
+
+/// Pick a node for `pod`, or say why none fits, as kube-scheduler does:
+/// "0/3 nodes are available: 1 Insufficient memory, 2 node(s) were unschedulable."
+pub fn schedule(
+    pod: &Value,
+    nodes: &[NodeInfo],
+    placed: &[Placed],
+    strategy: Strategy,
+) -> Result<String, String> {
+    let by_name: HashMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut feasible = Vec::new();
+    for n in nodes {
+        let why = filter(pod, n, &by_name, placed);
+        if why.is_empty() {
+            feasible.push(n);
+        }
+        for r in why {
+            *reasons.entry(r).or_default() += 1;
+        }
+    }
+    if feasible.is_empty() {
+        let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        parts.sort();
+        let detail = if parts.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", parts.join(", "))
+        };
+        return Err(format!("0/{} nodes are available{detail}.", nodes.len()));
+    }
+    let s = scores(pod, &feasible, placed, strategy);
+    let best = (0..feasible.len())
+        .max_by(|&a, &b| {
+            s[a].cmp(&s[b])
+                .then_with(|| feasible[b].name.cmp(&feasible[a].name))
+        })
+        .expect("at least one feasible node");
+    Ok(feasible[best].name.clone())
+}
+
+/// Whether the scheduler should place this pod.
+pub fn wants(pod: &Value) -> bool {
+    let spec = &pod["spec"];
+    spec["nodeName"].as_str().unwrap_or("").is_empty()
+        && matches!(spec["schedulerName"].as_str().unwrap_or(NAME), NAME | "")
+        && !meta::is_deleting(pod)
+        && !matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+struct Scheduler {
+    client: Client,
+    recorder: Recorder,
+    pods: Arc<Cache>,
+    nodes: Arc<Cache>,
+    strategy: Strategy,
+    /// Pods bound by us that the cache may not show bound yet: uid → node.
+    assumed: Mutex<HashMap<String, Placed>>,
+}
+
+impl Scheduler {
+    fn placed(&self) -> Vec<Placed> {
+        let mut assumed = self.assumed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut placed = Vec::new();
+        for p in self.pods.all() {
+            let uid = p["metadata"]["uid"].as_str().unwrap_or("");
+            let node = p["spec"]["nodeName"].as_str().unwrap_or("");
+            if !node.is_empty() {
+                assumed.remove(uid);
+                if !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                    placed.push(Placed {
+                        node: node.to_string(),
+                        pod: p,
+                    });
+                }
+            }
+        }
+        placed.extend(assumed.values().cloned());
+        placed
+    }
+
+    async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
+        let Some(pod) = self.pods.get(&key) else {
+            return Ok(Next::Done);
+        };
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        if !wants(&pod)
+            || self
+                .assumed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&uid)
+        {
+            return Ok(Next::Done);
+        }
+        let nodes: Vec<NodeInfo> = self
+            .nodes
+            .all()
+            .iter()
+            .map(|n| NodeInfo::from_node(n))
+            .collect();
+        let (ns, name) = (
+            meta::namespace(&pod).to_string(),
+            meta::name(&pod).to_string(),
+        );
+        match schedule(&pod, &nodes, &self.placed(), self.strategy) {
+            Ok(node) => {
+                let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                    "metadata": {"name": name, "namespace": ns, "uid": uid},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
+                match self
+                    .client
+                    .request(Method::POST, &path, Some(&binding))
+                    .await
+                {
+                    Ok(_) => {}
+                    // deleted meanwhile, or bound by someone else: nothing to do
+                    Err(e) if e.is_not_found() || e.code() == Some(409) => return Ok(Next::Done),
+                    Err(e) => return Err(e),
+                }
+                self.assumed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        uid,
+                        Placed {
+                            node: node.clone(),
+                            pod: pod.clone(),
+                        },
+                    );
+                let _ = self
+                    .recorder
+                    .record(
+                        &pod,
+                        "Normal",
+                        "Scheduled",
+                        &format!("Successfully assigned {ns}/{name} to {node}"),
+                    )
+                    .await;
+                Ok(Next::Done)
+            }
+            Err(message) => {
+                let current = pod["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "PodScheduled")
+                    .and_then(|c| c["message"].as_str())
+                    .unwrap_or("");
+                if current != message {
+                    let status = json!({"status": {"phase": "Pending", "conditions": [{
+                        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                        "message": message, "lastProbeTime": null, "lastTransitionTime": meta::now()}]}});
+                    let path = format!("/api/v1/namespaces/{ns}/pods/{name}/status");
+                    match self
+                        .client
+                        .request_as(
+                            Method::PATCH,
+                            &path,
+                            Some(&status),
+                            "application/merge-patch+json",
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if e.is_not_found() => return Ok(Next::Done),
+                        Err(e) => return Err(e),
+                    }
+                    let _ = self
+                        .recorder
+                        .record(&pod, "Warning", "FailedScheduling", &message)
+                        .await;
+                }
+                // retried when nodes or pods change, and now and then regardless
+                Ok(Next::After(Duration::from_secs(30)))
+            }
+        }
+    }
+}
+
+/// Run the scheduler until `cancel`.
+pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
+    let pods_res = resources::lookup("pods").expect("pods are served");
+    let nodes_res = resources::lookup("nodes").expect("nodes are served");
+    let (pods, nodes) = (Cache::new(), Cache::new());
+    let queue = WorkQueue::new();
+    let requeue_pending = {
+        let (pods, queue) = (pods.clone(), queue.clone());
+        move || {
+            for p in pods.all().iter().filter(|p| wants(p)) {
+                queue.add(&runtime::key_of(p));
+            }
+        }
+    };
+    let on_pod = {
+        let (queue, requeue) = (queue.clone(), requeue_pending.clone());
+        move |c: Change| match &c {
+            Change::Applied(p) if wants(p) => queue.add(&runtime::key_of(p)),
+            // a pod bound, finished or deleted may free room for others
+            _ => requeue(),
+        }
+    };
+    let on_node = move |_c: Change| requeue_pending();
+    let reflectors = [
+        tokio::spawn(runtime::reflect(
+            client.clone(),
+            pods_res,
+            pods.clone(),
+            on_pod,
+            cancel.clone(),
+        )),
+        tokio::spawn(runtime::reflect(
+            client.clone(),
+            nodes_res,
+            nodes.clone(),
+            on_node,
+            cancel.clone(),
+        )),
+    ];
+    let scheduler = Arc::new(Scheduler {
+        recorder: Recorder::new(client.clone(), NAME.to_string()),
+        client,
+        pods,
+        nodes,
+        strategy,
+        assumed: Mutex::default(),
+    });
+    scheduler.nodes.wait_synced().await;
+    runtime::run_workers(
+        "scheduler",
+        queue,
+        1,
+        move |key| {
+            let s = scheduler.clone();
+            async move { s.reconcile(key).await }
+        },
+        cancel,
+    )
+    .await;
+    for r in reflectors {
+        let _ = r.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cpu: &str, memory: &str) -> NodeInfo {
+        NodeInfo::from_node(&json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}, "annotations": {"node.wasmkube.io/runtimes": "wasm"}},
+            "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": "10"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+    }
+
+    fn pod(name: &str, cpu: &str, memory: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "default", "uid": name, "labels": {"app": name}},
+               "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]}})
+    }
+
+    fn on(node: &str, p: Value) -> Placed {
+        Placed {
+            node: node.into(),
+            pod: Arc::new(p),
+        }
+    }
+
+    #[test]
+    fn bin_packing_fills_one_node_before_the_next() {
+        let nodes = vec![node("a", "2", "2Gi"), node("b", "2", "2Gi")];
+        let mut placed = Vec::new();
+        let mut order = Vec::new();
+        for i in 0..6 {
+            let p = pod(&format!("p{i}"), "500m", "256Mi");
+            let n = schedule(&p, &nodes, &placed, Strategy::MostAllocated).unwrap();
+            order.push(n.clone());
+            placed.push(on(&n, p));
+        }
+        assert_eq!(order, ["a", "a", "a", "a", "b", "b"]);
+        // least-allocated alternates instead
+        let mut placed = Vec::new();
+        let mut order = Vec::new();
+        for i in 0..4 {
+            let p = pod(&format!("p{i}"), "500m", "256Mi");
+            let n = schedule(&p, &nodes, &placed, Strategy::LeastAllocated).unwrap();
+            order.push(n.clone());
+            placed.push(on(&n, p));
+        }
+        assert_eq!(order, ["a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn an_unschedulable_pod_gets_the_reasons_per_node() {
+        let mut cordoned = node("a", "4", "8Gi");
+        cordoned.unschedulable = true;
+        let mut tainted = node("b", "4", "8Gi");
+        tainted.taints = vec![json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})];
+        let small = node("c", "1", "1Gi");
+        let mut notready = node("d", "4", "8Gi");
+        notready.ready = false;
+        let err = schedule(
+            &pod("big", "2", "2Gi"),
+            &[cordoned, tainted, small, notready],
+            &[],
+            Strategy::MostAllocated,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "0/4 nodes are available: 1 Insufficient cpu, 1 Insufficient memory, \
+             1 node(s) had untolerated taint {dedicated: gpu}, 1 node(s) were not ready, 1 node(s) were unschedulable."
+        );
+    }
+
+    #[test]
+    fn tolerations_selectors_affinity_and_runtimes_filter_nodes() {
+        let mut gpu = node("gpu", "4", "8Gi");
+        gpu.taints = vec![json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})];
+        gpu.labels.insert("accel".into(), "yes".into());
+        let plain = node("plain", "4", "8Gi");
+        let nodes = vec![gpu, plain];
+        let mut p = pod("x", "100m", "10Mi");
+        assert_eq!(
+            schedule(&p, &nodes, &[], Strategy::MostAllocated).unwrap(),
+            "plain"
+        );
+        p["spec"]["tolerations"] = json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
+        p["spec"]["nodeSelector"] = json!({"accel": "yes"});
+        assert_eq!(
+            schedule(&p, &nodes, &[], Strategy::MostAllocated).unwrap(),
+            "gpu"
+        );
+        let mut q = pod("y", "100m", "10Mi");
+        q["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "accel", "operator": "DoesNotExist"}]}]}}});
+        assert_eq!(
+            schedule(&q, &nodes, &[], Strategy::MostAllocated).unwrap(),
+            "plain"
+        );
+        q["spec"]["runtimeClassName"] = json!("oci");
+        assert_eq!(
+            schedule(&q, &nodes, &[], Strategy::MostAllocated).unwrap_err(),
+            "0/2 nodes are available: 2 node(s) did not offer the oci runtime."
+        );
+        assert!(tolerates(
+            &json!({"operator": "Exists"}),
+            &json!({"key": "any", "effect": "NoExecute"})
+        ));
+        assert!(!tolerates(
+            &json!({"key": "k", "operator": "Exists", "effect": "NoSchedule"}),
+            &json!({"key": "k", "effect": "NoExecute"})
+        ));
+    }
+
+    #[test]
+    fn pod_affinity_and_anti_affinity_use_the_hostname_topology() {
+        let nodes = vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")];
+        let db = on("b", pod("db", "100m", "10Mi"));
+        let mut web = pod("web", "100m", "10Mi");
+        web["spec"]["affinity"] = json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}});
+        assert_eq!(
+            schedule(
+                &web,
+                &nodes,
+                std::slice::from_ref(&db),
+                Strategy::MostAllocated
+            )
+            .unwrap(),
+            "b"
+        );
+        let mut lonely = pod("lonely", "100m", "10Mi");
+        lonely["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}});
+        assert_eq!(
+            schedule(
+                &lonely,
+                &nodes,
+                std::slice::from_ref(&db),
+                Strategy::MostAllocated
+            )
+            .unwrap(),
+            "a"
+        );
+        let full = vec![db, on("a", pod("db", "100m", "10Mi"))];
+        assert_eq!(
+            schedule(&lonely, &nodes, &full, Strategy::MostAllocated).unwrap_err(),
+            "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."
+        );
+    }
+
+    #[test]
+    fn replicas_of_one_owner_spread_and_init_containers_count_as_kubernetes_does() {
+        let nodes = vec![node("a", "8", "8Gi"), node("b", "8", "8Gi")];
+        let owned = |name: &str| {
+            let mut p = pod(name, "100m", "10Mi");
+            p["metadata"]["ownerReferences"] =
+                json!([{"uid": "rs-1", "controller": true, "kind": "ReplicaSet", "name": "rs"}]);
+            p
+        };
+        let placed = vec![on("a", owned("r1"))];
+        assert_eq!(
+            schedule(&owned("r2"), &nodes, &placed, Strategy::MostAllocated).unwrap(),
+            "b"
+        );
+        let mut p = pod("init", "1", "1Gi");
+        p["spec"]["initContainers"] =
+            json!([{"name": "i", "resources": {"requests": {"cpu": "3", "memory": "100Mi"}}}]);
+        assert_eq!(
+            pod_requests(&p),
+            Resources {
+                cpu_millis: 3000,
+                memory: 1 << 30
+            }
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the nodes and pods, a chosen node passes every filter and
+        /// never ends up over its allocatable resources or pod count.
+        #[test]
+        fn a_chosen_node_always_fits(
+            caps in proptest::collection::vec((1u64..8, 1u64..8, 1u64..5), 1..5),
+            pods in proptest::collection::vec((0u64..3000, 0u64..3), 1..30),
+        ) {
+            let nodes: Vec<NodeInfo> = caps.iter().enumerate().map(|(i, (cpu, gi, max))| {
+                let mut n = node(&format!("n{i}"), &cpu.to_string(), &format!("{gi}Gi"));
+                n.max_pods = *max;
+                n
+            }).collect();
+            let mut placed: Vec<Placed> = Vec::new();
+            for (i, (milli, gi)) in pods.iter().enumerate() {
+                let p = pod(&format!("p{i}"), &format!("{milli}m"), &format!("{gi}Gi"));
+                if let Ok(n) = schedule(&p, &nodes, &placed, Strategy::MostAllocated) {
+                    placed.push(on(&n, p));
+                }
+            }
+            for n in &nodes {
+                let on_n: Vec<&Placed> = placed.iter().filter(|p| p.node == n.name).collect();
+                let used = on_n.iter().fold(Resources::default(), |a, p| a + pod_requests(&p.pod));
+                proptest::prop_assert!(on_n.len() as u64 <= n.max_pods);
+                proptest::prop_assert!(used.cpu_millis <= n.allocatable.cpu_millis);
+                proptest::prop_assert!(used.memory <= n.allocatable.memory);
+            }
+        }
+    }
+}
