@@ -293,14 +293,10 @@ async fn deleting_a_running_pod_stops_it_and_removes_the_object() {
     .await;
     let events = events_for(&s, "spin").await;
     assert!(events.iter().any(|(r, _)| r == "Killing"), "{events:?}");
-    // an unbound pod is deleted at once
-    let (_, p) = s
-        .call(
-            Method::POST,
-            PODS,
-            Some(pod("unbound", "", "file:///x.wasm", "Always")),
-        )
-        .await;
+    // an unbound pod (one for another scheduler, so ours leaves it) is deleted at once
+    let mut unbound = pod("unbound", "", "file:///x.wasm", "Always");
+    unbound["spec"]["schedulerName"] = json!("someone-else");
+    let (_, p) = s.call(Method::POST, PODS, Some(unbound)).await;
     assert!(p["spec"].get("nodeName").is_none_or(|n| n == ""));
     let (_, gone) = s
         .call(Method::DELETE, &format!("{PODS}/unbound"), None)
@@ -556,12 +552,9 @@ async fn wkctl_logs_reads_current_previous_and_followed_output_through_the_api()
         crate::util::stderr(&out),
         "Error from server (NotFound): pods \"nope\" not found\n"
     );
-    s.call(
-        Method::POST,
-        PODS,
-        Some(pod("unbound", "", "file:///x.wasm", "Always")),
-    )
-    .await;
+    let mut unbound = pod("unbound", "", "file:///x.wasm", "Always");
+    unbound["spec"]["schedulerName"] = json!("someone-else");
+    s.call(Method::POST, PODS, Some(unbound)).await;
     let out = s.wkctl(&["logs", "unbound"]);
     assert!(
         crate::util::stderr(&out).contains("does not have a host assigned"),

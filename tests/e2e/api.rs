@@ -575,7 +575,8 @@ async fn scale_and_binding_subresources() {
     );
 
     let pods = "/api/v1/namespaces/default/pods";
-    s.call(Method::POST, pods, Some(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}))).await;
+    // schedulerName keeps our scheduler away: this test binds it itself
+    s.call(Method::POST, pods, Some(json!({"metadata": {"name": "p"}, "spec": {"schedulerName": "manual", "containers": [{"name": "c", "image": "i:1"}]}}))).await;
     let (code, _) = s.call(Method::POST, &format!("{pods}/p/binding"), Some(json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}}))).await;
     assert_eq!(code, 201);
     assert_eq!(

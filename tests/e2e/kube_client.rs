@@ -32,7 +32,8 @@ async fn kube_rs_crud_patch_and_paging_work() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "kube-rs", "labels": {"via": "kube"}},
-        "spec": {"containers": [{"name": "c", "image": "file:///x.wasm"}]}
+        // another scheduler's pod: it stays unbound, so deletion is immediate
+        "spec": {"schedulerName": "manual", "containers": [{"name": "c", "image": "file:///x.wasm"}]}
     }))
     .unwrap();
     let created = pods.create(&PostParams::default(), &pod).await.unwrap();
