@@ -600,6 +600,44 @@ pub struct DeleteOptions {
     pub dry_run: bool,
     /// `gracePeriodSeconds`: 0 deletes a pod at once.
     pub grace_period: Option<i64>,
+    /// `propagationPolicy`: what happens to the object's dependents.
+    pub propagation: Propagation,
+}
+
+/// `propagationPolicy` of a delete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete the object now; the garbage collector deletes its dependents.
+    #[default]
+    Background,
+    /// Keep the object (finalizer `foregroundDeletion`) until the garbage
+    /// collector has deleted the dependents that block it.
+    Foreground,
+    /// Keep the object (finalizer `orphan`) until the garbage collector has
+    /// removed it from its dependents' ownerReferences.
+    Orphan,
+}
+
+impl Propagation {
+    fn parse(s: &str) -> Result<Self, ApiError> {
+        match s {
+            "Background" => Ok(Propagation::Background),
+            "Foreground" => Ok(Propagation::Foreground),
+            "Orphan" => Ok(Propagation::Orphan),
+            other => Err(ApiError::BadRequest(format!(
+                "propagationPolicy {other:?} is not one of Background, Foreground, Orphan"
+            ))),
+        }
+    }
+
+    /// The finalizer that carries it out, if any.
+    pub fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some("foregroundDeletion"),
+            Propagation::Orphan => Some("orphan"),
+        }
+    }
 }
 
 /// The grace period of a graceful pod deletion, when one applies: the pod is
@@ -633,7 +671,15 @@ impl DeleteOptions {
             grace_period: p.grace_period_seconds,
             ..Default::default()
         };
+        if let Some(policy) = &p.propagation_policy {
+            o.propagation = Propagation::parse(policy)?;
+        }
         if let Some(b) = body {
+            if let Some(policy) = b.get("propagationPolicy").and_then(Value::as_str) {
+                o.propagation = Propagation::parse(policy)?;
+            } else if b.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+                o.propagation = Propagation::Orphan;
+            }
             if let Some(g) = b.get("gracePeriodSeconds").and_then(Value::as_i64) {
                 o.grace_period = Some(g);
             }
@@ -712,13 +758,26 @@ pub async fn delete(
             ..Default::default()
         };
         let grace = pod_grace_period(res, &old, opts);
-        let graceful =
-            grace.is_some() || !finalizers(&old).is_empty() || !namespace_finalized(res, &old);
+        let propagation_finalizer = opts
+            .propagation
+            .finalizer()
+            .filter(|_| res.kind != "Namespace");
+        let graceful = grace.is_some()
+            || propagation_finalizer.is_some()
+            || !finalizers(&old).is_empty()
+            || !namespace_finalized(res, &old);
         let result = if graceful {
             if is_deleting(&old) || opts.dry_run {
                 return Ok((*old).clone());
             }
             let mut marked = (*old).clone();
+            if let Some(f) = propagation_finalizer {
+                let mut list = finalizers(&marked);
+                if !list.iter().any(|x| x == f) {
+                    list.push(f.to_string());
+                }
+                meta::meta_mut(&mut marked).insert("finalizers".into(), json!(list));
+            }
             let m = meta::meta_mut(&mut marked);
             let at = chrono::Utc::now() + chrono::Duration::seconds(grace.unwrap_or(0));
             m.insert(

@@ -15,6 +15,7 @@ pub mod info;
 pub mod logs;
 pub mod manifest;
 pub mod printers;
+pub mod scale;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,8 @@ pub enum Command {
     Logs(logs::Logs),
     /// Execute a command in a container (Wasm: a fresh instance of its module).
     Exec(exec::Exec),
+    /// Set a new size for a Deployment, ReplicaSet or StatefulSet.
+    Scale(scale::Scale),
     /// Display the address of the control plane.
     ClusterInfo(info::ClusterInfo),
     /// Print the client and server version.
@@ -146,6 +149,7 @@ pub async fn run(cli: Cli) -> i32 {
             Command::Create(c) => c.execute(&ctx).await,
             Command::Logs(c) => c.execute(&ctx).await,
             Command::Exec(c) => c.execute(&ctx).await,
+            Command::Scale(c) => c.execute(&ctx).await,
             Command::ClusterInfo(c) => c.execute(&ctx).await,
             Command::Version(c) => c.execute(&ctx).await,
             Command::ApiResources(c) => c.execute(&ctx).await,

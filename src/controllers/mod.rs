@@ -1,7 +1,9 @@
 //! Controllers that run inside `wk server` (the controller manager). They use
 //! only the public API, through [`crate::client::Client`].
 
+pub mod gc;
 pub mod namespace;
+pub mod replicaset;
 pub mod runtime;
 pub mod scheduler;
 
@@ -18,6 +20,8 @@ pub struct Config {
 pub async fn run(client: crate::client::Client, config: Config, cancel: CancelToken) {
     let tasks = [
         tokio::spawn(namespace::run(client.clone(), cancel.clone())),
+        tokio::spawn(gc::run(client.clone(), cancel.clone())),
+        tokio::spawn(replicaset::run(client.clone(), cancel.clone())),
         tokio::spawn(scheduler::run(
             client.clone(),
             config.scheduling_strategy,

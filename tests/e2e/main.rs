@@ -4,6 +4,7 @@
 mod agent;
 mod api;
 mod cli;
+mod controllers;
 mod durability;
 mod examples;
 mod exec;

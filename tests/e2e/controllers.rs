@@ -1,0 +1,177 @@
+//! Workload controllers and the garbage collector against a real server
+//! and its embedded node: ReplicaSets keep their count (replacing deleted
+//! pods, scaling up and down), deletion propagates in the background, in
+//! the foreground and not at all (orphan).
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::util::{eventually, Server};
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const RSS: &str = "/apis/apps/v1/namespaces/default/replicasets";
+
+pub fn worker_image() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/target/wasm32-wasip1/release/worker.wasm");
+    assert!(
+        path.exists(),
+        "{} is missing: `bash tests/run.sh` builds the examples",
+        path.display()
+    );
+    format!("file://{}", path.display())
+}
+
+/// A pod template running the idle worker example, labelled `app: APP`.
+pub fn template(app: &str, version: &str) -> Value {
+    json!({"metadata": {"labels": {"app": app}, "annotations": {"version": version}},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "w", "image": worker_image(), "args": ["0", "1000"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}})
+}
+
+fn replicaset(name: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template(name, "1")}})
+}
+
+/// Pods labelled `app=APP` that are not being deleted.
+pub async fn live_pods(s: &Server, app: &str) -> Vec<Value> {
+    let (_, l) = s
+        .call(
+            Method::GET,
+            &format!("{PODS}?labelSelector=app%3D{app}"),
+            None,
+        )
+        .await;
+    l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect()
+}
+
+async fn running(s: &Server, app: &str, n: usize) -> Vec<Value> {
+    eventually(60, &format!("{n} running {app} pods"), || async {
+        let pods = live_pods(s, app).await;
+        let running = pods
+            .iter()
+            .filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object())
+            .count();
+        (pods.len() == n && running == n).then_some(pods)
+    })
+    .await
+}
+
+async fn gone(s: &Server, path: &str) {
+    eventually(60, &format!("{path} is gone"), || async {
+        (s.call(Method::GET, path, None).await.0 == 404).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replicaset_keeps_its_count_and_scales() {
+    let s = Server::start().await;
+    let (code, body) = s.call(Method::POST, RSS, Some(replicaset("web", 3))).await;
+    assert_eq!(code, 201, "{body}");
+    let pods = running(&s, "web", 3).await;
+    for p in &pods {
+        let owner = &p["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["controller"].as_bool()),
+            (Some("ReplicaSet"), Some(true))
+        );
+        assert!(p["metadata"]["name"].as_str().unwrap().starts_with("web-"));
+    }
+    // a deleted pod is replaced
+    let victim = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    s.call(Method::DELETE, &format!("{PODS}/{victim}"), None)
+        .await;
+    let pods = running(&s, "web", 3).await;
+    assert!(pods
+        .iter()
+        .all(|p| p["metadata"]["name"] != victim.as_str()));
+    // an orphan with the right labels is adopted instead of creating a fourth
+    let (_, rs) = s.call(Method::GET, &format!("{RSS}/web"), None).await;
+    assert_eq!(rs["status"]["replicas"], 3);
+    eventually(30, "status counts ready replicas", || async {
+        let (_, rs) = s.call(Method::GET, &format!("{RSS}/web"), None).await;
+        (rs["status"]["readyReplicas"] == 3 && rs["status"]["availableReplicas"] == 3).then_some(())
+    })
+    .await;
+    // scale through the scale subresource, up then down
+    let (code, _) = s
+        .call_as(
+            Method::PATCH,
+            &format!("{RSS}/web/scale"),
+            Some(json!({"spec": {"replicas": 5}})),
+            "application/merge-patch+json",
+        )
+        .await;
+    assert_eq!(code, 200);
+    running(&s, "web", 5).await;
+    let out = s.wkctl(&["scale", "rs/web", "--replicas=1"]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    assert_eq!(crate::util::stdout(&out), "replicaset.apps/web scaled\n");
+    running(&s, "web", 1).await;
+}
+
+#[tokio::test]
+async fn deletion_propagates_in_the_background_the_foreground_or_not_at_all() {
+    let s = Server::start().await;
+    for name in ["bg", "fg", "orphans"] {
+        s.call(Method::POST, RSS, Some(replicaset(name, 2))).await;
+    }
+    for name in ["bg", "fg", "orphans"] {
+        running(&s, name, 2).await;
+    }
+    // background: the ReplicaSet goes at once, its pods after
+    let (code, _) = s.call(Method::DELETE, &format!("{RSS}/bg"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(s.call(Method::GET, &format!("{RSS}/bg"), None).await.0, 404);
+    eventually(60, "bg's pods are collected", || async {
+        let (_, l) = s
+            .call(Method::GET, &format!("{PODS}?labelSelector=app%3Dbg"), None)
+            .await;
+        l["items"].as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+
+    // foreground: the ReplicaSet waits, marked, until its pods are gone
+    let (code, marked) = s
+        .call(Method::DELETE, &format!("{RSS}/fg"), Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Foreground"})))
+        .await;
+    assert_eq!(code, 200);
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(
+        marked["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    gone(&s, &format!("{RSS}/fg")).await;
+    let (_, l) = s
+        .call(Method::GET, &format!("{PODS}?labelSelector=app%3Dfg"), None)
+        .await;
+    assert!(
+        l["items"].as_array().unwrap().is_empty(),
+        "the pods went before their owner"
+    );
+
+    // orphan: the pods stay, no longer owned
+    let (code, _) = s
+        .call(
+            Method::DELETE,
+            &format!("{RSS}/orphans?propagationPolicy=Orphan"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+    gone(&s, &format!("{RSS}/orphans")).await;
+    let pods = running(&s, "orphans", 2).await;
+    for p in pods {
+        assert!(p["metadata"]["ownerReferences"].is_null(), "{p}");
+    }
+}
