@@ -185,7 +185,14 @@ pub fn plan(rs: &Value, pods: &[Arc<Value>], now: chrono::DateTime<chrono::Utc>)
 /// Names this controller created or deleted and has not seen take effect.
 #[derive(Default)]
 struct Expectations {
-    by_key: Mutex<HashMap<String, (HashSet<String>, HashSet<String>, Instant)>>,
+    by_key: Mutex<HashMap<String, Pending>>,
+}
+
+/// Pods created and pods deleted that the cache does not show yet, and since when.
+struct Pending {
+    created: HashSet<String>,
+    deleted: HashSet<String>,
+    since: Instant,
 }
 
 /// After this long, expectations are given up on (a lost event).
@@ -194,12 +201,14 @@ const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(300);
 impl Expectations {
     fn expect(&self, key: &str, created: &[String], deleted: &[String]) {
         let mut m = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        let e = m
-            .entry(key.to_string())
-            .or_insert_with(|| (HashSet::new(), HashSet::new(), Instant::now()));
-        e.0.extend(created.iter().cloned());
-        e.1.extend(deleted.iter().cloned());
-        e.2 = Instant::now();
+        let e = m.entry(key.to_string()).or_insert_with(|| Pending {
+            created: HashSet::new(),
+            deleted: HashSet::new(),
+            since: Instant::now(),
+        });
+        e.created.extend(created.iter().cloned());
+        e.deleted.extend(deleted.iter().cloned());
+        e.since = Instant::now();
     }
 
     fn forget_created(&self, key: &str, name: &str) {
@@ -209,21 +218,27 @@ impl Expectations {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(key)
         {
-            e.0.remove(name);
+            e.created.remove(name);
         }
     }
 
     /// Whether every expected change is visible in `pods` (by name).
     fn satisfied(&self, key: &str, pods: &[Arc<Value>]) -> bool {
         let mut m = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((created, deleted, at)) = m.get_mut(key) else {
+        let Some(Pending {
+            created,
+            deleted,
+            since,
+        }) = m.get_mut(key)
+        else {
             return true;
         };
         let seen: HashMap<&str, &Value> =
             pods.iter().map(|p| (meta::name(p), p.as_ref())).collect();
         created.retain(|n| !seen.contains_key(n.as_str()));
         deleted.retain(|n| seen.get(n.as_str()).is_some_and(|p| !meta::is_deleting(p)));
-        let done = (created.is_empty() && deleted.is_empty()) || at.elapsed() > EXPECTATION_TIMEOUT;
+        let done =
+            (created.is_empty() && deleted.is_empty()) || since.elapsed() > EXPECTATION_TIMEOUT;
         if done {
             m.remove(key);
         }
