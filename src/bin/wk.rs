@@ -56,6 +56,10 @@ struct ServerArgs {
     /// Do not run the embedded node agent.
     #[arg(long)]
     disable_agent: bool,
+    /// Run only the API server and the namespace controller: no scheduler,
+    /// no workload controllers, no garbage collector.
+    #[arg(long)]
+    disable_controllers: bool,
     /// How the scheduler scores nodes: most-allocated (bin packing: fill a
     /// node before the next) or least-allocated (spread the load).
     #[arg(long, default_value = "most-allocated")]
@@ -199,6 +203,7 @@ async fn main() -> Result<()> {
                 agent,
                 controllers: wasmkube::controllers::Config {
                     scheduling_strategy: a.scheduling_strategy,
+                    workloads: !a.disable_controllers,
                 },
             };
             server::run(config, shutdown_signal()).await?;

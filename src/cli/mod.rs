@@ -15,6 +15,7 @@ pub mod info;
 pub mod logs;
 pub mod manifest;
 pub mod printers;
+pub mod rollout;
 pub mod scale;
 
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ pub enum Command {
     Exec(exec::Exec),
     /// Set a new size for a Deployment, ReplicaSet or StatefulSet.
     Scale(scale::Scale),
+    /// Manage the rollout of a Deployment.
+    #[command(subcommand)]
+    Rollout(rollout::Rollout),
     /// Display the address of the control plane.
     ClusterInfo(info::ClusterInfo),
     /// Print the client and server version.
@@ -150,6 +154,7 @@ pub async fn run(cli: Cli) -> i32 {
             Command::Logs(c) => c.execute(&ctx).await,
             Command::Exec(c) => c.execute(&ctx).await,
             Command::Scale(c) => c.execute(&ctx).await,
+            Command::Rollout(c) => c.execute(&ctx).await,
             Command::ClusterInfo(c) => c.execute(&ctx).await,
             Command::Version(c) => c.execute(&ctx).await,
             Command::ApiResources(c) => c.execute(&ctx).await,

@@ -1,6 +1,7 @@
 //! Controllers that run inside `wk server` (the controller manager). They use
 //! only the public API, through [`crate::client::Client`].
 
+pub mod deployment;
 pub mod gc;
 pub mod namespace;
 pub mod replicaset;
@@ -11,23 +12,38 @@ pub mod scheduler;
 pub type CancelToken = tokio::sync::watch::Receiver<bool>;
 
 /// Settings of the controller manager.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub scheduling_strategy: scheduler::Strategy,
+    /// Run the scheduler, the workload controllers and the garbage collector
+    /// (the namespace controller always runs).
+    pub workloads: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            scheduling_strategy: scheduler::Strategy::default(),
+            workloads: true,
+        }
+    }
 }
 
 /// Run the scheduler and every controller until `cancel` turns true.
 pub async fn run(client: crate::client::Client, config: Config, cancel: CancelToken) {
-    let tasks = [
-        tokio::spawn(namespace::run(client.clone(), cancel.clone())),
-        tokio::spawn(gc::run(client.clone(), cancel.clone())),
-        tokio::spawn(replicaset::run(client.clone(), cancel.clone())),
-        tokio::spawn(scheduler::run(
-            client.clone(),
-            config.scheduling_strategy,
-            cancel.clone(),
-        )),
-    ];
+    let mut tasks = vec![tokio::spawn(namespace::run(client.clone(), cancel.clone()))];
+    if config.workloads {
+        tasks.extend([
+            tokio::spawn(gc::run(client.clone(), cancel.clone())),
+            tokio::spawn(replicaset::run(client.clone(), cancel.clone())),
+            tokio::spawn(deployment::run(client.clone(), cancel.clone())),
+            tokio::spawn(scheduler::run(
+                client.clone(),
+                config.scheduling_strategy,
+                cancel.clone(),
+            )),
+        ]);
+    }
     for t in tasks {
         let _ = t.await;
     }

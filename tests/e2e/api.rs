@@ -178,7 +178,8 @@ async fn create_sets_server_fields_and_revisions_increase_globally() {
 
 #[tokio::test]
 async fn stale_updates_conflict_and_generation_tracks_spec_only() {
-    let s = Server::start().await;
+    // the API alone: no Deployment controller writing status beside the test
+    let s = Server::builder().arg("--disable-controllers").start().await;
     let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
         "spec": {"containers": [{"name": "c", "image": "file:///w.wasm"}]}}}});

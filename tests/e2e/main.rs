@@ -5,6 +5,7 @@ mod agent;
 mod api;
 mod cli;
 mod controllers;
+mod deployments;
 mod durability;
 mod examples;
 mod exec;
