@@ -60,6 +60,13 @@ struct ServerArgs {
     /// no workload controllers, no garbage collector.
     #[arg(long)]
     disable_controllers: bool,
+    /// Seconds without a heartbeat after which a node is unreachable.
+    #[arg(long, default_value_t = 40.0)]
+    node_monitor_grace_period: f64,
+    /// Seconds after which pods that do not tolerate an unreachable node
+    /// are evicted from it (and replaced by their controllers).
+    #[arg(long, default_value_t = 60.0)]
+    pod_eviction_timeout: f64,
     /// How the scheduler scores nodes: most-allocated (bin packing: fill a
     /// node before the next) or least-allocated (spread the load).
     #[arg(long, default_value = "most-allocated")]
@@ -204,6 +211,10 @@ async fn main() -> Result<()> {
                 controllers: wasmkube::controllers::Config {
                     scheduling_strategy: a.scheduling_strategy,
                     workloads: !a.disable_controllers,
+                    node_timing: wasmkube::controllers::nodelifecycle::Timing {
+                        grace: Duration::from_secs_f64(a.node_monitor_grace_period.max(0.1)),
+                        eviction: Duration::from_secs_f64(a.pod_eviction_timeout.max(0.0)),
+                    },
                 },
             };
             server::run(config, shutdown_signal()).await?;

@@ -14,6 +14,7 @@ pub mod get;
 pub mod info;
 pub mod logs;
 pub mod manifest;
+pub mod node;
 pub mod printers;
 pub mod rollout;
 pub mod scale;
@@ -63,6 +64,12 @@ pub enum Command {
     Exec(exec::Exec),
     /// Set a new size for a Deployment, ReplicaSet or StatefulSet.
     Scale(scale::Scale),
+    /// Mark a node unschedulable.
+    Cordon(node::NodeName),
+    /// Mark a node schedulable again.
+    Uncordon(node::NodeName),
+    /// Cordon a node and evict its pods so their controllers move them.
+    Drain(node::Drain),
     /// Manage the rollout of a Deployment.
     #[command(subcommand)]
     Rollout(rollout::Rollout),
@@ -155,6 +162,9 @@ pub async fn run(cli: Cli) -> i32 {
             Command::Exec(c) => c.execute(&ctx).await,
             Command::Scale(c) => c.execute(&ctx).await,
             Command::Rollout(c) => c.execute(&ctx).await,
+            Command::Cordon(n) => node::cordon(&ctx, n).await,
+            Command::Uncordon(n) => node::uncordon(&ctx, n).await,
+            Command::Drain(c) => c.execute(&ctx).await,
             Command::ClusterInfo(c) => c.execute(&ctx).await,
             Command::Version(c) => c.execute(&ctx).await,
             Command::ApiResources(c) => c.execute(&ctx).await,

@@ -4,6 +4,7 @@
 pub mod deployment;
 pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runtime;
 pub mod scheduler;
@@ -18,6 +19,8 @@ pub struct Config {
     /// Run the scheduler, the workload controllers and the garbage collector
     /// (the namespace controller always runs).
     pub workloads: bool,
+    /// When nodes count as lost and their pods are evicted.
+    pub node_timing: nodelifecycle::Timing,
 }
 
 impl Default for Config {
@@ -25,6 +28,7 @@ impl Default for Config {
         Self {
             scheduling_strategy: scheduler::Strategy::default(),
             workloads: true,
+            node_timing: nodelifecycle::Timing::default(),
         }
     }
 }
@@ -37,6 +41,11 @@ pub async fn run(client: crate::client::Client, config: Config, cancel: CancelTo
             tokio::spawn(gc::run(client.clone(), cancel.clone())),
             tokio::spawn(replicaset::run(client.clone(), cancel.clone())),
             tokio::spawn(deployment::run(client.clone(), cancel.clone())),
+            tokio::spawn(nodelifecycle::run(
+                client.clone(),
+                config.node_timing,
+                cancel.clone(),
+            )),
             tokio::spawn(scheduler::run(
                 client.clone(),
                 config.scheduling_strategy,

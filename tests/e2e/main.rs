@@ -10,6 +10,7 @@ mod durability;
 mod examples;
 mod exec;
 mod kube_client;
+mod nodes;
 mod registry;
 mod scheduler;
 mod util;
