@@ -63,10 +63,15 @@ fn arr<'a>(v: &'a Value, path: &str) -> &'a [Value] {
         .unwrap_or(&[])
 }
 
-/// Set `path` (a JSON pointer) to `value` when it is absent, creating parents.
+/// Set `path` (a JSON pointer, `~1` standing for `/`) to `value` when it is
+/// absent, creating parents.
 pub fn default_at(v: &mut Value, path: &str, value: Value) {
     let mut cur = v;
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let parts: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect();
     for (i, part) in parts.iter().enumerate() {
         if !cur.is_object() {
             if cur.is_null() {
@@ -77,14 +82,14 @@ pub fn default_at(v: &mut Value, path: &str, value: Value) {
         }
         let obj = cur.as_object_mut().expect("object");
         if i == parts.len() - 1 {
-            let slot = obj.entry(part.to_string()).or_insert(Value::Null);
+            let slot = obj.entry(part.clone()).or_insert(Value::Null);
             if slot.is_null() {
                 *slot = value;
             }
             return;
         }
         cur = obj
-            .entry(part.to_string())
+            .entry(part.clone())
             .or_insert_with(|| Value::Object(Map::new()));
     }
 }
@@ -1089,6 +1094,25 @@ fn validate_update(res: &Resource, new: &Value, old: &Value, errs: &mut Vec<Fiel
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_generated_job_selector_matches_its_template_labels() {
+        let mut job =
+            json!({"metadata": {"name": "j", "uid": "u-1"}, "spec": {"template": {"spec": {}}}});
+        generate_job_selector(&mut job);
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u-1"
+        );
+        let labels = &job["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["batch.kubernetes.io/controller-uid"], "u-1");
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "j");
+        assert!(
+            labels.as_object().unwrap().keys().all(|k| !k.contains('~')),
+            "{labels}"
+        );
+    }
+
     use super::*;
     use crate::api::resources::lookup;
 

@@ -1,8 +1,10 @@
 //! Controllers that run inside `wk server` (the controller manager). They use
 //! only the public API, through [`crate::client::Client`].
 
+pub mod cronjob;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -41,6 +43,8 @@ pub async fn run(client: crate::client::Client, config: Config, cancel: CancelTo
             tokio::spawn(gc::run(client.clone(), cancel.clone())),
             tokio::spawn(replicaset::run(client.clone(), cancel.clone())),
             tokio::spawn(deployment::run(client.clone(), cancel.clone())),
+            tokio::spawn(job::run(client.clone(), cancel.clone())),
+            tokio::spawn(cronjob::run(client.clone(), cancel.clone())),
             tokio::spawn(nodelifecycle::run(
                 client.clone(),
                 config.node_timing,

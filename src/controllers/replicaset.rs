@@ -184,7 +184,7 @@ pub fn plan(rs: &Value, pods: &[Arc<Value>], now: chrono::DateTime<chrono::Utc>)
 
 /// Names this controller created or deleted and has not seen take effect.
 #[derive(Default)]
-struct Expectations {
+pub(crate) struct Expectations {
     by_key: Mutex<HashMap<String, Pending>>,
 }
 
@@ -199,7 +199,7 @@ struct Pending {
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Expectations {
-    fn expect(&self, key: &str, created: &[String], deleted: &[String]) {
+    pub(crate) fn expect(&self, key: &str, created: &[String], deleted: &[String]) {
         let mut m = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         let e = m.entry(key.to_string()).or_insert_with(|| Pending {
             created: HashSet::new(),
@@ -211,7 +211,7 @@ impl Expectations {
         e.since = Instant::now();
     }
 
-    fn forget_created(&self, key: &str, name: &str) {
+    pub(crate) fn forget_created(&self, key: &str, name: &str) {
         if let Some(e) = self
             .by_key
             .lock()
@@ -223,7 +223,7 @@ impl Expectations {
     }
 
     /// Whether every expected change is visible in `pods` (by name).
-    fn satisfied(&self, key: &str, pods: &[Arc<Value>]) -> bool {
+    pub(crate) fn satisfied(&self, key: &str, pods: &[Arc<Value>]) -> bool {
         let mut m = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         let Some(Pending {
             created,

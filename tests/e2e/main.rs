@@ -3,6 +3,7 @@
 
 mod agent;
 mod api;
+mod batch;
 mod cli;
 mod controllers;
 mod deployments;
