@@ -2,6 +2,7 @@
 //! only the public API, through [`crate::client::Client`].
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
 pub mod job;
@@ -44,6 +45,7 @@ pub async fn run(client: crate::client::Client, config: Config, cancel: CancelTo
             tokio::spawn(replicaset::run(client.clone(), cancel.clone())),
             tokio::spawn(deployment::run(client.clone(), cancel.clone())),
             tokio::spawn(job::run(client.clone(), cancel.clone())),
+            tokio::spawn(daemonset::run(client.clone(), cancel.clone())),
             tokio::spawn(cronjob::run(client.clone(), cancel.clone())),
             tokio::spawn(nodelifecycle::run(
                 client.clone(),

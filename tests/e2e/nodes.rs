@@ -184,3 +184,68 @@ async fn drain_moves_replicas_off_a_cordoned_node() {
     let (_, n) = s.call(Method::GET, "/api/v1/nodes/node-a", None).await;
     assert_eq!(n["spec"]["unschedulable"], true);
 }
+
+#[tokio::test]
+async fn a_daemonset_follows_a_node_joining_and_rolls_out_a_new_template() {
+    let s = Server::builder().arg("--disable-agent").start().await;
+    let _a = AgentProc::start(&s, "node-a");
+    eventually(30, "node-a registers", || async {
+        (s.call(Method::GET, "/api/v1/nodes/node-a", None).await.0 == 200).then_some(())
+    })
+    .await;
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "edge-agent"},
+        "spec": {"selector": {"matchLabels": {"app": "edge-agent"}}, "template": template("edge-agent", "1")}});
+    let (code, body) = s
+        .call(
+            Method::POST,
+            "/apis/apps/v1/namespaces/default/daemonsets",
+            Some(ds),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    eventually(60, "a daemon pod on node-a", || async {
+        let pods = live_pods(&s, "edge-agent").await;
+        (pods.len() == 1 && pods[0]["spec"]["nodeName"] == "node-a" && running(&pods[0]))
+            .then_some(())
+    })
+    .await;
+    let _b = AgentProc::start(&s, "node-b");
+    let pods = eventually(60, "a daemon pod on each node", || async {
+        let pods = live_pods(&s, "edge-agent").await;
+        let mut nodes: Vec<&str> = pods
+            .iter()
+            .filter(|p| running(p))
+            .filter_map(|p| p["spec"]["nodeName"].as_str())
+            .collect();
+        nodes.sort();
+        (nodes == ["node-a", "node-b"]).then_some(pods.clone())
+    })
+    .await;
+    assert_eq!(pods.len(), 2);
+    s.call_as(
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/default/daemonsets/edge-agent",
+        Some(json!({"spec": {"template": {"metadata": {"annotations": {"version": "2"}}}}})),
+        "application/merge-patch+json",
+    )
+    .await;
+    let ds = eventually(60, "both nodes run the new template", || async {
+        let (_, ds) = s
+            .call(
+                Method::GET,
+                "/apis/apps/v1/namespaces/default/daemonsets/edge-agent",
+                None,
+            )
+            .await;
+        let pods = live_pods(&s, "edge-agent").await;
+        let done = pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p["metadata"]["annotations"]["version"] == "2" && running(p))
+            && ds["status"]["updatedNumberScheduled"] == 2
+            && ds["status"]["numberReady"] == 2;
+        done.then_some(ds)
+    })
+    .await;
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 2);
+}
