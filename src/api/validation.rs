@@ -793,12 +793,24 @@ fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
                 "/spec/template/metadata/labels",
                 errs,
             );
-            validate_pod_spec(
-                get(obj, "/spec/template/spec"),
-                "spec.template.spec",
-                &["Always"],
-                errs,
-            );
+            // a StatefulSet's claim templates are volumes its containers may mount
+            let mut spec = get(obj, "/spec/template/spec").cloned();
+            if let (true, Some(Value::Object(spec))) = (res.kind == "StatefulSet", spec.as_mut()) {
+                let mut volumes = spec
+                    .get("volumes")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for t in arr(obj, "/spec/volumeClaimTemplates") {
+                    if let Some(name) = str_at(t, "/metadata/name") {
+                        volumes.push(
+                            json!({"name": name, "persistentVolumeClaim": {"claimName": name}}),
+                        );
+                    }
+                }
+                spec.insert("volumes".into(), json!(volumes));
+            }
+            validate_pod_spec(spec.as_ref(), "spec.template.spec", &["Always"], errs);
             non_negative(obj, "/spec/replicas", errs);
             non_negative(obj, "/spec/minReadySeconds", errs);
             non_negative(obj, "/spec/revisionHistoryLimit", errs);

@@ -11,6 +11,7 @@ pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runtime;
 pub mod scheduler;
+pub mod statefulset;
 
 /// Cancellation for controller loops: a watch channel that turns `true` on shutdown.
 pub type CancelToken = tokio::sync::watch::Receiver<bool>;
@@ -46,6 +47,7 @@ pub async fn run(client: crate::client::Client, config: Config, cancel: CancelTo
             tokio::spawn(deployment::run(client.clone(), cancel.clone())),
             tokio::spawn(job::run(client.clone(), cancel.clone())),
             tokio::spawn(daemonset::run(client.clone(), cancel.clone())),
+            tokio::spawn(statefulset::run(client.clone(), cancel.clone())),
             tokio::spawn(cronjob::run(client.clone(), cancel.clone())),
             tokio::spawn(nodelifecycle::run(
                 client.clone(),

@@ -28,6 +28,9 @@ use crate::api::{meta, quantity, resources};
 use crate::client::events::Recorder;
 use crate::client::{Client, ClientError};
 
+/// The annotation naming the node a claim's local volume lives on.
+pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+
 /// The scheduler's name, as pods name it in `spec.schedulerName`.
 pub const NAME: &str = "default-scheduler";
 
@@ -452,6 +455,25 @@ fn scores(pod: &Value, feasible: &[&NodeInfo], placed: &[Placed], strategy: Stra
         .collect()
 }
 
+/// The claims a pod's volumes name.
+pub fn claims_of(pod: &Value) -> Vec<String> {
+    pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            v["persistentVolumeClaim"]["claimName"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// Where each claim's volume lives: `namespace/claim` → `Some(node)` once
+/// bound to a node-local volume, `None` while unbound. A claim missing from
+/// the map does not exist.
+pub type Claims = BTreeMap<String, Option<String>>;
+
 /// Pick a node for `pod`, or say why none fits, as kube-scheduler does:
 /// "0/3 nodes are available: 1 Insufficient memory, 2 node(s) were unschedulable."
 pub fn schedule(
@@ -460,8 +482,62 @@ pub fn schedule(
     placed: &[Placed],
     strategy: Strategy,
 ) -> Result<String, String> {
+    schedule_with_claims(pod, nodes, placed, strategy, &Claims::new())
+}
+
+/// [`schedule`], placing a pod that uses local volumes on their node.
+pub fn schedule_with_claims(
+    pod: &Value,
+    nodes: &[NodeInfo],
+    placed: &[Placed],
+    strategy: Strategy,
+    claims: &Claims,
+) -> Result<String, String> {
+    let ns = meta::namespace(pod);
+    let mut pinned: Option<&str> = None;
+    for claim in claims_of(pod) {
+        match claims.get(&format!("{ns}/{claim}")) {
+            None => {
+                return Err(format!(
+                    "0/{} nodes are available: persistentvolumeclaim {claim:?} not found.",
+                    nodes.len()
+                ))
+            }
+            Some(Some(node)) => pinned = Some(node),
+            Some(None) => {}
+        }
+    }
+    let Some(node) = pinned else {
+        return schedule_on(pod, nodes, placed, strategy, 0, nodes.len());
+    };
+    // only the volume's node can take the pod; the others fail for that reason
+    let allowed: Vec<NodeInfo> = nodes.iter().filter(|n| n.name == node).cloned().collect();
+    let conflicts = nodes.len() - allowed.len();
+    if allowed.is_empty() {
+        return Err(format!(
+            "0/{} nodes are available: {conflicts} node(s) had volume node affinity conflict.",
+            nodes.len()
+        ));
+    }
+    schedule_on(pod, &allowed, placed, strategy, conflicts, nodes.len())
+}
+
+fn schedule_on(
+    pod: &Value,
+    nodes: &[NodeInfo],
+    placed: &[Placed],
+    strategy: Strategy,
+    volume_conflicts: usize,
+    total: usize,
+) -> Result<String, String> {
     let by_name: HashMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    if volume_conflicts > 0 {
+        reasons.insert(
+            "node(s) had volume node affinity conflict".into(),
+            volume_conflicts,
+        );
+    }
     let mut feasible = Vec::new();
     for n in nodes {
         let why = filter(pod, n, &by_name, placed);
@@ -480,7 +556,7 @@ pub fn schedule(
         } else {
             format!(": {}", parts.join(", "))
         };
-        return Err(format!("0/{} nodes are available{detail}.", nodes.len()));
+        return Err(format!("0/{total} nodes are available{detail}."));
     }
     let s = scores(pod, &feasible, placed, strategy);
     let best = (0..feasible.len())
@@ -509,12 +585,64 @@ struct Scheduler {
     recorder: Recorder,
     pods: Arc<Cache>,
     nodes: Arc<Cache>,
+    claims: Arc<Cache>,
     strategy: Strategy,
+    /// Claims bound by us that the cache may not show yet: `ns/claim` → node.
+    bound_claims: Mutex<HashMap<String, String>>,
     /// Pods bound by us that the cache may not show bound yet: uid → node.
     assumed: Mutex<HashMap<String, Placed>>,
 }
 
 impl Scheduler {
+    /// Every claim and the node its volume lives on (the local-path
+    /// provisioner binds a claim to the node of its first pod).
+    fn claims_map(&self) -> Claims {
+        let bound = self.bound_claims.lock().unwrap_or_else(|e| e.into_inner());
+        self.claims
+            .all()
+            .iter()
+            .map(|c| {
+                let key = runtime::key_of(c);
+                let node = c["metadata"]["annotations"][SELECTED_NODE]
+                    .as_str()
+                    .map(String::from)
+                    .or_else(|| bound.get(&key).cloned());
+                (key, node)
+            })
+            .collect()
+    }
+
+    /// Bind a claim to `node`: a directory there (`AGENT_DATA_DIR/claims/NS/NAME`)
+    /// from now on; later pods using it are placed there too.
+    async fn bind_claim(&self, ns: &str, claim: &str, node: &str) -> Result<(), ClientError> {
+        let pvcs = resources::lookup("persistentvolumeclaims").expect("claims are served");
+        let patch = json!({"metadata": {"annotations": {SELECTED_NODE: node,
+            "volume.kubernetes.io/storage-provisioner": "wasmkube.io/local-path"}}});
+        match self.client.merge_patch(pvcs, Some(ns), claim, &patch).await {
+            Ok(c) => {
+                let status = json!({"status": {"phase": "Bound",
+                    "accessModes": c["spec"]["accessModes"],
+                    "capacity": {"storage": c["spec"]["resources"]["requests"]["storage"].as_str().unwrap_or("0")}}});
+                let path = format!("{}/status", pvcs.object_path(Some(ns), claim));
+                self.client
+                    .request_as(
+                        Method::PATCH,
+                        &path,
+                        Some(&status),
+                        "application/merge-patch+json",
+                    )
+                    .await?;
+            }
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.bound_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{ns}/{claim}"), node.to_string());
+        Ok(())
+    }
+
     fn placed(&self) -> Vec<Placed> {
         let mut assumed = self.assumed.lock().unwrap_or_else(|e| e.into_inner());
         let mut placed = Vec::new();
@@ -559,7 +687,8 @@ impl Scheduler {
             meta::namespace(&pod).to_string(),
             meta::name(&pod).to_string(),
         );
-        match schedule(&pod, &nodes, &self.placed(), self.strategy) {
+        let claims = self.claims_map();
+        match schedule_with_claims(&pod, &nodes, &self.placed(), self.strategy, &claims) {
             Ok(node) => {
                 let binding = json!({"apiVersion": "v1", "kind": "Binding",
                     "metadata": {"name": name, "namespace": ns, "uid": uid},
@@ -574,6 +703,11 @@ impl Scheduler {
                     // deleted meanwhile, or bound by someone else: nothing to do
                     Err(e) if e.is_not_found() || e.code() == Some(409) => return Ok(Next::Done),
                     Err(e) => return Err(e),
+                }
+                for claim in claims_of(&pod) {
+                    if matches!(claims.get(&format!("{ns}/{claim}")), Some(None)) {
+                        self.bind_claim(&ns, &claim, &node).await?;
+                    }
                 }
                 self.assumed
                     .lock()
@@ -657,6 +791,7 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
             _ => requeue(),
         }
     };
+    let requeue_claims = requeue_pending.clone();
     let on_node = move |_c: Change| requeue_pending();
     let reflectors = [
         tokio::spawn(runtime::reflect(
@@ -674,12 +809,23 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
             cancel.clone(),
         )),
     ];
+    let claims = Cache::new();
+    let on_claim = move |_c: Change| requeue_claims();
+    let claims_reflector = tokio::spawn(runtime::reflect(
+        client.clone(),
+        resources::lookup("persistentvolumeclaims").expect("claims are served"),
+        claims.clone(),
+        on_claim,
+        cancel.clone(),
+    ));
     let scheduler = Arc::new(Scheduler {
         recorder: Recorder::new(client.clone(), NAME.to_string()),
         client,
         pods,
         nodes,
+        claims,
         strategy,
+        bound_claims: Mutex::default(),
         assumed: Mutex::default(),
     });
     scheduler.nodes.wait_synced().await;
@@ -697,6 +843,7 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
     for r in reflectors {
         let _ = r.await;
     }
+    let _ = claims_reflector.await;
 }
 
 #[cfg(test)]
@@ -870,6 +1017,35 @@ mod tests {
                 cpu_millis: 3000,
                 memory: 1 << 30
             }
+        );
+    }
+
+    #[test]
+    fn a_pod_goes_where_its_local_volume_lives() {
+        let nodes = vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")];
+        let mut p = pod("db-0", "100m", "10Mi");
+        p["spec"]["volumes"] =
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]);
+        let mut claims = Claims::new();
+        assert_eq!(
+            schedule_with_claims(&p, &nodes, &[], Strategy::MostAllocated, &claims).unwrap_err(),
+            "0/2 nodes are available: persistentvolumeclaim \"data-db-0\" not found."
+        );
+        claims.insert("default/data-db-0".into(), None);
+        assert_eq!(
+            schedule_with_claims(&p, &nodes, &[], Strategy::MostAllocated, &claims).unwrap(),
+            "a"
+        );
+        claims.insert("default/data-db-0".into(), Some("b".into()));
+        assert_eq!(
+            schedule_with_claims(&p, &nodes, &[], Strategy::MostAllocated, &claims).unwrap(),
+            "b"
+        );
+        let mut full = nodes.clone();
+        full[1].unschedulable = true;
+        assert_eq!(
+            schedule_with_claims(&p, &full, &[], Strategy::MostAllocated, &claims).unwrap_err(),
+            "0/2 nodes are available: 1 node(s) had volume node affinity conflict, 1 node(s) were unschedulable."
         );
     }
 

@@ -175,3 +175,106 @@ async fn deletion_propagates_in_the_background_the_foreground_or_not_at_all() {
         assert!(p["metadata"]["ownerReferences"].is_null(), "{p}");
     }
 }
+
+#[tokio::test]
+async fn a_statefulset_starts_in_order_and_keeps_each_pods_storage_and_node() {
+    let s = Server::builder().arg("--disable-agent").start().await;
+    let _a = crate::util::AgentProc::start(&s, "node-a");
+    let _b = crate::util::AgentProc::start(&s, "node-b");
+    eventually(30, "both nodes register", || async {
+        let (_, l) = s.call(Method::GET, "/api/v1/nodes", None).await;
+        (l["items"].as_array().map_or(0, Vec::len) == 2).then_some(())
+    })
+    .await;
+    let mut tpl = template("db", "1");
+    // the worker appends a tick to /data/work.log every 100 ms, forever
+    tpl["spec"]["volumes"] = json!([]);
+    tpl["spec"]["containers"][0]["args"] = json!(["0", "100"]);
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}}, "template": tpl,
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});
+    let (code, body) = s
+        .call(
+            Method::POST,
+            "/apis/apps/v1/namespaces/default/statefulsets",
+            Some(sts),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    // ordered: db-k only ever exists once db-(k-1) is ready
+    let ready = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    let pods = eventually(60, "db-0, db-1 and db-2 running", || async {
+        let pods = live_pods(&s, "db").await;
+        for k in 1..3 {
+            let has = |n: String| {
+                pods.iter()
+                    .find(|p| p["metadata"]["name"] == n.as_str())
+                    .cloned()
+            };
+            if has(format!("db-{k}")).is_some() {
+                let prev = has(format!("db-{}", k - 1)).expect("the previous ordinal exists");
+                assert!(ready(&prev), "db-{k} started before db-{} was ready", k - 1);
+            }
+        }
+        (pods.len() == 3 && pods.iter().all(|p| ready(p))).then_some(pods)
+    })
+    .await;
+    let node_of = |pods: &[Value], name: &str| {
+        pods.iter().find(|p| p["metadata"]["name"] == name).unwrap()["spec"]["nodeName"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let node = node_of(&pods, "db-1");
+    let (_, claim) = s
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/persistentvolumeclaims/data-db-1",
+            None,
+        )
+        .await;
+    assert_eq!(claim["status"]["phase"], "Bound");
+    assert_eq!(
+        claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        node.as_str()
+    );
+    let uid = pods
+        .iter()
+        .find(|p| p["metadata"]["name"] == "db-1")
+        .unwrap()["metadata"]["uid"]
+        .clone();
+
+    // delete db-1: it comes back with the same name, on the same node, with its data
+    s.call(Method::DELETE, "/api/v1/namespaces/default/pods/db-1", None)
+        .await;
+    let back = eventually(60, "db-1 is back", || async {
+        let pods = live_pods(&s, "db").await;
+        pods.into_iter()
+            .find(|p| p["metadata"]["name"] == "db-1" && p["metadata"]["uid"] != uid && ready(p))
+    })
+    .await;
+    assert_eq!(
+        back["spec"]["nodeName"],
+        node.as_str(),
+        "reattached where its volume lives"
+    );
+    let agent_dir = if node == "node-a" {
+        _a.dir.path()
+    } else {
+        _b.dir.path()
+    };
+    let log = agent_dir.join("data/claims/default/data-db-1/work.log");
+    eventually(30, "the new db-1 appends to the old data", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        // the worker restarts its count at 1: two runs leave two "tick 1" lines
+        (text.lines().filter(|l| *l == "tick 1").count() == 2).then_some(())
+    })
+    .await;
+}
