@@ -223,7 +223,7 @@ async fn a_statefulset_starts_in_order_and_keeps_each_pods_storage_and_node() {
                 assert!(ready(&prev), "db-{k} started before db-{} was ready", k - 1);
             }
         }
-        (pods.len() == 3 && pods.iter().all(|p| ready(p))).then_some(pods)
+        (pods.len() == 3 && pods.iter().all(&ready)).then_some(pods)
     })
     .await;
     let node_of = |pods: &[Value], name: &str| {
