@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
 use wasmkube_runtime::wasm::{WasmConfig, WasmRuntime};
@@ -33,6 +32,7 @@ use crate::api::meta;
 use crate::api::resources;
 use crate::client::events::Recorder;
 use crate::client::Client;
+use crate::controllers::runtime::{self, Cache, Change};
 use crate::controllers::CancelToken;
 
 /// Errors starting an agent.
@@ -162,7 +162,7 @@ impl Agent {
 
     /// Start the pods recorded under the data directory by an earlier run
     /// of this agent, before (and whether or not) the control plane answers.
-    fn resume_local_pods(self: &Arc<Self>) {
+    fn resume_local_pods(self: &Arc<Self>, cache: &Cache) {
         let dir = self.config.data_dir.join("pods");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
@@ -175,27 +175,13 @@ impl Agent {
             match serde_json::from_slice::<Value>(&bytes) {
                 Ok(p) if p["spec"]["nodeName"] == self.config.node_name.as_str() => {
                     tracing::info!(pod = %meta::name(&p), "resuming pod from local state");
+                    cache.seed(p.clone());
                     self.upsert(p);
                 }
                 Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(file = %file.display(), error = %err, "ignoring unreadable local pod state")
                 }
-            }
-        }
-    }
-
-    /// Remove the directories of pods the API no longer has and no worker runs.
-    fn collect_pod_dirs(&self, present: &[String]) {
-        let dir = self.config.data_dir.join("pods");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        for e in entries.flatten() {
-            let uid = e.file_name().to_string_lossy().to_string();
-            if !present.contains(&uid) && !workers.contains_key(&uid) {
-                let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
@@ -253,82 +239,42 @@ impl Agent {
         });
     }
 
+    /// The pod is gone from the API: stop its worker, or (a finished pod no
+    /// worker runs) remove what is left of it on disk.
     fn remove(&self, uid: &str) {
-        if let Some(tx) = self
-            .workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-        {
-            tx.send_replace(None);
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        match workers.get(uid) {
+            Some(tx) => {
+                tx.send_replace(None);
+            }
+            None if !uid.is_empty() => {
+                let _ = std::fs::remove_dir_all(spec::pod_dir(&self.config.data_dir, uid));
+            }
+            None => {}
         }
     }
 
-    /// List and watch the pods bound to this node, feeding their workers.
-    async fn watch_pods(self: Arc<Self>, mut cancel: CancelToken) {
+    /// List and watch the pods bound to this node, feeding their workers,
+    /// through the same reflector the controllers use (resume, relist on
+    /// 410, back-off). Pods resumed from local state are seeded into its
+    /// cache, so the first list stops those deleted while the agent was away.
+    async fn watch_pods(self: Arc<Self>, cache: Arc<Cache>, cancel: CancelToken) {
         let pods = resources::lookup("pods").expect("pods are served");
         let selector = format!("fieldSelector=spec.nodeName%3D{}", self.config.node_name);
-        loop {
-            let list = tokio::select! {
-                l = self.client.list(pods, None, &selector) => l,
-                _ = cancel.changed() => return,
-            };
-            let list = match list {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::debug!(error = %e, "listing pods");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = cancel.changed() => return,
-                    }
-                }
-            };
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            let present: Vec<String> = items
-                .iter()
-                .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
-                .collect();
-            let known: Vec<String> = self
-                .workers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .cloned()
-                .collect();
-            for uid in known.iter().filter(|u| !present.contains(u)) {
-                self.remove(uid);
-            }
-            for p in items {
-                self.upsert(p);
-            }
-            self.collect_pod_dirs(&present);
-            let rv = list["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let stream = match self.client.watch(pods, None, &format!("{selector}&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=300")).await {
-                Ok(s) => s,
-                Err(_) => continue,
-            };
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                let ev = tokio::select! {
-                    ev = stream.next() => ev,
-                    _ = cancel.changed() => return,
-                };
-                match ev {
-                    Some(Ok(ev)) => match ev.event_type.as_str() {
-                        "ADDED" | "MODIFIED" => self.upsert(ev.object),
-                        "DELETED" => {
-                            self.remove(ev.object["metadata"]["uid"].as_str().unwrap_or_default())
-                        }
-                        "ERROR" => break,
-                        _ => {}
-                    },
-                    _ => break,
-                }
-            }
-        }
+        let agent = self.clone();
+        let on_change = move |c: Change| match c {
+            Change::Applied(p) => agent.upsert((*p).clone()),
+            Change::Deleted(p) => agent.remove(p["metadata"]["uid"].as_str().unwrap_or_default()),
+        };
+        runtime::reflect_selected(
+            self.client.clone(),
+            pods,
+            &selector,
+            cache,
+            on_change,
+            cancel,
+        )
+        .await
     }
 
     /// Serve the agent API on `listen`, register, and run pods until `cancel` turns true.
@@ -357,8 +303,9 @@ impl Agent {
             port,
             cancel.clone(),
         ));
-        self.resume_local_pods();
-        let pods = tokio::spawn(self.clone().watch_pods(cancel));
+        let cache = Cache::new();
+        self.resume_local_pods(&cache);
+        let pods = tokio::spawn(self.clone().watch_pods(cache, cancel));
         let _ = pods.await;
         let _ = node.await;
         let _ = http.await;

@@ -106,13 +106,21 @@ impl Apply {
                         .and_then(|s| serde_json::from_str(s).ok())
                         .unwrap_or(json!({}));
                     let patch = merge_diff(&last, &with_annotation);
+                    // unchanged when what the config owns (spec, data, labels,
+                    // its own annotation) is the same afterwards, whatever
+                    // controllers write to status or annotations meanwhile
+                    let owned = |o: &Value| {
+                        (
+                            crate::api::meta::spec_part(o),
+                            o["metadata"]["labels"].clone(),
+                            o["metadata"]["annotations"][LAST_APPLIED].clone(),
+                        )
+                    };
                     ctx.client
                         .merge_patch(res, ns.as_deref(), &name, &patch)
                         .await
                         .map(|updated| {
-                            if updated["metadata"]["resourceVersion"]
-                                == current["metadata"]["resourceVersion"]
-                            {
+                            if owned(&updated) == owned(&current) {
                                 "unchanged"
                             } else {
                                 "configured"

@@ -101,6 +101,12 @@ impl Cache {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// Put an object known from elsewhere (local state) into the cache, so
+    /// the next list reports it deleted if the API no longer has it.
+    pub fn seed(&self, obj: Value) {
+        self.apply(obj);
+    }
+
     fn apply(&self, obj: Value) -> Change {
         let obj = Arc::new(obj);
         self.objects
@@ -145,6 +151,19 @@ pub async fn reflect(
     res: &'static Resource,
     cache: Arc<Cache>,
     on_change: impl Fn(Change) + Send + Sync + 'static,
+    cancel: CancelToken,
+) {
+    reflect_selected(client, res, "", cache, on_change, cancel).await
+}
+
+/// [`reflect`] for the objects `selector` (`labelSelector=...` or
+/// `fieldSelector=...`, URL-encoded) selects.
+pub async fn reflect_selected(
+    client: Client,
+    res: &'static Resource,
+    selector: &str,
+    cache: Arc<Cache>,
+    on_change: impl Fn(Change) + Send + Sync + 'static,
     mut cancel: CancelToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -157,7 +176,7 @@ pub async fn reflect(
             Some(rv) => rv,
             None => {
                 let list = tokio::select! {
-                    l = client.list(res, None, "") => l,
+                    l = client.list(res, None, selector) => l,
                     _ = cancel.changed() => return,
                 };
                 match list {
@@ -185,7 +204,10 @@ pub async fn reflect(
                 }
             }
         };
-        let query = format!("resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=300");
+        let mut query = format!("resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=300");
+        if !selector.is_empty() {
+            query = format!("{selector}&{query}");
+        }
         let stream = match client.watch(res, None, &query).await {
             Ok(s) => s,
             Err(_) => continue, // relist
