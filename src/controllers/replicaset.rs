@@ -568,6 +568,34 @@ mod tests {
         assert_eq!(plan.create, 1);
     }
 
+    proptest::proptest! {
+        /// Whatever pods exist, carrying out the plan leaves exactly
+        /// `replicas` active pods of this ReplicaSet, and it never touches
+        /// another controller's pods.
+        #[test]
+        fn the_plan_converges_on_replicas(
+            replicas in 0i64..8,
+            kinds in proptest::collection::vec((0u8..3, 0u8..3, proptest::bool::ANY), 0..12),
+        ) {
+            let pods: Vec<Arc<Value>> = kinds.iter().enumerate().map(|(i, (owner, phase, ready))| {
+                let owner = match owner { 0 => Some("rs-1"), 1 => None, _ => Some("rs-2") };
+                let mut p = (*pod(&format!("p{i}"), owner, "n", *ready, &format!("2026-01-01T00:00:{i:02}Z"))).clone();
+                p["status"]["phase"] = json!(["Running", "Pending", "Succeeded"][*phase as usize]);
+                Arc::new(p)
+            }).collect();
+            let p = plan(&rs(replicas), &pods, now());
+            let active_now = pods.iter().filter(|p| {
+                (controller_of(p).map(|c| c.2) == Some("rs-1")) && is_active(p)
+            }).count() as i64;
+            let adopted = p.adopt.iter().filter(|p| is_active(p)).count() as i64;
+            let after = active_now + adopted + p.create as i64 - p.delete.len() as i64;
+            proptest::prop_assert_eq!(after, replicas);
+            for d in p.delete.iter().chain(p.adopt.iter()) {
+                proptest::prop_assert!(controller_of(d).map(|c| c.2) != Some("rs-2"));
+            }
+        }
+    }
+
     #[test]
     fn expectations_wait_for_our_own_writes() {
         let e = Expectations::default();
