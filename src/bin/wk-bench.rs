@@ -616,6 +616,9 @@ mod pods {
         /// Idle pod counts for the density runs.
         #[arg(long, default_value = "100,1000", value_delimiter = ',')]
         density: Vec<usize>,
+        /// The node's pod capacity (`wk server --max-pods`) for the density runs.
+        #[arg(long, default_value_t = 1000)]
+        max_pods: usize,
     }
 
     /// Append a custom section so each copy has its own digest (a cold compile).
@@ -652,8 +655,10 @@ mod pods {
     }
 
     impl Cluster {
-        async fn start(bin: &Path, dir: &Path) -> Result<Self> {
-            let (proc, target) = start_wk(bin, dir, &["--heartbeat-ms", "10000"]).await?;
+        async fn start(bin: &Path, dir: &Path, max_pods: usize) -> Result<Self> {
+            let max = max_pods.to_string();
+            let (proc, target) =
+                start_wk(bin, dir, &["--heartbeat-ms", "10000", "--max-pods", &max]).await?;
             let Target::Wk { url, token } = target else {
                 unreachable!()
             };
@@ -772,7 +777,7 @@ mod pods {
         let mut out = Vec::new();
 
         // Latency: cold (a distinct module per pod: load + compile) and warm (one module, cached).
-        let c = Cluster::start(&args.wk, &tmp.join("lat")).await?;
+        let c = Cluster::start(&args.wk, &tmp.join("lat"), 1000).await?;
         let (mut cold, mut warm) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
         let warm_image = images.join("warm.wasm");
         std::fs::write(&warm_image, &module)?;
@@ -798,7 +803,12 @@ mod pods {
         // Density: idle pods on one node, RSS of the whole wk server process.
         let mut density = Vec::new();
         for &n in &args.density {
-            let c = Cluster::start(&args.wk, &tmp.join(format!("density-{n}"))).await?;
+            let c = Cluster::start(
+                &args.wk,
+                &tmp.join(format!("density-{n}")),
+                args.max_pods.max(n),
+            )
+            .await?;
             c.run_pod("warmup", &warm_image).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
             let before = rss_kib(c.proc.0.id());

@@ -14,8 +14,8 @@ use chrono::{DateTime, Datelike, Duration as Span, TimeZone, Timelike, Utc};
 use serde_json::{json, Value};
 
 use super::job::finished;
-use super::replicaset::{controller_of, owner_ref};
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::replicaset::owner_ref;
+use super::runtime::{self, Cache, Next, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
 use crate::client::{Client, ClientError};
@@ -296,12 +296,7 @@ impl Controller {
         }
         let ns = meta::namespace(&cj).to_string();
         let uid = cj["metadata"]["uid"].as_str().unwrap_or("");
-        let jobs: Vec<Arc<Value>> = self
-            .jobs
-            .in_namespace(&ns)
-            .into_iter()
-            .filter(|j| controller_of(j).is_some_and(|(_, _, u)| u == uid))
-            .collect();
+        let jobs: Vec<Arc<Value>> = self.jobs.owned_by(&ns, uid);
         let now = Utc::now();
         let plan = match plan(&cj, &jobs, now) {
             Ok(p) => p,
@@ -342,27 +337,8 @@ impl Controller {
                 Err(e) => return Err(e),
             }
         }
-        let differs = status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .any(|(k, v)| cj["status"][k] != *v);
-        if differs {
-            let path = format!("{}/status", cj_res.object_path(Some(&ns), meta::name(&cj)));
-            match self
-                .client
-                .request_as(
-                    reqwest::Method::PATCH,
-                    &path,
-                    Some(&json!({"status": status})),
-                    "application/merge-patch+json",
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => return Ok(Next::Done),
-                Err(e) => return Err(e),
-            }
+        if !runtime::update_status(&self.client, cj_res, &cj, &status).await? {
+            return Ok(Next::Done);
         }
         let wait = plan
             .next
@@ -377,42 +353,23 @@ impl Controller {
 pub async fn run(client: Client, cancel: CancelToken) {
     let (cronjobs, jobs) = (Cache::new(), Cache::new());
     let queue = WorkQueue::new();
-    let on_cj = {
-        let queue = queue.clone();
-        move |c: Change| queue.add(&runtime::key_of(c.object()))
-    };
-    let on_job = {
-        let queue = queue.clone();
-        move |c: Change| {
-            if let Some(("CronJob", name, _)) = controller_of(c.object()) {
-                queue.add(&format!("{}/{name}", meta::namespace(c.object())));
-            }
-        }
-    };
-    let reflectors = [
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("cronjobs").expect("cronjobs"),
-            cronjobs.clone(),
-            on_cj,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("jobs").expect("jobs"),
-            jobs.clone(),
-            on_job,
-            cancel.clone(),
-        )),
+    let watches = vec![
+        Watch::new("cronjobs", &cronjobs, runtime::enqueue_self(&queue)),
+        Watch::new(
+            "jobs",
+            &jobs,
+            runtime::enqueue_controller(&queue, "CronJob"),
+        ),
     ];
     let controller = Arc::new(Controller {
-        client,
+        client: client.clone(),
         cronjobs,
         jobs,
     });
-    controller.jobs.wait_synced().await;
-    runtime::run_workers(
+    runtime::run_controller(
         "cronjob",
+        &client,
+        watches,
         queue,
         2,
         move |key| {
@@ -422,9 +379,6 @@ pub async fn run(client: Client, cancel: CancelToken) {
         cancel,
     )
     .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
 }
 
 #[cfg(test)]

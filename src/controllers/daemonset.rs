@@ -13,8 +13,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::deployment::{template_hash, HASH_LABEL};
-use super::replicaset::{controller_of, is_ready, owner_ref, Expectations};
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::replicaset::{create_and_delete, is_ready, owner_ref, Expectations};
+use super::runtime::{self, Cache, Change, Next, Watch, WorkQueue};
 use super::scheduler::{required_runtime, tolerates, NodeInfo};
 use super::CancelToken;
 use crate::api::{meta, resources};
@@ -221,61 +221,19 @@ impl Controller {
         }
         let ns = meta::namespace(&ds).to_string();
         let uid = ds["metadata"]["uid"].as_str().unwrap_or("");
-        let pods: Vec<Arc<Value>> = self
-            .pods
-            .in_namespace(&ns)
-            .into_iter()
-            .filter(|p| controller_of(p).is_some_and(|(_, _, u)| u == uid))
-            .collect();
+        let pods: Vec<Arc<Value>> = self.pods.owned_by(&ns, uid);
         let plan = plan(&ds, &self.nodes.all(), &pods);
-        let pods_res = resources::lookup("pods").expect("pods are served");
         if self.expectations.satisfied(&key, &pods) {
             let new: Vec<Value> = plan.create.iter().map(|n| pod_for(&ds, n)).collect();
-            let names: Vec<String> = new.iter().map(|p| meta::name(p).to_string()).collect();
             let gone: Vec<String> = plan
                 .delete
                 .iter()
                 .map(|p| meta::name(p).to_string())
                 .collect();
-            self.expectations.expect(&key, &names, &gone);
-            for p in &new {
-                if let Err(e) = self.client.create(pods_res, Some(&ns), p).await {
-                    self.expectations.forget_created(&key, meta::name(p));
-                    return Err(e);
-                }
-            }
-            for name in &gone {
-                match self.client.delete(pods_res, Some(&ns), name).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            create_and_delete(&self.client, &self.expectations, &key, &ns, &new, &gone).await?;
         }
-        let differs = plan
-            .status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .any(|(k, v)| ds["status"][k] != *v);
-        if differs {
-            let res = resources::lookup("daemonsets").expect("daemonsets are served");
-            let path = format!("{}/status", res.object_path(Some(&ns), meta::name(&ds)));
-            match self
-                .client
-                .request_as(
-                    reqwest::Method::PATCH,
-                    &path,
-                    Some(&json!({"status": plan.status})),
-                    "application/merge-patch+json",
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => return Ok(Next::Done),
-                Err(e) => return Err(e),
-            }
-        }
+        let res = resources::lookup("daemonsets").expect("daemonsets are served");
+        runtime::update_status(&self.client, res, &ds, &plan.status).await?;
         Ok(Next::Done)
     }
 }
@@ -284,10 +242,6 @@ impl Controller {
 pub async fn run(client: Client, cancel: CancelToken) {
     let (sets, nodes, pods) = (Cache::new(), Cache::new(), Cache::new());
     let queue = WorkQueue::new();
-    let on_ds = {
-        let queue = queue.clone();
-        move |c: Change| queue.add(&runtime::key_of(c.object()))
-    };
     let on_node = {
         let (queue, sets) = (queue.clone(), sets.clone());
         move |_c: Change| {
@@ -296,48 +250,26 @@ pub async fn run(client: Client, cancel: CancelToken) {
             }
         }
     };
-    let on_pod = {
-        let queue = queue.clone();
-        move |c: Change| {
-            if let Some(("DaemonSet", name, _)) = controller_of(c.object()) {
-                queue.add(&format!("{}/{name}", meta::namespace(c.object())));
-            }
-        }
-    };
-    let reflectors = [
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("daemonsets").expect("daemonsets"),
-            sets.clone(),
-            on_ds,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("nodes").expect("nodes"),
-            nodes.clone(),
-            on_node,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("pods").expect("pods"),
-            pods.clone(),
-            on_pod,
-            cancel.clone(),
-        )),
+    let watches = vec![
+        Watch::new("daemonsets", &sets, runtime::enqueue_self(&queue)),
+        Watch::new("nodes", &nodes, on_node),
+        Watch::new(
+            "pods",
+            &pods,
+            runtime::enqueue_controller(&queue, "DaemonSet"),
+        ),
     ];
     let controller = Arc::new(Controller {
-        client,
+        client: client.clone(),
         sets,
         nodes,
         pods,
         expectations: Expectations::default(),
     });
-    controller.nodes.wait_synced().await;
-    controller.pods.wait_synced().await;
-    runtime::run_workers(
+    runtime::run_controller(
         "daemonset",
+        &client,
+        watches,
         queue,
         2,
         move |key| {
@@ -347,9 +279,6 @@ pub async fn run(client: Client, cancel: CancelToken) {
         cancel,
     )
     .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::replicaset::{controller_of, owner_ref};
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::replicaset::owner_ref;
+use super::runtime::{self, Cache, Next, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::meta;
 use crate::api::resources::{self, Resource};
@@ -553,12 +553,7 @@ impl Controller {
         }
         let ns = meta::namespace(&d).to_string();
         let uid = d["metadata"]["uid"].as_str().unwrap_or("");
-        let owned: Vec<Arc<Value>> = self
-            .sets
-            .in_namespace(&ns)
-            .into_iter()
-            .filter(|rs| controller_of(rs).is_some_and(|(_, _, u)| u == uid))
-            .collect();
+        let owned: Vec<Arc<Value>> = self.sets.owned_by(&ns, uid);
         let plan = plan(&d, &owned, chrono::Utc::now());
         for step in &plan.steps {
             let result = match step {
@@ -592,22 +587,8 @@ impl Controller {
                 )
                 .await?;
         }
-        if d["status"] != plan.status {
-            let path = format!("{}/status", self.d_res.object_path(Some(&ns), &name));
-            match self
-                .client
-                .request_as(
-                    reqwest::Method::PATCH,
-                    &path,
-                    Some(&json!({"status": plan.status})),
-                    "application/merge-patch+json",
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => return Ok(Next::Done),
-                Err(e) => return Err(e),
-            }
+        if !runtime::update_status(&self.client, self.d_res, &d, &plan.status).await? {
+            return Ok(Next::Done);
         }
         Ok(plan.recheck.map_or(Next::Done, Next::After))
     }
@@ -619,44 +600,25 @@ pub async fn run(client: Client, cancel: CancelToken) {
     let rs_res = resources::lookup("replicasets").expect("replicasets are served");
     let (deployments, sets) = (Cache::new(), Cache::new());
     let queue = WorkQueue::new();
-    let on_d = {
-        let queue = queue.clone();
-        move |c: Change| queue.add(&runtime::key_of(c.object()))
-    };
-    let on_rs = {
-        let queue = queue.clone();
-        move |c: Change| {
-            if let Some(("Deployment", name, _)) = controller_of(c.object()) {
-                queue.add(&format!("{}/{name}", meta::namespace(c.object())));
-            }
-        }
-    };
-    let reflectors = [
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            d_res,
-            deployments.clone(),
-            on_d,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            rs_res,
-            sets.clone(),
-            on_rs,
-            cancel.clone(),
-        )),
+    let watches = vec![
+        Watch::new("deployments", &deployments, runtime::enqueue_self(&queue)),
+        Watch::new(
+            "replicasets",
+            &sets,
+            runtime::enqueue_controller(&queue, "Deployment"),
+        ),
     ];
     let controller = Arc::new(Controller {
-        client,
+        client: client.clone(),
         deployments,
         sets,
         d_res,
         rs_res,
     });
-    controller.sets.wait_synced().await;
-    runtime::run_workers(
+    runtime::run_controller(
         "deployment",
+        &client,
+        watches,
         queue,
         4,
         move |key| {
@@ -666,9 +628,6 @@ pub async fn run(client: Client, cancel: CancelToken) {
         cancel,
     )
     .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
 }
 
 #[cfg(test)]

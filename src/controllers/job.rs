@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::replicaset::{controller_of, owner_ref, Expectations};
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::replicaset::{create_and_delete, owner_ref, Expectations};
+use super::runtime::{self, Cache, Next, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
 use crate::client::{Client, ClientError};
@@ -192,7 +192,6 @@ struct Controller {
 impl Controller {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
         let jobs_res = resources::lookup("jobs").expect("jobs are served");
-        let pods_res = resources::lookup("pods").expect("pods are served");
         let Some(job) = self.jobs.get(&key) else {
             return Ok(Next::Done);
         };
@@ -201,12 +200,7 @@ impl Controller {
         }
         let ns = meta::namespace(&job).to_string();
         let uid = job["metadata"]["uid"].as_str().unwrap_or("");
-        let pods: Vec<Arc<Value>> = self
-            .pods
-            .in_namespace(&ns)
-            .into_iter()
-            .filter(|p| controller_of(p).is_some_and(|(_, _, u)| u == uid))
-            .collect();
+        let pods: Vec<Arc<Value>> = self.pods.owned_by(&ns, uid);
         if !self.expectations.satisfied(&key, &pods) {
             return Ok(Next::Done);
         }
@@ -226,51 +220,21 @@ impl Controller {
             return Ok(Next::Done);
         }
         let new: Vec<Value> = (0..plan.create).map(|_| pod_for(&job)).collect();
-        let names: Vec<String> = new.iter().map(|p| meta::name(p).to_string()).collect();
         let gone: Vec<String> = plan
             .delete
             .iter()
             .map(|p| meta::name(p).to_string())
             .collect();
-        self.expectations.expect(&key, &names, &gone);
-        for p in &new {
-            if let Err(e) = self.client.create(pods_res, Some(&ns), p).await {
-                self.expectations.forget_created(&key, meta::name(p));
-                return Err(e);
-            }
-        }
-        for name in &gone {
-            match self.client.delete(pods_res, Some(&ns), name).await {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let differs = plan
-            .status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .any(|(k, v)| job["status"][k] != *v);
-        if differs {
-            let path = format!(
-                "{}/status",
-                jobs_res.object_path(Some(&ns), meta::name(&job))
-            );
-            match self
-                .client
-                .request_as(
-                    reqwest::Method::PATCH,
-                    &path,
-                    Some(&json!({"status": plan.status})),
-                    "application/merge-patch+json",
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => return Ok(Next::Done),
-                Err(e) => return Err(e),
-            }
+        create_and_delete(&self.client, &self.expectations, &key, &ns, &new, &gone).await?;
+        if !runtime::update_status(
+            &self.client,
+            resources::lookup("jobs").expect("jobs are served"),
+            &job,
+            &plan.status,
+        )
+        .await?
+        {
+            return Ok(Next::Done);
         }
         Ok(plan.recheck.map_or(Next::Done, Next::After))
     }
@@ -280,43 +244,20 @@ impl Controller {
 pub async fn run(client: Client, cancel: CancelToken) {
     let (jobs, pods) = (Cache::new(), Cache::new());
     let queue = WorkQueue::new();
-    let on_job = {
-        let queue = queue.clone();
-        move |c: Change| queue.add(&runtime::key_of(c.object()))
-    };
-    let on_pod = {
-        let queue = queue.clone();
-        move |c: Change| {
-            if let Some(("Job", name, _)) = controller_of(c.object()) {
-                queue.add(&format!("{}/{name}", meta::namespace(c.object())));
-            }
-        }
-    };
-    let reflectors = [
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("jobs").expect("jobs"),
-            jobs.clone(),
-            on_job,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("pods").expect("pods"),
-            pods.clone(),
-            on_pod,
-            cancel.clone(),
-        )),
+    let watches = vec![
+        Watch::new("jobs", &jobs, runtime::enqueue_self(&queue)),
+        Watch::new("pods", &pods, runtime::enqueue_controller(&queue, "Job")),
     ];
     let controller = Arc::new(Controller {
-        client,
+        client: client.clone(),
         jobs,
         pods,
         expectations: Expectations::default(),
     });
-    controller.pods.wait_synced().await;
-    runtime::run_workers(
+    runtime::run_controller(
         "job",
+        &client,
+        watches,
         queue,
         4,
         move |key| {
@@ -326,9 +267,6 @@ pub async fn run(client: Client, cancel: CancelToken) {
         cancel,
     )
     .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
 }
 
 #[cfg(test)]

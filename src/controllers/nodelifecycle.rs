@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::runtime::{self, Cache, Next, Watch, WorkQueue};
 use super::scheduler::tolerates;
 use super::CancelToken;
 use crate::api::{meta, resources};
@@ -212,44 +212,22 @@ impl Controller {
 pub async fn run(client: Client, timing: Timing, cancel: CancelToken) {
     let (nodes, leases, pods) = (Cache::new(), Cache::new(), Cache::new());
     let queue = WorkQueue::new();
-    let on_node = {
-        let queue = queue.clone();
-        move |c: Change| queue.add(&runtime::key_of(c.object()))
-    };
-    let reflectors = [
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("nodes").expect("nodes"),
-            nodes.clone(),
-            on_node,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("leases").expect("leases"),
-            leases.clone(),
-            |_| {},
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("pods").expect("pods"),
-            pods.clone(),
-            |_| {},
-            cancel.clone(),
-        )),
+    let watches = vec![
+        Watch::new("nodes", &nodes, runtime::enqueue_self(&queue)),
+        Watch::new("leases", &leases, |_| {}),
+        Watch::new("pods", &pods, |_| {}),
     ];
     let controller = Arc::new(Controller {
-        client,
+        client: client.clone(),
         nodes,
         leases,
         pods,
         timing,
     });
-    controller.leases.wait_synced().await;
-    controller.pods.wait_synced().await;
-    runtime::run_workers(
+    runtime::run_controller(
         "node-lifecycle",
+        &client,
+        watches,
         queue,
         2,
         move |key| {
@@ -259,9 +237,6 @@ pub async fn run(client: Client, timing: Timing, cancel: CancelToken) {
         cancel,
     )
     .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
 }
 
 #[cfg(test)]

@@ -12,30 +12,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::runtime::{self, Cache, Change, Next, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::meta;
 use crate::api::resources::{self, Resource};
 use crate::api::selector::LabelSelector;
 use crate::client::{Client, ClientError};
 
-/// The controller reference an object carries, if any: (kind, name, uid).
-pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
-    let r = obj["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|o| o["controller"] == true)?;
-    Some((r["kind"].as_str()?, r["name"].as_str()?, r["uid"].as_str()?))
-}
-
-/// A controller ownerReference to `owner`.
-pub fn owner_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
-    json!({"apiVersion": api_version, "kind": kind, "name": meta::name(owner),
-        "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true})
-}
+pub use super::runtime::{controller_of, owner_ref};
 
 fn is_active(pod: &Value) -> bool {
     !meta::is_deleting(pod)
@@ -195,6 +181,35 @@ struct Pending {
     since: Instant,
 }
 
+/// Create `new` pods and delete the pods named `gone` for the controller
+/// `key`, recording both as expectations first.
+pub(crate) async fn create_and_delete(
+    client: &Client,
+    expectations: &Expectations,
+    key: &str,
+    ns: &str,
+    new: &[Value],
+    gone: &[String],
+) -> Result<(), ClientError> {
+    let pods = resources::lookup("pods").expect("pods are served");
+    let names: Vec<String> = new.iter().map(|p| meta::name(p).to_string()).collect();
+    expectations.expect(key, &names, gone);
+    for p in new {
+        if let Err(e) = client.create(pods, Some(ns), p).await {
+            expectations.forget_created(key, meta::name(p));
+            return Err(e);
+        }
+    }
+    for name in gone {
+        match client.delete(pods, Some(ns), name).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// After this long, expectations are given up on (a lost event).
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -271,31 +286,8 @@ impl Controller {
         if self.expectations.satisfied(&key, &pods) {
             self.manage(&key, &rs, &plan).await?;
         }
-        let differs = plan
-            .status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .any(|(k, v)| rs["status"][k] != *v);
-        if differs {
-            let path = format!(
-                "{}/status",
-                self.rs_res.object_path(Some(&ns), meta::name(&rs))
-            );
-            match self
-                .client
-                .request_as(
-                    Method::PATCH,
-                    &path,
-                    Some(&json!({"status": plan.status})),
-                    "application/merge-patch+json",
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => return Ok(Next::Done),
-                Err(e) => return Err(e),
-            }
+        if !runtime::update_status(&self.client, self.rs_res, &rs, &plan.status).await? {
+            return Ok(Next::Done);
         }
         Ok(plan.recheck.map_or(Next::Done, Next::After))
     }
@@ -413,10 +405,6 @@ pub async fn run(client: Client, cancel: CancelToken) {
     let pod_res = resources::lookup("pods").expect("pods are served");
     let (sets, pods) = (Cache::new(), Cache::new());
     let queue = WorkQueue::new();
-    let on_rs = {
-        let queue = queue.clone();
-        move |c: Change| queue.add(&runtime::key_of(c.object()))
-    };
     let on_pod = {
         let (queue, sets) = (queue.clone(), sets.clone());
         move |c: Change| {
@@ -438,33 +426,22 @@ pub async fn run(client: Client, cancel: CancelToken) {
             }
         }
     };
-    let reflectors = [
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            rs_res,
-            sets.clone(),
-            on_rs,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            pod_res,
-            pods.clone(),
-            on_pod,
-            cancel.clone(),
-        )),
+    let watches = vec![
+        Watch::new("replicasets", &sets, runtime::enqueue_self(&queue)),
+        Watch::new("pods", &pods, on_pod),
     ];
     let controller = Arc::new(Controller {
-        client,
+        client: client.clone(),
         sets,
         pods,
         expectations: Expectations::default(),
         rs_res,
         pod_res,
     });
-    controller.pods.wait_synced().await;
-    runtime::run_workers(
+    runtime::run_controller(
         "replicaset",
+        &client,
+        watches,
         queue,
         4,
         move |key| {
@@ -474,9 +451,6 @@ pub async fn run(client: Client, cancel: CancelToken) {
         cancel,
     )
     .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
 }
 
 #[cfg(test)]

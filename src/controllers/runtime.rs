@@ -95,6 +95,14 @@ impl Cache {
             .collect()
     }
 
+    /// The objects of namespace `ns` whose controller has uid `uid`.
+    pub fn owned_by(&self, ns: &str, uid: &str) -> Vec<Arc<Value>> {
+        self.in_namespace(ns)
+            .into_iter()
+            .filter(|o| controller_of(o).is_some_and(|(_, _, u)| u == uid))
+            .collect()
+    }
+
     /// Resolves once the first list has filled the cache.
     pub async fn wait_synced(&self) {
         let mut rx = self.synced.subscribe();
@@ -401,6 +409,135 @@ pub async fn run_workers<F, Fut, E>(
     }
     for h in handles {
         let _ = h.await;
+    }
+}
+
+/// The controller reference an object carries, if any: (kind, name, uid).
+pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
+    let r = obj["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|o| o["controller"] == true)?;
+    Some((r["kind"].as_str()?, r["name"].as_str()?, r["uid"].as_str()?))
+}
+
+/// A controller ownerReference to `owner`.
+pub fn owner_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
+    serde_json::json!({"apiVersion": api_version, "kind": kind, "name": meta::name(owner),
+        "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true})
+}
+
+/// A handler that queues the key of every changed object.
+pub fn enqueue_self(queue: &Arc<WorkQueue>) -> impl Fn(Change) + Send + Sync + 'static {
+    let queue = queue.clone();
+    move |c: Change| queue.add(&key_of(c.object()))
+}
+
+/// A handler that queues the `kind` controller of every changed object.
+pub fn enqueue_controller(
+    queue: &Arc<WorkQueue>,
+    kind: &'static str,
+) -> impl Fn(Change) + Send + Sync + 'static {
+    let queue = queue.clone();
+    move |c: Change| {
+        if let Some((k, name, _)) = controller_of(c.object()) {
+            if k == kind {
+                queue.add(&format!("{}/{name}", meta::namespace(c.object())));
+            }
+        }
+    }
+}
+
+/// Merge-patch `obj`'s status with `status` unless it already holds those
+/// values. `Ok(false)`: the object is gone.
+pub async fn update_status(
+    client: &Client,
+    res: &Resource,
+    obj: &Value,
+    status: &Value,
+) -> Result<bool, crate::client::ClientError> {
+    let differs = status
+        .as_object()
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| obj["status"][k] != *v);
+    if !differs {
+        return Ok(true);
+    }
+    let ns = res.namespaced.then(|| meta::namespace(obj));
+    let path = format!("{}/status", res.object_path(ns, meta::name(obj)));
+    match client
+        .request_as(
+            reqwest::Method::PATCH,
+            &path,
+            Some(&serde_json::json!({ "status": status })),
+            "application/merge-patch+json",
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// One kind a controller watches: the cache it fills and what its changes queue.
+pub struct Watch {
+    res: &'static Resource,
+    cache: Arc<Cache>,
+    on_change: Box<dyn Fn(Change) + Send + Sync>,
+}
+
+impl Watch {
+    /// Watch `plural` (a served kind) into `cache`.
+    pub fn new(
+        plural: &str,
+        cache: &Arc<Cache>,
+        on_change: impl Fn(Change) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            res: crate::api::resources::lookup(plural).expect("controllers watch served kinds"),
+            cache: cache.clone(),
+            on_change: Box::new(on_change),
+        }
+    }
+}
+
+/// Run a controller until `cancel`: reflect every watched kind into its
+/// cache, wait for each cache's first list, then run `workers` reconcilers
+/// over `queue`.
+pub async fn run_controller<F, Fut, E>(
+    name: &'static str,
+    client: &Client,
+    watches: Vec<Watch>,
+    queue: Arc<WorkQueue>,
+    workers: usize,
+    reconcile: F,
+    cancel: CancelToken,
+) where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Next, E>> + Send,
+    E: std::fmt::Display + Send,
+{
+    let caches: Vec<Arc<Cache>> = watches.iter().map(|w| w.cache.clone()).collect();
+    let reflectors: Vec<_> = watches
+        .into_iter()
+        .map(|w| {
+            tokio::spawn(reflect(
+                client.clone(),
+                w.res,
+                w.cache,
+                w.on_change,
+                cancel.clone(),
+            ))
+        })
+        .collect();
+    for c in &caches {
+        c.wait_synced().await;
+    }
+    run_workers(name, queue, workers, reconcile, cancel).await;
+    for r in reflectors {
+        let _ = r.await;
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::deployment::{template_hash, HASH_LABEL};
-use super::replicaset::{controller_of, is_ready, owner_ref};
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::replicaset::{is_ready, owner_ref};
+use super::runtime::{self, Cache, Next, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
 use crate::client::{Client, ClientError};
@@ -208,12 +208,7 @@ impl Controller {
         }
         let ns = meta::namespace(&sts).to_string();
         let uid = sts["metadata"]["uid"].as_str().unwrap_or("");
-        let pods: Vec<Arc<Value>> = self
-            .pods
-            .in_namespace(&ns)
-            .into_iter()
-            .filter(|p| controller_of(p).is_some_and(|(_, _, u)| u == uid))
-            .collect();
+        let pods: Vec<Arc<Value>> = self.pods.owned_by(&ns, uid);
         let claims: Vec<String> = self
             .claims
             .in_namespace(&ns)
@@ -251,29 +246,15 @@ impl Controller {
                 Err(e) => return Err(e),
             }
         }
-        let differs = plan
-            .status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .any(|(k, v)| sts["status"][k] != *v);
-        if differs {
-            let res = resources::lookup("statefulsets").expect("statefulsets are served");
-            let path = format!("{}/status", res.object_path(Some(&ns), meta::name(&sts)));
-            match self
-                .client
-                .request_as(
-                    reqwest::Method::PATCH,
-                    &path,
-                    Some(&json!({"status": plan.status})),
-                    "application/merge-patch+json",
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => return Ok(Next::Done),
-                Err(e) => return Err(e),
-            }
+        if !runtime::update_status(
+            &self.client,
+            resources::lookup("statefulsets").expect("statefulsets are served"),
+            &sts,
+            &plan.status,
+        )
+        .await?
+        {
+            return Ok(Next::Done);
         }
         Ok(Next::Done)
     }
@@ -283,51 +264,25 @@ impl Controller {
 pub async fn run(client: Client, cancel: CancelToken) {
     let (sets, pods, claims) = (Cache::new(), Cache::new(), Cache::new());
     let queue = WorkQueue::new();
-    let on_sts = {
-        let queue = queue.clone();
-        move |c: Change| queue.add(&runtime::key_of(c.object()))
-    };
-    let on_pod = {
-        let queue = queue.clone();
-        move |c: Change| {
-            if let Some(("StatefulSet", name, _)) = controller_of(c.object()) {
-                queue.add(&format!("{}/{name}", meta::namespace(c.object())));
-            }
-        }
-    };
-    let reflectors = [
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("statefulsets").expect("statefulsets"),
-            sets.clone(),
-            on_sts,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("pods").expect("pods"),
-            pods.clone(),
-            on_pod,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            resources::lookup("persistentvolumeclaims").expect("claims"),
-            claims.clone(),
-            |_| {},
-            cancel.clone(),
-        )),
+    let watches = vec![
+        Watch::new("statefulsets", &sets, runtime::enqueue_self(&queue)),
+        Watch::new(
+            "pods",
+            &pods,
+            runtime::enqueue_controller(&queue, "StatefulSet"),
+        ),
+        Watch::new("persistentvolumeclaims", &claims, |_| {}),
     ];
     let controller = Arc::new(Controller {
-        client,
+        client: client.clone(),
         sets,
         pods,
         claims,
     });
-    controller.pods.wait_synced().await;
-    controller.claims.wait_synced().await;
-    runtime::run_workers(
+    runtime::run_controller(
         "statefulset",
+        &client,
+        watches,
         queue,
         2,
         move |key| {
@@ -337,9 +292,6 @@ pub async fn run(client: Client, cancel: CancelToken) {
         cancel,
     )
     .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
 }
 
 #[cfg(test)]
