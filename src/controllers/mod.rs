@@ -4,6 +4,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
@@ -46,6 +47,7 @@ pub async fn run(client: crate::client::Client, config: Config, cancel: CancelTo
             tokio::spawn(replicaset::run(client.clone(), cancel.clone())),
             tokio::spawn(deployment::run(client.clone(), cancel.clone())),
             tokio::spawn(job::run(client.clone(), cancel.clone())),
+            tokio::spawn(endpoints::run(client.clone(), cancel.clone())),
             tokio::spawn(daemonset::run(client.clone(), cancel.clone())),
             tokio::spawn(statefulset::run(client.clone(), cancel.clone())),
             tokio::spawn(cronjob::run(client.clone(), cancel.clone())),

@@ -278,3 +278,76 @@ async fn a_statefulset_starts_in_order_and_keeps_each_pods_storage_and_node() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn endpoints_follow_the_ready_pods_a_service_selects() {
+    let s = Server::start().await;
+    let mut tpl = template("api", "1");
+    tpl["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+    s.call(
+        Method::POST,
+        RSS,
+        Some(
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "api"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "api"}}, "template": tpl}}),
+        ),
+    )
+    .await;
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api"},
+        "spec": {"selector": {"app": "api"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}});
+    let (code, body) = s
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let ep_path = "/api/v1/namespaces/default/endpoints/api";
+    let addresses = |ep: &Value| -> Vec<String> {
+        let mut ips: Vec<String> = ep["subsets"][0]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["ip"].as_str().map(String::from))
+            .collect();
+        ips.sort();
+        ips
+    };
+    let pod_ips = |pods: &[Value]| -> Vec<String> {
+        let mut ips: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p["status"]["podIP"].as_str().map(String::from))
+            .collect();
+        ips.sort();
+        ips
+    };
+    let pods = running(&s, "api", 2).await;
+    let ep = eventually(30, "the endpoints list both pods", || async {
+        let (_, ep) = s.call(Method::GET, ep_path, None).await;
+        (addresses(&ep) == pod_ips(&pods)).then_some(ep)
+    })
+    .await;
+    assert_eq!(
+        ep["subsets"][0]["ports"][0],
+        json!({"name": "web", "port": 8080, "protocol": "TCP"})
+    );
+    // a replaced pod: the endpoints follow
+    let victim = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    s.call(Method::DELETE, &format!("{PODS}/{victim}"), None)
+        .await;
+    let pods = running(&s, "api", 2).await;
+    eventually(30, "the endpoints follow the replacement", || async {
+        let (_, ep) = s.call(Method::GET, ep_path, None).await;
+        (addresses(&ep) == pod_ips(&pods)).then_some(())
+    })
+    .await;
+    // the Service goes: so do its endpoints
+    s.call(
+        Method::DELETE,
+        "/api/v1/namespaces/default/services/api",
+        None,
+    )
+    .await;
+    gone(&s, ep_path).await;
+}

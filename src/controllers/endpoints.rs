@@ -1,0 +1,247 @@
+//! The Endpoints controller: for every Service with a selector, an
+//! Endpoints object of the same name listing the selected pods' addresses,
+//! ready ones under `addresses` and the others under `notReadyAddresses`,
+//! with the Service's ports resolved against each pod (a `targetPort` may
+//! name a container port). It follows readiness as it changes and goes away
+//! with its Service.
+//!
+//! [`desired`] decides (pure).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::replicaset::is_ready;
+use super::runtime::{self, Cache, Change, Next, Watch, WorkQueue};
+use super::CancelToken;
+use crate::api::selector::LabelSelector;
+use crate::api::{meta, resources};
+use crate::client::{Client, ClientError};
+
+/// The port a pod serves a Service port on: `targetPort` by number, or by
+/// the name of one of its container ports; default the Service port.
+fn target_port(port: &Value, pod: &Value) -> Option<i64> {
+    match &port["targetPort"] {
+        Value::Number(n) => n.as_i64(),
+        Value::String(name) => name.parse().ok().or_else(|| {
+            pod["spec"]["containers"]
+                .as_array()?
+                .iter()
+                .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+                .find(|p| p["name"] == name.as_str())?["containerPort"]
+                .as_i64()
+        }),
+        _ => port["port"].as_i64(),
+    }
+}
+
+/// The `subsets` of the Endpoints for `svc` among `pods` (None: the
+/// Service has no selector, so its Endpoints are not ours to manage).
+pub fn desired(svc: &Value, pods: &[Arc<Value>]) -> Option<Value> {
+    let selector = svc["spec"]["selector"].as_object()?;
+    if selector.is_empty() {
+        return None;
+    }
+    let selector = LabelSelector::from_object(&json!({ "matchLabels": selector })).ok()?;
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    // pods grouped by the port numbers they resolve to, as Kubernetes does
+    let mut subsets: BTreeMap<Vec<i64>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut selected: Vec<&Arc<Value>> = pods
+        .iter()
+        .filter(|p| selector.matches_object(p) && !meta::is_deleting(p))
+        .filter(|p| {
+            p["status"]["podIP"]
+                .as_str()
+                .is_some_and(|ip| !ip.is_empty())
+        })
+        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+        .collect();
+    selected.sort_by_key(|p| meta::name(p).to_string());
+    for p in selected {
+        let Some(numbers) = ports
+            .iter()
+            .map(|port| target_port(port, p))
+            .collect::<Option<Vec<i64>>>()
+        else {
+            continue;
+        };
+        let address = json!({"ip": p["status"]["podIP"], "nodeName": p["spec"]["nodeName"],
+            "targetRef": {"kind": "Pod", "namespace": meta::namespace(p), "name": meta::name(p), "uid": p["metadata"]["uid"]}});
+        let entry = subsets.entry(numbers).or_default();
+        if is_ready(p) {
+            entry.0.push(address);
+        } else {
+            entry.1.push(address);
+        }
+    }
+    let subsets: Vec<Value> = subsets
+        .into_iter()
+        .map(|(numbers, (ready, not_ready))| {
+            let ports: Vec<Value> = ports
+                .iter()
+                .zip(numbers)
+                .map(|(p, n)| {
+                    let mut port =
+                        json!({"port": n, "protocol": p["protocol"].as_str().unwrap_or("TCP")});
+                    if let Some(name) = p["name"].as_str() {
+                        port["name"] = json!(name);
+                    }
+                    port
+                })
+                .collect();
+            let mut s = json!({ "ports": ports });
+            if !ready.is_empty() {
+                s["addresses"] = json!(ready);
+            }
+            if !not_ready.is_empty() {
+                s["notReadyAddresses"] = json!(not_ready);
+            }
+            s
+        })
+        .collect();
+    Some(json!(subsets))
+}
+
+struct Controller {
+    client: Client,
+    services: Arc<Cache>,
+    pods: Arc<Cache>,
+    endpoints: Arc<Cache>,
+}
+
+impl Controller {
+    async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
+        let res = resources::lookup("endpoints").expect("endpoints are served");
+        let (ns, name) = key.split_once('/').unwrap_or(("", &key));
+        let current = self.endpoints.get(&key);
+        let svc = self.services.get(&key).filter(|s| !meta::is_deleting(s));
+        let subsets = svc
+            .as_ref()
+            .and_then(|s| desired(s, &self.pods.in_namespace(ns)));
+        match (subsets, current) {
+            (None, Some(ep)) if svc.is_none() => {
+                // the Service is gone: so are its Endpoints
+                match self.client.delete(res, Some(ns), meta::name(&ep)).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            (Some(subsets), None) => {
+                let ep = json!({"apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": name, "namespace": ns,
+                        "labels": svc.as_ref().map(|s| s["metadata"]["labels"].clone()).unwrap_or(Value::Null)},
+                    "subsets": subsets});
+                match self.client.create(res, Some(ns), &ep).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some(409) => {
+                        return Ok(Next::After(std::time::Duration::from_millis(100)))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            (Some(subsets), Some(ep))
+                if ep["subsets"] != subsets
+                    && !(ep["subsets"].is_null() && subsets == json!([])) =>
+            {
+                let mut ep = (*ep).clone();
+                ep["subsets"] = subsets;
+                match self.client.replace(res, Some(ns), name, &ep).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() || e.code() == Some(409) => {
+                        return Ok(Next::After(std::time::Duration::from_millis(100)))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => {}
+        }
+        Ok(Next::Done)
+    }
+}
+
+/// Run the Endpoints controller until `cancel`.
+pub async fn run(client: Client, cancel: CancelToken) {
+    let (services, pods, endpoints) = (Cache::new(), Cache::new(), Cache::new());
+    let queue = WorkQueue::new();
+    let on_pod = {
+        let (queue, services) = (queue.clone(), services.clone());
+        move |c: Change| {
+            // any Service of the namespace may select it (or have selected it)
+            for svc in services.in_namespace(meta::namespace(c.object())) {
+                queue.add(&runtime::key_of(&svc));
+            }
+        }
+    };
+    let watches = vec![
+        Watch::new("services", &services, runtime::enqueue_self(&queue)),
+        Watch::new("pods", &pods, on_pod),
+        Watch::new("endpoints", &endpoints, runtime::enqueue_self(&queue)),
+    ];
+    let controller = Arc::new(Controller {
+        client: client.clone(),
+        services,
+        pods,
+        endpoints,
+    });
+    runtime::run_controller(
+        "endpoints",
+        &client,
+        watches,
+        queue,
+        2,
+        move |key| {
+            let c = controller.clone();
+            async move { c.reconcile(key).await }
+        },
+        cancel,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i64) -> Arc<Value> {
+        Arc::new(
+            json!({"metadata": {"name": name, "namespace": "d", "uid": name, "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": port_name, "containerPort": port}]}]},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}),
+        )
+    }
+
+    #[test]
+    fn ready_and_unready_pods_are_listed_apart_with_named_ports_resolved() {
+        let svc = json!({"metadata": {"name": "web", "namespace": "d"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+        let pods = vec![
+            pod("a", "127.1.0.2", true, "http", 8080),
+            pod("b", "127.1.0.3", false, "http", 8080),
+            pod("c", "127.1.0.4", true, "http", 9090),
+            pod("no-ip", "", true, "http", 8080),
+        ];
+        let subsets = desired(&svc, &pods).unwrap();
+        assert_eq!(
+            subsets.as_array().unwrap().len(),
+            2,
+            "grouped by resolved port: {subsets}"
+        );
+        let s8080 = subsets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["ports"][0]["port"] == 8080)
+            .unwrap();
+        assert_eq!(s8080["addresses"][0]["ip"], "127.1.0.2");
+        assert_eq!(s8080["notReadyAddresses"][0]["ip"], "127.1.0.3");
+        assert_eq!(
+            s8080["ports"][0],
+            json!({"port": 8080, "protocol": "TCP", "name": "http"})
+        );
+        assert_eq!(s8080["addresses"][0]["targetRef"]["name"], "a");
+        let headless_without_selector = json!({"spec": {"ports": [{"port": 80}]}});
+        assert_eq!(desired(&headless_without_selector, &pods), None);
+    }
+}
