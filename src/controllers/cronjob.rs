@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::job::finished;
 use super::replicaset::owner_ref;
-use super::runtime::{self, Cache, Next, Watch, WorkQueue};
+use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
 use crate::client::{Client, ClientError};
@@ -286,14 +286,11 @@ struct Controller {
     jobs: Arc<Cache>,
 }
 
-impl Controller {
+impl Reconcile for Controller {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
-        let Some(cj) = self.cronjobs.get(&key) else {
+        let Some(cj) = self.cronjobs.get_live(&key) else {
             return Ok(Next::Done);
         };
-        if meta::is_deleting(&cj) {
-            return Ok(Next::Done);
-        }
         let ns = meta::namespace(&cj).to_string();
         let uid = cj["metadata"]["uid"].as_str().unwrap_or("");
         let jobs: Vec<Arc<Value>> = self.jobs.owned_by(&ns, uid);
@@ -366,19 +363,7 @@ pub async fn run(client: Client, cancel: CancelToken) {
         cronjobs,
         jobs,
     });
-    runtime::run_controller(
-        "cronjob",
-        &client,
-        watches,
-        queue,
-        2,
-        move |key| {
-            let c = controller.clone();
-            async move { c.reconcile(key).await }
-        },
-        cancel,
-    )
-    .await;
+    runtime::run_controller("cronjob", &client, watches, queue, 2, controller, cancel).await;
 }
 
 #[cfg(test)]

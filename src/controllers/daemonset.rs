@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::deployment::{template_hash, HASH_LABEL};
 use super::replicaset::{create_and_delete, is_ready, owner_ref, Expectations};
-use super::runtime::{self, Cache, Change, Next, Watch, WorkQueue};
+use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::scheduler::{required_runtime, tolerates, NodeInfo};
 use super::CancelToken;
 use crate::api::{meta, resources};
@@ -211,14 +211,11 @@ struct Controller {
     expectations: Expectations,
 }
 
-impl Controller {
+impl Reconcile for Controller {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
-        let Some(ds) = self.sets.get(&key) else {
+        let Some(ds) = self.sets.get_live(&key) else {
             return Ok(Next::Done);
         };
-        if meta::is_deleting(&ds) {
-            return Ok(Next::Done);
-        }
         let ns = meta::namespace(&ds).to_string();
         let uid = ds["metadata"]["uid"].as_str().unwrap_or("");
         let pods: Vec<Arc<Value>> = self.pods.owned_by(&ns, uid);
@@ -266,19 +263,7 @@ pub async fn run(client: Client, cancel: CancelToken) {
         pods,
         expectations: Expectations::default(),
     });
-    runtime::run_controller(
-        "daemonset",
-        &client,
-        watches,
-        queue,
-        2,
-        move |key| {
-            let c = controller.clone();
-            async move { c.reconcile(key).await }
-        },
-        cancel,
-    )
-    .await;
+    runtime::run_controller("daemonset", &client, watches, queue, 2, controller, cancel).await;
 }
 
 #[cfg(test)]

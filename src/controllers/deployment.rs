@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::replicaset::owner_ref;
-use super::runtime::{self, Cache, Next, Watch, WorkQueue};
+use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::meta;
 use crate::api::resources::{self, Resource};
@@ -543,14 +543,11 @@ struct Controller {
     rs_res: &'static Resource,
 }
 
-impl Controller {
+impl Reconcile for Controller {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
-        let Some(d) = self.deployments.get(&key) else {
+        let Some(d) = self.deployments.get_live(&key) else {
             return Ok(Next::Done);
         };
-        if meta::is_deleting(&d) {
-            return Ok(Next::Done);
-        }
         let ns = meta::namespace(&d).to_string();
         let uid = d["metadata"]["uid"].as_str().unwrap_or("");
         let owned: Vec<Arc<Value>> = self.sets.owned_by(&ns, uid);
@@ -615,19 +612,7 @@ pub async fn run(client: Client, cancel: CancelToken) {
         d_res,
         rs_res,
     });
-    runtime::run_controller(
-        "deployment",
-        &client,
-        watches,
-        queue,
-        4,
-        move |key| {
-            let c = controller.clone();
-            async move { c.reconcile(key).await }
-        },
-        cancel,
-    )
-    .await;
+    runtime::run_controller("deployment", &client, watches, queue, 4, controller, cancel).await;
 }
 
 #[cfg(test)]

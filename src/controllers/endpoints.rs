@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::replicaset::is_ready;
-use super::runtime::{self, Cache, Change, Next, Watch, WorkQueue};
+use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::selector::LabelSelector;
 use crate::api::{meta, resources};
@@ -110,7 +110,7 @@ struct Controller {
     endpoints: Arc<Cache>,
 }
 
-impl Controller {
+impl Reconcile for Controller {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
         let res = resources::lookup("endpoints").expect("endpoints are served");
         let (ns, name) = key.split_once('/').unwrap_or(("", &key));
@@ -185,19 +185,7 @@ pub async fn run(client: Client, cancel: CancelToken) {
         pods,
         endpoints,
     });
-    runtime::run_controller(
-        "endpoints",
-        &client,
-        watches,
-        queue,
-        2,
-        move |key| {
-            let c = controller.clone();
-            async move { c.reconcile(key).await }
-        },
-        cancel,
-    )
-    .await;
+    runtime::run_controller("endpoints", &client, watches, queue, 2, controller, cancel).await;
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::meta;
 use crate::api::resources::{self, Resource};
@@ -115,6 +115,9 @@ fn ident(res: &Resource, obj: &Value) -> String {
 struct Collector {
     client: Client,
     caches: Vec<(&'static Resource, Arc<Cache>)>,
+    /// uid → identity of every object in the caches.
+    index: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    queue: Arc<WorkQueue>,
 }
 
 impl Collector {
@@ -124,13 +127,11 @@ impl Collector {
         cache.get(key).map(|o| (*res, o))
     }
 
-    fn by_uid(&self, uid: &str) -> Option<(&'static Resource, Arc<Value>)> {
-        self.caches.iter().find_map(|(r, c)| {
-            c.all()
-                .into_iter()
-                .find(|o| o["metadata"]["uid"] == uid)
-                .map(|o| (*r, o))
-        })
+    fn exists(&self, uid: &str) -> bool {
+        self.index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(uid)
     }
 
     fn dependents(&self, uid: &str) -> Vec<(&'static Resource, Arc<Value>)> {
@@ -149,7 +150,7 @@ impl Collector {
     /// (before concluding it is gone) the API.
     async fn owner_exists(&self, obj: &Value, reference: &Value) -> Result<bool, ClientError> {
         let uid = reference["uid"].as_str().unwrap_or("");
-        if self.by_uid(uid).is_some() {
+        if self.exists(uid) {
             return Ok(true);
         }
         let api_version = reference["apiVersion"].as_str().unwrap_or("v1");
@@ -230,13 +231,27 @@ impl Collector {
         self.patch_meta(res, obj, json!({ "finalizers": rest }))
             .await
     }
+}
 
+impl Reconcile for Collector {
     async fn reconcile(&self, ident: String) -> Result<Next, ClientError> {
+        // an object went: its dependents check whether they are orphans now
+        if let Some(uid) = ident.strip_prefix("dependents-of|") {
+            for (r, d) in self.dependents(uid) {
+                self.queue.add(&self::ident(r, &d));
+            }
+            return Ok(Next::Done);
+        }
         let Some((res, obj)) = self.find(&ident) else {
             return Ok(Next::Done);
         };
         let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
-        let dependents = self.dependents(&uid);
+        // only a deleting owner acts on its dependents: skip the scan otherwise
+        let dependents = if meta::is_deleting(&obj) {
+            self.dependents(&uid)
+        } else {
+            Vec::new()
+        };
         let dep_values: Vec<&Value> = dependents.iter().map(|(_, o)| o.as_ref()).collect();
         let mut owners_exist = Vec::new();
         if !meta::is_deleting(&obj) {
@@ -295,7 +310,7 @@ impl Collector {
 pub async fn run(client: Client, cancel: CancelToken) {
     let queue = WorkQueue::new();
     let mut caches = Vec::new();
-    let mut reflectors = Vec::new();
+    let mut watches = Vec::new();
     // uid → identity of every object seen, to requeue owners when dependents change
     let owners: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
     for plural in KINDS {
@@ -330,41 +345,24 @@ pub async fn run(client: Client, cancel: CancelToken) {
                 Change::Deleted(_) => queue.add(&format!("dependents-of|{uid}")),
             }
         };
-        reflectors.push(tokio::spawn(runtime::reflect(
-            client.clone(),
-            res,
-            cache,
-            on_change,
-            cancel.clone(),
-        )));
+        watches.push(Watch::new(plural, &cache, on_change));
     }
-    let collector = Arc::new(Collector { client, caches });
-    for (_, c) in &collector.caches {
-        c.wait_synced().await;
-    }
-    let q = queue.clone();
-    runtime::run_workers(
+    let collector = Arc::new(Collector {
+        client: client.clone(),
+        caches,
+        index: owners,
+        queue: queue.clone(),
+    });
+    runtime::run_controller(
         "garbage-collector",
+        &client,
+        watches,
         queue,
         2,
-        move |key: String| {
-            let (c, q) = (collector.clone(), q.clone());
-            async move {
-                if let Some(uid) = key.strip_prefix("dependents-of|") {
-                    for (r, d) in c.dependents(uid) {
-                        q.add(&ident(r, &d));
-                    }
-                    return Ok(Next::Done);
-                }
-                c.reconcile(key).await
-            }
-        },
+        collector,
         cancel,
     )
     .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
 }
 
 #[cfg(test)]

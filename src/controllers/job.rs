@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::replicaset::{create_and_delete, owner_ref, Expectations};
-use super::runtime::{self, Cache, Next, Watch, WorkQueue};
+use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
 use crate::client::{Client, ClientError};
@@ -189,15 +189,12 @@ struct Controller {
     expectations: Expectations,
 }
 
-impl Controller {
+impl Reconcile for Controller {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
         let jobs_res = resources::lookup("jobs").expect("jobs are served");
-        let Some(job) = self.jobs.get(&key) else {
+        let Some(job) = self.jobs.get_live(&key) else {
             return Ok(Next::Done);
         };
-        if meta::is_deleting(&job) {
-            return Ok(Next::Done);
-        }
         let ns = meta::namespace(&job).to_string();
         let uid = job["metadata"]["uid"].as_str().unwrap_or("");
         let pods: Vec<Arc<Value>> = self.pods.owned_by(&ns, uid);
@@ -254,19 +251,7 @@ pub async fn run(client: Client, cancel: CancelToken) {
         pods,
         expectations: Expectations::default(),
     });
-    runtime::run_controller(
-        "job",
-        &client,
-        watches,
-        queue,
-        4,
-        move |key| {
-            let c = controller.clone();
-            async move { c.reconcile(key).await }
-        },
-        cancel,
-    )
-    .await;
+    runtime::run_controller("job", &client, watches, queue, 4, controller, cancel).await;
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Next, Watch, WorkQueue};
+use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::scheduler::tolerates;
 use super::CancelToken;
 use crate::api::{meta, resources};
@@ -121,7 +121,7 @@ struct Controller {
     timing: Timing,
 }
 
-impl Controller {
+impl Reconcile for Controller {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
         let Some(node) = self.nodes.get(&key) else {
             return Ok(Next::Done);
@@ -230,10 +230,7 @@ pub async fn run(client: Client, timing: Timing, cancel: CancelToken) {
         watches,
         queue,
         2,
-        move |key| {
-            let c = controller.clone();
-            async move { c.reconcile(key).await }
-        },
+        controller,
         cancel,
     )
     .await;

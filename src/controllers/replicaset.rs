@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, Watch, WorkQueue};
+use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::meta;
 use crate::api::resources::{self, Resource};
@@ -271,27 +271,6 @@ struct Controller {
 }
 
 impl Controller {
-    async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
-        let Some(rs) = self.sets.get(&key) else {
-            self.expectations
-                .by_key
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-            return Ok(Next::Done);
-        };
-        let ns = meta::namespace(&rs).to_string();
-        let pods = self.pods.in_namespace(&ns);
-        let plan = plan(&rs, &pods, chrono::Utc::now());
-        if self.expectations.satisfied(&key, &pods) {
-            self.manage(&key, &rs, &plan).await?;
-        }
-        if !runtime::update_status(&self.client, self.rs_res, &rs, &plan.status).await? {
-            return Ok(Next::Done);
-        }
-        Ok(plan.recheck.map_or(Next::Done, Next::After))
-    }
-
     async fn manage(&self, key: &str, rs: &Value, plan: &Plan) -> Result<(), ClientError> {
         let ns = meta::namespace(rs);
         for p in &plan.adopt {
@@ -383,6 +362,29 @@ impl Controller {
     }
 }
 
+impl Reconcile for Controller {
+    async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
+        let Some(rs) = self.sets.get(&key) else {
+            self.expectations
+                .by_key
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            return Ok(Next::Done);
+        };
+        let ns = meta::namespace(&rs).to_string();
+        let pods = self.pods.in_namespace(&ns);
+        let plan = plan(&rs, &pods, chrono::Utc::now());
+        if self.expectations.satisfied(&key, &pods) {
+            self.manage(&key, &rs, &plan).await?;
+        }
+        if !runtime::update_status(&self.client, self.rs_res, &rs, &plan.status).await? {
+            return Ok(Next::Done);
+        }
+        Ok(plan.recheck.map_or(Next::Done, Next::After))
+    }
+}
+
 /// A new pod from the ReplicaSet's template, named `RS-xxxxx`.
 pub fn pod_from_template(rs: &Value) -> Value {
     let t = &rs["spec"]["template"];
@@ -438,19 +440,7 @@ pub async fn run(client: Client, cancel: CancelToken) {
         rs_res,
         pod_res,
     });
-    runtime::run_controller(
-        "replicaset",
-        &client,
-        watches,
-        queue,
-        4,
-        move |key| {
-            let c = controller.clone();
-            async move { c.reconcile(key).await }
-        },
-        cancel,
-    )
-    .await;
+    runtime::run_controller("replicaset", &client, watches, queue, 4, controller, cancel).await;
 }
 
 #[cfg(test)]

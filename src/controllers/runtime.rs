@@ -73,6 +73,11 @@ impl Cache {
             .cloned()
     }
 
+    /// The object at `key`, unless it is being deleted.
+    pub fn get_live(&self, key: &str) -> Option<Arc<Value>> {
+        self.get(key).filter(|o| !meta::is_deleting(o))
+    }
+
     /// Every object (a snapshot).
     pub fn all(&self) -> Vec<Arc<Value>> {
         self.objects
@@ -503,22 +508,27 @@ impl Watch {
     }
 }
 
+/// A controller's reconcile of one key: read the caches, decide, act
+/// through the API; run by [`run_controller`].
+pub trait Reconcile: Send + Sync + 'static {
+    fn reconcile(
+        &self,
+        key: String,
+    ) -> impl Future<Output = Result<Next, crate::client::ClientError>> + Send;
+}
+
 /// Run a controller until `cancel`: reflect every watched kind into its
 /// cache, wait for each cache's first list, then run `workers` reconcilers
 /// over `queue`.
-pub async fn run_controller<F, Fut, E>(
+pub async fn run_controller<R: Reconcile>(
     name: &'static str,
     client: &Client,
     watches: Vec<Watch>,
     queue: Arc<WorkQueue>,
     workers: usize,
-    reconcile: F,
+    controller: Arc<R>,
     cancel: CancelToken,
-) where
-    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Next, E>> + Send,
-    E: std::fmt::Display + Send,
-{
+) {
     let caches: Vec<Arc<Cache>> = watches.iter().map(|w| w.cache.clone()).collect();
     let reflectors: Vec<_> = watches
         .into_iter()
@@ -535,6 +545,10 @@ pub async fn run_controller<F, Fut, E>(
     for c in &caches {
         c.wait_synced().await;
     }
+    let reconcile = move |key: String| {
+        let c = controller.clone();
+        async move { c.reconcile(key).await }
+    };
     run_workers(name, queue, workers, reconcile, cancel).await;
     for r in reflectors {
         let _ = r.await;

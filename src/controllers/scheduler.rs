@@ -21,7 +21,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, WorkQueue};
+use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::selector::{labels_of, LabelSelector};
 use crate::api::{meta, quantity, resources};
@@ -662,7 +662,9 @@ impl Scheduler {
         placed.extend(assumed.values().cloned());
         placed
     }
+}
 
+impl Reconcile for Scheduler {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
         let Some(pod) = self.pods.get(&key) else {
             return Ok(Next::Done);
@@ -771,8 +773,6 @@ impl Scheduler {
 
 /// Run the scheduler until `cancel`.
 pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
-    let pods_res = resources::lookup("pods").expect("pods are served");
-    let nodes_res = resources::lookup("nodes").expect("nodes are served");
     let (pods, nodes) = (Cache::new(), Cache::new());
     let queue = WorkQueue::new();
     let requeue_pending = {
@@ -793,34 +793,17 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
     };
     let requeue_claims = requeue_pending.clone();
     let on_node = move |_c: Change| requeue_pending();
-    let reflectors = [
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            pods_res,
-            pods.clone(),
-            on_pod,
-            cancel.clone(),
-        )),
-        tokio::spawn(runtime::reflect(
-            client.clone(),
-            nodes_res,
-            nodes.clone(),
-            on_node,
-            cancel.clone(),
-        )),
-    ];
     let claims = Cache::new();
-    let on_claim = move |_c: Change| requeue_claims();
-    let claims_reflector = tokio::spawn(runtime::reflect(
-        client.clone(),
-        resources::lookup("persistentvolumeclaims").expect("claims are served"),
-        claims.clone(),
-        on_claim,
-        cancel.clone(),
-    ));
+    let watches = vec![
+        Watch::new("pods", &pods, on_pod),
+        Watch::new("nodes", &nodes, on_node),
+        Watch::new("persistentvolumeclaims", &claims, move |_c: Change| {
+            requeue_claims()
+        }),
+    ];
     let scheduler = Arc::new(Scheduler {
         recorder: Recorder::new(client.clone(), NAME.to_string()),
-        client,
+        client: client.clone(),
         pods,
         nodes,
         claims,
@@ -828,22 +811,8 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
         bound_claims: Mutex::default(),
         assumed: Mutex::default(),
     });
-    scheduler.nodes.wait_synced().await;
-    runtime::run_workers(
-        "scheduler",
-        queue,
-        1,
-        move |key| {
-            let s = scheduler.clone();
-            async move { s.reconcile(key).await }
-        },
-        cancel,
-    )
-    .await;
-    for r in reflectors {
-        let _ = r.await;
-    }
-    let _ = claims_reflector.await;
+    // one worker: each pod is placed seeing the ones placed before it
+    runtime::run_controller("scheduler", &client, watches, queue, 1, scheduler, cancel).await;
 }
 
 #[cfg(test)]

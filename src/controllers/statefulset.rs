@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::deployment::{template_hash, HASH_LABEL};
 use super::replicaset::{is_ready, owner_ref};
-use super::runtime::{self, Cache, Next, Watch, WorkQueue};
+use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
 use crate::client::{Client, ClientError};
@@ -198,14 +198,11 @@ struct Controller {
     claims: Arc<Cache>,
 }
 
-impl Controller {
+impl Reconcile for Controller {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
-        let Some(sts) = self.sets.get(&key) else {
+        let Some(sts) = self.sets.get_live(&key) else {
             return Ok(Next::Done);
         };
-        if meta::is_deleting(&sts) {
-            return Ok(Next::Done);
-        }
         let ns = meta::namespace(&sts).to_string();
         let uid = sts["metadata"]["uid"].as_str().unwrap_or("");
         let pods: Vec<Arc<Value>> = self.pods.owned_by(&ns, uid);
@@ -285,10 +282,7 @@ pub async fn run(client: Client, cancel: CancelToken) {
         watches,
         queue,
         2,
-        move |key| {
-            let c = controller.clone();
-            async move { c.reconcile(key).await }
-        },
+        controller,
         cancel,
     )
     .await;
