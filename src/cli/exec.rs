@@ -56,11 +56,7 @@ pub fn exit_code(status: &Value) -> Result<i32, String> {
 impl Exec {
     pub async fn execute(&self, ctx: &Context) -> Result<(), CliError> {
         let pods = resource("pods")?;
-        let name = self
-            .pod
-            .strip_prefix("pod/")
-            .or_else(|| self.pod.strip_prefix("pods/"))
-            .unwrap_or(&self.pod);
+        let name = super::pod_name(&self.pod);
         let container = match &self.container {
             Some(c) => c.clone(),
             None => {

@@ -30,11 +30,7 @@ pub struct Logs {
 impl Logs {
     pub async fn execute(&self, ctx: &Context) -> Result<(), CliError> {
         let pods = resource("pods")?;
-        let name = self
-            .pod
-            .strip_prefix("pod/")
-            .or_else(|| self.pod.strip_prefix("pods/"))
-            .unwrap_or(&self.pod);
+        let name = super::pod_name(&self.pod);
         let mut q = Vec::new();
         if let Some(c) = &self.container {
             q.push(format!("container={}", super::get::urlencode(c)));

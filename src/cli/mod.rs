@@ -143,6 +143,13 @@ pub fn ref_name(res: &Resource, name: &str) -> String {
     }
 }
 
+/// A pod argument, `NAME`, `pod/NAME` or `pods/NAME`: the name.
+pub fn pod_name(arg: &str) -> &str {
+    arg.strip_prefix("pod/")
+        .or_else(|| arg.strip_prefix("pods/"))
+        .unwrap_or(arg)
+}
+
 /// The name of an object.
 pub fn name_of(obj: &Value) -> &str {
     crate::api::meta::name(obj)
