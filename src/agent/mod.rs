@@ -15,10 +15,12 @@ pub mod node;
 pub mod pod;
 pub mod probe;
 pub mod server;
+pub mod services;
 pub mod spec;
 pub mod status;
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +45,9 @@ pub enum AgentError {
     #[error("agent listener: {0}")]
     Listen(#[source] std::io::Error),
 }
+
+/// Where the agent keeps its node's pod range.
+const POD_CIDR_FILE: &str = "pod-cidr";
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -89,7 +94,11 @@ pub struct Agent {
     pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
     /// For HTTP probes.
     pub http: reqwest::Client,
-    /// Host numbers of the pod addresses in use (127.1.0.0/16).
+    /// The Service proxy and the Service cache behind the pods' environment.
+    pub proxy: Arc<services::ServiceProxy>,
+    /// The node's pod address range (`spec.podCIDR`), once known.
+    pod_cidr: watch::Sender<Option<(Ipv4Addr, u8)>>,
+    /// Pod addresses in use.
     ips: Mutex<std::collections::BTreeSet<u32>>,
     workers: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
     /// Running pod workers by `namespace/name`, for logs.
@@ -105,6 +114,15 @@ impl Agent {
             pooling_instances: Some(config.max_pods),
         })?;
         let recorder = Recorder::new(client.clone(), format!("agent/{}", config.node_name));
+        let proxy = services::ServiceProxy::new(
+            config
+                .advertise_ip
+                .parse()
+                .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        );
+        let saved_cidr = std::fs::read_to_string(config.data_dir.join(POD_CIDR_FILE))
+            .ok()
+            .and_then(|s| crate::controllers::nodeipam::parse_cidr(s.trim()));
         Ok(Arc::new(Self {
             config,
             client,
@@ -114,49 +132,83 @@ impl Agent {
                 .no_proxy()
                 .build()
                 .unwrap_or_default(),
+            proxy,
+            pod_cidr: watch::Sender::new(saved_cidr),
             ips: Mutex::default(),
             workers: Mutex::default(),
             pods: Mutex::default(),
         }))
     }
 
-    /// A pod address unique on this node (127.1.0.0/16 until pod networking lands).
-    pub fn allocate_ip(&self) -> String {
-        let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
-        let n = (2u32..0xffff).find(|n| !ips.contains(n)).unwrap_or(0xffff);
-        ips.insert(n);
-        format!("127.1.{}.{}", (n >> 8) & 0xff, n & 0xff)
+    /// Learn the node's pod range (kept on disk for restarts without a
+    /// control plane).
+    pub fn set_pod_cidr(&self, cidr: (Ipv4Addr, u8)) {
+        if *self.pod_cidr.borrow() == Some(cidr) {
+            return;
+        }
+        let _ = std::fs::create_dir_all(&self.config.data_dir);
+        let _ = std::fs::write(
+            self.config.data_dir.join(POD_CIDR_FILE),
+            format!("{}/{}\n", cidr.0, cidr.1),
+        );
+        tracing::info!(cidr = %format!("{}/{}", cidr.0, cidr.1), "pod address range");
+        self.pod_cidr.send_replace(Some(cidr));
     }
 
-    /// Keep `ip` (a pod's address before an agent restart) if it is one of
-    /// ours and free; otherwise allocate a new one.
-    pub fn claim_ip(&self, ip: &str) -> String {
-        let n = ip
-            .strip_prefix("127.1.")
-            .and_then(|rest| rest.split_once('.'))
-            .and_then(|(a, b)| Some(a.parse::<u32>().ok()? << 8 | b.parse::<u32>().ok()?))
-            .filter(|n| (2..0xffff).contains(n));
-        let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
-        match n {
-            Some(n) if ips.insert(n) => ip.to_string(),
-            _ => {
-                drop(ips);
-                self.allocate_ip()
+    /// The node's pod range, waiting until the control plane has given one.
+    pub async fn pod_cidr(&self) -> (Ipv4Addr, u8) {
+        let mut rx = self.pod_cidr.subscribe();
+        loop {
+            if let Some(c) = *rx.borrow_and_update() {
+                return c;
+            }
+            if rx.changed().await.is_err() {
+                return crate::controllers::nodeipam::CLUSTER_CIDR;
             }
         }
     }
 
+    /// A free pod address of the node's range (the first two are not used).
+    pub async fn allocate_ip(&self) -> String {
+        let (base, bits) = self.pod_cidr().await;
+        let size = 1u32 << (32 - bits);
+        let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        let n = (2..size - 1)
+            .map(|n| u32::from(base) + n)
+            .find(|n| !ips.contains(n))
+            .unwrap_or(u32::from(base) + size - 2);
+        ips.insert(n);
+        Ipv4Addr::from(n).to_string()
+    }
+
+    /// Keep `ip` (a pod's address before an agent restart) if it is in
+    /// the node's range and free; otherwise allocate a new one.
+    pub async fn claim_ip(&self, ip: &str) -> String {
+        let (base, bits) = self.pod_cidr().await;
+        let mask = u32::MAX << (32 - bits);
+        let n = ip
+            .parse::<Ipv4Addr>()
+            .ok()
+            .map(u32::from)
+            .filter(|n| n & mask == u32::from(base) & mask && n & !mask >= 2);
+        {
+            let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = n {
+                if ips.insert(n) {
+                    return ip.to_string();
+                }
+            }
+        }
+        self.allocate_ip().await
+    }
+
     /// Return a pod's address to the pool.
     pub fn release_ip(&self, ip: &str) {
-        if let Some(n) = ip
-            .strip_prefix("127.1.")
-            .and_then(|rest| rest.split_once('.'))
-            .and_then(|(a, b)| Some(a.parse::<u32>().ok()? << 8 | b.parse::<u32>().ok()?))
-        {
+        if let Ok(addr) = ip.parse::<Ipv4Addr>() {
             self.ips
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&n);
+                .remove(&u32::from(addr));
         }
     }
 
@@ -297,17 +349,14 @@ impl Agent {
                 })
                 .await;
         });
-        let node = tokio::spawn(node::run(
-            self.client.clone(),
-            self.config.clone(),
-            port,
-            cancel.clone(),
-        ));
+        let node = tokio::spawn(node::run(self.clone(), port, cancel.clone()));
+        let proxy = tokio::spawn(self.proxy.clone().run(self.client.clone(), cancel.clone()));
         let cache = Cache::new();
         self.resume_local_pods(&cache);
         let pods = tokio::spawn(self.clone().watch_pods(cache, cancel));
         let _ = pods.await;
         let _ = node.await;
+        let _ = proxy.await;
         let _ = http.await;
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! addresses, its Ready condition, and a coordination.k8s.io Lease renewed
 //! in `kube-node-lease`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -10,7 +11,8 @@ use serde_json::{json, Value};
 use crate::api::meta;
 use crate::client::{Client, ClientError};
 
-use super::AgentConfig;
+use super::{Agent, AgentConfig};
+use crate::controllers::nodeipam::parse_cidr;
 
 /// Lease duration advertised; the node lifecycle controller uses it.
 pub const LEASE_SECONDS: u64 = 40;
@@ -187,30 +189,47 @@ pub async fn heartbeat(client: &Client, cfg: &AgentConfig) -> Result<(), ClientE
 
 /// Register, then heartbeat every `cfg.heartbeat` until cancelled; failures
 /// are retried (the control plane may be away: the node keeps running).
-pub async fn run(
-    client: Client,
-    cfg: AgentConfig,
-    port: u16,
-    mut cancel: crate::controllers::CancelToken,
-) {
+pub async fn run(agent: Arc<Agent>, port: u16, mut cancel: crate::controllers::CancelToken) {
+    let (client, cfg) = (&agent.client, &agent.config);
     let mut registered = false;
+    let mut have_cidr = false;
+    let mut last_beat: Option<std::time::Instant> = None;
     loop {
         if !registered {
-            match register(&client, &cfg, port).await {
+            match register(client, cfg, port).await {
                 Ok(()) => registered = true,
                 Err(e) => tracing::debug!(error = %e, "node registration"),
             }
         }
-        let result = if registered {
-            heartbeat(&client, &cfg).await
-        } else {
-            Ok(())
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "node heartbeat");
+        if registered && last_beat.is_none_or(|t| t.elapsed() >= cfg.heartbeat) {
+            last_beat = Some(std::time::Instant::now());
+            if let Err(e) = heartbeat(client, cfg).await {
+                tracing::debug!(error = %e, "node heartbeat");
+            }
         }
-        let wait = if registered {
+        if registered && !have_cidr {
+            // the node IPAM controller gives the range soon after registration
+            match client
+                .request(
+                    Method::GET,
+                    &format!("/api/v1/nodes/{}", cfg.node_name),
+                    None,
+                )
+                .await
+            {
+                Ok(node) => {
+                    if let Some(c) = node["spec"]["podCIDR"].as_str().and_then(parse_cidr) {
+                        agent.set_pod_cidr(c);
+                        have_cidr = true;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the node's pod range"),
+            }
+        }
+        let wait = if registered && have_cidr {
             cfg.heartbeat
+        } else if registered {
+            Duration::from_millis(100).min(cfg.heartbeat)
         } else {
             Duration::from_secs(1)
         };

@@ -368,7 +368,9 @@ impl PodCtx {
                 .to_string();
             let restart = self.record_of(kind, idx).restart_count;
             let data = self.lookup_data().await;
-            let (pod_ip, service_env) = (self.record().pod_ip, Vec::new());
+            let links = pod["spec"]["enableServiceLinks"].as_bool().unwrap_or(true);
+            let service_env = self.agent.proxy.env(meta::namespace(&pod), links).await;
+            let pod_ip = self.record().pod_ip;
             let failure = match spec::container_spec(
                 &pod,
                 &def,
@@ -751,7 +753,26 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Run a pod until it is deleted. `pod` carries its latest object (None once removed).
 pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     let pod = pod_rx.borrow().clone().unwrap_or(Value::Null);
-    let rec = resumed_record(&pod, || agent.allocate_ip(), |ip| agent.claim_ip(ip));
+    let prev_ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ip = {
+        let mut gone = pod_rx.clone();
+        let ip = async {
+            if prev_ip.is_empty() {
+                agent.allocate_ip().await
+            } else {
+                agent.claim_ip(&prev_ip).await
+            }
+        };
+        tokio::select! {
+            ip = ip => ip,
+            // deleted while waiting for the node's pod range
+            _ = gone.wait_for(|p| p.is_none()) => return,
+        }
+    };
+    let rec = resumed_record(&pod, ip);
     let rec = PodRecord {
         host_ip: agent.config.advertise_ip.clone(),
         start_time: if rec.start_time.is_empty() {
@@ -887,15 +908,11 @@ fn references(spec: &Value) -> (bool, bool) {
     }
 }
 
-/// The record a worker starts from. A pod this node ran before (its status
-/// has a pod IP: the agent restarted) keeps its address, start time and
+/// The record a worker starts from, with the address the agent gave it. A
+/// pod this node ran before (the agent restarted) keeps its start time and
 /// restart counts; a container that was running died with the agent's
 /// process, so its count goes up and its last state says why.
-fn resumed_record(
-    pod: &Value,
-    allocate: impl FnOnce() -> String,
-    claim: impl FnOnce(&str) -> String,
-) -> PodRecord {
+fn resumed_record(pod: &Value, pod_ip: String) -> PodRecord {
     let status = &pod["status"];
     let list = |k: &str, statuses: &str| -> Vec<ContainerRecord> {
         pod["spec"][k]
@@ -931,10 +948,6 @@ fn resumed_record(
             .collect()
     };
     let init = list("initContainers", "initContainerStatuses");
-    let pod_ip = match status["podIP"].as_str().filter(|ip| !ip.is_empty()) {
-        Some(ip) => claim(ip),
-        None => allocate(),
-    };
     PodRecord {
         initialized: init.is_empty(),
         init,
@@ -966,20 +979,20 @@ mod tests {
     #[test]
     fn a_resumed_pod_keeps_its_address_and_counts_the_lost_run_as_a_restart() {
         let fresh = serde_json::json!({"spec": {"containers": [{"name": "a", "image": "i"}]}});
-        let rec = resumed_record(&fresh, || "127.1.0.2".into(), |_| unreachable!());
-        assert_eq!(rec.pod_ip, "127.1.0.2");
+        let rec = resumed_record(&fresh, "127.64.0.2".into());
+        assert_eq!(rec.pod_ip, "127.64.0.2");
         assert_eq!(rec.containers[0].restart_count, 0);
         assert!(rec.containers[0].last_state.is_none());
         assert_eq!(rec.start_time, "");
 
         let resumed = serde_json::json!({
         "spec": {"containers": [{"name": "a", "image": "i"}, {"name": "b", "image": "i"}]},
-        "status": {"podIP": "127.1.0.9", "startTime": "2026-01-01T00:00:00Z", "containerStatuses": [
+        "status": {"podIP": "127.64.0.9", "startTime": "2026-01-01T00:00:00Z", "containerStatuses": [
             {"name": "a", "restartCount": 2, "state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}},
             {"name": "b", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
         ]}});
-        let rec = resumed_record(&resumed, || unreachable!(), |ip| ip.to_string());
-        assert_eq!(rec.pod_ip, "127.1.0.9");
+        let rec = resumed_record(&resumed, "127.64.0.9".into());
+        assert_eq!(rec.pod_ip, "127.64.0.9");
         assert_eq!(rec.start_time, "2026-01-01T00:00:00Z");
         assert_eq!(rec.containers[0].restart_count, 3);
         match &rec.containers[0].last_state {

@@ -246,6 +246,42 @@ pub static RESOURCES: &[Resource] = &[
         NONE
     ),
     res!(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        "ingressclass",
+        [],
+        false,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "IPAddress",
+        "ipaddresses",
+        "ipaddress",
+        ["ip"],
+        false,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        [],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
         "coordination.k8s.io",
         "v1",
         "Lease",

@@ -109,7 +109,8 @@ fn decode<T: DeserializeOwned + Serialize>(res: &Resource, obj: Value) -> Result
 fn canonical(res: &Resource, obj: Value) -> Result<Value, ApiError> {
     use k8s_openapi::api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-        coordination::v1 as coordination, core::v1 as core, networking::v1 as networking,
+        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+        networking::v1 as networking,
     };
     match res.kind {
         "Namespace" => decode::<core::Namespace>(res, obj),
@@ -129,6 +130,9 @@ fn canonical(res: &Resource, obj: Value) -> Result<Value, ApiError> {
         "Job" => decode::<batch::Job>(res, obj),
         "CronJob" => decode::<batch::CronJob>(res, obj),
         "Ingress" => decode::<networking::Ingress>(res, obj),
+        "IngressClass" => decode::<networking::IngressClass>(res, obj),
+        "IPAddress" => decode::<networking::IPAddress>(res, obj),
+        "EndpointSlice" => decode::<discovery::EndpointSlice>(res, obj),
         "Lease" => decode::<coordination::Lease>(res, obj),
         "HorizontalPodAutoscaler" => decode::<autoscaling::HorizontalPodAutoscaler>(res, obj),
         other => Err(ApiError::Internal(format!("no schema for kind {other}"))),

@@ -53,6 +53,11 @@ pub fn store_error(res: &Resource, namespace: Option<&str>, name: &str, e: Store
                 namespace.unwrap_or_default()
             ),
         },
+        StoreError::Rejected(Rejection::InTxn { .. }) => ApiError::Conflict {
+            resource,
+            name: name.into(),
+            detail: "an address or port it was given was taken meanwhile; please try again".into(),
+        },
         StoreError::NotLeader { leader } => ApiError::Unavailable(format!(
             "this server is not the leader; retry at {}",
             leader.unwrap_or_else(|| "the leader once one is elected".into())
@@ -257,13 +262,15 @@ pub async fn create(
     if res.kind == "Job" {
         validation::generate_job_selector(&mut obj);
     }
-    let obj = prepare(res, obj, None)?;
-    let name = meta::name(&obj).to_string();
-    if p.is_dry_run() {
-        return Ok(obj);
-    }
-    store
-        .write(Request::Put {
+    let prepared = prepare(res, obj, None)?;
+    let name = meta::name(&prepared).to_string();
+    for _ in 0..UPDATE_RETRIES {
+        let mut obj = prepared.clone();
+        let extra = allocations(store, res, None, &mut obj)?;
+        if p.is_dry_run() {
+            return Ok(obj);
+        }
+        let req = Request::Put {
             key: res.key(namespace.as_deref().unwrap_or_default(), &name),
             object: obj,
             precondition: Precondition {
@@ -275,9 +282,56 @@ pub async fn create(
                 },
                 ..Default::default()
             },
-        })
-        .await
-        .map_err(|e| store_error(res, namespace.as_deref(), &name, e))
+        };
+        match write_with(store, req, extra).await {
+            Err(StoreError::Rejected(Rejection::InTxn { .. })) => continue,
+            other => return other.map_err(|e| store_error(res, namespace.as_deref(), &name, e)),
+        }
+    }
+    Err(conflict(res, &name))
+}
+
+/// The writes that must land with a write of `new` (`old` on update): a
+/// Service's cluster IP and node port records.
+fn allocations(
+    store: &Store,
+    res: &Resource,
+    old: Option<&Value>,
+    new: &mut Value,
+) -> Result<Vec<Request>, ApiError> {
+    if res.kind == "Service" && res.group.is_empty() {
+        super::services::allocate(store.cache(), old, new)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// The writes that must land with the removal of `old`.
+fn releases(store: &Store, res: &Resource, old: &Value) -> Vec<Request> {
+    if res.kind == "Service" && res.group.is_empty() {
+        super::services::release(store.cache(), old)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Write `req` and the writes that go with it, all or nothing. A refusal of
+/// `req` itself comes back as that refusal; a lost race on one of the extra
+/// writes as [`Rejection::InTxn`] (the caller allocates again).
+async fn write_with(store: &Store, req: Request, extra: Vec<Request>) -> Result<Value, StoreError> {
+    if extra.is_empty() {
+        return store.write(req).await;
+    }
+    let mut reqs = vec![req];
+    reqs.extend(extra);
+    match store.txn(reqs).await {
+        Ok(mut out) => Ok(out.swap_remove(0)),
+        Err(StoreError::Rejected(Rejection::InTxn {
+            index: 0,
+            rejection,
+        })) => Err(StoreError::Rejected(*rejection)),
+        Err(e) => Err(e),
+    }
 }
 
 /// An object's `apiVersion`/`kind` must name the resource it is sent to (filled in when absent).
@@ -442,33 +496,40 @@ where
             if dry_run {
                 return Ok(new);
             }
-            match store
-                .write(Request::Delete {
-                    key: key.clone(),
-                    precondition,
-                })
-                .await
-            {
+            let req = Request::Delete {
+                key: key.clone(),
+                precondition,
+            };
+            match write_with(store, req, releases(store, res, &old)).await {
                 Ok(v) => return Ok(v),
-                Err(StoreError::Rejected(Rejection::Conflict { .. })) if pinned.is_none() => {
+                Err(StoreError::Rejected(Rejection::Conflict { .. } | Rejection::InTxn { .. }))
+                    if pinned.is_none() =>
+                {
                     continue
                 }
                 Err(e) => return Err(store_error(res, ns_opt, name, e)),
             }
         }
+        let extra = if part == Part::Main {
+            allocations(store, res, Some(&old), &mut new)?
+        } else {
+            Vec::new()
+        };
         if new == *old || dry_run {
             return Ok(new);
         }
-        match store
-            .write(Request::Put {
-                key: key.clone(),
-                object: new,
-                precondition,
-            })
-            .await
-        {
+        let req = Request::Put {
+            key: key.clone(),
+            object: new,
+            precondition,
+        };
+        match write_with(store, req, extra).await {
             Ok(v) => return Ok(v),
-            Err(StoreError::Rejected(Rejection::Conflict { .. })) if pinned.is_none() => continue,
+            Err(StoreError::Rejected(Rejection::Conflict { .. } | Rejection::InTxn { .. }))
+                if pinned.is_none() =>
+            {
+                continue
+            }
             Err(e) => return Err(store_error(res, ns_opt, name, e)),
         }
     }
@@ -802,16 +863,15 @@ pub async fn delete(
             if opts.dry_run {
                 return Ok((*old).clone());
             }
-            store
-                .write(Request::Delete {
-                    key: key.clone(),
-                    precondition,
-                })
-                .await
+            let req = Request::Delete {
+                key: key.clone(),
+                precondition,
+            };
+            write_with(store, req, releases(store, res, &old)).await
         };
         match result {
             Ok(v) => return Ok(v),
-            Err(StoreError::Rejected(Rejection::Conflict { .. }))
+            Err(StoreError::Rejected(Rejection::Conflict { .. } | Rejection::InTxn { .. }))
                 if opts.resource_version.is_none() =>
             {
                 continue

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod proxy;
 pub mod request;
+pub mod services;
 pub mod watch;
 
 use std::sync::Arc;

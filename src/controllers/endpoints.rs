@@ -103,11 +103,109 @@ pub fn desired(svc: &Value, pods: &[Arc<Value>]) -> Option<Value> {
     Some(json!(subsets))
 }
 
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+const MANAGER: &str = "endpointslice-controller.k8s.io";
+
+/// The discovery.k8s.io/v1 EndpointSlices for `svc` with Endpoints
+/// `subsets`: one per subset (endpoints that share ports), named after the
+/// Service (`name`, `name-1`, ...), with ready and not-ready endpoints.
+pub fn slices(svc: &Value, subsets: &Value) -> Vec<Value> {
+    let name = meta::name(svc);
+    let mut out = Vec::new();
+    for (i, subset) in subsets.as_array().into_iter().flatten().enumerate() {
+        let endpoint = |a: &Value, ready: bool| {
+            json!({"addresses": [a["ip"]], "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                "nodeName": a["nodeName"], "targetRef": a["targetRef"]})
+        };
+        let mut endpoints: Vec<Value> = Vec::new();
+        for a in subset["addresses"].as_array().into_iter().flatten() {
+            endpoints.push(endpoint(a, true));
+        }
+        for a in subset["notReadyAddresses"].as_array().into_iter().flatten() {
+            endpoints.push(endpoint(a, false));
+        }
+        let slice_name = if i == 0 {
+            name.to_string()
+        } else {
+            format!("{name}-{i}")
+        };
+        out.push(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": slice_name,
+                "namespace": meta::namespace(svc),
+                "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY: MANAGER},
+                "ownerReferences": [runtime::owner_ref(svc, "v1", "Service")],
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": subset["ports"],
+        }));
+    }
+    out
+}
+
 struct Controller {
     client: Client,
     services: Arc<Cache>,
     pods: Arc<Cache>,
     endpoints: Arc<Cache>,
+    slices: Arc<Cache>,
+}
+
+impl Controller {
+    /// Make the Service's EndpointSlices match `want`.
+    async fn sync_slices(
+        &self,
+        ns: &str,
+        svc_name: &str,
+        want: Vec<Value>,
+    ) -> Result<(), ClientError> {
+        let res = resources::lookup("endpointslices").expect("endpointslices are served");
+        let have: Vec<Arc<Value>> = self
+            .slices
+            .in_namespace(ns)
+            .into_iter()
+            .filter(|s| {
+                s["metadata"]["labels"][SERVICE_NAME_LABEL] == svc_name
+                    && s["metadata"]["labels"][MANAGED_BY] == MANAGER
+            })
+            .collect();
+        for w in &want {
+            let name = meta::name(w);
+            match have.iter().find(|h| meta::name(h) == name) {
+                None => match self.client.create(res, Some(ns), w).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some(409) => {}
+                    Err(e) => return Err(e),
+                },
+                Some(h) if h["endpoints"] != w["endpoints"] || h["ports"] != w["ports"] => {
+                    let mut next = (**h).clone();
+                    next["endpoints"] = w["endpoints"].clone();
+                    next["ports"] = w["ports"].clone();
+                    match self.client.replace(res, Some(ns), name, &next).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_not_found() || e.code() == Some(409) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for h in have {
+            if !want.iter().any(|w| meta::name(w) == meta::name(&h)) {
+                match self.client.delete(res, Some(ns), meta::name(&h)).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Reconcile for Controller {
@@ -119,6 +217,11 @@ impl Reconcile for Controller {
         let subsets = svc
             .as_ref()
             .and_then(|s| desired(s, &self.pods.in_namespace(ns)));
+        let want_slices = match (&svc, &subsets) {
+            (Some(svc), Some(subsets)) => slices(svc, subsets),
+            _ => Vec::new(),
+        };
+        self.sync_slices(ns, name, want_slices).await?;
         match (subsets, current) {
             (None, Some(ep)) if svc.is_none() => {
                 // the Service is gone: so are its Endpoints
@@ -163,7 +266,8 @@ impl Reconcile for Controller {
 
 /// Run the Endpoints controller until `cancel`.
 pub async fn run(client: Client, cancel: CancelToken) {
-    let (services, pods, endpoints) = (Cache::new(), Cache::new(), Cache::new());
+    let (services, pods, endpoints, slices) =
+        (Cache::new(), Cache::new(), Cache::new(), Cache::new());
     let queue = WorkQueue::new();
     let on_pod = {
         let (queue, services) = (queue.clone(), services.clone());
@@ -178,12 +282,22 @@ pub async fn run(client: Client, cancel: CancelToken) {
         Watch::new("services", &services, runtime::enqueue_self(&queue)),
         Watch::new("pods", &pods, on_pod),
         Watch::new("endpoints", &endpoints, runtime::enqueue_self(&queue)),
+        Watch::new("endpointslices", &slices, {
+            let queue = queue.clone();
+            move |c: Change| {
+                let o = c.object();
+                if let Some(svc) = o["metadata"]["labels"][SERVICE_NAME_LABEL].as_str() {
+                    queue.add(&format!("{}/{svc}", meta::namespace(o)));
+                }
+            }
+        }),
     ];
     let controller = Arc::new(Controller {
         client: client.clone(),
         services,
         pods,
         endpoints,
+        slices,
     });
     runtime::run_controller("endpoints", &client, watches, queue, 2, controller, cancel).await;
 }
@@ -229,6 +343,20 @@ mod tests {
             json!({"port": 8080, "protocol": "TCP", "name": "http"})
         );
         assert_eq!(s8080["addresses"][0]["targetRef"]["name"], "a");
+        let svc = json!({"metadata": {"name": "web", "namespace": "d", "uid": "u1"}});
+        let sl = slices(&svc, &subsets);
+        assert_eq!(sl.len(), 2);
+        assert_eq!(sl[0]["metadata"]["name"], "web");
+        assert_eq!(sl[1]["metadata"]["name"], "web-1");
+        assert_eq!(sl[0]["metadata"]["labels"][SERVICE_NAME_LABEL], "web");
+        let all: Vec<&Value> = sl
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().unwrap())
+            .collect();
+        assert_eq!(all.len(), 3);
+        assert!(all
+            .iter()
+            .any(|e| e["addresses"][0] == "127.1.0.3" && e["conditions"]["ready"] == false));
         let headless_without_selector = json!({"spec": {"ports": [{"port": 80}]}});
         assert_eq!(desired(&headless_without_selector, &pods), None);
     }

@@ -8,10 +8,12 @@ pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runtime;
 pub mod scheduler;
+pub mod servicelb;
 pub mod statefulset;
 
 /// Cancellation for controller loops: a watch channel that turns `true` on shutdown.
@@ -40,7 +42,10 @@ impl Default for Config {
 
 /// Run the scheduler and every controller until `cancel` turns true.
 pub async fn run(client: crate::client::Client, config: Config, cancel: CancelToken) {
-    let mut tasks = vec![tokio::spawn(namespace::run(client.clone(), cancel.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(namespace::run(client.clone(), cancel.clone())),
+        tokio::spawn(nodeipam::run(client.clone(), cancel.clone())),
+    ];
     if config.workloads {
         tasks.extend([
             tokio::spawn(gc::run(client.clone(), cancel.clone())),
@@ -48,6 +53,7 @@ pub async fn run(client: crate::client::Client, config: Config, cancel: CancelTo
             tokio::spawn(deployment::run(client.clone(), cancel.clone())),
             tokio::spawn(job::run(client.clone(), cancel.clone())),
             tokio::spawn(endpoints::run(client.clone(), cancel.clone())),
+            tokio::spawn(servicelb::run(client.clone(), cancel.clone())),
             tokio::spawn(daemonset::run(client.clone(), cancel.clone())),
             tokio::spawn(statefulset::run(client.clone(), cancel.clone())),
             tokio::spawn(cronjob::run(client.clone(), cancel.clone())),

@@ -261,6 +261,21 @@ impl Store {
             .map_err(|_| StoreError::Raft("the store is shut down".into()))?
     }
 
+    /// Replicate the writes as one all-or-nothing transaction (its own log
+    /// entry) and return each object as stored. If one write is refused,
+    /// nothing is applied and the error is [`Rejection::InTxn`].
+    pub async fn txn(&self, reqs: Vec<Request>) -> Result<Vec<Value>, StoreError> {
+        let resp = self
+            .raft
+            .client_write(Request::Txn(reqs))
+            .await
+            .map_err(|e| raft_failure(&e))?;
+        match resp.data {
+            Response::Batch(rs) => rs.into_iter().map(outcome).collect(),
+            other => outcome(other).map(|v| vec![v]),
+        }
+    }
+
     /// Stop Raft; every acknowledged write is already durable.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {

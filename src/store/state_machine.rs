@@ -175,7 +175,9 @@ impl StateMachine {
                 key, precondition, ..
             }
             | Request::Delete { key, precondition } => (key.clone(), precondition.clone()),
-            Request::Batch(_) => return Response::Rejected(Rejection::NestedBatch),
+            Request::Batch(_) | Request::Txn(_) => {
+                return Response::Rejected(Rejection::NestedBatch)
+            }
         };
         let lookup = |k: &str| match batch.get(k) {
             Some(v) => v.clone(),
@@ -201,7 +203,9 @@ impl StateMachine {
                 (ChangeKind::Deleted, Arc::new(gone))
             }
             (Request::Delete { .. }, None) => return Response::Rejected(Rejection::NotFound),
-            (Request::Batch(_), _) => return Response::Rejected(Rejection::NestedBatch),
+            (Request::Batch(_) | Request::Txn(_), _) => {
+                return Response::Rejected(Rejection::NestedBatch)
+            }
         };
         batch.insert(
             key.clone(),
@@ -215,6 +219,38 @@ impl StateMachine {
             prev: current,
         });
         Response::Applied((*object).clone())
+    }
+
+    /// Apply a transaction (log entry `index`): all of its writes or none.
+    fn apply_txn(
+        &self,
+        reqs: Vec<Request>,
+        index: u64,
+        batch: &mut HashMap<String, Option<Arc<Value>>>,
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        let mut staged = batch.clone();
+        let mut staged_changes = Vec::new();
+        let mut out = Vec::with_capacity(reqs.len());
+        for (pos, req) in reqs.into_iter().enumerate() {
+            match self.apply_one(
+                req,
+                revision(index, pos as u64),
+                &mut staged,
+                &mut staged_changes,
+            ) {
+                Response::Rejected(rejection) => {
+                    return Response::Rejected(Rejection::InTxn {
+                        index: pos,
+                        rejection: Box::new(rejection),
+                    })
+                }
+                r => out.push(r),
+            }
+        }
+        *batch = staged;
+        changes.extend(staged_changes);
+        Response::Batch(out)
     }
 
     /// Write a whole snapshot into the tables (used by install and restore).
@@ -329,6 +365,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         })
                         .collect(),
                 ),
+                EntryPayload::Normal(Request::Txn(reqs)) => {
+                    self.apply_txn(reqs, index, &mut batch, &mut changes)
+                }
                 EntryPayload::Normal(req) => {
                     self.apply_one(req, revision(index, 0), &mut batch, &mut changes)
                 }
@@ -539,5 +578,41 @@ mod tests {
         assert_eq!(cache.revision(), 8999);
         assert_eq!(cache.len(), 2);
         drop(sm);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_applies_all_of_its_writes_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::new(100));
+        let mut sm = StateMachine::open(&dir.path().join("s.redb"), cache.clone()).unwrap();
+        sm.apply([entry(1, put("taken", Some(false)))])
+            .await
+            .unwrap();
+        // the second write is refused, so the first must not land either
+        let refused = Request::Txn(vec![put("svc", Some(false)), put("taken", Some(false))]);
+        let out = sm.apply([entry(2, refused)]).await.unwrap();
+        assert_eq!(
+            out[0],
+            Response::Rejected(Rejection::InTxn {
+                index: 1,
+                rejection: Box::new(Rejection::AlreadyExists)
+            })
+        );
+        assert!(cache.get("svc").is_none());
+        let ok = Request::Txn(vec![put("svc", Some(false)), put("ip", Some(false))]);
+        let out = sm.apply([entry(3, ok)]).await.unwrap();
+        let Response::Batch(rs) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert!(matches!(&rs[0], Response::Applied(v) if revision_of(v) == 3000));
+        assert!(matches!(&rs[1], Response::Applied(v) if revision_of(v) == 3001));
+        assert!(cache.get("svc").is_some() && cache.get("ip").is_some());
+        // a transaction inside a batch is refused
+        let nested = Request::Batch(vec![Request::Txn(vec![put("x", None)])]);
+        let out = sm.apply([entry(4, nested)]).await.unwrap();
+        assert_eq!(
+            out[0],
+            Response::Batch(vec![Response::Rejected(Rejection::NestedBatch)])
+        );
     }
 }

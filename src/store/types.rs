@@ -58,6 +58,10 @@ pub enum Request {
     /// Several writes in one log entry (group commit), applied in order; each
     /// is decided and revisioned on its own.
     Batch(Vec<Request>),
+    /// Several writes decided together, all or nothing: each is checked
+    /// against the state the earlier ones leave, and if any is refused none
+    /// is applied. Always its own log entry (never inside a batch).
+    Txn(Vec<Request>),
 }
 
 /// Revisions each log entry spans: the writes of entry `i` get revisions
@@ -86,6 +90,7 @@ impl std::fmt::Display for Request {
             Request::Put { key, .. } => write!(f, "put {key}"),
             Request::Delete { key, .. } => write!(f, "delete {key}"),
             Request::Batch(reqs) => write!(f, "batch of {}", reqs.len()),
+            Request::Txn(reqs) => write!(f, "transaction of {}", reqs.len()),
         }
     }
 }
@@ -106,6 +111,11 @@ pub enum Rejection {
     NamespaceTerminating,
     /// A batch inside a batch (never sent by this store).
     NestedBatch,
+    /// Write `index` of a transaction was refused, so none was applied.
+    InTxn {
+        index: usize,
+        rejection: Box<Rejection>,
+    },
 }
 
 /// The result of applying one log entry.

@@ -84,6 +84,7 @@ async fn discovery_lists_every_served_kind_with_verbs_and_short_names() {
             "apps/v1",
             "batch/v1",
             "networking.k8s.io/v1",
+            "discovery.k8s.io/v1",
             "coordination.k8s.io/v1",
             "autoscaling/v2"
         ]

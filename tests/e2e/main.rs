@@ -14,5 +14,6 @@ mod kube_client;
 mod nodes;
 mod registry;
 mod scheduler;
+mod services;
 mod util;
 mod watch;

@@ -1,5 +1,7 @@
 //! A small HTTP server on `wasi:sockets` (a preview 2 component): listens on
-//! 0.0.0.0:$PORT (default 8080), one connection at a time.
+//! $POD_IP:$PORT (default 0.0.0.0:8080), one connection at a time. Binding
+//! the pod IP (`POD_IP` from the downward API) gives each replica its own
+//! port space even when several run on one machine.
 //!
 //! - `GET /healthz`: 200 for the first $HEALTHY_FOR health checks (default:
 //!   always), 500 after that: a liveness probe target that goes bad.
@@ -39,14 +41,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok());
     let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "webserver".into());
-    let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
+    let ip = std::env::var("POD_IP")
+        .ok()
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or_else(|| "0.0.0.0".into());
+    let listener = match TcpListener::bind(format!("{ip}:{port}")) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("webserver: bind 0.0.0.0:{port}: {e}");
+            eprintln!("webserver: bind {ip}:{port}: {e}");
             std::process::exit(1);
         }
     };
-    println!("webserver: listening on 0.0.0.0:{port}");
+    println!("webserver: listening on {ip}:{port}");
     let mut health_checks: u64 = 0;
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
