@@ -8,5 +8,6 @@ pub mod apiserver;
 pub mod cli;
 pub mod client;
 pub mod controllers;
+pub mod network;
 pub mod server;
 pub mod store;

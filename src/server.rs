@@ -141,6 +141,34 @@ async fn ensure_namespaces(store: &Store) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The cluster DNS Service, `kube-system/kube-dns`, on the tenth address of
+/// the Service range. It has no selector: every agent answers on its
+/// address itself (see `agent::dns`).
+async fn ensure_dns_service(store: &Store) -> Result<(), ServerError> {
+    let res = resources::lookup("services").expect("services are served");
+    if store
+        .cache()
+        .get(&res.key("kube-system", "kube-dns"))
+        .is_some()
+    {
+        return Ok(());
+    }
+    let ip = crate::network::config().dns_service_ip().to_string();
+    let svc = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"clusterIP": ip, "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
+    match handlers::create(store, res, Some("kube-system"), svc, &Params::default()).await {
+        Ok(_) | Err(crate::api::ApiError::AlreadyExists { .. }) => Ok(()),
+        Err(source) => Err(ServerError::Bootstrap {
+            name: "kube-system/kube-dns".into(),
+            source,
+        }),
+    }
+}
+
 /// Run the server until `shutdown` resolves, then stop cleanly: in-flight
 /// requests finish, and every acknowledged write is already on disk.
 pub async fn run(
@@ -183,6 +211,7 @@ pub async fn run(
     )
     .await?;
     ensure_namespaces(&store).await?;
+    ensure_dns_service(&store).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(ApiState {

@@ -63,6 +63,23 @@ pub struct ContainerSpec {
     /// The pod's address: the one specific address a guest may bind besides
     /// the unspecified one.
     pub pod_ip: Option<std::net::IpAddr>,
+    /// Cluster names a guest's `wasi:sockets` name lookup answers before the
+    /// node's resolver (Service and pod DNS names).
+    pub name_lookup: Option<NameLookup>,
+}
+
+/// Resolves cluster names for guests: `Some(addresses)` for a cluster name
+/// (empty: no such name), `None` for a name the node's resolver answers.
+#[derive(Clone)]
+pub struct NameLookup(pub std::sync::Arc<LookupFn>);
+
+/// The function behind a [`NameLookup`].
+pub type LookupFn = dyn Fn(&str) -> Option<Vec<std::net::IpAddr>> + Send + Sync;
+
+impl std::fmt::Debug for NameLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NameLookup")
+    }
 }
 
 /// The standard streams of an `exec`: stdin if the caller wires one, and

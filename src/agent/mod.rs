@@ -10,6 +10,7 @@
 //! - [`spec`]: pod container → runtime container spec (pure).
 //! - [`status`]: runtime state → pod status (pure).
 
+pub mod dns;
 pub mod exec;
 pub mod node;
 pub mod pod;
@@ -36,6 +37,7 @@ use crate::client::events::Recorder;
 use crate::client::Client;
 use crate::controllers::runtime::{self, Cache, Change};
 use crate::controllers::CancelToken;
+use crate::network::Cidr;
 
 /// Errors starting an agent.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +99,7 @@ pub struct Agent {
     /// The Service proxy and the Service cache behind the pods' environment.
     pub proxy: Arc<services::ServiceProxy>,
     /// The node's pod address range (`spec.podCIDR`), once known.
-    pod_cidr: watch::Sender<Option<(Ipv4Addr, u8)>>,
+    pod_cidr: watch::Sender<Option<Cidr>>,
     /// Pod addresses in use.
     ips: Mutex<std::collections::BTreeSet<u32>>,
     workers: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
@@ -142,41 +144,41 @@ impl Agent {
 
     /// Learn the node's pod range (kept on disk for restarts without a
     /// control plane).
-    pub fn set_pod_cidr(&self, cidr: (Ipv4Addr, u8)) {
+    pub fn set_pod_cidr(&self, cidr: Cidr) {
         if *self.pod_cidr.borrow() == Some(cidr) {
             return;
         }
         let _ = std::fs::create_dir_all(&self.config.data_dir);
         let _ = std::fs::write(
             self.config.data_dir.join(POD_CIDR_FILE),
-            format!("{}/{}\n", cidr.0, cidr.1),
+            format!("{cidr}\n"),
         );
-        tracing::info!(cidr = %format!("{}/{}", cidr.0, cidr.1), "pod address range");
+        tracing::info!(%cidr, "pod address range");
         self.pod_cidr.send_replace(Some(cidr));
     }
 
     /// The node's pod range, waiting until the control plane has given one.
-    pub async fn pod_cidr(&self) -> (Ipv4Addr, u8) {
+    pub async fn pod_cidr(&self) -> Cidr {
         let mut rx = self.pod_cidr.subscribe();
         loop {
             if let Some(c) = *rx.borrow_and_update() {
                 return c;
             }
             if rx.changed().await.is_err() {
-                return crate::controllers::nodeipam::CLUSTER_CIDR;
+                return crate::network::config().cluster_cidr;
             }
         }
     }
 
     /// A free pod address of the node's range (the first two are not used).
     pub async fn allocate_ip(&self) -> String {
-        let (base, bits) = self.pod_cidr().await;
-        let size = 1u32 << (32 - bits);
+        let cidr = self.pod_cidr().await;
+        let size = cidr.size().min(u64::from(u32::MAX)) as u32;
         let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
-        let n = (2..size - 1)
-            .map(|n| u32::from(base) + n)
+        let n = (2..size.saturating_sub(1))
+            .map(|n| u32::from(cidr.nth(n)))
             .find(|n| !ips.contains(n))
-            .unwrap_or(u32::from(base) + size - 2);
+            .unwrap_or(u32::from(cidr.nth(size.saturating_sub(2))));
         ips.insert(n);
         Ipv4Addr::from(n).to_string()
     }
@@ -184,13 +186,12 @@ impl Agent {
     /// Keep `ip` (a pod's address before an agent restart) if it is in
     /// the node's range and free; otherwise allocate a new one.
     pub async fn claim_ip(&self, ip: &str) -> String {
-        let (base, bits) = self.pod_cidr().await;
-        let mask = u32::MAX << (32 - bits);
+        let cidr = self.pod_cidr().await;
         let n = ip
             .parse::<Ipv4Addr>()
             .ok()
-            .map(u32::from)
-            .filter(|n| n & mask == u32::from(base) & mask && n & !mask >= 2);
+            .filter(|a| cidr.offset(*a).is_some_and(|o| o >= 2))
+            .map(u32::from);
         {
             let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = n {
@@ -329,6 +330,48 @@ impl Agent {
         .await
     }
 
+    /// Cluster name resolution for the Wasm guests of a pod in `ns`.
+    pub fn name_lookup(&self, ns: &str) -> wasmkube_runtime::NameLookup {
+        let resolver = dns::Resolver {
+            services: self.proxy.services.clone(),
+            endpoints: self.proxy.endpoints.clone(),
+        };
+        let ns = ns.to_string();
+        wasmkube_runtime::NameLookup(Arc::new(move |name: &str| resolver.lookup(name, &ns)))
+    }
+
+    /// Answer DNS on the cluster DNS Service's address once it is known.
+    async fn serve_dns(self: Arc<Self>, mut cancel: CancelToken) {
+        let addr = loop {
+            let ip = self
+                .proxy
+                .services
+                .get("kube-system/kube-dns")
+                .and_then(|s| {
+                    s["spec"]["clusterIP"]
+                        .as_str()
+                        .and_then(|ip| ip.parse().ok())
+                });
+            if let Some(ip) = ip {
+                break std::net::SocketAddr::new(ip, 53);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                _ = cancel.wait_for(|s| *s) => return,
+            }
+        };
+        if let Err(e) = dns::serve(
+            addr,
+            self.proxy.services.clone(),
+            self.proxy.endpoints.clone(),
+            cancel,
+        )
+        .await
+        {
+            tracing::warn!(%addr, error = %e, "cluster DNS not served (binding port 53 needs root or CAP_NET_BIND_SERVICE)");
+        }
+    }
+
     /// Serve the agent API on `listen`, register, and run pods until `cancel` turns true.
     pub async fn run(
         self: Arc<Self>,
@@ -351,12 +394,14 @@ impl Agent {
         });
         let node = tokio::spawn(node::run(self.clone(), port, cancel.clone()));
         let proxy = tokio::spawn(self.proxy.clone().run(self.client.clone(), cancel.clone()));
+        let dns = tokio::spawn(self.clone().serve_dns(cancel.clone()));
         let cache = Cache::new();
         self.resume_local_pods(&cache);
         let pods = tokio::spawn(self.clone().watch_pods(cache, cancel));
         let _ = pods.await;
         let _ = node.await;
         let _ = proxy.await;
+        let _ = dns.await;
         let _ = http.await;
         Ok(())
     }

@@ -386,7 +386,7 @@ impl PodCtx {
                     e.0,
                     "CreateContainerConfigError",
                 )),
-                Ok(spec) => match self.runtime_for(&image) {
+                Ok(mut spec) => match self.runtime_for(&image) {
                     None => Some((
                         "CreateContainerError",
                         format!("no runtime on this node runs image {image:?}"),
@@ -396,6 +396,7 @@ impl PodCtx {
                         self.event("Normal", "Pulling", &format!("Pulling image {image:?}"))
                             .await;
                         let id = spec.id.clone();
+                        spec.name_lookup = Some(self.agent.name_lookup(meta::namespace(&pod)));
                         match rt.create(spec).await {
                             Err(RuntimeError::Pull { reason, .. }) => {
                                 Some(("ErrImagePull", reason, "ImagePullBackOff"))

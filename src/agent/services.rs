@@ -50,7 +50,10 @@ fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
 pub fn listeners(services: &[Arc<Value>], node_ip: IpAddr) -> BTreeMap<SocketAddr, Route> {
     let mut out = BTreeMap::new();
     for svc in services {
-        if meta::is_deleting(svc) {
+        // the cluster DNS address is answered by the agents' DNS servers
+        if meta::is_deleting(svc)
+            || (meta::namespace(svc) == "kube-system" && meta::name(svc) == "kube-dns")
+        {
             continue;
         }
         let key = format!("{}/{}", meta::namespace(svc), meta::name(svc));

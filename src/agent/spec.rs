@@ -319,6 +319,7 @@ pub fn container_spec(
         ),
         pull_credentials: pull_credentials(pod, &image, lookup),
         pod_ip: pod_ip.parse().ok(),
+        name_lookup: None,
         id: ContainerId(format!("{uid}/{name}/{restart}")),
         image,
         args: argv,

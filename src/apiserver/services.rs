@@ -17,9 +17,6 @@ use crate::api::error::{ApiError, FieldError};
 use crate::api::{meta, resources};
 use crate::store::{Cache, Precondition, Request};
 
-/// The range cluster IPs come from. Inside 127.0.0.0/8, so every agent can
-/// listen on a Service address with no network set-up (see docs/networking.md).
-pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(127, 32, 0, 0), 16);
 /// Kubernetes' default node port range.
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
@@ -36,20 +33,11 @@ fn node_port_key(port: u16) -> String {
     format!("{NODE_PORT_PREFIX}{port}")
 }
 
-fn in_range(ip: Ipv4Addr) -> bool {
-    let (base, bits) = SERVICE_CIDR;
-    let mask = u32::MAX << (32 - bits);
-    u32::from(ip) & mask == u32::from(base) & mask
-}
-
-/// The addresses of the range that may be handed out (not the network or
-/// broadcast address).
-fn range_size() -> u32 {
-    (1u32 << (32 - SERVICE_CIDR.1)) - 2
-}
-
-fn nth_ip(n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(SERVICE_CIDR.0) + 1 + n)
+/// Offsets of the Service range that may be handed out: not the network
+/// address, the `kubernetes` Service's (1), the cluster DNS's (10), or the
+/// broadcast address.
+fn assignable(range: crate::network::Cidr) -> impl Iterator<Item = u32> {
+    (2..range.size().saturating_sub(1) as u32).filter(|o| *o != 10)
 }
 
 fn create(key: String, object: Value) -> Request {
@@ -168,6 +156,7 @@ pub fn allocate(
 ) -> Result<Vec<Request>, ApiError> {
     let mut writes = Vec::new();
     let name = meta::name(svc).to_string();
+    let range = crate::network::config().service_cidr;
     let ty = svc_type(svc).to_string();
     let old_ip = old.map(cluster_ip).unwrap_or("").to_string();
 
@@ -188,10 +177,10 @@ pub fn allocate(
         ip.clear();
     } else if ip.is_empty() {
         let taken = |c: &Ipv4Addr| cache.get(&ip_key(&c.to_string())).is_some();
-        let mut rng = rand::rng();
-        let start = rng.random_range(0..range_size());
-        let free = (0..range_size())
-            .map(|i| nth_ip((start + i) % range_size()))
+        let candidates: Vec<u32> = assignable(range).collect();
+        let start = rand::rng().random_range(0..candidates.len().max(1));
+        let free = (0..candidates.len())
+            .map(|i| range.nth(candidates[(start + i) % candidates.len()]))
             .find(|c| !taken(c))
             .ok_or_else(|| {
                 ApiError::Internal("failed to allocate a serviceIP: range is full".into())
@@ -207,14 +196,13 @@ pub fn allocate(
                 "must be a valid IP address, (e.g. 10.9.8.7)",
             )
         })?;
-        if !in_range(parsed) {
+        if !range.contains(parsed) {
             return Err(invalid(
                 &name,
                 "spec.clusterIPs[0]",
                 &ip,
                 &format!(
-                    "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}",
-                    SERVICE_CIDR.0, SERVICE_CIDR.1
+                    "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {range}"
                 ),
             ));
         }
@@ -365,10 +353,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_range_excludes_network_and_broadcast() {
-        assert_eq!(nth_ip(0), Ipv4Addr::new(127, 32, 0, 1));
-        assert_eq!(nth_ip(range_size() - 1), Ipv4Addr::new(127, 32, 255, 254));
-        assert!(in_range(Ipv4Addr::new(127, 32, 9, 9)));
-        assert!(!in_range(Ipv4Addr::new(127, 33, 0, 1)));
+    fn the_reserved_addresses_are_never_assigned() {
+        let range: crate::network::Cidr = "127.32.0.0/28".parse().unwrap();
+        let all: Vec<u32> = assignable(range).collect();
+        assert_eq!(all, vec![2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14]);
     }
 }

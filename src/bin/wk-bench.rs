@@ -490,6 +490,7 @@ mod instantiate {
             pull_policy: Default::default(),
             pull_credentials: None,
             pod_ip: None,
+            name_lookup: None,
         }
     }
 

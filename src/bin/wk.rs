@@ -71,6 +71,16 @@ struct ServerArgs {
     /// node before the next) or least-allocated (spread the load).
     #[arg(long, default_value = "most-allocated")]
     scheduling_strategy: wasmkube::controllers::scheduler::Strategy,
+    /// Where Service cluster IPs come from (kube-apiserver's
+    /// --service-cluster-ip-range). The 10th address is the cluster DNS.
+    #[arg(long, default_value = "127.32.0.0/16")]
+    service_cidr: wasmkube::network::Cidr,
+    /// Where pod IPs come from; each node gets a piece of it (spec.podCIDR).
+    #[arg(long, default_value = "127.64.0.0/10")]
+    cluster_cidr: wasmkube::network::Cidr,
+    /// The prefix length of each node's piece of --cluster-cidr.
+    #[arg(long, default_value_t = 19)]
+    node_cidr_mask_size: u8,
     #[command(flatten)]
     agent: AgentTuning,
 }
@@ -191,6 +201,13 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Server(a) => {
             a.agent.check()?;
+            let network = wasmkube::network::NetworkConfig {
+                service_cidr: a.service_cidr,
+                cluster_cidr: a.cluster_cidr,
+                node_mask: a.node_cidr_mask_size,
+            };
+            network.check().map_err(anyhow::Error::msg)?;
+            wasmkube::network::set(network);
             let data_dir = a.data_dir.unwrap_or_else(server::default_data_dir);
             let node_name = a.node_name.unwrap_or_else(hostname);
             let agent = (!a.disable_agent).then(|| {

@@ -66,8 +66,14 @@ pub fn desired(svc: &Value, pods: &[Arc<Value>]) -> Option<Value> {
         else {
             continue;
         };
-        let address = json!({"ip": p["status"]["podIP"], "nodeName": p["spec"]["nodeName"],
+        let mut address = json!({"ip": p["status"]["podIP"], "nodeName": p["spec"]["nodeName"],
             "targetRef": {"kind": "Pod", "namespace": meta::namespace(p), "name": meta::name(p), "uid": p["metadata"]["uid"]}});
+        // per-pod DNS names of a headless Service (StatefulSet pods)
+        if let Some(host) = p["spec"]["hostname"].as_str().filter(|h| !h.is_empty()) {
+            if p["spec"]["subdomain"] == svc["metadata"]["name"] {
+                address["hostname"] = json!(host);
+            }
+        }
         let entry = subsets.entry(numbers).or_default();
         if is_ready(p) {
             entry.0.push(address);
@@ -116,8 +122,12 @@ pub fn slices(svc: &Value, subsets: &Value) -> Vec<Value> {
     let mut out = Vec::new();
     for (i, subset) in subsets.as_array().into_iter().flatten().enumerate() {
         let endpoint = |a: &Value, ready: bool| {
-            json!({"addresses": [a["ip"]], "conditions": {"ready": ready, "serving": ready, "terminating": false},
-                "nodeName": a["nodeName"], "targetRef": a["targetRef"]})
+            let mut e = json!({"addresses": [a["ip"]], "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                "nodeName": a["nodeName"], "targetRef": a["targetRef"]});
+            if a["hostname"].is_string() {
+                e["hostname"] = a["hostname"].clone();
+            }
+            e
         };
         let mut endpoints: Vec<Value> = Vec::new();
         for a in subset["addresses"].as_array().into_iter().flatten() {

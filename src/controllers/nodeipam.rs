@@ -6,7 +6,6 @@
 //! [`next_free`] decides (pure).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
@@ -15,28 +14,19 @@ use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
 use crate::client::{Client, ClientError};
-
-/// The cluster's pod range and the size of each node's share. Inside
-/// 127.0.0.0/8, so on one machine every pod address is local with no
-/// set-up (docs/networking.md says how several machines route).
-pub const CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(127, 64, 0, 0), 10);
-/// Each node gets a /19: 8,190 pod addresses, 512 nodes.
-pub const NODE_MASK: u8 = 19;
+use crate::network::{Cidr, NetworkConfig};
 
 /// Parse `a.b.c.d/n`.
-pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (ip, bits) = s.split_once('/')?;
-    let bits: u8 = bits.parse().ok().filter(|b| *b <= 32)?;
-    Some((ip.parse().ok()?, bits))
+pub fn parse_cidr(s: &str) -> Option<Cidr> {
+    s.parse().ok()
 }
 
-/// The first node range of the cluster range not in `used`.
-pub fn next_free(used: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
-    let (base, bits) = CLUSTER_CIDR;
-    let count = 1u32 << (NODE_MASK - bits);
-    let step = 1u32 << (32 - NODE_MASK);
+/// The first node range of `cfg`'s cluster range not in `used`.
+pub fn next_free(cfg: &NetworkConfig, used: &[Cidr]) -> Option<Cidr> {
+    let count = 1u64 << (cfg.node_mask - cfg.cluster_cidr.bits);
+    let step = 1u64 << (32 - cfg.node_mask);
     (0..count)
-        .map(|i| (Ipv4Addr::from(u32::from(base) + i * step), NODE_MASK))
+        .map(|i| Cidr::new(cfg.cluster_cidr.nth((i * step) as u32), cfg.node_mask))
         .find(|c| !used.contains(c))
 }
 
@@ -44,7 +34,8 @@ struct Controller {
     client: Client,
     nodes: Arc<Cache>,
     /// Ranges handed out by this controller that its cache may not show yet.
-    assigned: Mutex<HashMap<String, (Ipv4Addr, u8)>>,
+    assigned: Mutex<HashMap<String, Cidr>>,
+    network: NetworkConfig,
 }
 
 impl Reconcile for Controller {
@@ -64,21 +55,21 @@ impl Reconcile for Controller {
         }
         let cidr = {
             let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-            let mut used: Vec<(Ipv4Addr, u8)> = self
+            let mut used: Vec<Cidr> = self
                 .nodes
                 .all()
                 .iter()
                 .filter_map(|n| n["spec"]["podCIDR"].as_str().and_then(parse_cidr))
                 .collect();
             used.extend(assigned.iter().filter(|(n, _)| **n != key).map(|(_, c)| *c));
-            let Some(cidr) = next_free(&used) else {
+            let Some(cidr) = next_free(&self.network, &used) else {
                 tracing::warn!(node = %key, "no pod address range left for the node");
                 return Ok(Next::Done);
             };
             assigned.insert(key.clone(), cidr);
             cidr
         };
-        let text = format!("{}/{}", cidr.0, cidr.1);
+        let text = cidr.to_string();
         let res = resources::lookup("nodes").expect("nodes are served");
         let patch = json!({"spec": {"podCIDR": text, "podCIDRs": [text]}});
         match self
@@ -102,6 +93,7 @@ pub async fn run(client: Client, cancel: CancelToken) {
         client: client.clone(),
         nodes,
         assigned: Mutex::default(),
+        network: crate::network::config(),
     });
     // one worker: ranges are handed out one at a time
     runtime::run_controller("nodeipam", &client, watches, queue, 1, controller, cancel).await;
@@ -113,29 +105,18 @@ mod tests {
 
     #[test]
     fn ranges_are_handed_out_in_order_skipping_used_ones() {
+        let cfg = NetworkConfig::default();
+        let first: Cidr = "127.64.0.0/19".parse().unwrap();
+        assert_eq!(next_free(&cfg, &[]), Some(first));
         assert_eq!(
-            next_free(&[]),
-            Some((Ipv4Addr::new(127, 64, 0, 0), NODE_MASK))
-        );
-        let first = (Ipv4Addr::new(127, 64, 0, 0), NODE_MASK);
-        assert_eq!(
-            next_free(&[first]),
-            Some((Ipv4Addr::new(127, 64, 32, 0), NODE_MASK))
-        );
-        assert_eq!(
-            parse_cidr("127.64.32.0/19"),
-            Some((Ipv4Addr::new(127, 64, 32, 0), 19))
+            next_free(&cfg, &[first]),
+            Some("127.64.32.0/19".parse().unwrap())
         );
         assert_eq!(parse_cidr("nonsense"), None);
-        // the range holds 512 nodes
-        let all: Vec<_> = (0..512u32)
-            .map(|i| {
-                (
-                    Ipv4Addr::from(u32::from(CLUSTER_CIDR.0) + (i << 13)),
-                    NODE_MASK,
-                )
-            })
+        // the default range holds 512 nodes
+        let all: Vec<Cidr> = (0..512u32)
+            .map(|i| Cidr::new(cfg.cluster_cidr.nth(i << 13), 19))
             .collect();
-        assert_eq!(next_free(&all), None);
+        assert_eq!(next_free(&cfg, &all), None);
     }
 }

@@ -125,7 +125,7 @@ async fn a_service_balances_over_replicas_on_two_agents_and_survives_a_replica_l
     let (code, svc) = s.call(Method::POST, SVCS, Some(svc)).await;
     assert_eq!(code, 201, "{svc}");
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
-    assert!(cluster_ip.starts_with("127.32."), "{svc}");
+    assert!(in_cidr(&cluster_ip, "127.32.0.0/11"), "{svc}");
     assert_eq!(svc["spec"]["clusterIPs"], json!([cluster_ip]));
     let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
     assert!((30000..=32767).contains(&node_port), "{svc}");
@@ -225,8 +225,8 @@ async fn a_service_balances_over_replicas_on_two_agents_and_survives_a_replica_l
     );
 
     // a pod started now sees the Service in its environment
-    let mut env_pod = web_pod("env-check", &first, "other");
-    env_pod["spec"]["containers"][0]["env"][0]["value"] = json!("8081");
+    // (each pod binds its own address, so every replica can use port 8080)
+    let env_pod = web_pod("env-check", &first, "other");
     let (code, body) = s.call(Method::POST, PODS, Some(env_pod)).await;
     assert_eq!(code, 201, "{body}");
     s.wait_pod("env-check", "env-check running", |p| {
@@ -253,6 +253,88 @@ async fn a_service_balances_over_replicas_on_two_agents_and_survives_a_replica_l
     ]);
     assert_eq!(stdout(&out).trim(), format!("tcp://{cluster_ip}:80"));
 
+    // a guest reaches the Service by its DNS name, short and full
+    for target in ["web:80", "web.default.svc.cluster.local:80"] {
+        let out = s.wkctl(&[
+            "exec",
+            "env-check",
+            "--",
+            "webserver",
+            "get",
+            target,
+            "/by-name",
+        ]);
+        assert!(out.status.success(), "{target}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "hello from web-b at /by-name\n", "{target}");
+    }
+    let out = s.wkctl(&[
+        "exec",
+        "env-check",
+        "--",
+        "webserver",
+        "get",
+        "nope.default.svc.cluster.local:80",
+        "/",
+    ]);
+    assert!(
+        !out.status.success(),
+        "an unknown Service name does not resolve"
+    );
+
+    // the agents' DNS server answers on the kube-dns address: Services,
+    // headless Services (ready pods) and their pods by hostname
+    let headless = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-h"},
+        "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 8080}]}});
+    let (code, body) = s.call(Method::POST, SVCS, Some(headless)).await;
+    assert_eq!(code, 201, "{body}");
+    let mut named = web_pod("web-c", "edge-2", "web");
+    named["spec"]["hostname"] = json!("c");
+    named["spec"]["subdomain"] = json!("web-h");
+    let (code, body) = s.call(Method::POST, PODS, Some(named)).await;
+    assert_eq!(code, 201, "{body}");
+    let (_, dns_svc) = s
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/kube-system/services/kube-dns",
+            None,
+        )
+        .await;
+    let dns: std::net::SocketAddr =
+        format!("{}:53", dns_svc["spec"]["clusterIP"].as_str().unwrap())
+            .parse()
+            .unwrap();
+    assert_eq!(
+        dns_query(dns, "web.default.svc.cluster.local").await,
+        Some(vec![cluster_ip.clone()])
+    );
+    let pod_ip = |name: &'static str| {
+        let s = &s;
+        async move {
+            let (_, p) = s.call(Method::GET, &format!("{PODS}/{name}"), None).await;
+            p["status"]["podIP"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let c_ip = eventually(60, "web-c ready behind the headless Service", || async {
+        let want = pod_ip("web-c").await;
+        (ready_ips(&s, "web-h").await.contains(&want)).then_some(want)
+    })
+    .await;
+    let b_ip = pod_ip("web-b").await;
+    let mut both = vec![b_ip.clone(), c_ip.clone()];
+    both.sort();
+    assert_eq!(
+        dns_query(dns, "web-h.default.svc.cluster.local").await,
+        Some(both)
+    );
+    assert_eq!(
+        dns_query(dns, "c.web-h.default.svc.cluster.local").await,
+        Some(vec![c_ip])
+    );
+    assert_eq!(dns_query(dns, "nope.default.svc.cluster.local").await, None);
+
     // deleting the Service releases its address
     let (code, _) = s.call(Method::DELETE, &format!("{SVCS}/web"), None).await;
     assert_eq!(code, 200);
@@ -268,7 +350,12 @@ async fn a_service_balances_over_replicas_on_two_agents_and_survives_a_replica_l
 
 #[tokio::test]
 async fn cluster_ips_and_node_ports_are_never_handed_out_twice() {
-    let s = Server::builder().arg("--disable-agent").start().await;
+    let s = Server::builder()
+        .arg("--disable-agent")
+        .arg("--service-cidr")
+        .arg("127.32.0.0/16")
+        .start()
+        .await;
     let svc = |name: &str, extra: Value| {
         let mut v = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
             "spec": {"ports": [{"port": 80}]}});
@@ -373,4 +460,40 @@ async fn cluster_ips_and_node_ports_are_never_handed_out_twice() {
     let np = json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31000}]});
     let (code, e) = s.call(Method::POST, SVCS, Some(svc("e", np))).await;
     assert_eq!(code, 201, "the released port can be had again: {e}");
+}
+
+/// Ask the DNS server at `server` for the A records of `name`: Some(sorted
+/// addresses) on success, None for NXDOMAIN.
+async fn dns_query(server: std::net::SocketAddr, name: &str) -> Option<Vec<String>> {
+    let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&q, server).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("the DNS server answers")
+        .unwrap();
+    let r = &buf[..n];
+    assert_eq!(&r[0..2], &[0xab, 0xcd], "the answer carries the query id");
+    match r[3] & 0x0f {
+        0 => {}
+        3 => return None,
+        other => panic!("DNS rcode {other}"),
+    }
+    let count = u16::from_be_bytes([r[6], r[7]]) as usize;
+    // answers follow the echoed question; each is 16 bytes with a name pointer
+    let start = q.len();
+    let mut out: Vec<String> = (0..count)
+        .map(|i| {
+            let a = &r[start + i * 16 + 12..start + i * 16 + 16];
+            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
+        })
+        .collect();
+    out.sort();
+    Some(out)
 }

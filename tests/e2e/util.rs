@@ -41,7 +41,26 @@ impl ServerBuilder {
         self
     }
 
-    pub async fn start(self) -> Server {
+    pub async fn start(mut self) -> Server {
+        // Clusters of parallel tests share the machine's 127.0.0.0/8: give
+        // each its own Service and pod ranges, so their proxies and pods
+        // never listen on the same address.
+        if !self.args.iter().any(|a| a == "--service-cidr") {
+            let r: u32 = rand::random_range(0..512);
+            let base = std::net::Ipv4Addr::new(127, 32, 0, 0).to_bits() + (r << 12);
+            self.args.push("--service-cidr".into());
+            self.args
+                .push(format!("{}/20", std::net::Ipv4Addr::from_bits(base)));
+        }
+        if !self.args.iter().any(|a| a == "--cluster-cidr") {
+            let r: u32 = rand::random_range(0..256);
+            let base = std::net::Ipv4Addr::new(127, 64, 0, 0).to_bits() + (r << 14);
+            self.args.push("--cluster-cidr".into());
+            self.args
+                .push(format!("{}/18", std::net::Ipv4Addr::from_bits(base)));
+            self.args
+                .extend(["--node-cidr-mask-size".into(), "22".into()]);
+        }
         let (dir, tmp) = match self.dir {
             Some(d) => (d, None),
             None => {

@@ -8,8 +8,9 @@
 //! - any other path: 200 with a greeting naming the pod and the path.
 //! - `webserver check` exits 0 and `webserver fail` exits 1: subcommands for
 //!   exec probes (an exec runs a fresh instance of the module);
-//!   `webserver env NAME` prints a variable and `webserver cat` copies stdin
-//!   to stdout, for `wkctl exec`.
+//!   `webserver env NAME` prints a variable, `webserver cat` copies stdin
+//!   to stdout, and `webserver get HOST:PORT PATH` fetches a page (by
+//!   cluster DNS name too), for `wkctl exec`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -28,6 +29,20 @@ fn main() {
         Some("env") => {
             let name = args.get(2).map(String::as_str).unwrap_or("POD_NAME");
             println!("{}", std::env::var(name).unwrap_or_default());
+            return;
+        }
+        Some("get") => {
+            // `webserver get HOST:PORT PATH`: one GET, by name (cluster DNS
+            // names resolve through wasi:sockets name lookup), body to stdout
+            let target = args.get(2).map(String::as_str).unwrap_or("localhost:8080");
+            let path = args.get(3).map(String::as_str).unwrap_or("/");
+            match get(target, path) {
+                Ok(body) => print!("{body}"),
+                Err(e) => {
+                    eprintln!("webserver get {target}{path}: {e}");
+                    std::process::exit(1);
+                }
+            }
             return;
         }
         Some("cat") => {
@@ -88,4 +103,21 @@ fn main() {
             body.len()
         );
     }
+}
+
+fn get(target: &str, path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(target)?;
+    let host = target.split(':').next().unwrap_or(target);
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok(body)
 }

@@ -308,6 +308,7 @@ struct P2Host {
     memory: MemoryLimiter,
     shutdown: Arc<AtomicBool>,
     config: WasiConfigVariables,
+    lookup: Option<crate::NameLookup>,
 }
 
 impl WasiView for P2Host {
@@ -609,6 +610,7 @@ async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (
     let (memory_limit, cpu) = (launch.spec.memory_limit, launch.spec.cpu_millis);
     let (stop, shutdown) = (launch.stop.clone(), launch.shutdown.clone());
     let config = WasiConfigVariables::from_iter(launch.spec.env.clone());
+    let lookup = launch.spec.name_lookup.clone();
     let ctx = match wasi_builder(launch) {
         Ok(mut b) => b.build(),
         Err(e) => return (Outcome::Trapped(e), false),
@@ -621,6 +623,7 @@ async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (
             memory: MemoryLimiter::new(memory_limit),
             shutdown,
             config,
+            lookup,
         },
     );
     store.limiter(|h| &mut h.memory);
@@ -631,6 +634,7 @@ async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (
         wasmtime_wasi_config::add_to_linker(&mut linker, |h: &mut P2Host| {
             WasiConfig::from(&h.config)
         })?;
+        cluster_name_lookup(&mut linker)?;
         linker.instance(LIFECYCLE)?.func_wrap(
             "shutdown-requested",
             |store: wasmtime::StoreContextMut<'_, P2Host>, (): ()| {
@@ -648,6 +652,54 @@ async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (
     .await;
     let oom = store.data().memory.exceeded();
     (outcome(result), oom)
+}
+
+/// The `wasi:sockets` name lookup this runtime links: cluster names
+/// (Services, pods) are answered by the spec's [`crate::NameLookup`], with
+/// one of their addresses; other names go to wasmtime-wasi's lookup (the
+/// node's resolver).
+fn cluster_name_lookup(linker: &mut wasmtime::component::Linker<P2Host>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{Host, ResolveAddressStream};
+    use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Network};
+    use wasmtime_wasi::sockets::WasiSocketsView;
+    type Answer = (Result<wasmtime::component::Resource<ResolveAddressStream>, ErrorCode>,);
+    linker.allow_shadowing(true);
+    linker.instance(IP_NAME_LOOKUP)?.func_wrap(
+        "resolve-addresses",
+        |mut store: wasmtime::StoreContextMut<'_, P2Host>,
+         (network, name): (wasmtime::component::Resource<Network>, String)|
+         -> wasmtime::Result<Answer> {
+            let host = store.data_mut();
+            let name = match host.lookup.as_ref().and_then(|l| (l.0)(&name)) {
+                Some(addrs) if addrs.is_empty() => return Ok((Err(ErrorCode::NameUnresolvable),)),
+                Some(addrs) => {
+                    // spread clients over a headless Service's pods
+                    let pick = rand_index(addrs.len());
+                    addrs[pick].to_string()
+                }
+                None => name,
+            };
+            let mut view = host.sockets();
+            match Host::resolve_addresses(&mut view, network, name) {
+                Ok(stream) => Ok((Ok(stream),)),
+                Err(e) => Ok((Err(e.downcast()?),)),
+            }
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The name-lookup interface of the WASI version wasmtime-wasi links.
+const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
+
+fn rand_index(len: usize) -> usize {
+    use std::time::UNIX_EPOCH;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
+    nanos % len.max(1)
 }
 
 /// Run one instance of `compiled` to its end, and say how it ended.

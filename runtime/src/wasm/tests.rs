@@ -85,6 +85,7 @@ impl Fixture {
             pull_policy: Default::default(),
             pull_credentials: None,
             pod_ip: None,
+            name_lookup: None,
         }
     }
 
