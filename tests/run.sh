@@ -20,7 +20,9 @@ if [ ${#PACKAGES[@]} -gt 0 ]; then
 fi
 
 echo "==> Wasm example guests (from source)"
-cargo build --release --manifest-path examples/Cargo.toml --target wasm32-wasip1
+# hello-http and fetcher are HTTP functions: components only
+cargo build --release --manifest-path examples/Cargo.toml --target wasm32-wasip1 \
+  --workspace --exclude hello-http --exclude fetcher
 cargo build --release --manifest-path examples/Cargo.toml --target wasm32-wasip2
 
 echo "==> format and lints"

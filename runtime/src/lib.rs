@@ -66,7 +66,35 @@ pub struct ContainerSpec {
     /// Cluster names a guest's `wasi:sockets` name lookup answers before the
     /// node's resolver (Service and pod DNS names).
     pub name_lookup: Option<NameLookup>,
+    /// Limits of an HTTP function (ignored for other guests).
+    pub http: HttpLimits,
 }
+
+/// How much an HTTP function may take on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Requests handled at once; more wait (up to `timeout`) for a slot.
+    pub concurrency: usize,
+    /// Longest a request may take, response body included.
+    pub timeout: Duration,
+    /// Largest request body accepted, in bytes.
+    pub max_body: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            concurrency: 100,
+            timeout: Duration::from_secs(30),
+            max_body: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// A boxed error of an HTTP body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of requests to and responses from HTTP functions.
+pub type HttpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
 
 /// Resolves cluster names for guests: `Some(addresses)` for a cluster name
 /// (empty: no such name), `None` for a name the node's resolver answers.
@@ -171,6 +199,21 @@ pub trait ContainerRuntime: Send + Sync {
         command: Vec<String>,
         io: ExecIo,
     ) -> Result<Exit, RuntimeError>;
+    /// Whether the container is an HTTP function (served per request with
+    /// [`ContainerRuntime::serve_http`], not run as a process).
+    fn is_http_function(&self, _id: &ContainerId) -> bool {
+        false
+    }
+    /// Serve one request with an HTTP function. Problems of the function
+    /// (trap, timeout, limits) are answered as HTTP errors; `Err` only when
+    /// there is no such running function.
+    async fn serve_http(
+        &self,
+        id: &ContainerId,
+        _req: http::Request<HttpBody>,
+    ) -> Result<http::Response<HttpBody>, RuntimeError> {
+        Err(RuntimeError::NotFound(id.clone()))
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 pub mod dns;
 pub mod exec;
+pub mod functions;
 pub mod node;
 pub mod pod;
 pub mod probe;
@@ -96,6 +97,8 @@ pub struct Agent {
     pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
     /// For HTTP probes.
     pub http: reqwest::Client,
+    /// The HTTP functions this node serves, by address.
+    pub functions: Arc<functions::Functions>,
     /// The Service proxy and the Service cache behind the pods' environment.
     pub proxy: Arc<services::ServiceProxy>,
     /// The node's pod address range (`spec.podCIDR`), once known.
@@ -134,6 +137,7 @@ impl Agent {
                 .no_proxy()
                 .build()
                 .unwrap_or_default(),
+            functions: Arc::default(),
             proxy,
             pod_cidr: watch::Sender::new(saved_cidr),
             ips: Mutex::default(),

@@ -436,8 +436,12 @@ impl PodCtx {
                                         &format!("Started container {name}"),
                                     )
                                     .await;
+                                    let serving = self.serve_function(&rt, &id, &def).await;
                                     let exit =
                                         self.watch_container(kind, idx, &rt, &id, &name).await;
+                                    if let Some(task) = serving {
+                                        task.abort();
+                                    }
                                     let _ = rt.remove(&id).await;
                                     let ran = exit
                                         .finished_at
@@ -505,6 +509,36 @@ impl PodCtx {
                 return None;
             }
             backoff = (backoff * 2).min(cfg.backoff_max);
+        }
+    }
+
+    /// If the container is an HTTP function, serve it on the pod's address.
+    async fn serve_function(
+        &self,
+        rt: &Arc<dyn ContainerRuntime>,
+        id: &ContainerId,
+        def: &Value,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !rt.is_http_function(id) {
+            return None;
+        }
+        let ip: std::net::IpAddr = self.record().pod_ip.parse().ok()?;
+        let addr = std::net::SocketAddr::new(ip, super::functions::port_of(def));
+        let local = super::functions::Local {
+            runtime: rt.clone(),
+            id: id.clone(),
+        };
+        match self.agent.functions.serve(addr, local) {
+            Ok(task) => Some(task),
+            Err(e) => {
+                self.event(
+                    "Warning",
+                    "FailedToServe",
+                    &format!("cannot serve the HTTP function on {addr}: {e}"),
+                )
+                .await;
+                None
+            }
         }
     }
 

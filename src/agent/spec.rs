@@ -311,6 +311,7 @@ pub fn container_spec(
         .transpose()
         .map_err(|e| ConfigError(format!("resources.limits.cpu: {e}")))?;
     let image = container["image"].as_str().unwrap_or_default().to_string();
+    let http = http_limits(pod)?;
     Ok(ContainerSpec {
         pull_policy: PullPolicy::parse(
             container["imagePullPolicy"]
@@ -320,6 +321,7 @@ pub fn container_spec(
         pull_credentials: pull_credentials(pod, &image, lookup),
         pod_ip: pod_ip.parse().ok(),
         name_lookup: None,
+        http,
         id: ContainerId(format!("{uid}/{name}/{restart}")),
         image,
         args: argv,
@@ -330,6 +332,41 @@ pub fn container_spec(
         cpu_millis,
         log_path,
     })
+}
+
+/// Annotations that set an HTTP function's limits (Wasm-specific; see docs/http-functions.md).
+pub const HTTP_CONCURRENCY: &str = "wasmkube.io/http-concurrency";
+pub const HTTP_TIMEOUT: &str = "wasmkube.io/http-timeout-seconds";
+pub const HTTP_MAX_BODY: &str = "wasmkube.io/http-max-body";
+
+/// The HTTP function limits of a pod, from its annotations.
+pub fn http_limits(pod: &Value) -> Result<wasmkube_runtime::HttpLimits, ConfigError> {
+    let mut limits = wasmkube_runtime::HttpLimits::default();
+    let ann = |k: &str| pod["metadata"]["annotations"][k].as_str();
+    if let Some(v) = ann(HTTP_CONCURRENCY) {
+        limits.concurrency = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ConfigError(format!(
+                "annotation {HTTP_CONCURRENCY}: {v:?} is not a positive number"
+            ))
+        })?;
+    }
+    if let Some(v) = ann(HTTP_TIMEOUT) {
+        let secs: f64 = v
+            .parse()
+            .ok()
+            .filter(|n: &f64| *n > 0.0 && n.is_finite())
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "annotation {HTTP_TIMEOUT}: {v:?} is not a positive number of seconds"
+                ))
+            })?;
+        limits.timeout = std::time::Duration::from_secs_f64(secs);
+    }
+    if let Some(v) = ann(HTTP_MAX_BODY) {
+        limits.max_body = quantity::bytes(v)
+            .map_err(|e| ConfigError(format!("annotation {HTTP_MAX_BODY}: {e}")))?;
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]

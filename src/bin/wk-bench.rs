@@ -491,6 +491,7 @@ mod instantiate {
             pull_credentials: None,
             pod_ip: None,
             name_lookup: None,
+            http: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@ mod deployments;
 mod durability;
 mod examples;
 mod exec;
+mod functions;
 mod kube_client;
 mod nodes;
 mod registry;

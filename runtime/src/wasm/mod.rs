@@ -15,6 +15,7 @@
 //!   period from the epoch callback, which also yields on every tick so a
 //!   busy guest cannot starve others.
 
+mod http;
 mod limits;
 
 use std::collections::HashMap;
@@ -106,6 +107,8 @@ struct Container {
     shutdown: Arc<AtomicBool>,
     /// Whether the guest imports the lifecycle interface, so can hear the ask.
     listens: bool,
+    /// An HTTP function's pre-instantiated component and request limits.
+    function: Option<Arc<http::Function>>,
 }
 
 struct Inner {
@@ -300,6 +303,34 @@ struct P1Host {
     wasi: WasiP1Ctx,
     memory: MemoryLimiter,
     shutdown: Arc<AtomicBool>,
+}
+
+/// What the runtime's own imports need from a component guest's store data.
+trait GuestHost: WasiView + 'static {
+    fn lookup(&self) -> Option<&crate::NameLookup>;
+    fn shutdown_requested(&self) -> bool;
+}
+
+impl GuestHost for P2Host {
+    fn lookup(&self) -> Option<&crate::NameLookup> {
+        self.lookup.as_ref()
+    }
+    fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// Link what the runtime adds for component guests: cluster name lookup
+/// and `wasmkube:pod/lifecycle`.
+fn guest_imports<T: GuestHost>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    cluster_name_lookup(linker)?;
+    linker.instance(LIFECYCLE)?.func_wrap(
+        "shutdown-requested",
+        |store: wasmtime::StoreContextMut<'_, T>, (): ()| Ok((store.data().shutdown_requested(),)),
+    )?;
+    Ok(())
 }
 
 struct P2Host {
@@ -634,13 +665,7 @@ async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (
         wasmtime_wasi_config::add_to_linker(&mut linker, |h: &mut P2Host| {
             WasiConfig::from(&h.config)
         })?;
-        cluster_name_lookup(&mut linker)?;
-        linker.instance(LIFECYCLE)?.func_wrap(
-            "shutdown-requested",
-            |store: wasmtime::StoreContextMut<'_, P2Host>, (): ()| {
-                Ok((store.data().shutdown.load(Ordering::Relaxed),))
-            },
-        )?;
+        guest_imports(&mut linker)?;
         let command =
             wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
                 .await?;
@@ -658,7 +683,9 @@ async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (
 /// (Services, pods) are answered by the spec's [`crate::NameLookup`], with
 /// one of their addresses; other names go to wasmtime-wasi's lookup (the
 /// node's resolver).
-fn cluster_name_lookup(linker: &mut wasmtime::component::Linker<P2Host>) -> wasmtime::Result<()> {
+fn cluster_name_lookup<T: GuestHost>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
     use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{Host, ResolveAddressStream};
     use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Network};
     use wasmtime_wasi::sockets::WasiSocketsView;
@@ -666,11 +693,11 @@ fn cluster_name_lookup(linker: &mut wasmtime::component::Linker<P2Host>) -> wasm
     linker.allow_shadowing(true);
     linker.instance(IP_NAME_LOOKUP)?.func_wrap(
         "resolve-addresses",
-        |mut store: wasmtime::StoreContextMut<'_, P2Host>,
+        |mut store: wasmtime::StoreContextMut<'_, T>,
          (network, name): (wasmtime::component::Resource<Network>, String)|
          -> wasmtime::Result<Answer> {
             let host = store.data_mut();
-            let name = match host.lookup.as_ref().and_then(|l| (l.0)(&name)) {
+            let name = match host.lookup().and_then(|l| (l.0)(&name)) {
                 Some(addrs) if addrs.is_empty() => return Ok((Err(ErrorCode::NameUnresolvable),)),
                 Some(addrs) => {
                     // spread clients over a headless Service's pods
@@ -767,6 +794,39 @@ async fn run(engine: Engine, container: Arc<Container>, started_at: SystemTime) 
     container.state.send_replace(ContainerState::Exited(exit));
 }
 
+/// An HTTP function "runs" while it accepts requests: no instance lives
+/// between them. Asked to stop, it takes no new requests and ends once those
+/// in flight are done (or is killed at the end of the grace period).
+async fn run_function(container: Arc<Container>, started_at: SystemTime) {
+    let Some(f) = container.function.clone() else {
+        return;
+    };
+    let (sink, writer) = logs::open(container.spec.log_path.clone(), logs::DEFAULT_MAX_BYTES);
+    *lock(&f.log) = Some(sink);
+    loop {
+        if container.stop.raised() {
+            break;
+        }
+        if container.shutdown.load(Ordering::Relaxed) && f.in_flight.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(http::DRAIN_POLL) => {}
+            _ = container.stop.wait() => {}
+        }
+    }
+    lock(&f.log).take();
+    writer.finish().await;
+    let killed = container.stop.raised() && f.in_flight.load(Ordering::Relaxed) > 0;
+    container.state.send_replace(ContainerState::Exited(Exit {
+        exit_code: if killed { KILLED_EXIT_CODE } else { 0 },
+        reason: if killed { "Killed" } else { "Completed" }.into(),
+        message: None,
+        started_at,
+        finished_at: SystemTime::now(),
+    }));
+}
+
 #[async_trait::async_trait]
 impl ContainerRuntime for WasmRuntime {
     fn name(&self) -> &'static str {
@@ -797,7 +857,22 @@ impl ContainerRuntime for WasmRuntime {
                 reason,
             })?;
         let (state, _) = watch::channel(ContainerState::Created);
-        let listens = compiled.imports_lifecycle(&self.inner.engine);
+        let function = match &compiled {
+            Compiled::Component(c) if compiled.is_http_handler(&self.inner.engine) => {
+                Some(Arc::new(
+                    http::Function::new(&self.inner.engine, c, spec.http).map_err(|e| {
+                        RuntimeError::Create {
+                            id: spec.id.clone(),
+                            reason: format!("preparing the HTTP function: {e:#}"),
+                        }
+                    })?,
+                ))
+            }
+            _ => None,
+        };
+        // an HTTP function hears the ask as the end of new requests, and
+        // gets the grace period to finish those in flight
+        let listens = compiled.imports_lifecycle(&self.inner.engine) || function.is_some();
         let container = Arc::new(Container {
             spec: spec.clone(),
             compiled,
@@ -805,6 +880,7 @@ impl ContainerRuntime for WasmRuntime {
             stop: Arc::new(Kill::default()),
             shutdown: Arc::new(AtomicBool::new(false)),
             listens,
+            function,
         });
         lock(&self.inner.containers).insert(spec.id, container);
         Ok(Created { image_id })
@@ -827,8 +903,36 @@ impl ContainerRuntime for WasmRuntime {
                 reason: "container already started".into(),
             });
         }
-        tokio::spawn(run(self.inner.engine.clone(), c, started_at));
+        if c.function.is_some() {
+            tokio::spawn(run_function(c, started_at));
+        } else {
+            tokio::spawn(run(self.inner.engine.clone(), c, started_at));
+        }
         Ok(())
+    }
+
+    fn is_http_function(&self, id: &ContainerId) -> bool {
+        self.container(id).is_ok_and(|c| c.function.is_some())
+    }
+
+    async fn serve_http(
+        &self,
+        id: &ContainerId,
+        req: ::http::Request<crate::HttpBody>,
+    ) -> Result<::http::Response<crate::HttpBody>, RuntimeError> {
+        let c = self.container(id)?;
+        let Some(f) = &c.function else {
+            return Err(RuntimeError::NotFound(id.clone()));
+        };
+        if !matches!(*c.state.borrow(), ContainerState::Running { .. })
+            || c.shutdown.load(Ordering::Relaxed)
+        {
+            return Ok(http::host_response(
+                503,
+                "the function is not running".into(),
+            ));
+        }
+        Ok(http::handle(&self.inner.engine, &c.spec, c.shutdown.clone(), f, req).await)
     }
 
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), RuntimeError> {

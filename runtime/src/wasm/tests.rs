@@ -86,6 +86,7 @@ impl Fixture {
             pull_credentials: None,
             pod_ip: None,
             name_lookup: None,
+            http: Default::default(),
         }
     }
 
