@@ -169,6 +169,29 @@ async fn ensure_dns_service(store: &Store) -> Result<(), ServerError> {
     }
 }
 
+/// Our IngressClass, the default class: every agent's gateway serves it.
+async fn ensure_ingress_class(store: &Store) -> Result<(), ServerError> {
+    let res = resources::lookup("ingressclasses").expect("ingressclasses are served");
+    if store
+        .cache()
+        .get(&res.key("", crate::agent::ingress::CLASS))
+        .is_some()
+    {
+        return Ok(());
+    }
+    let class = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": crate::agent::ingress::CLASS,
+            "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": crate::agent::ingress::CONTROLLER}});
+    match handlers::create(store, res, None, class, &Params::default()).await {
+        Ok(_) | Err(crate::api::ApiError::AlreadyExists { .. }) => Ok(()),
+        Err(source) => Err(ServerError::Bootstrap {
+            name: format!("ingressclass/{}", crate::agent::ingress::CLASS),
+            source,
+        }),
+    }
+}
+
 /// Run the server until `shutdown` resolves, then stop cleanly: in-flight
 /// requests finish, and every acknowledged write is already on disk.
 pub async fn run(
@@ -212,6 +235,7 @@ pub async fn run(
     .await?;
     ensure_namespaces(&store).await?;
     ensure_dns_service(&store).await?;
+    ensure_ingress_class(&store).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(ApiState {

@@ -13,6 +13,7 @@
 pub mod dns;
 pub mod exec;
 pub mod functions;
+pub mod ingress;
 pub mod node;
 pub mod pod;
 pub mod probe;
@@ -70,6 +71,9 @@ pub struct AgentConfig {
     /// First restart back-off (doubles up to `backoff_max`).
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Where the Ingress gateway listens (plain HTTP, and TLS); None: off.
+    pub ingress_listen: Option<std::net::SocketAddr>,
+    pub ingress_tls_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -85,6 +89,8 @@ impl AgentConfig {
             heartbeat: Duration::from_secs(10),
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
+            ingress_listen: None,
+            ingress_tls_listen: None,
         }
     }
 }
@@ -399,6 +405,13 @@ impl Agent {
         let node = tokio::spawn(node::run(self.clone(), port, cancel.clone()));
         let proxy = tokio::spawn(self.proxy.clone().run(self.client.clone(), cancel.clone()));
         let dns = tokio::spawn(self.clone().serve_dns(cancel.clone()));
+        let gateway = ingress::Gateway::new(self.proxy.clone(), self.functions.clone());
+        let gateway = tokio::spawn(gateway.run(
+            self.client.clone(),
+            self.config.ingress_listen,
+            self.config.ingress_tls_listen,
+            cancel.clone(),
+        ));
         let cache = Cache::new();
         self.resume_local_pods(&cache);
         let pods = tokio::spawn(self.clone().watch_pods(cache, cancel));
@@ -406,6 +419,7 @@ impl Agent {
         let _ = node.await;
         let _ = proxy.await;
         let _ = dns.await;
+        let _ = gateway.await;
         let _ = http.await;
         Ok(())
     }

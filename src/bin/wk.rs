@@ -103,6 +103,23 @@ struct AgentTuning {
     /// Memory the node offers to pods, as a quantity (default: all of it).
     #[arg(long)]
     memory: Option<String>,
+    /// Where the Ingress gateway serves HTTP (`off` to disable).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    ingress_listen: String,
+    /// Where the Ingress gateway serves HTTPS, with certificates from the
+    /// Ingresses' TLS Secrets chosen by SNI (`off` to disable).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    ingress_tls_listen: String,
+}
+
+/// A listen address flag: `off` (or empty) disables.
+fn listen_flag(flag: &str, v: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match v {
+        "" | "off" | "none" => Ok(None),
+        v => v.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("--{flag}: {v:?} is not an address such as 0.0.0.0:8080 (or off)")
+        }),
+    }
 }
 
 impl AgentTuning {
@@ -115,6 +132,8 @@ impl AgentTuning {
         if let Some(m) = &self.memory {
             quantity::bytes(m).map_err(|e| anyhow::anyhow!("--memory {m:?}: {e}"))?;
         }
+        listen_flag("ingress-listen", &self.ingress_listen)?;
+        listen_flag("ingress-tls-listen", &self.ingress_tls_listen)?;
         Ok(())
     }
 
@@ -124,6 +143,9 @@ impl AgentTuning {
         c.max_pods = self.max_pods.max(1);
         c.cpu = self.cpu.clone();
         c.memory = self.memory.clone();
+        c.ingress_listen = listen_flag("ingress-listen", &self.ingress_listen).unwrap_or(None);
+        c.ingress_tls_listen =
+            listen_flag("ingress-tls-listen", &self.ingress_tls_listen).unwrap_or(None);
         c
     }
 }

@@ -6,6 +6,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod ingress;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -54,6 +55,7 @@ pub async fn run(client: crate::client::Client, config: Config, cancel: CancelTo
             tokio::spawn(job::run(client.clone(), cancel.clone())),
             tokio::spawn(endpoints::run(client.clone(), cancel.clone())),
             tokio::spawn(servicelb::run(client.clone(), cancel.clone())),
+            tokio::spawn(ingress::run(client.clone(), cancel.clone())),
             tokio::spawn(daemonset::run(client.clone(), cancel.clone())),
             tokio::spawn(statefulset::run(client.clone(), cancel.clone())),
             tokio::spawn(cronjob::run(client.clone(), cancel.clone())),

@@ -11,6 +11,7 @@ mod durability;
 mod examples;
 mod exec;
 mod functions;
+mod ingress;
 mod kube_client;
 mod nodes;
 mod registry;

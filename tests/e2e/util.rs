@@ -52,6 +52,12 @@ impl ServerBuilder {
             self.args
                 .push(format!("{}/20", std::net::Ipv4Addr::from_bits(base)));
         }
+        for flag in ["--ingress-listen", "--ingress-tls-listen"] {
+            if !self.args.iter().any(|a| a == flag) {
+                self.args
+                    .extend([flag.to_string(), "127.0.0.1:0".to_string()]);
+            }
+        }
         if !self.args.iter().any(|a| a == "--cluster-cidr") {
             let r: u32 = rand::random_range(0..256);
             let base = std::net::Ipv4Addr::new(127, 64, 0, 0).to_bits() + (r << 14);
@@ -329,6 +335,12 @@ impl AgentProc {
                     "--listen",
                     "127.0.0.1:0",
                 ])
+                .args(
+                    ["--ingress-listen", "--ingress-tls-listen"]
+                        .into_iter()
+                        .filter(|f| !self.extra.iter().any(|e| e == f))
+                        .flat_map(|f| [f, "127.0.0.1:0"]),
+                )
                 .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(log)
