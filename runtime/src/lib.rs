@@ -91,6 +91,19 @@ impl Default for HttpLimits {
     }
 }
 
+/// A container's resource use and, for HTTP functions, its requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// CPU time running guest code since the start, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Linear memory held now, in bytes.
+    pub memory_bytes: u64,
+    /// Requests answered since the start (HTTP functions).
+    pub requests: u64,
+    /// Requests being handled now (HTTP functions).
+    pub in_flight: u64,
+}
+
 /// A boxed error of an HTTP body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of requests to and responses from HTTP functions.
@@ -199,6 +212,10 @@ pub trait ContainerRuntime: Send + Sync {
         command: Vec<String>,
         io: ExecIo,
     ) -> Result<Exit, RuntimeError>;
+    /// What the container uses now (None: unknown container).
+    fn usage(&self, _id: &ContainerId) -> Option<ContainerUsage> {
+        None
+    }
     /// Whether the container is an HTTP function (served per request with
     /// [`ContainerRuntime::serve_http`], not run as a process).
     fn is_http_function(&self, _id: &ContainerId) -> bool {

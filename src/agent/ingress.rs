@@ -350,7 +350,7 @@ impl Gateway {
             service: key.clone(),
             port,
         };
-        let candidates = self.proxy.candidates(&route, peer.ip());
+        let candidates = self.proxy.ready_candidates(&route, peer.ip()).await;
         if candidates.is_empty() {
             return functions::text(503, &format!("service {key} has no ready endpoints"));
         }

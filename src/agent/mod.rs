@@ -14,6 +14,7 @@ pub mod dns;
 pub mod exec;
 pub mod functions;
 pub mod ingress;
+pub mod metrics;
 pub mod node;
 pub mod pod;
 pub mod probe;
@@ -103,6 +104,8 @@ pub struct Agent {
     pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
     /// For HTTP probes.
     pub http: reqwest::Client,
+    /// Sampled resource and request metrics of the containers.
+    pub metrics: metrics::Metrics,
     /// The HTTP functions this node serves, by address.
     pub functions: Arc<functions::Functions>,
     /// The Service proxy and the Service cache behind the pods' environment.
@@ -144,6 +147,7 @@ impl Agent {
                 .build()
                 .unwrap_or_default(),
             functions: Arc::default(),
+            metrics: metrics::Metrics::default(),
             proxy,
             pod_cidr: watch::Sender::new(saved_cidr),
             ips: Mutex::default(),
@@ -264,6 +268,16 @@ impl Agent {
         {
             pods.remove(&format!("{ns}/{name}"));
         }
+    }
+
+    /// Every pod worker, by `namespace/name`.
+    pub fn pods_snapshot(&self) -> Vec<(String, Arc<pod::PodCtx>)> {
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The worker of pod `ns/name`, if it runs here.
@@ -405,6 +419,7 @@ impl Agent {
         let node = tokio::spawn(node::run(self.clone(), port, cancel.clone()));
         let proxy = tokio::spawn(self.proxy.clone().run(self.client.clone(), cancel.clone()));
         let dns = tokio::spawn(self.clone().serve_dns(cancel.clone()));
+        let sampler = tokio::spawn(metrics::run(self.clone(), cancel.clone()));
         let gateway = ingress::Gateway::new(self.proxy.clone(), self.functions.clone());
         let gateway = tokio::spawn(gateway.run(
             self.client.clone(),
@@ -419,6 +434,7 @@ impl Agent {
         let _ = node.await;
         let _ = proxy.await;
         let _ = dns.await;
+        let _ = sampler.await;
         let _ = gateway.await;
         let _ = http.await;
         Ok(())

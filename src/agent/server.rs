@@ -39,6 +39,7 @@ pub fn router(agent: Arc<Agent>, token: String) -> Router {
     Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec))
+        .route("/stats", get(stats))
         .with_state(Arc::new(AgentApi { agent, token }))
 }
 
@@ -57,6 +58,14 @@ fn authorized(api: &AgentApi, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| t == api.token)
+}
+
+/// `stats`: the containers' sampled metrics (see `agent::metrics`).
+async fn stats(State(api): State<Arc<AgentApi>>, headers: HeaderMap) -> Response {
+    if !authorized(&api, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    axum::Json(api.agent.metrics.document(&api.agent.config.node_name)).into_response()
 }
 
 /// `exec`: the query is that of `pods/exec` (`command` repeated, `stdin`,

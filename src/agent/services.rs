@@ -198,7 +198,14 @@ pub struct ServiceProxy {
     /// `sessionAffinity: ClientIP`: the endpoint each client was sent to.
     affinity: Mutex<HashMap<(String, IpAddr), (SocketAddr, Instant)>>,
     changed: Notify,
+    /// The API client, once running (activation requests).
+    client: std::sync::OnceLock<Client>,
+    /// When each Service was last asked to activate.
+    activations: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a client waits for a Service scaled to zero to get a replica.
+pub const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ServiceProxy {
     pub fn new(node_ip: IpAddr) -> Arc<Self> {
@@ -210,6 +217,8 @@ impl ServiceProxy {
             next: AtomicUsize::new(0),
             affinity: Mutex::default(),
             changed: Notify::new(),
+            client: std::sync::OnceLock::new(),
+            activations: Mutex::default(),
         })
     }
 
@@ -223,6 +232,7 @@ impl ServiceProxy {
 
     /// Watch Services and Endpoints and keep the listeners in step until `cancel`.
     pub async fn run(self: Arc<Self>, client: Client, cancel: CancelToken) {
+        let _ = self.client.set(client.clone());
         let svc_res = resources::lookup("services").expect("services are served");
         let ep_res = resources::lookup("endpoints").expect("endpoints are served");
         let me = self.clone();
@@ -336,9 +346,61 @@ impl ServiceProxy {
         all
     }
 
+    /// The ready endpoints of a route, as [`ServiceProxy::candidates`]; for
+    /// a Service its autoscaler scaled to zero, first ask for a replica and
+    /// wait for one to be ready (up to [`ACTIVATION_TIMEOUT`]).
+    pub async fn ready_candidates(&self, route: &Route, client: IpAddr) -> Vec<SocketAddr> {
+        let found = self.candidates(route, client);
+        let scaled_to_zero = |me: &Self| {
+            me.services.get(&route.service).is_some_and(|s| {
+                s["metadata"]["annotations"][crate::controllers::hpa::SCALED_TO_ZERO].is_string()
+            })
+        };
+        if !found.is_empty() || !scaled_to_zero(self) {
+            return found;
+        }
+        let deadline = Instant::now() + ACTIVATION_TIMEOUT;
+        loop {
+            self.request_activation(&route.service);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let found = self.candidates(route, client);
+            if !found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+        }
+    }
+
+    /// Mark the Service as wanted (at most once a second); the autoscaler
+    /// scales its Deployment up from zero.
+    fn request_activation(&self, service: &str) {
+        {
+            let mut last = self.activations.lock().unwrap_or_else(|e| e.into_inner());
+            if last
+                .get(service)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                return;
+            }
+            last.insert(service.to_string(), Instant::now());
+        }
+        let Some(client) = self.client.get().cloned() else {
+            return;
+        };
+        let (ns, name) = service.split_once('/').unwrap_or(("default", service));
+        let (ns, name) = (ns.to_string(), name.to_string());
+        tokio::spawn(async move {
+            let res = resources::lookup("services").expect("services are served");
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                crate::controllers::hpa::ACTIVATION_REQUESTED: crate::api::meta::now()}}});
+            if let Err(e) = client.merge_patch(res, Some(&ns), &name, &patch).await {
+                tracing::debug!(service = %name, error = %e, "activation request");
+            }
+        });
+    }
+
     /// Connect to a ready endpoint, skipping those that refuse.
     pub async fn connect(&self, route: &Route, client: IpAddr) -> Option<TcpStream> {
-        for addr in self.candidates(route, client) {
+        for addr in self.ready_candidates(route, client).await {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     if let Some(aff) = self

@@ -68,7 +68,11 @@ pub async fn api_groups() -> Json<Value> {
     Json(json!({
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": groups().into_iter().map(|(g, v)| group_json(g, v)).collect::<Vec<_>>(),
+        "groups": groups()
+            .into_iter()
+            .map(|(g, v)| group_json(g, v))
+            .chain(super::metrics::groups())
+            .collect::<Vec<_>>(),
     }))
 }
 

@@ -7,6 +7,7 @@
 
 pub mod discovery;
 pub mod handlers;
+pub mod metrics;
 pub mod proxy;
 pub mod request;
 pub mod services;
@@ -70,6 +71,40 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let authed = Router::new()
         .route("/api", get(discovery::api_versions))
         .route("/apis", get(discovery::api_groups))
+        .route("/apis/metrics.k8s.io", get(metrics::metrics_group))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1",
+            get(metrics::metrics_resources),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes",
+            get(metrics::list_nodes),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes/{name}",
+            get(metrics::get_node),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/pods",
+            get(metrics::list_all_pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
+            get(metrics::list_pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
+            get(metrics::get_pod),
+        )
+        .route("/apis/custom.metrics.k8s.io", get(metrics::custom_group))
+        .route(
+            "/apis/custom.metrics.k8s.io/v1beta2",
+            get(metrics::custom_resources),
+        )
+        .route(
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/{name}/{metric}",
+            get(metrics::custom_pod_metric),
+        )
         .route("/wk/v1/snapshot", get(snapshot))
         .route("/raft/append", post(raft_append))
         .route("/raft/vote", post(raft_vote))

@@ -67,6 +67,10 @@ struct ServerArgs {
     /// are evicted from it (and replaced by their controllers).
     #[arg(long, default_value_t = 60.0)]
     pod_eviction_timeout: f64,
+    /// Seconds between autoscaler evaluations (kube-controller-manager's
+    /// --horizontal-pod-autoscaler-sync-period).
+    #[arg(long, default_value_t = 15.0)]
+    horizontal_pod_autoscaler_sync_period: f64,
     /// How the scheduler scores nodes: most-allocated (bin packing: fill a
     /// node before the next) or least-allocated (spread the load).
     #[arg(long, default_value = "most-allocated")]
@@ -250,6 +254,9 @@ async fn main() -> Result<()> {
                 controllers: wasmkube::controllers::Config {
                     scheduling_strategy: a.scheduling_strategy,
                     workloads: !a.disable_controllers,
+                    hpa_sync_period: Duration::from_secs_f64(
+                        a.horizontal_pod_autoscaler_sync_period.max(0.1),
+                    ),
                     node_timing: wasmkube::controllers::nodelifecycle::Timing {
                         grace: Duration::from_secs_f64(a.node_monitor_grace_period.max(0.1)),
                         eviction: Duration::from_secs_f64(a.pod_eviction_timeout.max(0.0)),

@@ -18,6 +18,7 @@ pub mod node;
 pub mod printers;
 pub mod rollout;
 pub mod scale;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -70,6 +71,9 @@ pub enum Command {
     Uncordon(node::NodeName),
     /// Cordon a node and evict its pods so their controllers move them.
     Drain(node::Drain),
+    /// Display resource (CPU/memory) usage of nodes or pods.
+    #[command(subcommand)]
+    Top(top::Top),
     /// Manage the rollout of a Deployment.
     #[command(subcommand)]
     Rollout(rollout::Rollout),
@@ -168,6 +172,7 @@ pub async fn run(cli: Cli) -> i32 {
             Command::Logs(c) => c.execute(&ctx).await,
             Command::Exec(c) => c.execute(&ctx).await,
             Command::Scale(c) => c.execute(&ctx).await,
+            Command::Top(c) => c.execute(&ctx).await,
             Command::Rollout(c) => c.execute(&ctx).await,
             Command::Cordon(n) => node::cordon(&ctx, n).await,
             Command::Uncordon(n) => node::uncordon(&ctx, n).await,

@@ -6,6 +6,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod hpa;
 pub mod ingress;
 pub mod job;
 pub mod namespace;
@@ -29,6 +30,8 @@ pub struct Config {
     pub workloads: bool,
     /// When nodes count as lost and their pods are evicted.
     pub node_timing: nodelifecycle::Timing,
+    /// How often autoscalers re-read their metrics.
+    pub hpa_sync_period: std::time::Duration,
 }
 
 impl Default for Config {
@@ -37,6 +40,7 @@ impl Default for Config {
             scheduling_strategy: scheduler::Strategy::default(),
             workloads: true,
             node_timing: nodelifecycle::Timing::default(),
+            hpa_sync_period: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -56,6 +60,11 @@ pub async fn run(client: crate::client::Client, config: Config, cancel: CancelTo
             tokio::spawn(endpoints::run(client.clone(), cancel.clone())),
             tokio::spawn(servicelb::run(client.clone(), cancel.clone())),
             tokio::spawn(ingress::run(client.clone(), cancel.clone())),
+            tokio::spawn(hpa::run(
+                client.clone(),
+                config.hpa_sync_period,
+                cancel.clone(),
+            )),
             tokio::spawn(daemonset::run(client.clone(), cancel.clone())),
             tokio::spawn(statefulset::run(client.clone(), cancel.clone())),
             tokio::spawn(cronjob::run(client.clone(), cancel.clone())),

@@ -86,7 +86,9 @@ async fn discovery_lists_every_served_kind_with_verbs_and_short_names() {
             "networking.k8s.io/v1",
             "discovery.k8s.io/v1",
             "coordination.k8s.io/v1",
-            "autoscaling/v2"
+            "autoscaling/v2",
+            "metrics.k8s.io/v1beta1",
+            "custom.metrics.k8s.io/v1beta2"
         ]
     );
     let (_, apps) = s.call(Method::GET, "/apis/apps/v1", None).await;

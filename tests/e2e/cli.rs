@@ -315,7 +315,13 @@ async fn cluster_info_version_and_api_resources() {
             && deploy.ends_with("Deployment"),
         "{deploy}"
     );
-    assert_eq!(r.lines().count(), 1 + wasmkube::api::RESOURCES.len());
+    // every served kind, plus NodeMetrics and PodMetrics (metrics.k8s.io)
+    assert_eq!(r.lines().count(), 1 + wasmkube::api::RESOURCES.len() + 2);
+    assert!(
+        r.lines()
+            .any(|l| l.starts_with("pods") && l.contains("metrics.k8s.io/v1beta1")),
+        "{r}"
+    );
     // an unreachable server is an error, not a hang
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kc.yaml");

@@ -3,6 +3,7 @@
 
 mod agent;
 mod api;
+mod autoscaling;
 mod batch;
 mod cli;
 mod controllers;

@@ -4,6 +4,7 @@
 //! - any path: `hello from $POD_NAME: GET /path?query` (path and query echoed)
 //! - `/echo`: the request body, streamed back
 //! - `/trap`: panics (a trap: the caller gets a 500, the function keeps serving)
+//! - `/sleep?ms=N`: answers after N ms (load for the autoscaler)
 //! - `/spin`: loops forever (the request times out with a 504)
 
 use wasip2::http::types::{
@@ -72,6 +73,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 respond(out, 200, &body);
             }
             "/trap" => panic!("asked to trap"),
+            "/sleep" => {
+                // `/sleep?ms=N`: answer after N milliseconds (a slow request)
+                let ms: u64 = path
+                    .split_once("ms=")
+                    .and_then(|(_, v)| v.split('&').next()?.parse().ok())
+                    .unwrap_or(100);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                respond(out, 200, format!("slept {ms} ms\n").as_bytes());
+            }
             "/spin" => {
                 let mut n: u64 = 0;
                 loop {

@@ -200,6 +200,7 @@ pub(super) async fn handle(
     engine: &Engine,
     spec: &crate::ContainerSpec,
     shutdown: Arc<std::sync::atomic::AtomicBool>,
+    usage: Arc<super::Usage>,
     f: &Arc<Function>,
     req: http::Request<HttpBody>,
 ) -> http::Response<HttpBody> {
@@ -260,6 +261,7 @@ pub(super) async fn handle(
         stdio: Stdio::log(&log),
         stop: stop.clone(),
         shutdown: shutdown.clone(),
+        usage: usage.clone(),
     }) {
         Ok(mut b) => b.build(),
         Err(e) => {
@@ -277,14 +279,14 @@ pub(super) async fn handle(
             hooks: ClusterHooks {
                 lookup: lookup.clone(),
             },
-            memory: MemoryLimiter::new(spec.memory_limit),
+            memory: MemoryLimiter::new(spec.memory_limit, Some(usage.clone())),
             config: WasiConfigVariables::from_iter(spec.env.clone()),
             lookup,
             shutdown,
         },
     );
     store.limiter(|h| &mut h.memory);
-    schedule(&mut store, stop.clone(), spec.cpu_millis);
+    schedule(&mut store, stop.clone(), spec.cpu_millis, usage);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let prepared = (|| -> wasmtime::Result<_> {
         let req = store

@@ -1,24 +1,46 @@
 //! Memory and CPU limits for one store.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// What a container's instances use, summed over them (its main instance,
+/// its execs, an HTTP function's requests in flight).
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// CPU time spent running guest code, cumulative.
+    pub cpu_nanos: AtomicU64,
+    /// Linear memory held now.
+    pub memory_bytes: AtomicU64,
+}
 
 /// Caps the sum of a store's linear memories; growing past it traps.
 pub struct MemoryLimiter {
     max: Option<usize>,
     total: usize,
     exceeded: bool,
+    usage: Option<Arc<Usage>>,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        if let Some(u) = &self.usage {
+            u.memory_bytes
+                .fetch_sub(self.total as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 impl MemoryLimiter {
-    pub fn new(max: Option<u64>) -> Self {
+    pub fn new(max: Option<u64>, usage: Option<Arc<Usage>>) -> Self {
         Self {
             max: max.map(|m| m as usize),
             total: 0,
             exceeded: false,
+            usage,
         }
     }
 
@@ -43,6 +65,10 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
                     "memory limit exceeded: the guest asked for {next} bytes, its limit is {max}"
                 );
             }
+        }
+        if let Some(u) = &self.usage {
+            u.memory_bytes
+                .fetch_add((next - self.total) as u64, Ordering::Relaxed);
         }
         self.total = next;
         Ok(true)
@@ -73,14 +99,16 @@ struct ThrottleState {
 pub struct CpuThrottle {
     quota: Option<Duration>,
     state: Arc<Mutex<ThrottleState>>,
+    usage: Option<Arc<Usage>>,
 }
 
 type Pause = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl CpuThrottle {
-    pub fn new(cpu_millis: Option<u64>) -> Self {
+    pub fn new(cpu_millis: Option<u64>, usage: Option<Arc<Usage>>) -> Self {
         let now = Instant::now();
         Self {
+            usage,
             quota: cpu_millis.map(|m| PERIOD.mul_f64(m as f64 / 1000.0)),
             state: Arc::new(Mutex::new(ThrottleState {
                 period_start: now,
@@ -97,7 +125,15 @@ impl CpuThrottle {
         let wake = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let resumed = s.resumed;
-            s.used += now.saturating_duration_since(resumed);
+            let ran = now.saturating_duration_since(resumed);
+            s.used += ran;
+            if let Some(u) = &self.usage {
+                // between two ticks the guest may also have waited in a host
+                // call; a tick proves at most one tick of running
+                let counted = ran.min(super::TICK);
+                u.cpu_nanos
+                    .fetch_add(counted.as_nanos() as u64, Ordering::Relaxed);
+            }
             if now >= s.period_start + PERIOD {
                 s.period_start = now;
                 s.used = Duration::ZERO;

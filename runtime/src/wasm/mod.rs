@@ -44,6 +44,7 @@ use crate::{
     RuntimeError,
 };
 
+pub use limits::Usage;
 use limits::{CpuThrottle, MemoryLimiter};
 
 /// How often the epoch ticks (the granularity of yields, CPU accounting and stops).
@@ -109,6 +110,8 @@ struct Container {
     listens: bool,
     /// An HTTP function's pre-instantiated component and request limits.
     function: Option<Arc<http::Function>>,
+    /// CPU and memory of all its instances.
+    usage: Arc<Usage>,
 }
 
 struct Inner {
@@ -518,6 +521,8 @@ struct Launch<'a> {
     stop: Arc<Kill>,
     /// What `wasmkube:pod/lifecycle.shutdown-requested` answers.
     shutdown: Arc<AtomicBool>,
+    /// The container's usage counters.
+    usage: Arc<Usage>,
 }
 
 /// May a guest of a pod at `pod_ip` use `addr` this way? Binds: the
@@ -575,8 +580,13 @@ fn wasi_builder(launch: Launch<'_>) -> Result<WasiCtxBuilder, String> {
 
 /// Install the epoch callback: stop requests interrupt, every tick yields,
 /// and a CPU limit throttles.
-fn schedule<T: Send + 'static>(store: &mut Store<T>, stop: Arc<Kill>, cpu_millis: Option<u64>) {
-    let throttle = CpuThrottle::new(cpu_millis);
+fn schedule<T: Send + 'static>(
+    store: &mut Store<T>,
+    stop: Arc<Kill>,
+    cpu_millis: Option<u64>,
+    usage: Arc<Usage>,
+) {
+    let throttle = CpuThrottle::new(cpu_millis, Some(usage));
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if stop.raised() {
@@ -604,6 +614,7 @@ fn outcome(r: wasmtime::Result<()>) -> Outcome {
 async fn run_p1(engine: &Engine, module: &Module, launch: Launch<'_>) -> (Outcome, bool) {
     let (memory_limit, cpu) = (launch.spec.memory_limit, launch.spec.cpu_millis);
     let (stop, shutdown) = (launch.stop.clone(), launch.shutdown.clone());
+    let usage = launch.usage.clone();
     let wasi = match wasi_builder(launch) {
         Ok(mut b) => b.build_p1(),
         Err(e) => return (Outcome::Trapped(e), false),
@@ -612,12 +623,12 @@ async fn run_p1(engine: &Engine, module: &Module, launch: Launch<'_>) -> (Outcom
         engine,
         P1Host {
             wasi,
-            memory: MemoryLimiter::new(memory_limit),
+            memory: MemoryLimiter::new(memory_limit, Some(usage.clone())),
             shutdown,
         },
     );
     store.limiter(|h| &mut h.memory);
-    schedule(&mut store, stop, cpu);
+    schedule(&mut store, stop, cpu, usage);
     let mut linker = wasmtime::Linker::new(engine);
     let result = async {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut P1Host| &mut h.wasi)?;
@@ -640,6 +651,7 @@ async fn run_p1(engine: &Engine, module: &Module, launch: Launch<'_>) -> (Outcom
 async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (Outcome, bool) {
     let (memory_limit, cpu) = (launch.spec.memory_limit, launch.spec.cpu_millis);
     let (stop, shutdown) = (launch.stop.clone(), launch.shutdown.clone());
+    let usage = launch.usage.clone();
     let config = WasiConfigVariables::from_iter(launch.spec.env.clone());
     let lookup = launch.spec.name_lookup.clone();
     let ctx = match wasi_builder(launch) {
@@ -651,14 +663,14 @@ async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (
         P2Host {
             ctx,
             table: ResourceTable::new(),
-            memory: MemoryLimiter::new(memory_limit),
+            memory: MemoryLimiter::new(memory_limit, Some(usage.clone())),
             shutdown,
             config,
             lookup,
         },
     );
     store.limiter(|h| &mut h.memory);
-    schedule(&mut store, stop, cpu);
+    schedule(&mut store, stop, cpu, usage);
     let mut linker = wasmtime::component::Linker::new(engine);
     let result = async {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -785,6 +797,7 @@ async fn run(engine: Engine, container: Arc<Container>, started_at: SystemTime) 
             stdio: Stdio::log(&sink),
             stop: container.stop.clone(),
             shutdown: container.shutdown.clone(),
+            usage: container.usage.clone(),
         },
         started_at,
     )
@@ -881,6 +894,7 @@ impl ContainerRuntime for WasmRuntime {
             shutdown: Arc::new(AtomicBool::new(false)),
             listens,
             function,
+            usage: Arc::default(),
         });
         lock(&self.inner.containers).insert(spec.id, container);
         Ok(Created { image_id })
@@ -932,7 +946,31 @@ impl ContainerRuntime for WasmRuntime {
                 "the function is not running".into(),
             ));
         }
-        Ok(http::handle(&self.inner.engine, &c.spec, c.shutdown.clone(), f, req).await)
+        Ok(http::handle(
+            &self.inner.engine,
+            &c.spec,
+            c.shutdown.clone(),
+            c.usage.clone(),
+            f,
+            req,
+        )
+        .await)
+    }
+
+    fn usage(&self, id: &ContainerId) -> Option<crate::ContainerUsage> {
+        let c = self.container(id).ok()?;
+        let (requests, in_flight) = c.function.as_ref().map_or((0, 0), |f| {
+            (
+                f.served.load(Ordering::Relaxed),
+                f.in_flight.load(Ordering::Relaxed) as u64,
+            )
+        });
+        Some(crate::ContainerUsage {
+            cpu_nanos: c.usage.cpu_nanos.load(Ordering::Relaxed),
+            memory_bytes: c.usage.memory_bytes.load(Ordering::Relaxed),
+            requests,
+            in_flight,
+        })
     }
 
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), RuntimeError> {
@@ -1017,6 +1055,7 @@ impl ContainerRuntime for WasmRuntime {
                 // stopping the container stops its execs too
                 stop: c.stop.clone(),
                 shutdown: c.shutdown.clone(),
+                usage: c.usage.clone(),
             },
             SystemTime::now(),
         )

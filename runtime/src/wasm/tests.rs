@@ -256,7 +256,7 @@ async fn preview2_components_run_wasi_cli_run() {
 
 #[tokio::test(start_paused = true)]
 async fn the_cpu_throttle_pauses_a_guest_over_its_quota_until_the_period_ends() {
-    let t = limits::CpuThrottle::new(Some(100)); // 10 ms per 100 ms period
+    let t = limits::CpuThrottle::new(Some(100), None); // 10 ms per 100 ms period
     tokio::time::advance(Duration::from_millis(6)).await;
     let start = tokio::time::Instant::now();
     t.pause().await; // 6 ms used: just a yield
@@ -265,7 +265,7 @@ async fn the_cpu_throttle_pauses_a_guest_over_its_quota_until_the_period_ends() 
     let start = tokio::time::Instant::now();
     t.pause().await; // 12 ms used: sleeps to the end of the period
     assert_eq!(start.elapsed(), Duration::from_millis(88));
-    let unlimited = limits::CpuThrottle::new(None);
+    let unlimited = limits::CpuThrottle::new(None, None);
     tokio::time::advance(Duration::from_secs(1)).await;
     let start = tokio::time::Instant::now();
     unlimited.pause().await;
