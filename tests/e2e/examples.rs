@@ -466,3 +466,73 @@ async fn a_restarted_agent_resumes_its_pods_from_local_state_without_the_control
         "the guest stopped with its pod"
     );
 }
+
+/// The networking examples applied with wkctl: an HTTP function with its
+/// Service, Ingress and autoscaler, a function calling it by name, and a
+/// socket server guest behind a NodePort Service.
+#[tokio::test]
+async fn the_http_function_and_service_examples_work_as_applied() {
+    let port = crate::util::free_port();
+    let s = Server::builder()
+        .arg("--ingress-listen")
+        .arg(&format!("127.0.0.1:{port}"))
+        .start()
+        .await;
+    apply(&s, "hello-http").await;
+    apply(&s, "fetcher").await;
+    // the NodePort of the example is fixed; give this run a free one
+    let node_port = 30000 + (std::process::id() % 2700) as u16;
+    apply_with(
+        &s,
+        "web-service",
+        &[("nodePort: 30080", &format!("nodePort: {node_port}"))],
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(40))
+        .build()
+        .unwrap();
+    let get = |host: &'static str, path: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .header("host", host)
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())?;
+            r.text().await.ok()
+        }
+    };
+    let hello =
+        crate::util::eventually(60, "hello.local answers", || get("hello.local", "/a?b=c")).await;
+    assert!(
+        hello.starts_with("hello from hello-http-") && hello.ends_with("GET /a?b=c\n"),
+        "{hello}"
+    );
+    let fetched =
+        crate::util::eventually(60, "fetch.local answers", || get("fetch.local", "/x")).await;
+    assert!(
+        fetched.starts_with(
+            "fetched from http://hello-http.default.svc.cluster.local:80: hello from hello-http-"
+        ),
+        "{fetched}"
+    );
+    let web = crate::util::eventually(60, "web.local answers", || get("web.local", "/w")).await;
+    assert!(
+        web.starts_with("hello from web-") && web.ends_with(" at /w\n"),
+        "{web}"
+    );
+    let direct = crate::util::eventually(60, "the node port answers", || async {
+        let r = client
+            .get(format!("http://127.0.0.1:{node_port}/n"))
+            .send()
+            .await
+            .ok()?;
+        r.text().await.ok()
+    })
+    .await;
+    assert!(direct.starts_with("hello from web-"), "{direct}");
+}
