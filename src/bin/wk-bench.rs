@@ -8,6 +8,7 @@
 //! ```text
 //! cargo build --release && target/release/wk-bench store --wk target/release/wk
 //! target/release/wk-bench pods --wk target/release/wk   # after building the examples
+//! target/release/wk-bench http --wk target/release/wk --wasmtime /path/to/wasmtime
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ enum Bench {
     Pods(pods::PodArgs),
     /// The Wasm runtime alone: instantiate-and-run time of one container or exec.
     Instantiate(instantiate::InstArgs),
+    /// HTTP functions: through the Ingress, the Service and the pod address,
+    /// against `wasmtime serve`; activation latency from zero.
+    Http(http::HttpArgs),
 }
 
 #[derive(Parser)]
@@ -888,6 +892,7 @@ async fn main() -> Result<()> {
         Bench::Store(args) => store_main(args).await,
         Bench::Pods(args) => pods::run(args).await,
         Bench::Instantiate(args) => instantiate::run(args).await,
+        Bench::Http(args) => http::run(args).await,
     }
 }
 
@@ -920,4 +925,283 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("wk-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+mod http {
+    //! HTTP functions: requests/s and latency of the hello function through
+    //! the Ingress gateway, through the Service (agent proxy) and on the pod
+    //! address, side by side with `wasmtime serve` on the same component and
+    //! the same load generator; and activation latency from zero replicas.
+
+    use super::*;
+
+    #[derive(Parser)]
+    pub struct HttpArgs {
+        /// The wk binary.
+        #[arg(long, default_value = "target/release/wk")]
+        wk: PathBuf,
+        /// The function component.
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip2/release/hello_http.wasm"
+        )]
+        component: PathBuf,
+        /// A `wasmtime` CLI (wasmtime-cli 48.0.8) for the reference run ("none" to skip).
+        #[arg(long, default_value = "wasmtime")]
+        wasmtime: String,
+        /// Load generator connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds per load run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Activations from zero to time.
+        #[arg(long, default_value_t = 5)]
+        activations: usize,
+    }
+
+    /// What wrk reported.
+    struct Load {
+        rps: f64,
+        p50: String,
+        p99: String,
+        errors: String,
+    }
+
+    /// Run wrk against `url` with `host`.
+    fn wrk(url: &str, host: Option<&str>, args: &HttpArgs) -> Result<Load> {
+        let mut cmd = Command::new("wrk");
+        cmd.args([
+            "-t2",
+            &format!("-c{}", args.connections),
+            &format!("-d{}s", args.seconds),
+            "--latency",
+        ]);
+        if let Some(h) = host {
+            cmd.args(["-H", &format!("Host: {h}")]);
+        }
+        let out = cmd.arg(url).output().context("running wrk (apt-get install wrk)")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let find = |prefix: &str| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("?")
+                .to_string()
+        };
+        let rps: f64 = find("Requests/sec:").parse().unwrap_or(0.0);
+        let errors = text
+            .lines()
+            .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_else(|| "none".into());
+        if rps == 0.0 {
+            bail!("wrk reported nothing for {url}: {text}");
+        }
+        Ok(Load {
+            rps,
+            p50: find("50%"),
+            p99: find("99%"),
+            errors,
+        })
+    }
+
+    async fn call(
+        http: &reqwest::Client,
+        url: &str,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut req = http.request(method, format!("{url}{path}")).bearer_auth(token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/merge-patch+json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f().await {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn run(args: HttpArgs) -> Result<()> {
+        let component = std::fs::canonicalize(&args.component)
+            .with_context(|| format!("{} (build the examples first)", args.component.display()))?;
+        let tmp = tempfile_dir()?;
+        let port = free_port()?;
+        let (_server, target) = start_wk(
+            &args.wk,
+            &tmp.join("wk"),
+            &[
+                "--ingress-listen",
+                &format!("127.0.0.1:{port}"),
+                "--ingress-tls-listen",
+                "off",
+                "--horizontal-pod-autoscaler-sync-period",
+                "1",
+            ],
+        )
+        .await?;
+        let Target::Wk { url, token } = target else {
+            bail!("not a wk server")
+        };
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let post = |path: &str, body: Value| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            let path = path.to_string();
+            async move {
+                let resp = http
+                    .post(format!("{url}{path}"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("{path}: {} {}", resp.status(), resp.text().await?);
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+        };
+        post("/apis/apps/v1/namespaces/default/deployments", json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "hello"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "hello"}},
+            "template": {"metadata": {"labels": {"app": "hello"}, "annotations": {"wasmkube.io/http-concurrency": "1000"}},
+                "spec": {"containers": [{"name": "hello", "image": format!("file://{}", component.display()),
+                    "ports": [{"name": "http", "containerPort": 8080}]}]}}}})).await?;
+        post("/api/v1/namespaces/default/services", json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "hello"}, "spec": {"selector": {"app": "hello"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})).await?;
+        post("/apis/networking.k8s.io/v1/namespaces/default/ingresses", json!({"apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress", "metadata": {"name": "hello"}, "spec": {"rules": [{"host": "bench.local", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "hello", "port": {"number": 80}}}}]}}]}})).await?;
+        let ingress = format!("http://127.0.0.1:{port}/");
+        let get = |u: String| {
+            let http = http.clone();
+            async move {
+                let r = http.get(&u).header("host", "bench.local").send().await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        };
+        wait_for(120, "the function through the Ingress", || get(ingress.clone())).await?;
+        let svc = call(&http, &url, &token, reqwest::Method::GET, "/api/v1/namespaces/default/services/hello", None).await?;
+        let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
+        let pods = call(&http, &url, &token, reqwest::Method::GET, "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello", None).await?;
+        let pod_ip = pods["items"][0]["status"]["podIP"].as_str().unwrap_or_default().to_string();
+
+        let mut rows = Vec::new();
+        let mut row = |name: &str, l: &Load| {
+            rows.push(format!(
+                "| {name} | {:.0} | {} | {} | {} |",
+                l.rps, l.p50, l.p99, l.errors
+            ));
+            l.rps
+        };
+        let via_ingress = wrk(&ingress, Some("bench.local"), &args)?;
+        let ingress_rps = row("wasmkube: Ingress gateway → function (in-process)", &via_ingress);
+        let via_service = wrk(&format!("http://{cluster_ip}:80/"), None, &args)?;
+        row("wasmkube: Service cluster IP (agent proxy) → pod", &via_service);
+        let direct = wrk(&format!("http://{pod_ip}:8080/"), None, &args)?;
+        row("wasmkube: pod address", &direct);
+        let mut reference = None;
+        if args.wasmtime != "none" {
+            let wport = free_port()?;
+            let child = Command::new(&args.wasmtime)
+                .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{wport}")])
+                .arg(&component)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {} serve", args.wasmtime))?;
+            let _wasmtime = Proc(child);
+            let wurl = format!("http://127.0.0.1:{wport}/");
+            wait_for(60, "wasmtime serve", || get(wurl.clone())).await?;
+            let w = wrk(&wurl, None, &args)?;
+            reference = Some(row("wasmtime serve 48.0.8 (same component)", &w));
+        }
+
+        // activation from zero: an autoscaler that goes to zero at once when idle
+        post("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers", json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "hello"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hello"},
+                "minReplicas": 0, "maxReplicas": 1,
+                "metrics": [{"type": "Pods", "pods": {"metric": {"name": "http_requests_in_flight"},
+                    "target": {"type": "AverageValue", "averageValue": "100"}}}],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}}})).await?;
+        let mut activations = Vec::new();
+        for _ in 0..args.activations {
+            wait_for(120, "scaled to zero", || {
+                let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                async move {
+                    let d = call(&http, &url, &token, reqwest::Method::GET, "/apis/apps/v1/namespaces/default/deployments/hello", None).await.ok()?;
+                    let p = call(&http, &url, &token, reqwest::Method::GET, "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello", None).await.ok()?;
+                    let s = call(&http, &url, &token, reqwest::Method::GET, "/api/v1/namespaces/default/services/hello", None).await.ok()?;
+                    (d["spec"]["replicas"] == 0
+                        && p["items"].as_array().is_some_and(|a| a.is_empty())
+                        && s["metadata"]["annotations"]["wasmkube.io/scaled-to-zero"].is_string())
+                    .then_some(())
+                }
+            })
+            .await?;
+            let start = Instant::now();
+            let r = http
+                .get(&ingress)
+                .header("host", "bench.local")
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await?;
+            let took = start.elapsed();
+            if r.status() != 200 {
+                bail!("activation answered {}", r.status());
+            }
+            activations.push(took);
+        }
+        activations.sort();
+
+        println!("## HTTP functions\n");
+        println!("Machine: {}. `wk` release build, one node (embedded agent); load: `wrk -t2 -c{} -d{}s --latency` on the same machine.\n", machine(), args.connections, args.seconds);
+        println!("| Path | Requests/s | p50 | p99 | Errors |");
+        println!("|---|---|---|---|---|");
+        for r in &rows {
+            println!("{r}");
+        }
+        if let Some(w) = reference {
+            println!(
+                "\nIngress gateway / wasmtime serve: **{:.2}×** the requests per second.",
+                ingress_rps / w
+            );
+        }
+        if !activations.is_empty() {
+            let ms = |d: &Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+            println!(
+                "\nActivation from zero replicas (first request through the Ingress until its answer, {} runs): min {}, median {}, max {}.",
+                activations.len(),
+                ms(&activations[0]),
+                ms(&activations[activations.len() / 2]),
+                ms(&activations[activations.len() - 1])
+            );
+        }
+        Ok(())
+    }
 }
