@@ -980,7 +980,10 @@ mod http {
         if let Some(h) = host {
             cmd.args(["-H", &format!("Host: {h}")]);
         }
-        let out = cmd.arg(url).output().context("running wrk (apt-get install wrk)")?;
+        let out = cmd
+            .arg(url)
+            .output()
+            .context("running wrk (apt-get install wrk)")?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let find = |prefix: &str| {
             text.lines()
@@ -1015,7 +1018,9 @@ mod http {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let mut req = http.request(method, format!("{url}{path}")).bearer_auth(token);
+        let mut req = http
+            .request(method, format!("{url}{path}"))
+            .bearer_auth(token);
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/merge-patch+json")
@@ -1090,9 +1095,13 @@ mod http {
             "template": {"metadata": {"labels": {"app": "hello"}, "annotations": {"wasmkube.io/http-concurrency": "1000"}},
                 "spec": {"containers": [{"name": "hello", "image": format!("file://{}", component.display()),
                     "ports": [{"name": "http", "containerPort": 8080}]}]}}}})).await?;
-        post("/api/v1/namespaces/default/services", json!({"apiVersion": "v1", "kind": "Service",
+        post(
+            "/api/v1/namespaces/default/services",
+            json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "hello"}, "spec": {"selector": {"app": "hello"},
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})).await?;
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+        )
+        .await?;
         post("/apis/networking.k8s.io/v1/namespaces/default/ingresses", json!({"apiVersion": "networking.k8s.io/v1",
             "kind": "Ingress", "metadata": {"name": "hello"}, "spec": {"rules": [{"host": "bench.local", "http": {"paths": [
                 {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "hello", "port": {"number": 80}}}}]}}]}})).await?;
@@ -1100,15 +1109,45 @@ mod http {
         let get = |u: String| {
             let http = http.clone();
             async move {
-                let r = http.get(&u).header("host", "bench.local").send().await.ok()?;
+                let r = http
+                    .get(&u)
+                    .header("host", "bench.local")
+                    .send()
+                    .await
+                    .ok()?;
                 (r.status() == 200).then_some(())
             }
         };
-        wait_for(120, "the function through the Ingress", || get(ingress.clone())).await?;
-        let svc = call(&http, &url, &token, reqwest::Method::GET, "/api/v1/namespaces/default/services/hello", None).await?;
-        let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
-        let pods = call(&http, &url, &token, reqwest::Method::GET, "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello", None).await?;
-        let pod_ip = pods["items"][0]["status"]["podIP"].as_str().unwrap_or_default().to_string();
+        wait_for(120, "the function through the Ingress", || {
+            get(ingress.clone())
+        })
+        .await?;
+        let svc = call(
+            &http,
+            &url,
+            &token,
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/services/hello",
+            None,
+        )
+        .await?;
+        let cluster_ip = svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let pods = call(
+            &http,
+            &url,
+            &token,
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello",
+            None,
+        )
+        .await?;
+        let pod_ip = pods["items"][0]["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
 
         let mut rows = Vec::new();
         let mut row = |name: &str, l: &Load| {
@@ -1119,9 +1158,15 @@ mod http {
             l.rps
         };
         let via_ingress = wrk(&ingress, Some("bench.local"), &args)?;
-        let ingress_rps = row("wasmkube: Ingress gateway → function (in-process)", &via_ingress);
+        let ingress_rps = row(
+            "wasmkube: Ingress gateway → function (in-process)",
+            &via_ingress,
+        );
         let via_service = wrk(&format!("http://{cluster_ip}:80/"), None, &args)?;
-        row("wasmkube: Service cluster IP (agent proxy) → pod", &via_service);
+        row(
+            "wasmkube: Service cluster IP (agent proxy) → pod",
+            &via_service,
+        );
         let direct = wrk(&format!("http://{pod_ip}:8080/"), None, &args)?;
         row("wasmkube: pod address", &direct);
         let mut reference = None;
@@ -1154,9 +1199,36 @@ mod http {
             wait_for(120, "scaled to zero", || {
                 let (http, url, token) = (http.clone(), url.clone(), token.clone());
                 async move {
-                    let d = call(&http, &url, &token, reqwest::Method::GET, "/apis/apps/v1/namespaces/default/deployments/hello", None).await.ok()?;
-                    let p = call(&http, &url, &token, reqwest::Method::GET, "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello", None).await.ok()?;
-                    let s = call(&http, &url, &token, reqwest::Method::GET, "/api/v1/namespaces/default/services/hello", None).await.ok()?;
+                    let d = call(
+                        &http,
+                        &url,
+                        &token,
+                        reqwest::Method::GET,
+                        "/apis/apps/v1/namespaces/default/deployments/hello",
+                        None,
+                    )
+                    .await
+                    .ok()?;
+                    let p = call(
+                        &http,
+                        &url,
+                        &token,
+                        reqwest::Method::GET,
+                        "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello",
+                        None,
+                    )
+                    .await
+                    .ok()?;
+                    let s = call(
+                        &http,
+                        &url,
+                        &token,
+                        reqwest::Method::GET,
+                        "/api/v1/namespaces/default/services/hello",
+                        None,
+                    )
+                    .await
+                    .ok()?;
                     (d["spec"]["replicas"] == 0
                         && p["items"].as_array().is_some_and(|a| a.is_empty())
                         && s["metadata"]["annotations"]["wasmkube.io/scaled-to-zero"].is_string())

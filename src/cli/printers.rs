@@ -246,6 +246,9 @@ pub fn headers(res: &Resource, wide: bool) -> Vec<&'static str> {
         ],
         "Ingress" => vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
         "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
+        "EndpointSlice" => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+        "IngressClass" => vec!["NAME", "CONTROLLER", "PARAMETERS", "AGE"],
+        "IPAddress" => vec!["NAME", "PARENTREF"],
         "Lease" => vec!["NAME", "HOLDER", "AGE"],
         "HorizontalPodAutoscaler" => vec![
             "NAME",
@@ -566,6 +569,40 @@ pub fn row(res: &Resource, o: &Value, wide: bool) -> Vec<String> {
             vec![name, or_none(eps.join(",")), age_col]
         }
         "Lease" => vec![name, s(o, "/spec/holderIdentity").into(), age_col],
+        "EndpointSlice" => {
+            let ports: Vec<String> = o
+                .pointer("/ports")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|p| n(p, "/port").to_string()).collect())
+                .unwrap_or_default();
+            let eps: Vec<String> = o
+                .pointer("/endpoints")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|e| s(e, "/addresses/0").to_string()).collect())
+                .unwrap_or_default();
+            vec![
+                name,
+                s(o, "/addressType").into(),
+                or_none(ports.join(",")),
+                or_none(eps.join(",")),
+                age_col,
+            ]
+        }
+        "IngressClass" => vec![
+            name,
+            s(o, "/spec/controller").into(),
+            "<none>".into(),
+            age_col,
+        ],
+        "IPAddress" => vec![
+            name,
+            format!(
+                "{}/{}/{}",
+                s(o, "/spec/parentRef/resource"),
+                s(o, "/spec/parentRef/namespace"),
+                s(o, "/spec/parentRef/name")
+            ),
+        ],
         "HorizontalPodAutoscaler" => vec![
             name,
             format!(
