@@ -181,6 +181,13 @@ async fn ingress_routes_hosts_and_paths_to_services_with_tls() {
         get(http_port, "shop.test", "/web/more").await.1,
         "hello from hello: GET /web/more\n"
     );
+    // a function that traps answers 500 through the gateway, and the
+    // gateway and the other function go on serving
+    let (code, body) = get(http_port, "shop.test", "/trap").await;
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("trapped"), "{body}");
+    assert_eq!(get(http_port, "shop.test", "/api/after").await.0, 200);
+    assert_eq!(get(http_port, "shop.test", "/after").await.0, 200);
     // no rule: 404; a Service without ready endpoints: 503
     let (code, body) = get(http_port, "elsewhere.test", "/").await;
     assert_eq!(code, 404, "{body}");
