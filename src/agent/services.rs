@@ -485,6 +485,39 @@ mod tests {
     }
 
     #[test]
+    fn round_robin_spreads_and_client_ip_affinity_sticks() {
+        let proxy = ServiceProxy::new("127.0.0.1".parse().unwrap());
+        let mut svc = (*svc()).clone();
+        proxy.services.seed(svc.clone());
+        proxy.endpoints.seed(json!({"metadata": {"name": "web-front", "namespace": "d"},
+            "subsets": [{"addresses": [{"ip": "127.64.0.2"}, {"ip": "127.64.0.3"}, {"ip": "127.64.0.4"}],
+                "ports": [{"name": "http", "port": 8080}]}]}));
+        let route = Route {
+            service: "d/web-front".into(),
+            port: 80,
+        };
+        let a: IpAddr = "127.0.0.9".parse().unwrap();
+        let firsts: std::collections::BTreeSet<SocketAddr> =
+            (0..6).map(|_| proxy.candidates(&route, a)[0]).collect();
+        assert_eq!(firsts.len(), 3, "round robin reaches every endpoint");
+        svc["spec"]["sessionAffinity"] = json!("ClientIP");
+        proxy.services.seed(svc);
+        let first = proxy.candidates(&route, a)[0];
+        for _ in 0..5 {
+            assert_eq!(
+                proxy.candidates(&route, a)[0],
+                first,
+                "the same client, the same endpoint"
+            );
+        }
+        assert_eq!(
+            proxy.candidates(&route, a).len(),
+            3,
+            "the others stay as fallbacks"
+        );
+    }
+
+    #[test]
     fn env_follows_kubernetes_naming() {
         let kube = Arc::new(
             json!({"metadata": {"name": "kubernetes", "namespace": "default"},
