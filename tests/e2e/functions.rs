@@ -175,19 +175,20 @@ async fn a_function_over_its_concurrency_limit_answers_503() {
         function_pod(
             "one-at-a-time",
             "hello_http",
-            json!({"wasmkube.io/http-concurrency": "1", "wasmkube.io/http-timeout-seconds": "2"}),
+            json!({"wasmkube.io/http-concurrency": "1", "wasmkube.io/http-timeout-seconds": "4"}),
             json!([]),
         ),
     )
     .await;
     let base = format!("http://{ip}:8080");
     first_answer(&format!("{base}/")).await;
-    // A holds the only slot for 2 s; B waits and takes it when A is cut
-    // off; C waits 2 s for a slot that B holds until 4 s: 503
+    // A holds the only slot until it is cut off at 4 s; B (sent at 1 s)
+    // waits and takes it then, until 8 s; C (sent at 2 s) waits until 6 s
+    // for a slot that never frees in time: 503. Margins of a second or more.
     let a = tokio::spawn(http().get(format!("{base}/spin")).send());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let b = tokio::spawn(http().get(format!("{base}/spin")).send());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let c = http().get(format!("{base}/")).send().await.unwrap();
     assert_eq!(c.status(), 503);
     assert!(c.text().await.unwrap().contains("concurrency limit of 1"));
