@@ -188,3 +188,51 @@ async fn a_function_scales_to_zero_wakes_on_a_request_and_scales_with_load() {
     })
     .await;
 }
+
+/// CPU for any Wasm pod: a guest spinning at its 200m limit against a
+/// 100m request is at 200 % of a 50 % utilization target, so its
+/// autoscaler adds replicas up to the maximum.
+#[tokio::test]
+async fn cpu_utilization_scales_a_busy_wasm_deployment() {
+    let s = Server::builder()
+        .arg("--horizontal-pod-autoscaler-sync-period")
+        .arg("1")
+        .start()
+        .await;
+    let image = format!(
+        "file://{}",
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/target/wasm32-wasip1/release/busyloop.wasm")
+            .display()
+    );
+    post(
+        &s,
+        DEPLOY,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "burn"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "burn"}},
+            "template": {"metadata": {"labels": {"app": "burn"}}, "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "spin", "image": image,
+                    "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "200m"}}}]}}}}),
+    )
+    .await;
+    post(&s, "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers", json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "burn"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+            "minReplicas": 1, "maxReplicas": 2,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 50}}}]}})).await;
+    eventually(60, "two replicas for a busy guest", || async {
+        let (_, d) = s.call(Method::GET, &format!("{DEPLOY}/burn"), None).await;
+        (d["spec"]["replicas"] == 2).then_some(())
+    })
+    .await;
+    let (_, hpa) = s
+        .call(
+            Method::GET,
+            "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/burn",
+            None,
+        )
+        .await;
+    assert_eq!(hpa["status"]["desiredReplicas"], 2, "{hpa}");
+}
