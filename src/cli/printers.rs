@@ -610,7 +610,7 @@ pub fn row(res: &Resource, o: &Value, wide: bool) -> Vec<String> {
                 s(o, "/spec/scaleTargetRef/kind"),
                 s(o, "/spec/scaleTargetRef/name")
             ),
-            "<unknown>".into(),
+            hpa_targets(o),
             n(o, "/spec/minReplicas").to_string(),
             n(o, "/spec/maxReplicas").to_string(),
             n(o, "/status/currentReplicas").to_string(),
@@ -723,5 +723,60 @@ mod tests {
             &[vec!["a-long-name".into(), "5s".into()]],
         );
         assert_eq!(t, "NAME          AGE\na-long-name   5s\n");
+    }
+}
+
+/// kubectl's TARGETS column of an HPA: `current/target` per metric
+/// (`cpu: 40%/50%`, `1500m/1`), `<unknown>` for a current value not known.
+fn hpa_targets(o: &Value) -> String {
+    let specs = o
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let current = o
+        .pointer("/status/currentMetrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let parts: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let cur = current.get(i);
+            match s(m, "/type") {
+                "Resource" => {
+                    let name = s(m, "/resource/name");
+                    let t = m.pointer("/resource/target").cloned().unwrap_or_default();
+                    if t["type"] == "Utilization" {
+                        let c = cur
+                            .and_then(|c| c.pointer("/resource/current/averageUtilization"))
+                            .map(|v| format!("{v}%"))
+                            .unwrap_or_else(|| "<unknown>".into());
+                        format!("{name}: {c}/{}%", t["averageUtilization"])
+                    } else {
+                        let c = cur
+                            .and_then(|c| c.pointer("/resource/current/averageValue"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("<unknown>")
+                            .to_string();
+                        format!("{name}: {c}/{}", t["averageValue"].as_str().unwrap_or(""))
+                    }
+                }
+                _ => {
+                    let c = cur
+                        .and_then(|c| c.pointer("/pods/current/averageValue"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("<unknown>")
+                        .to_string();
+                    format!("{c}/{}", s(m, "/pods/target/averageValue"))
+                }
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(", ")
     }
 }

@@ -82,6 +82,27 @@ pub fn proposal(metric: &Value, current: i64, values: &[f64], requests: f64) -> 
     }
 }
 
+/// A number as a milli-quantity (`1.5` → `1500m`).
+fn milli(v: f64) -> String {
+    format!("{}m", (v * 1000.0).round() as i64)
+}
+
+/// A `status.currentMetrics` entry: the per-pod average of one metric
+/// (and the CPU utilization, given each pod's CPU request in cores).
+pub fn metric_status(metric: &Value, avg: f64, request: Option<f64>) -> Value {
+    match metric["type"].as_str() {
+        Some("Resource") => {
+            let mut current = json!({"averageValue": milli(avg)});
+            if let Some(r) = request.filter(|r| *r > 0.0) {
+                current["averageUtilization"] = json!((avg / r * 100.0).round() as i64);
+            }
+            json!({"type": "Resource", "resource": {"name": metric["resource"]["name"], "current": current}})
+        }
+        _ => json!({"type": "Pods", "pods": {"metric": metric["pods"]["metric"],
+            "current": {"averageValue": milli(avg)}}}),
+    }
+}
+
 /// A quantity as a number (`100m` → 0.1, `5` → 5).
 fn quantity_value(v: &Value) -> Option<f64> {
     let s = match v {
@@ -278,6 +299,7 @@ impl Reconcile for Controller {
             .iter()
             .any(|s| s["metadata"]["annotations"][ACTIVATION_REQUESTED].is_string());
 
+        let mut current_metrics = Vec::new();
         let desired = if current == 0 {
             // at zero there are no readings: wake on demand only
             if activation {
@@ -296,7 +318,6 @@ impl Reconcile for Controller {
                 .sum::<u64>() as f64
                 / 1000.0;
             let mut proposals = Vec::new();
-            let mut current_metrics = Vec::new();
             for m in hpa["spec"]["metrics"].as_array().into_iter().flatten() {
                 let values = match self.readings(&ns, &query, m).await {
                     Ok(v) => v,
@@ -314,7 +335,10 @@ impl Reconcile for Controller {
                 } else {
                     0.0
                 };
-                current_metrics.push(json!({"type": m["type"], "value": avg}));
+                if pods > 0.0 {
+                    let per_pod_request = if requests > 0.0 { Some(requests) } else { None };
+                    current_metrics.push(metric_status(m, avg, per_pod_request));
+                }
             }
             let Some(raw) = proposals.into_iter().max() else {
                 return Ok(Next::After(self.sync_period));
@@ -357,6 +381,9 @@ impl Reconcile for Controller {
                  "reason": if desired == 0 { "ScalingDisabled" } else { "ValidMetricFound" },
                  "message": if desired == 0 { "scaled to zero: the next request activates a replica" } else { "the HPA was able to compute the replica count" },
                  "lastTransitionTime": meta::now()}]});
+        if !current_metrics.is_empty() {
+            status["currentMetrics"] = json!(current_metrics);
+        }
         if desired != current {
             status["lastScaleTime"] = json!(meta::now());
         } else if hpa["status"]["lastScaleTime"].is_string() {
@@ -365,7 +392,8 @@ impl Reconcile for Controller {
         let res = resources::lookup("horizontalpodautoscalers").expect("hpas are served");
         let differs = hpa["status"]["currentReplicas"] != status["currentReplicas"]
             || hpa["status"]["desiredReplicas"] != status["desiredReplicas"]
-            || hpa["status"]["lastScaleTime"] != status["lastScaleTime"];
+            || hpa["status"]["lastScaleTime"] != status["lastScaleTime"]
+            || hpa["status"]["currentMetrics"] != status["currentMetrics"];
         if differs {
             runtime::update_status(&self.client, res, &hpa, &status).await?;
         }
@@ -447,6 +475,23 @@ mod tests {
         let cpu_value = json!({"type": "Resource", "resource": {"name": "cpu",
             "target": {"type": "AverageValue", "averageValue": "100m"}}});
         assert_eq!(proposal(&cpu_value, 1, &[0.35], 0.0), Some(4));
+    }
+
+    #[test]
+    fn current_metrics_are_reported_as_kubernetes_does() {
+        let cpu = json!({"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": 50}}});
+        assert_eq!(
+            metric_status(&cpu, 0.2, Some(0.1)),
+            json!({"type": "Resource", "resource": {"name": "cpu",
+                "current": {"averageValue": "200m", "averageUtilization": 200}}})
+        );
+        let pods = json!({"type": "Pods", "pods": {"metric": {"name": "http_requests_in_flight"},
+            "target": {"type": "AverageValue", "averageValue": "1"}}});
+        assert_eq!(
+            metric_status(&pods, 1.5, None)["pods"]["current"]["averageValue"],
+            "1500m"
+        );
     }
 
     #[test]

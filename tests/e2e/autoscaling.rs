@@ -235,4 +235,11 @@ async fn cpu_utilization_scales_a_busy_wasm_deployment() {
         )
         .await;
     assert_eq!(hpa["status"]["desiredReplicas"], 2, "{hpa}");
+    // the utilization it acted on is in its status, and in wkctl's TARGETS
+    let out = stdout(&s.wkctl(&["get", "hpa", "burn"]));
+    assert!(out.contains("cpu: ") && out.contains("%/50%"), "{out}");
+    assert!(
+        hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"].is_number(),
+        "{hpa}"
+    );
 }
