@@ -700,32 +700,6 @@ pub fn yaml(v: &Value) -> String {
     serde_saphyr::to_string(v).unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_like_kubectl() {
-        assert_eq!(human_duration(5), "5s");
-        assert_eq!(human_duration(119), "119s");
-        assert_eq!(human_duration(200), "3m20s");
-        assert_eq!(human_duration(3600), "60m");
-        assert_eq!(human_duration(4 * 3600 + 60), "4h1m");
-        assert_eq!(human_duration(30 * 3600), "30h");
-        assert_eq!(human_duration(3 * 86400), "3d");
-        assert_eq!(human_duration(800 * 86400), "2y");
-    }
-
-    #[test]
-    fn tables_align_columns() {
-        let t = table(
-            &["NAME".into(), "AGE".into()],
-            &[vec!["a-long-name".into(), "5s".into()]],
-        );
-        assert_eq!(t, "NAME          AGE\na-long-name   5s\n");
-    }
-}
-
 /// kubectl's TARGETS column of an HPA: `current/target` per metric
 /// (`cpu: 40%/50%`, `1500m/1`), `<unknown>` for a current value not known.
 fn hpa_targets(o: &Value) -> String {
@@ -778,5 +752,31 @@ fn hpa_targets(o: &Value) -> String {
         "<none>".into()
     } else {
         parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(119), "119s");
+        assert_eq!(human_duration(200), "3m20s");
+        assert_eq!(human_duration(3600), "60m");
+        assert_eq!(human_duration(4 * 3600 + 60), "4h1m");
+        assert_eq!(human_duration(30 * 3600), "30h");
+        assert_eq!(human_duration(3 * 86400), "3d");
+        assert_eq!(human_duration(800 * 86400), "2y");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["NAME".into(), "AGE".into()],
+            &[vec!["a-long-name".into(), "5s".into()]],
+        );
+        assert_eq!(t, "NAME          AGE\na-long-name   5s\n");
     }
 }
