@@ -171,6 +171,9 @@ pub struct Gateway {
     certs: Mutex<HashMap<String, (String, Arc<rustls::sign::CertifiedKey>)>>,
 }
 
+/// Marks a request a gateway forwarded (loop detection).
+const HOP_MARK: &str = "x-wasmkube-gateway";
+
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -309,6 +312,11 @@ impl Gateway {
         peer: SocketAddr,
         https: bool,
     ) -> http::Response<HttpBody> {
+        // a request that already passed a gateway of ours is a routing loop
+        // (an endpoint address that is a gateway's own); never forward it again
+        if req.headers().contains_key(HOP_MARK) {
+            return functions::text(508, "request loop: the endpoint is an Ingress gateway");
+        }
         let host = req
             .headers()
             .get(http::header::HOST)
@@ -362,6 +370,7 @@ impl Gateway {
         if let Ok(v) = host.parse() {
             headers.insert("x-forwarded-host", v);
         }
+        headers.insert(HOP_MARK, http::HeaderValue::from_static("1"));
         headers.insert(
             "x-forwarded-proto",
             http::HeaderValue::from_static(if https { "https" } else { "http" }),

@@ -107,21 +107,31 @@ struct AgentTuning {
     /// Memory the node offers to pods, as a quantity (default: all of it).
     #[arg(long)]
     memory: Option<String>,
-    /// Where the Ingress gateway serves HTTP (`off` to disable).
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    /// Where the Ingress gateway serves HTTP: ADDRESS:PORT, `node:PORT`
+    /// for the node's address, or `off`. Pod addresses are local to the
+    /// node, so a wildcard address (0.0.0.0) would take this port from
+    /// every pod; give a specific address.
+    #[arg(long, default_value = "node:8080")]
     ingress_listen: String,
     /// Where the Ingress gateway serves HTTPS, with certificates from the
-    /// Ingresses' TLS Secrets chosen by SNI (`off` to disable).
-    #[arg(long, default_value = "0.0.0.0:8443")]
+    /// Ingresses' TLS Secrets chosen by SNI (same forms).
+    #[arg(long, default_value = "node:8443")]
     ingress_tls_listen: String,
 }
 
-/// A listen address flag: `off` (or empty) disables.
-fn listen_flag(flag: &str, v: &str) -> anyhow::Result<Option<SocketAddr>> {
-    match v {
+/// A listen address flag: `off` (or empty) disables; `node:PORT` is the
+/// node's address.
+fn listen_flag(flag: &str, v: &str, node_ip: &str) -> anyhow::Result<Option<SocketAddr>> {
+    let v = match v.strip_prefix("node:") {
+        Some(port) => format!("{node_ip}:{port}"),
+        None => v.to_string(),
+    };
+    match v.as_str() {
         "" | "off" | "none" => Ok(None),
         v => v.parse().map(Some).map_err(|_| {
-            anyhow::anyhow!("--{flag}: {v:?} is not an address such as 0.0.0.0:8080 (or off)")
+            anyhow::anyhow!(
+                "--{flag}: {v:?} is not an address such as 127.0.0.1:8080, node:8080 or off"
+            )
         }),
     }
 }
@@ -136,8 +146,8 @@ impl AgentTuning {
         if let Some(m) = &self.memory {
             quantity::bytes(m).map_err(|e| anyhow::anyhow!("--memory {m:?}: {e}"))?;
         }
-        listen_flag("ingress-listen", &self.ingress_listen)?;
-        listen_flag("ingress-tls-listen", &self.ingress_tls_listen)?;
+        listen_flag("ingress-listen", &self.ingress_listen, "127.0.0.1")?;
+        listen_flag("ingress-tls-listen", &self.ingress_tls_listen, "127.0.0.1")?;
         Ok(())
     }
 
@@ -147,10 +157,15 @@ impl AgentTuning {
         c.max_pods = self.max_pods.max(1);
         c.cpu = self.cpu.clone();
         c.memory = self.memory.clone();
-        c.ingress_listen = listen_flag("ingress-listen", &self.ingress_listen).unwrap_or(None);
-        c.ingress_tls_listen =
-            listen_flag("ingress-tls-listen", &self.ingress_tls_listen).unwrap_or(None);
         c
+    }
+
+    /// The gateway's addresses, once the node's address is known.
+    fn ingress(&self, c: &mut wasmkube::agent::AgentConfig) {
+        let ip = c.advertise_ip.clone();
+        c.ingress_listen = listen_flag("ingress-listen", &self.ingress_listen, &ip).unwrap_or(None);
+        c.ingress_tls_listen =
+            listen_flag("ingress-tls-listen", &self.ingress_tls_listen, &ip).unwrap_or(None);
     }
 }
 
@@ -237,10 +252,12 @@ async fn main() -> Result<()> {
             let data_dir = a.data_dir.unwrap_or_else(server::default_data_dir);
             let node_name = a.node_name.unwrap_or_else(hostname);
             let agent = (!a.disable_agent).then(|| {
-                a.agent.apply(wasmkube::agent::AgentConfig::new(
+                let mut c = a.agent.apply(wasmkube::agent::AgentConfig::new(
                     node_name.clone(),
                     data_dir.join("agent"),
-                ))
+                ));
+                a.agent.ingress(&mut c);
+                c
             });
             let config = ServerConfig {
                 data_dir,
@@ -275,6 +292,7 @@ async fn main() -> Result<()> {
                 .agent
                 .apply(wasmkube::agent::AgentConfig::new(node_name, data_dir));
             config.advertise_ip = a.advertise_address;
+            a.agent.ingress(&mut config);
             let client = wasmkube::client::Client::new(a.server, a.token.clone());
             let agent = wasmkube::agent::Agent::new(config, client)?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

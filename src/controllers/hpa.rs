@@ -341,6 +341,15 @@ impl Reconcile for Controller {
                 }
             }
             let Some(raw) = proposals.into_iter().max() else {
+                // no readings yet (replicas starting): report and keep the count
+                let res = resources::lookup("horizontalpodautoscalers").expect("hpas are served");
+                if hpa["status"]["currentReplicas"] != current {
+                    let status = json!({"currentReplicas": current, "desiredReplicas": current,
+                        "conditions": [{"type": "ScalingActive", "status": "False",
+                            "reason": "FailedGetPodsMetric", "lastTransitionTime": meta::now(),
+                            "message": "no metrics yet for the target's pods"}]});
+                    runtime::update_status(&self.client, res, &hpa, &status).await?;
+                }
                 return Ok(Next::After(self.sync_period));
             };
             let raw = if activation { raw.max(1) } else { raw };

@@ -247,3 +247,62 @@ async fn ingress_routes_hosts_and_paths_to_services_with_tls() {
         "true"
     );
 }
+
+/// The gateway listens on the node's address (`node:PORT`), not on every
+/// address: pods on the same node can use the same port on their own.
+#[tokio::test]
+async fn the_gateway_leaves_its_port_to_the_pods() {
+    let port = free_port();
+    let s = Server::builder()
+        .arg("--ingress-listen")
+        .arg(&format!("node:{port}"))
+        .start()
+        .await;
+    let mut pod = function_pod("same-port", "hello_http", json!({}), json!([]));
+    pod["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(port);
+    post(&s, PODS, pod).await;
+    post(
+        &s,
+        SVCS,
+        svc(
+            "same-port",
+            "same-port",
+            json!({"port": 80, "targetPort": port}),
+        ),
+    )
+    .await;
+    post(&s, INGS, json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "same"},
+        "spec": {"rules": [{"host": "same.test", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "same-port", "port": {"number": 80}}}}]}}]}})).await;
+    let ip = s
+        .wait_pod("same-port", "same-port running", |p| {
+            p["status"]["podIP"].is_string()
+        })
+        .await["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let direct = eventually(60, "the function on its own address", || async {
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .ok()?
+            .get(format!("http://{ip}:{port}/direct"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())?;
+        r.text().await.ok()
+    })
+    .await;
+    assert_eq!(direct, "hello from same-port: GET /direct\n");
+    let (code, body) = eventually(60, "the gateway on the node address", || async {
+        let r = get(port, "same.test", "/via-gateway").await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "hello from same-port: GET /via-gateway\n")
+    );
+}
