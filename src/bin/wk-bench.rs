@@ -1010,23 +1010,13 @@ mod http {
         })
     }
 
-    async fn call(
-        http: &reqwest::Client,
-        url: &str,
-        token: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let mut req = http
-            .request(method, format!("{url}{path}"))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/merge-patch+json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await?;
+    /// GET an object or list from the API.
+    async fn get_json(http: &reqwest::Client, url: &str, token: &str, path: &str) -> Result<Value> {
+        let resp = http
+            .get(format!("{url}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await?;
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -1122,26 +1112,22 @@ mod http {
             get(ingress.clone())
         })
         .await?;
-        let svc = call(
+        let svc = get_json(
             &http,
             &url,
             &token,
-            reqwest::Method::GET,
             "/api/v1/namespaces/default/services/hello",
-            None,
         )
         .await?;
         let cluster_ip = svc["spec"]["clusterIP"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let pods = call(
+        let pods = get_json(
             &http,
             &url,
             &token,
-            reqwest::Method::GET,
             "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello",
-            None,
         )
         .await?;
         let pod_ip = pods["items"][0]["status"]["podIP"]
@@ -1199,33 +1185,27 @@ mod http {
             wait_for(120, "scaled to zero", || {
                 let (http, url, token) = (http.clone(), url.clone(), token.clone());
                 async move {
-                    let d = call(
+                    let d = get_json(
                         &http,
                         &url,
                         &token,
-                        reqwest::Method::GET,
                         "/apis/apps/v1/namespaces/default/deployments/hello",
-                        None,
                     )
                     .await
                     .ok()?;
-                    let p = call(
+                    let p = get_json(
                         &http,
                         &url,
                         &token,
-                        reqwest::Method::GET,
                         "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello",
-                        None,
                     )
                     .await
                     .ok()?;
-                    let s = call(
+                    let s = get_json(
                         &http,
                         &url,
                         &token,
-                        reqwest::Method::GET,
                         "/api/v1/namespaces/default/services/hello",
-                        None,
                     )
                     .await
                     .ok()?;

@@ -199,12 +199,7 @@ async fn cpu_utilization_scales_a_busy_wasm_deployment() {
         .arg("1")
         .start()
         .await;
-    let image = format!(
-        "file://{}",
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples/target/wasm32-wasip1/release/busyloop.wasm")
-            .display()
-    );
+    let image = crate::util::example_image("wasm32-wasip1", "busyloop");
     post(
         &s,
         DEPLOY,

@@ -10,14 +10,7 @@ use crate::util::{eventually, stdout, Server};
 const JOBS: &str = "/apis/batch/v1/namespaces/default/jobs";
 
 fn example(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("examples/target/wasm32-wasip1/release/{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: `bash tests/run.sh` builds the examples",
-        path.display()
-    );
-    format!("file://{}", path.display())
+    crate::util::example_image("wasm32-wasip1", name)
 }
 
 fn job(name: &str, spec: Value, pod: Value) -> Value {

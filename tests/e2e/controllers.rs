@@ -12,14 +12,7 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 const RSS: &str = "/apis/apps/v1/namespaces/default/replicasets";
 
 pub fn worker_image() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/target/wasm32-wasip1/release/worker.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: `bash tests/run.sh` builds the examples",
-        path.display()
-    );
-    format!("file://{}", path.display())
+    crate::util::example_image("wasm32-wasip1", "worker")
 }
 
 /// A pod template running the idle worker example, labelled `app: APP`.

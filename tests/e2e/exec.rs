@@ -13,14 +13,7 @@ use crate::util::{stderr, stdout, Server};
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
 fn webserver_image() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/target/wasm32-wasip2/release/webserver.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: `bash tests/run.sh` builds the examples",
-        path.display()
-    );
-    format!("file://{}", path.display())
+    crate::util::example_image("wasm32-wasip2", "webserver")
 }
 
 async fn start_webserver(s: &Server, name: &str) {

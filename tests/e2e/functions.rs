@@ -16,14 +16,7 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 const SVCS: &str = "/api/v1/namespaces/default/services";
 
 pub fn function_image(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("examples/target/wasm32-wasip2/release/{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: `bash tests/run.sh` builds the examples",
-        path.display()
-    );
-    format!("file://{}", path.display())
+    crate::util::example_image("wasm32-wasip2", name)
 }
 
 /// A pod running the function `image`, labelled `app: NAME`.

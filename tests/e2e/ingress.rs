@@ -96,12 +96,7 @@ async fn ingress_routes_hosts_and_paths_to_services_with_tls() {
     )
     .await;
     // a socket server guest: the gateway forwards to it over HTTP
-    let webserver = format!(
-        "file://{}",
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples/target/wasm32-wasip2/release/webserver.wasm")
-            .display()
-    );
+    let webserver = crate::util::example_image("wasm32-wasip2", "webserver");
     post(&s, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
         "spec": {"containers": [{"name": "web", "image": webserver, "ports": [{"name": "http", "containerPort": 8080}],
             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},

@@ -15,14 +15,7 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 const SVCS: &str = "/api/v1/namespaces/default/services";
 
 fn webserver_image() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/target/wasm32-wasip2/release/webserver.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: `bash tests/run.sh` builds the examples",
-        path.display()
-    );
-    format!("file://{}", path.display())
+    crate::util::example_image("wasm32-wasip2", "webserver")
 }
 
 /// A webserver pod on `node` binding its pod IP on 8080, Ready by HTTP probe.

@@ -416,3 +416,16 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The `file://` image of an example guest built for `target`
+/// (`wasm32-wasip1` or `wasm32-wasip2`) by `bash tests/run.sh`.
+pub fn example_image(target: &str, name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("examples/target/{target}/release/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: `bash tests/run.sh` builds the examples",
+        path.display()
+    );
+    format!("file://{}", path.display())
+}
