@@ -419,11 +419,6 @@ impl ServiceProxy {
         }
         None
     }
-
-    /// The route of a Service port by the address a client dialled.
-    pub fn route_of(&self, addr: SocketAddr) -> Option<Route> {
-        listeners(&self.services.all(), self.node_ip).remove(&addr)
-    }
 }
 
 /// Listen on `addr`, sharing it with other agents of this machine.

@@ -8,7 +8,6 @@
 //! (`/stats`, sampled each second), as metrics-server scrapes kubelets.
 //! Nothing is stored: metrics are not objects and never go through Raft.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -314,18 +313,4 @@ pub async fn custom_pod_metric(
     }
     Json(json!({"kind": "MetricValueList", "apiVersion": "custom.metrics.k8s.io/v1beta2", "metadata": {}, "items": items}))
         .into_response()
-}
-
-/// Sum a metric over a pod set (for tests and the autoscaler's view).
-pub fn total_by_pod(list: &Value) -> HashMap<String, f64> {
-    list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            let name = i["describedObject"]["name"].as_str()?.to_string();
-            let v = crate::api::quantity::millicores(i["value"].as_str()?).ok()? as f64 / 1000.0;
-            Some((name, v))
-        })
-        .collect()
 }

@@ -34,19 +34,13 @@ pub enum Top {
 fn query(selector: &Option<String>) -> String {
     selector
         .as_ref()
-        .map(|s| format!("?labelSelector={}", urlencoding(s)))
-        .unwrap_or_default()
-}
-
-fn urlencoding(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
+        .map(|s| {
+            format!(
+                "?{}",
+                serde_urlencoded::to_string([("labelSelector", s)]).unwrap_or_default()
+            )
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 fn cores(q: &Value) -> String {

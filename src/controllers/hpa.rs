@@ -135,15 +135,9 @@ fn selector_query(deploy: &Value) -> Option<String> {
     Some(s.join(","))
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// `labelSelector=...`, URL-encoded.
+fn selector_param(query: &str) -> String {
+    serde_urlencoded::to_string([("labelSelector", query)]).unwrap_or_default()
 }
 
 /// The Services whose selector picks the Deployment's pods.
@@ -184,8 +178,8 @@ impl Controller {
                     .request(
                         Method::GET,
                         &format!(
-                            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={}",
-                            encode(query)
+                            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?{}",
+                            selector_param(query)
                         ),
                         None,
                     )
@@ -213,8 +207,8 @@ impl Controller {
                     .request(
                         Method::GET,
                         &format!(
-                            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/{name}?labelSelector={}",
-                            encode(query)
+                            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/{name}?{}",
+                            selector_param(query)
                         ),
                         None,
                     )

@@ -175,11 +175,18 @@ pub(super) fn host_response(status: u16, message: String) -> http::Response<Http
 }
 
 /// Counts a request in flight while alive.
-struct InFlight<'a>(&'a AtomicUsize);
+struct InFlight(Arc<Function>);
 
-impl Drop for InFlight<'_> {
+impl InFlight {
+    fn new(f: &Arc<Function>) -> Self {
+        f.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(f.clone())
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -233,7 +240,7 @@ pub(super) async fn handle(
             )
         }
     };
-    f.in_flight.fetch_add(1, Ordering::Relaxed);
+    let counted = InFlight::new(f);
     let max = limits.max_body;
     let (parts, body) = req.into_parts();
     // a body without a declared length may still run over: the guest's read
@@ -251,7 +258,6 @@ pub(super) async fn handle(
     let req = http::Request::from_parts(parts, body);
 
     let Some(log) = f.log.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-        f.in_flight.fetch_sub(1, Ordering::Relaxed);
         return host_response(503, "the function is not running".into());
     };
     let stop = Arc::new(Kill::default());
@@ -265,7 +271,6 @@ pub(super) async fn handle(
     }) {
         Ok(mut b) => b.build(),
         Err(e) => {
-            f.in_flight.fetch_sub(1, Ordering::Relaxed);
             return host_response(500, e);
         }
     };
@@ -299,7 +304,6 @@ pub(super) async fn handle(
     let (wreq, out) = match prepared {
         Ok(v) => v,
         Err(e) => {
-            f.in_flight.fetch_sub(1, Ordering::Relaxed);
             return host_response(400, format!("bad request: {e:#}"));
         }
     };
@@ -308,7 +312,7 @@ pub(super) async fn handle(
     let deadline = limits.timeout;
     let task = tokio::spawn(async move {
         let _permit = permit;
-        let _counted = InFlight(&func.in_flight);
+        let _counted = counted;
         let run = async {
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
