@@ -1,13 +1,27 @@
 //! wasmkube: a WebAssembly-first container orchestrator with a Kubernetes-shaped API.
 //!
 //! # Layout
+//! - [`api`]: served kinds, selectors, defaulting and validation (no I/O).
+//! - [`auth`]: identities, RBAC, the Node authorizer, ServiceAccount and
+//!   join tokens, the default policy (no I/O).
+//! - [`tls`]: the cluster's CAs and certificates, rustls configurations,
+//!   the HTTPS accept loop.
 //! - [`store`]: the replicated object store (openraft over redb) and the watch cache.
+//! - [`apiserver`]: the Kubernetes-shaped HTTPS API: authentication,
+//!   authorization, admission, verbs, watches, audit.
+//! - [`client`]: the API client and kubeconfig, shared by `wkctl`, the
+//!   controllers and the agent.
+//! - [`controllers`]: the scheduler and controllers `wk server` runs.
+//! - [`agent`]: the node agent (kubelet).
+//! - [`cli`]: the `wkctl` command line.
 pub mod agent;
 pub mod api;
 pub mod apiserver;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod controllers;
 pub mod network;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -20,9 +20,9 @@ if [ ${#PACKAGES[@]} -gt 0 ]; then
 fi
 
 echo "==> Wasm example guests (from source)"
-# hello-http and fetcher are HTTP functions: components only
+# hello-http, fetcher and incluster are HTTP functions: components only
 cargo build --release --manifest-path examples/Cargo.toml --target wasm32-wasip1 \
-  --workspace --exclude hello-http --exclude fetcher
+  --workspace --exclude hello-http --exclude fetcher --exclude incluster
 cargo build --release --manifest-path examples/Cargo.toml --target wasm32-wasip2
 
 echo "==> format and lints"

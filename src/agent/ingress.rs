@@ -202,8 +202,9 @@ impl Gateway {
         })
     }
 
-    /// Watch Ingresses, IngressClasses and Secrets; serve on the given
-    /// addresses until `cancel`.
+    /// Watch Ingresses and IngressClasses, fetch the TLS Secrets they name
+    /// (an agent may read only those); serve on the given addresses until
+    /// `cancel`.
     pub async fn run(
         self: Arc<Self>,
         client: Client,
@@ -212,20 +213,26 @@ impl Gateway {
         cancel: CancelToken,
     ) {
         let mut tasks = Vec::new();
+        let changed = Arc::new(tokio::sync::Notify::new());
         for (plural, cache) in [
             ("ingresses", self.ingresses.clone()),
             ("ingressclasses", self.classes.clone()),
-            ("secrets", self.secrets.clone()),
         ] {
             let res = resources::lookup(plural).expect("served kind");
+            let changed = changed.clone();
             tasks.push(tokio::spawn(runtime::reflect(
                 client.clone(),
                 res,
                 cache,
-                |_| {},
+                move |_| changed.notify_one(),
                 cancel.clone(),
             )));
         }
+        tasks.push(tokio::spawn(self.clone().fetch_tls_secrets(
+            client.clone(),
+            changed,
+            cancel.clone(),
+        )));
         if let Some(addr) = listen {
             match TcpListener::bind(addr).await {
                 Ok(l) => {
@@ -251,6 +258,54 @@ impl Gateway {
         }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+
+    /// Keep the TLS Secrets the Ingresses name, fetched one by one: when an
+    /// Ingress changes and every few seconds (so a renewed certificate is
+    /// picked up).
+    async fn fetch_tls_secrets(
+        self: Arc<Self>,
+        client: Client,
+        changed: Arc<tokio::sync::Notify>,
+        mut cancel: CancelToken,
+    ) {
+        let secrets = resources::lookup("secrets").expect("secrets are served");
+        loop {
+            let wanted: std::collections::BTreeSet<(String, String)> = self
+                .ingresses
+                .all()
+                .iter()
+                .flat_map(|ing| {
+                    let ns = meta::namespace(ing).to_string();
+                    ing["spec"]["tls"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(move |t| {
+                            Some((ns.clone(), t["secretName"].as_str()?.to_string()))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for (ns, name) in &wanted {
+                match client.get(secrets, Some(ns), name).await {
+                    Ok(s) => self.secrets.seed(s),
+                    Err(e) if e.is_not_found() => {
+                        self.secrets.retain(|k| k != format!("{ns}/{name}"))
+                    }
+                    Err(e) => tracing::debug!(secret = %name, error = %e, "fetching a TLS secret"),
+                }
+            }
+            self.secrets.retain(|k| {
+                k.split_once('/')
+                    .is_some_and(|(ns, n)| wanted.contains(&(ns.to_string(), n.to_string())))
+            });
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                _ = cancel.wait_for(|s| *s) => return,
+            }
         }
     }
 

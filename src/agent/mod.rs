@@ -13,6 +13,7 @@
 pub mod dns;
 pub mod exec;
 pub mod functions;
+pub mod identity;
 pub mod ingress;
 pub mod metrics;
 pub mod node;
@@ -49,6 +50,10 @@ pub enum AgentError {
     Runtime(#[from] wasmkube_runtime::RuntimeError),
     #[error("agent listener: {0}")]
     Listen(#[source] std::io::Error),
+    #[error("agent TLS: {0}")]
+    Tls(String),
+    #[error("node identity: {0}")]
+    Identity(#[from] identity::IdentityError),
 }
 
 /// Where the agent keeps its node's pod range.
@@ -75,6 +80,9 @@ pub struct AgentConfig {
     /// Where the Ingress gateway listens (plain HTTP, and TLS); None: off.
     pub ingress_listen: Option<std::net::SocketAddr>,
     pub ingress_tls_listen: Option<std::net::SocketAddr>,
+    /// The cluster's server CA (PEM): guests' outbound HTTPS trusts it, so
+    /// they can call the API server the in-cluster way.
+    pub cluster_ca: String,
 }
 
 impl AgentConfig {
@@ -92,6 +100,7 @@ impl AgentConfig {
             backoff_max: Duration::from_secs(300),
             ingress_listen: None,
             ingress_tls_listen: None,
+            cluster_ca: String::new(),
         }
     }
 }
@@ -122,10 +131,16 @@ pub struct Agent {
 impl Agent {
     /// Set up the runtimes; nothing runs until [`Agent::run`].
     pub fn new(config: AgentConfig, client: Client) -> Result<Arc<Self>, AgentError> {
+        crate::tls::install_default_provider();
         let wasm = WasmRuntime::new(WasmConfig {
             cache_dir: config.data_dir.join("cache"),
             image_dir: config.data_dir.join("images"),
             pooling_instances: Some(config.max_pods),
+            extra_roots: crate::tls::pki::certs_from_pem(&config.cluster_ca)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.to_vec())
+                .collect(),
         })?;
         let recorder = Recorder::new(client.clone(), format!("agent/{}", config.node_name));
         let proxy = services::ServiceProxy::new(
@@ -396,26 +411,26 @@ impl Agent {
         }
     }
 
-    /// Serve the agent API on `listen`, register, and run pods until `cancel` turns true.
+    /// Serve the agent API on `listen` over TLS with `identity`'s serving
+    /// certificate, register, and run pods until `cancel` turns true.
     pub async fn run(
         self: Arc<Self>,
         listen: std::net::SocketAddr,
-        token: String,
+        identity: &identity::NodeIdentity,
         cancel: CancelToken,
     ) -> Result<(), AgentError> {
+        let tls = crate::tls::server_config(
+            &identity.serving,
+            &identity.client_ca,
+            crate::tls::ClientAuth::Required,
+        )
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(AgentError::Listen)?;
         let port = listener.local_addr().map_err(AgentError::Listen)?.port();
-        let app = server::router(self.clone(), token);
-        let mut stop = cancel.clone();
-        let http = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await.map(|_| ());
-                })
-                .await;
-        });
+        let app = server::router(self.clone());
+        let http = tokio::spawn(crate::tls::serve::serve(listener, tls, app, cancel.clone()));
         let node = tokio::spawn(node::run(self.clone(), port, cancel.clone()));
         let proxy = tokio::spawn(self.proxy.clone().run(self.client.clone(), cancel.clone()));
         let dns = tokio::spawn(self.clone().serve_dns(cancel.clone()));

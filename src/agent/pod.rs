@@ -4,7 +4,7 @@
 //! everything and removes the pod object.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -75,6 +75,9 @@ pub struct PodCtx {
 struct Data {
     configmaps: BTreeMap<String, BTreeMap<String, String>>,
     secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The control plane could not be reached: volumes prepared by an
+    /// earlier run of this agent are used as they are.
+    offline: bool,
 }
 
 impl Lookup for Data {
@@ -136,33 +139,45 @@ impl PodCtx {
         }
     }
 
-    /// The ConfigMaps and Secrets of the pod's namespace, fetched only when
-    /// the pod refers to that kind at all.
+    /// The ConfigMaps and Secrets the pod names, fetched one by one (the
+    /// Node authorizer lets an agent read exactly these).
     async fn lookup_data(&self) -> Data {
-        let (wants_configmaps, wants_secrets) = references(&self.pod()["spec"]);
-        let list = |kind: &'static str, wanted: bool| async move {
-            if !wanted {
-                return Vec::new();
-            }
-            let path = format!("/api/v1/namespaces/{}/{kind}", self.namespace);
-            match self.agent.client.request(Method::GET, &path, None).await {
-                Ok(l) => l["items"].as_array().cloned().unwrap_or_default(),
-                Err(_) => Vec::new(),
+        let refs = crate::api::podrefs::pod_refs(&self.pod());
+        let offline = std::sync::atomic::AtomicBool::new(false);
+        let get = |kind: &'static str, name: String| {
+            let offline = &offline;
+            async move {
+                let path = format!("/api/v1/namespaces/{}/{kind}/{name}", self.namespace);
+                match self.agent.client.request(Method::GET, &path, None).await {
+                    Ok(v) => Some((name, v)),
+                    Err(e) => {
+                        if e.code().is_none() {
+                            offline.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        if !e.is_not_found() {
+                            tracing::warn!(pod = %self.name, %kind, object = %name, error = %e, "fetching");
+                        }
+                        None
+                    }
+                }
             }
         };
         let (configmaps, secrets) = tokio::join!(
-            list("configmaps", wants_configmaps),
-            list("secrets", wants_secrets)
+            futures::future::join_all(refs.configmaps.into_iter().map(|n| get("configmaps", n))),
+            futures::future::join_all(refs.secrets.into_iter().map(|n| get("secrets", n)))
         );
         Data {
             configmaps: configmaps
-                .iter()
-                .map(|cm| (meta::name(cm).to_string(), spec::configmap_data(cm)))
+                .into_iter()
+                .flatten()
+                .map(|(n, cm)| (n, spec::configmap_data(&cm)))
                 .collect(),
             secrets: secrets
-                .iter()
-                .map(|s| (meta::name(s).to_string(), spec::secret_data(s)))
+                .into_iter()
+                .flatten()
+                .map(|(n, s)| (n, spec::secret_data(&s)))
                 .collect(),
+            offline: offline.into_inner(),
         }
     }
 
@@ -276,54 +291,15 @@ impl PodCtx {
                     src["secretName"].as_str()
                 }
                 .unwrap_or_default();
-                let items = if is_cm {
-                    data.configmaps.get(source)
-                } else {
-                    data.secrets.get(source)
-                };
-                let items = match items {
-                    Some(i) => i.clone(),
-                    None if src["optional"].as_bool().unwrap_or(false) => BTreeMap::new(),
-                    None => {
-                        return Err(format!(
-                            "{} {source:?} not found",
-                            if is_cm { "configmap" } else { "secret" }
-                        ))
-                    }
-                };
                 let dir = base
                     .join(if is_cm { "configmap" } else { "secret" })
                     .join(&name);
-                tokio::fs::create_dir_all(&dir)
-                    .await
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
-                let wanted: Vec<(String, String)> = match src["items"].as_array() {
-                    Some(sel) => sel
-                        .iter()
-                        .filter_map(|i| {
-                            Some((
-                                i["key"].as_str()?.to_string(),
-                                i["path"].as_str()?.to_string(),
-                            ))
-                        })
-                        .collect(),
-                    None => items.keys().map(|k| (k.clone(), k.clone())).collect(),
-                };
-                for (key, path) in wanted {
-                    if path.contains("..") {
-                        return Err(format!(
-                            "volume {name}: path {path:?} must not contain '..'"
-                        ));
-                    }
-                    let value = items.get(&key).cloned().unwrap_or_default();
-                    let file = dir.join(&path);
-                    if let Some(parent) = file.parent() {
-                        let _ = tokio::fs::create_dir_all(parent).await;
-                    }
-                    tokio::fs::write(&file, value)
-                        .await
-                        .map_err(|e| format!("{}: {e}", file.display()))?;
-                }
+                write_source(&dir, &name, src, source, is_cm, data).await?;
+                out.insert(name, dir);
+                continue;
+            } else if let Some(p) = v.get("projected") {
+                let dir = base.join("projected").join(&name);
+                self.project(&dir, &name, p, data).await?;
                 out.insert(name, dir);
                 continue;
             } else {
@@ -335,6 +311,81 @@ impl PodCtx {
             out.insert(name, dir);
         }
         Ok(out)
+    }
+
+    /// Fill a projected volume: ConfigMaps, Secrets, downward API fields
+    /// and a ServiceAccount token, refreshed before it expires.
+    async fn project(
+        &self,
+        dir: &Path,
+        volume: &str,
+        p: &Value,
+        data: &Data,
+    ) -> Result<(), String> {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let pod = self.pod();
+        for src in p["sources"].as_array().into_iter().flatten() {
+            if let Some(c) = src.get("configMap") {
+                let n = c["name"].as_str().unwrap_or_default();
+                write_source(dir, volume, c, n, true, data).await?;
+            } else if let Some(c) = src.get("secret") {
+                let n = c["name"].as_str().unwrap_or_default();
+                write_source(dir, volume, c, n, false, data).await?;
+            } else if let Some(d) = src.get("downwardAPI") {
+                for item in d["items"].as_array().into_iter().flatten() {
+                    let path = item["path"].as_str().unwrap_or_default();
+                    let field = item["fieldRef"]["fieldPath"].as_str().unwrap_or_default();
+                    let value =
+                        spec::field_ref(&pod, field, &self.record().pod_ip).ok_or_else(|| {
+                            format!("volume {volume}: unsupported fieldPath {field:?}")
+                        })?;
+                    write_file(dir, volume, path, value.as_bytes()).await?;
+                }
+            } else if let Some(t) = src.get("serviceAccountToken") {
+                let path = t["path"].as_str().unwrap_or("token").to_string();
+                let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                    "spec": {
+                        "audiences": t["audience"].as_str().map(|a| vec![a]).unwrap_or_default(),
+                        "expirationSeconds": t["expirationSeconds"].as_i64().unwrap_or(3607),
+                        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": self.name, "uid": self.uid}}});
+                let sa = crate::api::podrefs::pod_refs(&pod).service_account;
+                let url = format!(
+                    "/api/v1/namespaces/{}/serviceaccounts/{sa}/token",
+                    self.namespace
+                );
+                let lifetime = match request_token(
+                    &self.agent.client,
+                    &url,
+                    &request,
+                    dir,
+                    volume,
+                    &path,
+                )
+                .await
+                {
+                    Ok(l) => l,
+                    // no control plane: keep the token of the last run, renew when it is back
+                    Err(e) if data.offline && dir.join(&path).exists() => {
+                        tracing::info!(pod = %self.name, error = %e, "keeping the previous ServiceAccount token");
+                        Duration::from_secs(30)
+                    }
+                    Err(e) => return Err(e),
+                };
+                tokio::spawn(refresh_token(
+                    self.agent.client.clone(),
+                    url,
+                    request,
+                    dir.to_path_buf(),
+                    volume.to_string(),
+                    path,
+                    lifetime,
+                    self.stop.clone(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn runtime_for(&self, image: &str) -> Option<Arc<dyn ContainerRuntime>> {
@@ -920,29 +971,6 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     let _ = tokio::fs::remove_dir_all(spec::pod_dir(&agent.config.data_dir, &ctx.uid)).await;
 }
 
-/// Whether a pod spec refers to ConfigMaps, and to Secrets (env, envFrom,
-/// volumes, image pull secrets), at any depth.
-fn references(spec: &Value) -> (bool, bool) {
-    match spec {
-        Value::Object(m) => m.iter().fold((false, false), |(cm, sec), (k, v)| {
-            let (c, s) = references(v);
-            (
-                cm || c || matches!(k.as_str(), "configMap" | "configMapKeyRef" | "configMapRef"),
-                sec || s
-                    || matches!(
-                        k.as_str(),
-                        "secret" | "secretKeyRef" | "secretRef" | "imagePullSecrets"
-                    ),
-            )
-        }),
-        Value::Array(a) => a.iter().fold((false, false), |(cm, sec), v| {
-            let (c, s) = references(v);
-            (cm || c, sec || s)
-        }),
-        _ => (false, false),
-    }
-}
-
 /// The record a worker starts from, with the address the agent gave it. A
 /// pod this node ran before (the agent restarted) keeps its start time and
 /// restart counts; a container that was running died with the agent's
@@ -994,22 +1022,133 @@ fn resumed_record(pod: &Value, pod_ip: String) -> PodRecord {
     }
 }
 
+/// Write `path` under a volume's directory (atomically: a reader sees
+/// the old content or the new, never half).
+async fn write_file(dir: &Path, volume: &str, path: &str, value: &[u8]) -> Result<(), String> {
+    if path.contains("..") || path.starts_with('/') {
+        return Err(format!(
+            "volume {volume}: path {path:?} must be relative and not contain '..'"
+        ));
+    }
+    let file = dir.join(path);
+    if let Some(parent) = file.parent() {
+        let _ = tokio::fs::create_dir_all(parent).await;
+    }
+    let tmp = file.with_extension("wk-tmp");
+    tokio::fs::write(&tmp, value)
+        .await
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    tokio::fs::rename(&tmp, &file)
+        .await
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Project a ConfigMap or Secret (`src` is its volume source) into `dir`.
+async fn write_source(
+    dir: &Path,
+    volume: &str,
+    src: &Value,
+    source: &str,
+    is_cm: bool,
+    data: &Data,
+) -> Result<(), String> {
+    let items = if is_cm {
+        data.configmaps.get(source)
+    } else {
+        data.secrets.get(source)
+    };
+    let items = match items {
+        Some(i) => i.clone(),
+        None if src["optional"].as_bool().unwrap_or(false) => BTreeMap::new(),
+        // no control plane: what an earlier run of this agent projected stays
+        None if data.offline && dir.exists() => return Ok(()),
+        None => {
+            return Err(format!(
+                "{} {source:?} not found",
+                if is_cm { "configmap" } else { "secret" }
+            ))
+        }
+    };
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let wanted: Vec<(String, String)> = match src["items"].as_array() {
+        Some(sel) => sel
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    i["key"].as_str()?.to_string(),
+                    i["path"].as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+        None => items.keys().map(|k| (k.clone(), k.clone())).collect(),
+    };
+    for (key, path) in wanted {
+        let value = items.get(&key).cloned().unwrap_or_default();
+        write_file(dir, volume, &path, value.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// Ask for a token and write it; returns how long it lives.
+async fn request_token(
+    client: &crate::client::Client,
+    url: &str,
+    request: &Value,
+    dir: &Path,
+    volume: &str,
+    path: &str,
+) -> Result<Duration, String> {
+    let resp = client
+        .request(Method::POST, url, Some(request))
+        .await
+        .map_err(|e| format!("volume {volume}: requesting a ServiceAccount token: {e}"))?;
+    let token = resp["status"]["token"]
+        .as_str()
+        .ok_or_else(|| format!("volume {volume}: the token request returned no token"))?;
+    write_file(dir, volume, path, token.as_bytes()).await?;
+    let expires = resp["status"]["expirationTimestamp"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| (t.timestamp() - chrono::Utc::now().timestamp()).max(60) as u64)
+        .unwrap_or(3600);
+    Ok(Duration::from_secs(expires))
+}
+
+/// Renew a projected token when 80% of its life has passed (as the
+/// kubelet does), until the pod stops.
+#[allow(clippy::too_many_arguments)]
+async fn refresh_token(
+    client: crate::client::Client,
+    url: String,
+    request: Value,
+    dir: PathBuf,
+    volume: String,
+    path: String,
+    mut lifetime: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = lifetime.mul_f64(0.8);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match request_token(&client, &url, &request, &dir, &volume, &path).await {
+            Ok(l) => lifetime = l,
+            Err(e) => {
+                tracing::warn!(error = %e, "refreshing a projected token");
+                // try again soon, before the old one expires
+                lifetime = Duration::from_secs(30);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_kinds_a_pod_refers_to_are_fetched() {
-        let plain = serde_json::json!({"containers": [{"name": "a", "env": [{"name": "X", "value": "configMap"}]}]});
-        assert_eq!(references(&plain), (false, false));
-        let env = serde_json::json!({"containers": [{"name": "a", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]});
-        assert_eq!(references(&env), (false, true));
-        let from =
-            serde_json::json!({"initContainers": [{"envFrom": [{"configMapRef": {"name": "c"}}]}]});
-        assert_eq!(references(&from), (true, false));
-        let vols = serde_json::json!({"volumes": [{"name": "v", "configMap": {"name": "c"}}], "imagePullSecrets": [{"name": "r"}]});
-        assert_eq!(references(&vols), (true, true));
-    }
 
     #[test]
     fn a_resumed_pod_keeps_its_address_and_counts_the_lost_run_as_a_restart() {

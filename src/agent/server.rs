@@ -1,5 +1,8 @@
-//! The agent's own HTTP API, reached only through the API server (as
-//! kube-apiserver reaches the kubelet): container logs and exec.
+//! The agent's own HTTPS API, reached only through the API server (as
+//! kube-apiserver reaches the kubelet): container logs, exec and stats.
+//! The TLS handshake requires a client certificate from the cluster's
+//! client CA; only the API server's identity (`system:kube-apiserver`)
+//! and `system:masters` are let in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +11,7 @@ use axum::body::Body;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -20,7 +23,6 @@ use super::Agent;
 
 struct AgentApi {
     agent: Arc<Agent>,
-    token: String,
 }
 
 /// Query parameters of a log request (those of `pods/log`).
@@ -34,37 +36,56 @@ pub struct LogParams {
     pub timestamps: Option<bool>,
 }
 
-/// The agent API router; every request needs `token`.
-pub fn router(agent: Arc<Agent>, token: String) -> Router {
+/// The agent API router.
+pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec))
         .route("/stats", get(stats))
-        .with_state(Arc::new(AgentApi { agent, token }))
+        .layer(axum::middleware::from_fn(only_the_api_server))
+        .with_state(Arc::new(AgentApi { agent }))
+}
+
+/// Let in the API server's client certificate (and cluster admins').
+async fn only_the_api_server(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let cert = req
+        .extensions()
+        .get::<crate::tls::serve::Peer>()
+        .and_then(|p| p.cert.clone());
+    match cert {
+        Some(c)
+            if c.common_name == crate::auth::APISERVER_USER
+                || c.organizations.iter().any(|o| o == crate::auth::MASTERS) =>
+        {
+            next.run(req).await
+        }
+        Some(c) => error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden (user={}, verb={}, resource=nodes, subresource=proxy)",
+                c.common_name,
+                req.method().as_str().to_lowercase()
+            ),
+        ),
+        None => error(StatusCode::UNAUTHORIZED, "Unauthorized".into()),
+    }
 }
 
 fn error(code: StatusCode, message: String) -> Response {
-    let reason = if code == StatusCode::NOT_FOUND {
-        "NotFound"
-    } else {
-        "BadRequest"
+    let reason = match code {
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::FORBIDDEN => "Forbidden",
+        _ => "BadRequest",
     };
     (code, axum::Json(serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}))).into_response()
 }
 
-fn authorized(api: &AgentApi, headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == api.token)
-}
-
 /// `stats`: the containers' sampled metrics (see `agent::metrics`).
-async fn stats(State(api): State<Arc<AgentApi>>, headers: HeaderMap) -> Response {
-    if !authorized(&api, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
-    }
+async fn stats(State(api): State<Arc<AgentApi>>) -> Response {
     axum::Json(api.agent.metrics.document(&api.agent.config.node_name)).into_response()
 }
 
@@ -72,14 +93,10 @@ async fn stats(State(api): State<Arc<AgentApi>>, headers: HeaderMap) -> Response
 /// `stdout`, `stderr`, `tty`).
 async fn exec(
     State(api): State<Arc<AgentApi>>,
-    headers: HeaderMap,
     Path((ns, pod, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !authorized(&api, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
-    }
     let params: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
     let flag = |k: &str| {
@@ -139,13 +156,9 @@ fn format_line(line: &str, timestamps: bool) -> Option<String> {
 
 async fn logs(
     State(api): State<Arc<AgentApi>>,
-    headers: HeaderMap,
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogParams>,
 ) -> Response {
-    if !authorized(&api, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "Unauthorized".into());
-    }
     let Some(ctx) = api.agent.pod(&ns, &pod) else {
         return error(
             StatusCode::NOT_FOUND,

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod meta;
+pub mod podrefs;
 pub mod quantity;
 pub mod resources;
 pub mod selector;

@@ -17,6 +17,9 @@ pub struct Resource {
     pub scale: bool,
     /// Categories (`all` for `wkctl get all`).
     pub categories: &'static [&'static str],
+    /// Not stored: a review answered on `create` (SubjectAccessReview and
+    /// the like). Every other verb is refused.
+    pub review: bool,
 }
 
 const ALL: &[&str] = &["all"];
@@ -35,6 +38,26 @@ macro_rules! res {
             status: $status,
             scale: $scale,
             categories: $cat,
+            review: false,
+        }
+    };
+}
+
+/// A create-only review kind (answered, never stored).
+macro_rules! review {
+    ($group:expr, $version:expr, $kind:expr, $plural:expr, $ns:expr) => {
+        Resource {
+            group: $group,
+            version: $version,
+            kind: $kind,
+            plural: $plural,
+            singular: "",
+            short_names: &[],
+            namespaced: $ns,
+            status: false,
+            scale: false,
+            categories: NONE,
+            review: true,
         }
     };
 }
@@ -305,6 +328,108 @@ pub static RESOURCES: &[Resource] = &[
         false,
         ALL
     ),
+    res!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        ["sa"],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        "role",
+        [],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        [],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        [],
+        false,
+        false,
+        false,
+        NONE
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        [],
+        false,
+        false,
+        false,
+        NONE
+    ),
+    review!(
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        false
+    ),
+    review!(
+        "authentication.k8s.io",
+        "v1",
+        "TokenReview",
+        "tokenreviews",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "v1",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "v1",
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        true
+    ),
 ];
 
 impl Resource {
@@ -389,7 +514,7 @@ pub fn lookup(name: &str) -> Option<&'static Resource> {
         Some((b, g)) => (b.to_string(), Some(g.to_string())),
         None => (lower.clone(), None),
     };
-    RESOURCES.iter().find(|r| {
+    RESOURCES.iter().filter(|r| !r.review).find(|r| {
         group.as_deref().is_none_or(|g| g == r.group)
             && (r.plural == base
                 || r.singular == base
@@ -433,6 +558,9 @@ mod tests {
             ("cj", "CronJob"),
             ("hpa", "HorizontalPodAutoscaler"),
             ("lease", "Lease"),
+            ("sa", "ServiceAccount"),
+            ("clusterrolebindings", "ClusterRoleBinding"),
+            ("role", "Role"),
         ] {
             assert_eq!(lookup(name).map(|r| r.kind), Some(kind), "{name}");
         }

@@ -26,6 +26,19 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
 }
 
 /// Check a DNS-1123 label (`my-name`, at most 63 characters).
+/// A name usable as one path segment (`ValidatePathSegmentName`).
+pub fn check_path_segment(s: &str) -> Result<(), String> {
+    if s == "." || s == ".." {
+        return Err(format!("may not be '{s}'"));
+    }
+    for bad in ["/", "%"] {
+        if s.contains(bad) {
+            return Err(format!("may not contain '{bad}'"));
+        }
+    }
+    Ok(())
+}
+
 pub fn check_dns_label(s: &str) -> Result<(), String> {
     let b = s.as_bytes();
     let ok = !b.is_empty()
@@ -110,7 +123,7 @@ fn canonical(res: &Resource, obj: Value) -> Result<Value, ApiError> {
     use k8s_openapi::api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
         coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        networking::v1 as networking,
+        networking::v1 as networking, rbac::v1 as rbac,
     };
     match res.kind {
         "Namespace" => decode::<core::Namespace>(res, obj),
@@ -135,6 +148,11 @@ fn canonical(res: &Resource, obj: Value) -> Result<Value, ApiError> {
         "EndpointSlice" => decode::<discovery::EndpointSlice>(res, obj),
         "Lease" => decode::<coordination::Lease>(res, obj),
         "HorizontalPodAutoscaler" => decode::<autoscaling::HorizontalPodAutoscaler>(res, obj),
+        "ServiceAccount" => decode::<core::ServiceAccount>(res, obj),
+        "Role" => decode::<rbac::Role>(res, obj),
+        "ClusterRole" => decode::<rbac::ClusterRole>(res, obj),
+        "RoleBinding" => decode::<rbac::RoleBinding>(res, obj),
+        "ClusterRoleBinding" => decode::<rbac::ClusterRoleBinding>(res, obj),
         other => Err(ApiError::Internal(format!("no schema for kind {other}"))),
     }
 }
@@ -216,6 +234,15 @@ fn default_pod_spec(spec: &mut Value, restart_policy: Option<&str>) {
 
 fn apply_defaults(res: &Resource, obj: &mut Value) {
     match res.kind {
+        "RoleBinding" | "ClusterRoleBinding" => {
+            if let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut) {
+                for s in subjects {
+                    if matches!(s["kind"].as_str(), Some("User" | "Group")) {
+                        default_at(s, "/apiGroup", json!("rbac.authorization.k8s.io"));
+                    }
+                }
+            }
+        }
         "Namespace" => {
             default_at(obj, "/spec/finalizers", json!(["kubernetes"]));
             default_at(obj, "/status/phase", json!("Active"));
@@ -405,6 +432,10 @@ fn validate_meta(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
                 "Namespace" => check_dns_label(name),
                 "Service" => check_dns1035_label(name),
                 "CronJob" if name.len() > 52 => Err("must be no more than 52 characters".into()),
+                // RBAC names are path segments (`system:node`, `system:controller:x`)
+                "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+                    check_path_segment(name)
+                }
                 _ => check_dns_subdomain(name),
             };
             if let Err(msg) = check {
@@ -720,8 +751,94 @@ pub fn check_cron(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Roles and bindings, as kube-apiserver's RBAC validation checks them.
+fn validate_rbac(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    if matches!(res.kind, "Role" | "ClusterRole") {
+        for (i, r) in arr(obj, "/rules").iter().enumerate() {
+            let at = format!("rules[{i}]");
+            if arr(r, "/verbs").is_empty() {
+                errs.push(FieldError::required(format!("{at}.verbs")));
+            }
+            let urls = !arr(r, "/nonResourceURLs").is_empty();
+            let resources = !arr(r, "/resources").is_empty();
+            if urls && resources {
+                errs.push(FieldError::invalid(
+                    format!("{at}.nonResourceURLs"),
+                    "",
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            if urls && res.namespaced {
+                errs.push(FieldError::invalid(
+                    format!("{at}.nonResourceURLs"),
+                    "",
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if !urls && (!resources || get(r, "/apiGroups").is_none()) {
+                errs.push(FieldError::required(format!(
+                    "{at}.{}",
+                    if resources { "apiGroups" } else { "resources" }
+                )));
+            }
+        }
+        return;
+    }
+    let kind = str_at(obj, "/roleRef/kind").unwrap_or_default();
+    let allowed: &[&str] = if res.namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if !allowed.contains(&kind) {
+        errs.push(FieldError::not_supported("roleRef.kind", kind, allowed));
+    }
+    if str_at(obj, "/roleRef/apiGroup") != Some(RBAC) {
+        errs.push(FieldError::not_supported(
+            "roleRef.apiGroup",
+            str_at(obj, "/roleRef/apiGroup").unwrap_or_default(),
+            &[RBAC],
+        ));
+    }
+    if str_at(obj, "/roleRef/name").is_none_or(str::is_empty) {
+        errs.push(FieldError::required("roleRef.name"));
+    }
+    for (i, sub) in arr(obj, "/subjects").iter().enumerate() {
+        let at = format!("subjects[{i}]");
+        let kind = str_at(sub, "/kind").unwrap_or_default();
+        match kind {
+            "ServiceAccount" => {
+                if !res.namespaced && str_at(sub, "/namespace").is_none_or(str::is_empty) {
+                    errs.push(FieldError::required(format!("{at}.namespace")));
+                }
+            }
+            "User" | "Group" => {
+                if str_at(sub, "/apiGroup") != Some(RBAC) {
+                    errs.push(FieldError::not_supported(
+                        format!("{at}.apiGroup"),
+                        str_at(sub, "/apiGroup").unwrap_or_default(),
+                        &[RBAC],
+                    ));
+                }
+            }
+            other => errs.push(FieldError::not_supported(
+                format!("{at}.kind"),
+                other,
+                &["ServiceAccount", "User", "Group"],
+            )),
+        }
+        if str_at(sub, "/name").is_none_or(str::is_empty) {
+            errs.push(FieldError::required(format!("{at}.name")));
+        }
+    }
+}
+
 fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
     match res.kind {
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            validate_rbac(res, obj, errs)
+        }
         "Pod" => validate_pod_spec(
             get(obj, "/spec"),
             "spec",
@@ -1053,6 +1170,13 @@ fn validate_update(res: &Resource, new: &Value, old: &Value, errs: &mut Vec<Fiel
     match res.kind {
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => {
             immutable("/spec/selector", errs)
+        }
+        "RoleBinding" | "ClusterRoleBinding" if get(new, "/roleRef") != get(old, "/roleRef") => {
+            errs.push(FieldError::invalid(
+                "roleRef",
+                get(new, "/roleRef").cloned().unwrap_or(Value::Null),
+                "cannot change roleRef",
+            ));
         }
         "Pod" => {
             // Only images, activeDeadlineSeconds and tolerations may change (nodeName through binding).

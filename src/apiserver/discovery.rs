@@ -103,6 +103,12 @@ const VERBS: &[&str] = &[
 ];
 
 fn entry(r: &Resource) -> Vec<Value> {
+    if r.review {
+        return vec![
+            json!({"name": r.plural, "singularName": "", "namespaced": r.namespaced,
+            "kind": r.kind, "verbs": ["create"]}),
+        ];
+    }
     let mut out = vec![json!({
         "name": r.plural,
         "singularName": r.singular,
@@ -125,6 +131,7 @@ fn entry(r: &Resource) -> Vec<Value> {
             json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}),
         ]),
         "Namespace" => out.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false, "kind": "Namespace", "verbs": ["update"]})),
+        "ServiceAccount" => out.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]})),
         _ => {}
     }
     out

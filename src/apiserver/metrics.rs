@@ -90,9 +90,8 @@ async fn gather(state: &ApiState) -> Vec<Value> {
             .and_then(Value::as_u64)
             .filter(|p| *p > 0)?;
         let req = state
-            .http
-            .get(format!("http://{ip}:{port}/stats"))
-            .bearer_auth(&state.token)
+            .kubelet
+            .get(format!("https://{ip}:{port}/stats"))
             .timeout(Duration::from_secs(2));
         Some(async move { req.send().await.ok()?.json::<Value>().await.ok() })
     });

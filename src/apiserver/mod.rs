@@ -2,14 +2,24 @@
 //!
 //! Paths, verbs and JSON follow kube-apiserver: `/api/v1/...` for the core
 //! group, `/apis/{group}/{version}/...` for the others, `metav1.Status` for
-//! errors. Every request but `/version`, `/healthz`, `/readyz` and `/livez`
-//! needs the bearer token. Raft peers talk to `/raft/*` with the same token.
+//! errors. Served over TLS only (see `tls::serve`). Every request but
+//! `/version`, `/healthz`, `/readyz`, `/livez` and `/cacerts` is
+//! authenticated and authorized ([`auth`]); Raft peers call `/raft/*` with
+//! their server certificate.
 
+pub mod admission;
+pub mod audit;
+pub mod auth;
 pub mod discovery;
+pub mod encryption;
 pub mod handlers;
+pub mod join;
 pub mod metrics;
+pub mod protobuf;
 pub mod proxy;
 pub mod request;
+pub mod reviews;
+pub mod serviceaccounts;
 pub mod services;
 pub mod watch;
 
@@ -17,9 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Request as HttpRequest, State};
+use axum::extract::{Extension, Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,14 +44,17 @@ use request::{Params, Target};
 /// Shared state of every handler.
 pub struct ApiState {
     pub store: Store,
-    /// The bearer token every client must present.
-    pub token: String,
+    /// Keys and CAs for authentication and joining.
+    pub security: Arc<auth::Security>,
+    /// Where audit events go (`--audit-log-path`).
+    pub audit: Option<audit::AuditLog>,
     /// How often idle watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
     /// The address clients reach this server at (for `/api` discovery).
     pub advertise: String,
-    /// HTTP client for proxying to agents.
-    pub http: reqwest::Client,
+    /// HTTPS client for the agents' kubelet API: trusts the server CA,
+    /// presents the API server's client certificate.
+    pub kubelet: reqwest::Client,
     /// Turns true on shutdown: open watches end so the server can stop.
     pub shutdown: crate::controllers::CancelToken,
 }
@@ -106,40 +119,43 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(metrics::custom_pod_metric),
         )
         .route("/wk/v1/snapshot", get(snapshot))
+        .route("/wk/v1/secrets-encrypt/status", get(encryption::status))
+        .route(
+            "/wk/v1/secrets-encrypt/rotate-keys",
+            post(encryption::rotate_keys),
+        )
         .route("/raft/append", post(raft_append))
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
+        .route("/openid/v1/jwks", get(jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
         .fallback(dispatch)
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard));
     Router::new()
         .route("/version", get(discovery::version))
+        .route("/version/", get(discovery::version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(ready))
+        .route("/cacerts", get(join::cacerts))
+        .route("/v1-wk/join", post(join::join))
         .merge(authed)
         .with_state(state)
 }
 
-async fn authenticate(
-    State(state): State<Arc<ApiState>>,
-    req: HttpRequest,
-    next: Next,
-) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), state.token.as_bytes()));
-    if ok {
-        next.run(req).await
-    } else {
-        Failure(ApiError::Unauthorized).into_response()
-    }
+async fn jwks(State(state): State<Arc<ApiState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+        state.security.signer.jwks().to_string(),
+    )
+        .into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+async fn openid_configuration(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(state.security.signer.openid_configuration())
 }
 
 async fn health() -> &'static str {
@@ -192,6 +208,7 @@ fn content_type(headers: &HeaderMap) -> &str {
 
 async fn dispatch(
     State(state): State<Arc<ApiState>>,
+    Extension(principal): Extension<auth::Principal>,
     method: Method,
     headers: HeaderMap,
     req: HttpRequest,
@@ -214,7 +231,17 @@ async fn dispatch(
                 .into_response()
         }
     };
-    match serve(&state, &method, &headers, &path, query.as_deref(), body).await {
+    match serve(
+        &state,
+        &principal,
+        &method,
+        &headers,
+        &path,
+        query.as_deref(),
+        body,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             if e.code() >= 500 {
@@ -243,6 +270,7 @@ fn exec_target(path: &str) -> Option<(&str, &str)> {
 
 async fn serve(
     state: &ApiState,
+    principal: &auth::Principal,
     method: &Method,
     headers: &HeaderMap,
     path: &str,
@@ -278,6 +306,21 @@ async fn serve(
     let ct = content_type(headers);
     let decoded = || request::decode_body(ct, &body);
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    if res.review {
+        return match (method.clone(), name.as_deref()) {
+            (Method::POST, None) => Ok(json_response(
+                StatusCode::CREATED,
+                &reviews::create(state, principal, res, ns, &decoded()?)?,
+            )),
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    // admission of a write whose resulting object is `obj`
+    let admit = |mut obj: Value| async move {
+        admission::admit(state, principal, res, ns_str, &mut obj)
+            .await
+            .map(|_| obj)
+    };
 
     match (method.clone(), name.as_deref(), sub.as_deref()) {
         (Method::GET, None, None) if p.is_watch() || watch_path => {
@@ -298,7 +341,8 @@ async fn serve(
         }
         (Method::GET, None, None) => ok(handlers::list(store, res, ns, &p).await?),
         (Method::POST, None, None) => {
-            let created = handlers::create(store, res, ns, decoded()?, &p).await?;
+            let obj = admit(decoded()?).await?;
+            let created = handlers::create(store, res, ns, obj, &p).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::DELETE, None, None) => {
@@ -312,7 +356,8 @@ async fn serve(
         }
         (Method::GET, Some(n), None) => ok(handlers::get(store, res, ns_str, n)?),
         (Method::PUT, Some(n), None) => {
-            ok(handlers::update(store, res, ns_str, n, decoded()?, Part::Main, &p).await?)
+            let obj = admit(decoded()?).await?;
+            ok(handlers::update(store, res, ns_str, n, obj, Part::Main, &p).await?)
         }
         (Method::PATCH, Some(n), None) | (Method::PATCH, Some(n), Some("status")) => {
             let part = if sub.is_some() {
@@ -335,6 +380,13 @@ async fn serve(
                 },
                 &body,
             )?;
+            if res.group == "rbac.authorization.k8s.io" {
+                // escalation is judged on the object the patch makes
+                let current = handlers::get(store, res, ns_str, n)?;
+                admit(handlers::apply_patch(&current, ty, &patch_body)?).await?;
+            } else {
+                admit(patch_body.clone()).await?;
+            }
             let (v, created) = handlers::patch(
                 store,
                 res,
@@ -370,7 +422,15 @@ async fn serve(
             ok(handlers::get(store, res, ns_str, n)?)
         }
         (Method::PUT, Some(n), Some("status")) if res.status => {
-            ok(handlers::update(store, res, ns_str, n, decoded()?, Part::Status, &p).await?)
+            let obj = admit(decoded()?).await?;
+            ok(handlers::update(store, res, ns_str, n, obj, Part::Status, &p).await?)
+        }
+        (Method::POST, Some(n), Some("token")) if res.kind == "ServiceAccount" => {
+            let req = admit(decoded()?).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &serviceaccounts::token_request(state, ns_str, n, &req)?,
+            ))
         }
         (Method::GET, Some(n), Some("scale")) if res.scale => ok(handlers::scale_of(
             res,
@@ -415,7 +475,10 @@ async fn serve(
             ok(handlers::finalize_namespace(store, n, decoded()?).await?)
         }
         (_, Some(n), Some(s))
-            if !matches!(s, "status" | "scale" | "binding" | "finalize" | "log") =>
+            if !matches!(
+                s,
+                "status" | "scale" | "binding" | "finalize" | "log" | "token"
+            ) =>
         {
             Err(ApiError::NotFound {
                 resource: format!("{}/{s}", res.plural),

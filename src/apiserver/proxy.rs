@@ -40,17 +40,11 @@ pub async fn pod_logs(
     if let Some(q) = query {
         url = format!("{url}?{q}");
     }
-    let resp = state
-        .http
-        .get(&url)
-        .bearer_auth(&state.token)
-        .send()
-        .await
-        .map_err(|e| {
-            ApiError::Unavailable(format!(
-                "the agent of pod {name}'s node is unreachable: {e}"
-            ))
-        })?;
+    let resp = state.kubelet.get(&url).send().await.map_err(|e| {
+        ApiError::Unavailable(format!(
+            "the agent of pod {name}'s node is unreachable: {e}"
+        ))
+    })?;
     let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = if code.is_success() {
         "text/plain"
@@ -85,7 +79,7 @@ fn pick_container(pod: &Value, name: &str, wanted: Option<String>) -> Result<Str
     Ok(container)
 }
 
-/// `http://ADDRESS:PORT` of the agent on the pod's node.
+/// `https://ADDRESS:PORT` of the agent on the pod's node.
 fn agent_base(state: &ApiState, pod: &Value, name: &str) -> Result<String, ApiError> {
     let node_name = pod["spec"]["nodeName"]
         .as_str()
@@ -103,7 +97,7 @@ fn agent_base(state: &ApiState, pod: &Value, name: &str) -> Result<String, ApiEr
         .and_then(Value::as_u64)
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::Unavailable(format!("node {node_name} has no agent endpoint")))?;
-    Ok(format!("http://{addr}:{port}"))
+    Ok(format!("https://{addr}:{port}"))
 }
 
 /// The headers of a WebSocket handshake passed between client and agent.
@@ -150,7 +144,7 @@ pub async fn pod_exec(
         "{}/exec/{ns}/{name}/{container}?{query}",
         agent_base(state, &pod, name)?
     );
-    let mut forward = state.http.get(&url).bearer_auth(&state.token);
+    let mut forward = state.kubelet.get(&url);
     for h in HANDSHAKE {
         if let Some(v) = req.headers().get(&h) {
             forward = forward.header(h.as_str(), v.as_bytes());

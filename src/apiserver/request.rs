@@ -168,6 +168,9 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
+    if super::protobuf::is_protobuf(content_type) {
+        return super::protobuf::decode(body);
+    }
     if content_type.contains("yaml") {
         let text = std::str::from_utf8(body)
             .map_err(|e| ApiError::BadRequest(format!("body is not UTF-8: {e}")))?;

@@ -66,7 +66,7 @@ struct Args {
 /// A system under test.
 #[derive(Clone)]
 enum Target {
-    Wk { url: String, token: String },
+    Wk { url: String, http: reqwest::Client },
     Etcd { url: String },
 }
 
@@ -95,18 +95,17 @@ impl Target {
         update: bool,
     ) -> Result<()> {
         let resp = match self {
-            Target::Wk { url, token } => {
+            Target::Wk { url, http } => {
                 let base = format!("{url}/api/v1/namespaces/default/configmaps");
                 let mut obj = object(&format!("{prefix}{name}"), value);
                 if update {
                     obj["metadata"]["resourceVersion"] = Value::Null;
                     http.put(format!("{base}/{prefix}{name}"))
-                        .bearer_auth(token)
                         .json(&obj)
                         .send()
                         .await?
                 } else {
-                    http.post(base).bearer_auth(token).json(&obj).send().await?
+                    http.post(base).json(&obj).send().await?
                 }
             }
             Target::Etcd { url } => {
@@ -132,12 +131,11 @@ impl Target {
     /// Open a watch on `prefix` objects; yields each payload value received.
     async fn watch(&self, http: &reqwest::Client, prefix: &str) -> Result<reqwest::Response> {
         let resp = match self {
-            Target::Wk { url, token } => {
+            Target::Wk { url, http } => {
                 let list: Value = http
                     .get(format!(
                         "{url}/api/v1/namespaces/default/configmaps?limit=1"
                     ))
-                    .bearer_auth(token)
                     .send()
                     .await?
                     .json()
@@ -149,7 +147,6 @@ impl Target {
                 http.get(format!(
                     "{url}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}"
                 ))
-                .bearer_auth(token)
                 .send()
                 .await?
             }
@@ -358,7 +355,13 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
     let proc = Proc(child);
     for _ in 0..600 {
         if let Ok(kc) = wasmkube::client::Kubeconfig::load(&dir.join("kubeconfig.yaml")) {
-            if reqwest::get(format!("{}/readyz", kc.server))
+            let http = wasmkube::tls::http_client(
+                kc.ca.as_deref().context("kubeconfig without a CA")?,
+                kc.client_cert.as_ref(),
+            )?;
+            if http
+                .get(format!("{}/readyz", kc.server))
+                .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
@@ -366,7 +369,7 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
                     proc,
                     Target::Wk {
                         url: kc.server,
-                        token: kc.token,
+                        http,
                     },
                 ));
             }
@@ -505,6 +508,7 @@ mod instantiate {
             cache_dir: tmp.join("cache"),
             image_dir: tmp.join("images"),
             pooling_instances: Some(1000),
+            extra_roots: Vec::new(),
         })?;
         let empty = tmp.join("empty.wasm");
         // (module (memory (export "memory") 1) (func (export "_start")))
@@ -654,7 +658,6 @@ mod pods {
     struct Cluster {
         proc: Proc,
         url: String,
-        token: String,
         node: String,
         http: reqwest::Client,
         waiting: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<Instant>>>>,
@@ -665,14 +668,12 @@ mod pods {
             let max = max_pods.to_string();
             let (proc, target) =
                 start_wk(bin, dir, &["--heartbeat-ms", "10000", "--max-pods", &max]).await?;
-            let Target::Wk { url, token } = target else {
+            let Target::Wk { url, http } = target else {
                 unreachable!()
             };
-            let http = reqwest::Client::new();
             let node = loop {
                 let l: Value = http
                     .get(format!("{url}/api/v1/nodes"))
-                    .bearer_auth(&token)
                     .send()
                     .await?
                     .json()
@@ -687,7 +688,6 @@ mod pods {
             // one watch tells every waiter when its pod is Running
             let list: Value = http
                 .get(format!("{url}/api/v1/pods"))
-                .bearer_auth(&token)
                 .send()
                 .await?
                 .json()
@@ -698,7 +698,6 @@ mod pods {
                 .to_string();
             let resp = http
                 .get(format!("{url}/api/v1/pods?watch=true&resourceVersion={rv}"))
-                .bearer_auth(&token)
                 .send()
                 .await?;
             let w = waiting.clone();
@@ -727,7 +726,6 @@ mod pods {
             Ok(Self {
                 proc,
                 url,
-                token,
                 node,
                 http,
                 waiting,
@@ -746,7 +744,6 @@ mod pods {
             let r = self
                 .http
                 .post(format!("{}/api/v1/namespaces/default/pods", self.url))
-                .bearer_auth(&self.token)
                 .json(&pod)
                 .send()
                 .await?;
@@ -888,6 +885,7 @@ fn machine() -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    wasmkube::tls::install_default_provider();
     match Bench::parse() {
         Bench::Store(args) => store_main(args).await,
         Bench::Pods(args) => pods::run(args).await,
@@ -1011,12 +1009,8 @@ mod http {
     }
 
     /// GET an object or list from the API.
-    async fn get_json(http: &reqwest::Client, url: &str, token: &str, path: &str) -> Result<Value> {
-        let resp = http
-            .get(format!("{url}{path}"))
-            .bearer_auth(token)
-            .send()
-            .await?;
+    async fn get_json(http: &reqwest::Client, url: &str, path: &str) -> Result<Value> {
+        let resp = http.get(format!("{url}{path}")).send().await?;
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -1060,20 +1054,14 @@ mod http {
             ],
         )
         .await?;
-        let Target::Wk { url, token } = target else {
+        let Target::Wk { url, http } = target else {
             bail!("not a wk server")
         };
-        let http = reqwest::Client::builder().no_proxy().build()?;
         let post = |path: &str, body: Value| {
-            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            let (http, url) = (http.clone(), url.clone());
             let path = path.to_string();
             async move {
-                let resp = http
-                    .post(format!("{url}{path}"))
-                    .bearer_auth(&token)
-                    .json(&body)
-                    .send()
-                    .await?;
+                let resp = http.post(format!("{url}{path}")).json(&body).send().await?;
                 if !resp.status().is_success() {
                     bail!("{path}: {} {}", resp.status(), resp.text().await?);
                 }
@@ -1112,13 +1100,7 @@ mod http {
             get(ingress.clone())
         })
         .await?;
-        let svc = get_json(
-            &http,
-            &url,
-            &token,
-            "/api/v1/namespaces/default/services/hello",
-        )
-        .await?;
+        let svc = get_json(&http, &url, "/api/v1/namespaces/default/services/hello").await?;
         let cluster_ip = svc["spec"]["clusterIP"]
             .as_str()
             .unwrap_or_default()
@@ -1126,7 +1108,6 @@ mod http {
         let pods = get_json(
             &http,
             &url,
-            &token,
             "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello",
         )
         .await?;
@@ -1183,12 +1164,11 @@ mod http {
         let mut activations = Vec::new();
         for _ in 0..args.activations {
             wait_for(120, "scaled to zero", || {
-                let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                let (http, url) = (http.clone(), url.clone());
                 async move {
                     let d = get_json(
                         &http,
                         &url,
-                        &token,
                         "/apis/apps/v1/namespaces/default/deployments/hello",
                     )
                     .await
@@ -1196,19 +1176,13 @@ mod http {
                     let p = get_json(
                         &http,
                         &url,
-                        &token,
                         "/api/v1/namespaces/default/pods?labelSelector=app%3Dhello",
                     )
                     .await
                     .ok()?;
-                    let s = get_json(
-                        &http,
-                        &url,
-                        &token,
-                        "/api/v1/namespaces/default/services/hello",
-                    )
-                    .await
-                    .ok()?;
+                    let s = get_json(&http, &url, "/api/v1/namespaces/default/services/hello")
+                        .await
+                        .ok()?;
                     (d["spec"]["replicas"] == 0
                         && p["items"].as_array().is_some_and(|a| a.is_empty())
                         && s["metadata"]["annotations"]["wasmkube.io/scaled-to-zero"].is_string())

@@ -28,6 +28,54 @@ enum Command {
     /// Save or restore a point-in-time snapshot of the store.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Manage join tokens (bootstrap tokens) for agents.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Secrets encryption at rest: show the keys, or rotate them.
+    #[command(name = "secrets-encrypt", subcommand)]
+    SecretsEncrypt(SecretsEncryptCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsEncryptCommand {
+    /// Show the active key and how many Secrets each key seals.
+    Status {
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Make a new key active, re-encrypt every Secret with it and retire
+    /// the old ones.
+    RotateKeys {
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token; prints it (K10<CA hash>::<id>.<secret>).
+    Create {
+        /// How long the token is valid (e.g. 30m, 24h, 7d; 0 for ever).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// A note kept with the token.
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// List join tokens.
+    List {
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Delete join tokens by id (the part before the dot) or whole token.
+    Delete {
+        #[arg(required = true)]
+        tokens: Vec<String>,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 #[derive(Parser)]
@@ -85,6 +133,19 @@ struct ServerArgs {
     /// The prefix length of each node's piece of --cluster-cidr.
     #[arg(long, default_value_t = 19)]
     node_cidr_mask_size: u8,
+    /// Extra host names or addresses for the API server's certificate
+    /// (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Write an audit.k8s.io/v1 event per request (Metadata level) to this file.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many megabytes.
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs to keep.
+    #[arg(long, default_value_t = 10)]
+    audit_log_maxbackup: usize,
     #[command(flatten)]
     agent: AgentTuning,
 }
@@ -171,12 +232,14 @@ impl AgentTuning {
 
 #[derive(Parser)]
 struct AgentArgs {
-    /// The API server URL (e.g. http://10.0.0.1:6443).
+    /// The API server URL (e.g. https://10.0.0.1:6443).
     #[arg(long)]
     server: String,
-    /// The cluster token (the server's DATA_DIR/token).
+    /// A join token: the server's DATA_DIR/token or one from `wk token
+    /// create` (K10<CA hash>::...). Needed to join; an agent that has
+    /// joined before uses the certificates it keeps.
     #[arg(long, env = "WK_TOKEN")]
-    token: String,
+    token: Option<String>,
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -232,6 +295,7 @@ fn kubeconfig_path(flag: Option<PathBuf>) -> PathBuf {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    wasmkube::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WK_LOG")
@@ -268,6 +332,14 @@ async fn main() -> Result<()> {
                 bookmark_interval: Duration::from_secs_f64(a.bookmark_interval.max(0.05)),
                 snapshot_logs: a.snapshot_logs,
                 agent,
+                tls_sans: a.tls_san,
+                audit: a
+                    .audit_log_path
+                    .map(|path| wasmkube::apiserver::audit::AuditConfig {
+                        path,
+                        max_bytes: a.audit_log_maxsize.max(1) * 1024 * 1024,
+                        max_backups: a.audit_log_maxbackup,
+                    }),
                 controllers: wasmkube::controllers::Config {
                     scheduling_strategy: a.scheduling_strategy,
                     workloads: !a.disable_controllers,
@@ -278,6 +350,7 @@ async fn main() -> Result<()> {
                         grace: Duration::from_secs_f64(a.node_monitor_grace_period.max(0.1)),
                         eviction: Duration::from_secs_f64(a.pod_eviction_timeout.max(0.0)),
                     },
+                    root_ca: String::new(),
                 },
             };
             server::run(config, shutdown_signal()).await?;
@@ -293,10 +366,18 @@ async fn main() -> Result<()> {
                 .apply(wasmkube::agent::AgentConfig::new(node_name, data_dir));
             config.advertise_ip = a.advertise_address;
             a.agent.ingress(&mut config);
-            let client = wasmkube::client::Client::new(a.server, a.token.clone());
+            let identity = agent_identity(&a.server, a.token.as_deref(), &config).await?;
+            config.cluster_ca = identity.server_ca.clone();
+            let client = wasmkube::client::Client::new(
+                a.server.clone(),
+                &identity.server_ca,
+                Some(&identity.client),
+                wasmkube::client::Credentials::None,
+            )?;
             let agent = wasmkube::agent::Agent::new(config, client)?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let mut run = tokio::spawn(agent.run(a.listen, a.token, stop_rx));
+            let listen = a.listen;
+            let mut run = tokio::spawn(async move { agent.run(listen, &identity, stop_rx).await });
             tokio::select! {
                 _ = shutdown_signal() => {
                     let _ = stop_tx.send(true);
@@ -306,14 +387,12 @@ async fn main() -> Result<()> {
             }
         }
         Command::Snapshot(SnapshotCommand::Save { file, kubeconfig }) => {
-            let path = kubeconfig_path(kubeconfig);
-            let kc = wasmkube::client::Kubeconfig::load(&path)?;
-            let resp = reqwest::Client::new()
-                .get(format!("{}/wk/v1/snapshot", kc.server))
-                .bearer_auth(&kc.token)
+            let client = wasmkube::client::Client::from_kubeconfig(&kubeconfig_path(kubeconfig))?;
+            let resp = client
+                .request_builder(reqwest::Method::GET, "/wk/v1/snapshot")
                 .send()
                 .await
-                .with_context(|| format!("connecting to {}", kc.server))?;
+                .with_context(|| format!("connecting to {}", client.server()))?;
             if !resp.status().is_success() {
                 bail!(
                     "server answered {}: {}",
@@ -337,16 +416,242 @@ async fn main() -> Result<()> {
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let rev = wasmkube::store::restore(&bytes, &data_dir.join("raft"), 1, "127.0.0.1:6443")
-                .await
-                .with_context(|| {
-                    format!("restoring {} into {}", file.display(), data_dir.display())
-                })?;
+            let keys_path = server::encryption_config_path(&data_dir);
+            let keyring = match wasmkube::store::encryption::Keyring::load(&keys_path)? {
+                Some(k) => k,
+                None if String::from_utf8_lossy(&bytes).contains(wasmkube::store::encryption::PREFIX) => bail!(
+                    "{} holds encrypted Secrets, and {} has no keys: copy cred/encryption-config.json from the data directory of the server that saved it to {} first",
+                    file.display(),
+                    data_dir.display(),
+                    keys_path.display()
+                ),
+                None => wasmkube::store::encryption::Keyring::load_or_create(&keys_path)?,
+            };
+            let rev = wasmkube::store::restore(
+                &bytes,
+                &data_dir.join("raft"),
+                1,
+                "127.0.0.1:6443",
+                std::sync::Arc::new(keyring),
+            )
+            .await
+            .with_context(|| format!("restoring {} into {}", file.display(), data_dir.display()))?;
             println!(
                 "Restored {} into {} (revision {rev})",
                 file.display(),
                 data_dir.display()
             );
+        }
+        Command::Token(cmd) => token_command(cmd).await?,
+        Command::SecretsEncrypt(cmd) => {
+            let (kubeconfig, method, path) = match cmd {
+                SecretsEncryptCommand::Status { kubeconfig } => {
+                    (kubeconfig, reqwest::Method::GET, "status")
+                }
+                SecretsEncryptCommand::RotateKeys { kubeconfig } => {
+                    (kubeconfig, reqwest::Method::POST, "rotate-keys")
+                }
+            };
+            let client = wasmkube::client::Client::from_kubeconfig(&kubeconfig_path(kubeconfig))?;
+            let v = client
+                .request(method, &format!("/wk/v1/secrets-encrypt/{path}"), None)
+                .await?;
+            let status = if v.get("status").is_some() {
+                &v["status"]
+            } else {
+                &v
+            };
+            if let Some(k) = v["activeKey"].as_str().filter(|_| path == "rotate-keys") {
+                println!(
+                    "Rotated to key {k}; re-encrypted {} secrets; old keys retired",
+                    v["reencrypted"]
+                );
+            }
+            println!(
+                "Encryption Status: {}",
+                status["encryption"].as_str().unwrap_or("?")
+            );
+            println!("Provider: {}", status["provider"].as_str().unwrap_or("?"));
+            println!(
+                "Active Key: {}",
+                status["activeKey"].as_str().unwrap_or("?")
+            );
+            println!("Key Config: {}", status["config"].as_str().unwrap_or("?"));
+            println!("Secrets by key:");
+            for (k, n) in status["secretsByKey"].as_object().into_iter().flatten() {
+                println!("  {k}: {n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The node identity an agent keeps, or a new one from joining.
+async fn agent_identity(
+    server: &str,
+    token: Option<&str>,
+    config: &wasmkube::agent::AgentConfig,
+) -> Result<wasmkube::agent::identity::NodeIdentity> {
+    use wasmkube::agent::identity;
+    if let Some(id) = identity::NodeIdentity::load(&config.data_dir, &config.node_name) {
+        return Ok(id);
+    }
+    let token = token.context(
+        "this agent has not joined yet: give --token (the server's DATA_DIR/token, or one from `wk token create`)",
+    )?;
+    let password = identity::node_password(&config.data_dir)?;
+    let id = identity::join(
+        server,
+        token,
+        &config.node_name,
+        &password,
+        std::slice::from_ref(&config.advertise_ip),
+    )
+    .await?;
+    id.save(&config.data_dir)?;
+    tracing::info!(node = %config.node_name, %server, "joined the cluster");
+    Ok(id)
+}
+
+/// A TTL such as `30m`, `24h`, `7d` or `0`.
+fn parse_ttl(s: &str) -> Result<Option<chrono::Duration>> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(None);
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("--ttl {s:?}: expected a number and a unit (s, m, h, d)"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        other => bail!("--ttl {s:?}: unknown unit {other:?} (use s, m, h or d)"),
+    };
+    Ok(Some(chrono::Duration::seconds(secs)))
+}
+
+async fn token_command(cmd: TokenCommand) -> Result<()> {
+    use base64::Engine;
+    use wasmkube::auth::join;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let unb64 = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default()
+    };
+    let secrets = wasmkube::api::resources::lookup("secrets").expect("secrets are served");
+    match cmd {
+        TokenCommand::Create {
+            ttl,
+            description,
+            kubeconfig,
+        } => {
+            let ttl = parse_ttl(&ttl)?;
+            let path = kubeconfig_path(kubeconfig);
+            let kc = wasmkube::client::Kubeconfig::load(&path)?;
+            let ca = kc
+                .ca
+                .clone()
+                .context("the kubeconfig has no certificate-authority-data to hash")?;
+            let client = wasmkube::client::Client::from_config(&kc)?;
+            let (id, secret) = (join::random_alnum(6), join::random_alnum(16));
+            let mut data = serde_json::json!({
+                "token-id": b64(&id),
+                "token-secret": b64(&secret),
+                "usage-bootstrap-authentication": b64("true"),
+            });
+            if let Some(d) = ttl {
+                data["expiration"] =
+                    b64(&(chrono::Utc::now() + d)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .into();
+            }
+            if let Some(d) = &description {
+                data["description"] = b64(d).into();
+            }
+            let obj = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "type": "bootstrap.kubernetes.io/token",
+                "metadata": {"name": join::bootstrap_secret_name(&id), "namespace": "kube-system"},
+                "data": data});
+            client.create(secrets, Some("kube-system"), &obj).await?;
+            let token = join::JoinToken {
+                ca_hash: wasmkube::tls::pki::sha256_hex(ca.as_bytes()),
+                credential: join::Credential::Bootstrap { id, secret },
+            };
+            println!("{token}");
+        }
+        TokenCommand::List { kubeconfig } => {
+            let client = wasmkube::client::Client::from_kubeconfig(&kubeconfig_path(kubeconfig))?;
+            let list = client
+                .list(
+                    secrets,
+                    Some("kube-system"),
+                    "fieldSelector=type%3Dbootstrap.kubernetes.io%2Ftoken",
+                )
+                .await?;
+            println!(
+                "{:<8} {:<10} {:<22} {:<26} DESCRIPTION",
+                "TOKEN", "TTL", "EXPIRES", "USAGES"
+            );
+            for s in list["items"].as_array().into_iter().flatten() {
+                let expiration = unb64(&s["data"]["expiration"]);
+                let ttl = chrono::DateTime::parse_from_rfc3339(&expiration)
+                    .map(|t| {
+                        let left = t.signed_duration_since(chrono::Utc::now());
+                        if left.num_seconds() <= 0 {
+                            "expired".to_string()
+                        } else if left.num_hours() > 0 {
+                            format!("{}h", left.num_hours())
+                        } else {
+                            format!("{}m", left.num_minutes().max(1))
+                        }
+                    })
+                    .unwrap_or_else(|_| "<forever>".into());
+                let usages: Vec<&str> = s["data"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, _)| k.strip_prefix("usage-bootstrap-"))
+                    .collect();
+                println!(
+                    "{:<8} {:<10} {:<22} {:<26} {}",
+                    unb64(&s["data"]["token-id"]),
+                    ttl,
+                    if expiration.is_empty() {
+                        "<never>".to_string()
+                    } else {
+                        expiration
+                    },
+                    usages.join(","),
+                    unb64(&s["data"]["description"])
+                );
+            }
+        }
+        TokenCommand::Delete { tokens, kubeconfig } => {
+            let client = wasmkube::client::Client::from_kubeconfig(&kubeconfig_path(kubeconfig))?;
+            for t in tokens {
+                let id = t
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or(&t)
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                client
+                    .delete(
+                        secrets,
+                        Some("kube-system"),
+                        &join::bootstrap_secret_name(&id),
+                    )
+                    .await
+                    .with_context(|| format!("deleting token {id}"))?;
+                println!("bootstrap token \"{id}\" deleted");
+            }
         }
     }
     Ok(())

@@ -100,16 +100,18 @@ impl Exec {
             .into_client_request()
             .map_err(|e| usage(format!("exec request: {e}")))?;
         let headers = req.headers_mut();
-        headers.insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Bearer {}", ctx.client.token()))
-                .map_err(|e| usage(e.to_string()))?,
-        );
+        if let Some(auth) = ctx.client.authorization() {
+            headers.insert(
+                "Authorization",
+                HeaderValue::from_str(&auth).map_err(|e| usage(e.to_string()))?,
+            );
+        }
         headers.insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_str(&format!("{V5}, {V4}")).map_err(|e| usage(e.to_string()))?,
         );
-        let (ws, _) = match tokio_tungstenite::connect_async(req).await {
+        let stream = ctx.client.connect().await?;
+        let (ws, _) = match tokio_tungstenite::client_async(req, stream).await {
             Ok(c) => c,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let body: Value = resp

@@ -122,7 +122,7 @@ impl Context {
             .or(kc.namespace.clone())
             .unwrap_or_else(|| "default".into());
         Ok(Self {
-            client: Client::new(kc.server, kc.token),
+            client: Client::from_config(&kc)?,
             namespace,
         })
     }

@@ -1,8 +1,13 @@
-//! Reading and writing the standard kubeconfig file.
+//! Reading and writing the standard kubeconfig file: the current context's
+//! server, the CA it is verified with, and the user's client certificate
+//! or bearer token (inline `-data` fields or file paths, as kubectl reads them).
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use serde_json::{json, Value};
+
+use crate::tls::KeyPairPem;
 
 /// A kubeconfig could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -26,17 +31,38 @@ pub enum KubeconfigError {
 }
 
 /// The current context's server and credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Kubeconfig {
     pub server: String,
-    pub token: String,
+    /// PEM of the CA the server's certificate must chain to.
+    pub ca: Option<String>,
+    /// `insecure-skip-tls-verify`.
+    pub insecure: bool,
+    /// The user's client certificate and key (PEM).
+    pub client_cert: Option<KeyPairPem>,
+    /// The user's bearer token.
+    pub token: Option<String>,
     pub namespace: Option<String>,
+}
+
+impl std::fmt::Debug for Kubeconfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubeconfig")
+            .field("server", &self.server)
+            .field("client_cert", &self.client_cert.is_some())
+            .field("token", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn find<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
     list.as_array()?
         .iter()
         .find(|e| e["name"].as_str() == Some(name))
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 impl Kubeconfig {
@@ -61,29 +87,98 @@ impl Kubeconfig {
             .ok_or_else(|| missing(&format!("context {current:?} not found")))?;
         let cluster_name = ctx["context"]["cluster"].as_str().unwrap_or_default();
         let user_name = ctx["context"]["user"].as_str().unwrap_or_default();
-        let cluster = find(&doc["clusters"], cluster_name)
-            .ok_or_else(|| missing(&format!("cluster {cluster_name:?} not found")))?;
-        let server = cluster["cluster"]["server"]
+        let cluster = &find(&doc["clusters"], cluster_name)
+            .ok_or_else(|| missing(&format!("cluster {cluster_name:?} not found")))?["cluster"];
+        let server = cluster["server"]
             .as_str()
             .ok_or_else(|| missing("cluster has no server"))?;
-        let token = find(&doc["users"], user_name)
-            .and_then(|u| u["user"]["token"].as_str())
-            .ok_or_else(|| missing(&format!("user {user_name:?} has no token")))?;
+        let null = Value::Null;
+        let user = find(&doc["users"], user_name)
+            .map(|u| &u["user"])
+            .unwrap_or(&null);
+        let base = path.parent().unwrap_or(Path::new("."));
+        // `NAME-data` (base64) or `NAME` (a file, relative to the kubeconfig)
+        let field = |obj: &Value, name: &str| -> Result<Option<String>, KubeconfigError> {
+            if let Some(d) = obj[format!("{name}-data")].as_str() {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(d.trim())
+                    .map_err(|e| missing(&format!("{name}-data is not base64: {e}")))?;
+                return String::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| missing(&format!("{name}-data is not PEM text")));
+            }
+            if let Some(file) = obj[name].as_str() {
+                let p = base.join(file);
+                return std::fs::read_to_string(&p)
+                    .map(Some)
+                    .map_err(|source| KubeconfigError::Read { path: p, source });
+            }
+            Ok(None)
+        };
+        let client_cert = match (
+            field(user, "client-certificate")?,
+            field(user, "client-key")?,
+        ) {
+            (Some(cert), Some(key)) => Some(KeyPairPem { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(missing(&format!(
+                    "user {user_name:?} has only one of client-certificate and client-key"
+                )))
+            }
+        };
+        let token = match (user["token"].as_str(), user["tokenFile"].as_str()) {
+            (Some(t), _) => Some(t.to_string()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(base.join(f))
+                    .map_err(|source| KubeconfigError::Read {
+                        path: base.join(f),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
         Ok(Self {
             server: server.to_string(),
-            token: token.to_string(),
+            ca: field(cluster, "certificate-authority")?,
+            insecure: cluster["insecure-skip-tls-verify"]
+                .as_bool()
+                .unwrap_or(false),
+            client_cert,
+            token,
             namespace: ctx["context"]["namespace"].as_str().map(String::from),
         })
     }
 
     /// The kubeconfig document for this context.
     pub fn to_yaml(&self) -> String {
+        let mut cluster = json!({"server": self.server});
+        if let Some(ca) = &self.ca {
+            cluster["certificate-authority-data"] = json!(b64(ca));
+        }
+        if self.insecure {
+            cluster["insecure-skip-tls-verify"] = json!(true);
+        }
+        let mut user = json!({});
+        if let Some(c) = &self.client_cert {
+            user["client-certificate-data"] = json!(b64(&c.cert));
+            user["client-key-data"] = json!(b64(&c.key));
+        }
+        if let Some(t) = &self.token {
+            user["token"] = json!(t);
+        }
+        let mut context = json!({"cluster": "wasmkube", "user": "admin"});
+        if let Some(ns) = &self.namespace {
+            context["namespace"] = json!(ns);
+        }
         let doc = json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "wasmkube", "cluster": {"server": self.server}}],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "wasmkube", "context": {"cluster": "wasmkube", "user": "admin"}}],
+            "clusters": [{"name": "wasmkube", "cluster": cluster}],
+            "users": [{"name": "admin", "user": user}],
+            "contexts": [{"name": "wasmkube", "context": context}],
             "current-context": "wasmkube",
             "preferences": {},
         });
@@ -92,18 +187,12 @@ impl Kubeconfig {
 
     /// Write atomically (temp file + rename), readable only by the owner.
     pub fn write(&self, path: &Path) -> Result<(), KubeconfigError> {
-        let tmp = path.with_extension("yaml.tmp");
-        let io = |source| KubeconfigError::Write {
-            path: path.into(),
-            source,
-        };
-        std::fs::write(&tmp, self.to_yaml()).map_err(io)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::tls::pki::write_private(path, self.to_yaml().as_bytes()).map_err(|e| {
+            KubeconfigError::Write {
+                path: path.into(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })
     }
 }
 
@@ -116,12 +205,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kubeconfig.yaml");
         let kc = Kubeconfig {
-            server: "http://127.0.0.1:6443".into(),
-            token: "abc".into(),
-            namespace: None,
+            server: "https://127.0.0.1:6443".into(),
+            ca: Some("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into()),
+            client_cert: Some(KeyPairPem {
+                cert: "cert".into(),
+                key: "key".into(),
+            }),
+            ..Default::default()
         };
         kc.write(&path).unwrap();
         assert_eq!(Kubeconfig::load(&path).unwrap(), kc);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("certificate-authority-data"), "{text}");
+        assert!(text.contains("client-key-data"), "{text}");
+    }
+
+    #[test]
+    fn file_references_are_relative_to_the_kubeconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "CA").unwrap();
+        std::fs::write(dir.path().join("tok"), "abc\n").unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nclusters: [{name: c, cluster: {server: 'https://x:1', certificate-authority: ca.crt}}]\n\
+             users: [{name: u, user: {tokenFile: tok}}]\ncontexts: [{name: x, context: {cluster: c, user: u, namespace: dev}}]\n\
+             current-context: x\n",
+        )
+        .unwrap();
+        let kc = Kubeconfig::load(&path).unwrap();
+        assert_eq!(kc.ca.as_deref(), Some("CA"));
+        assert_eq!(kc.token.as_deref(), Some("abc"));
+        assert_eq!(kc.namespace.as_deref(), Some("dev"));
     }
 
     #[test]

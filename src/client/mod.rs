@@ -6,6 +6,7 @@ pub mod events;
 pub mod kubeconfig;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use reqwest::Method;
@@ -39,6 +40,9 @@ pub enum ClientError {
     /// The kubeconfig could not be read.
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    /// The TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -64,28 +68,103 @@ pub struct WatchEvent {
     pub object: Value,
 }
 
-/// An authenticated API client. Cheap to clone.
+/// How a client proves who it is, besides a client certificate (which
+/// lives in the TLS configuration).
+#[derive(Clone)]
+pub enum Credentials {
+    /// Nothing beyond the client certificate, if any.
+    None,
+    /// A fixed bearer token.
+    Bearer(String),
+    /// A bearer token asked for on every request (refreshed by its source).
+    Source(Arc<dyn Fn() -> String + Send + Sync>),
+}
+
+impl Credentials {
+    /// The `Authorization` header value, if any.
+    pub fn header(&self) -> Option<String> {
+        match self {
+            Credentials::None => None,
+            Credentials::Bearer(t) => Some(format!("Bearer {t}")),
+            Credentials::Source(f) => Some(format!("Bearer {}", f())),
+        }
+    }
+}
+
+/// An authenticated API client over TLS. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     server: String,
-    token: String,
+    credentials: Credentials,
+    /// The TLS configuration of `http`, for connections made by hand (exec).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Client {
-    /// A client for `server` (e.g. `http://127.0.0.1:6443`) using bearer `token`.
-    pub fn new(server: impl Into<String>, token: impl Into<String>) -> Self {
-        Self {
-            http: reqwest::Client::new(),
+    /// A client for `server` (`https://HOST:PORT`) that trusts `ca_pem`,
+    /// presents `identity` if given, and sends `credentials`.
+    pub fn new(
+        server: impl Into<String>,
+        ca_pem: &str,
+        identity: Option<&crate::tls::KeyPairPem>,
+        credentials: Credentials,
+    ) -> Result<Self, ClientError> {
+        let tls = crate::tls::client_config(ca_pem, identity)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Self::with_tls(server, tls, credentials)
+    }
+
+    fn with_tls(
+        server: impl Into<String>,
+        tls: rustls::ClientConfig,
+        credentials: Credentials,
+    ) -> Result<Self, ClientError> {
+        crate::tls::install_default_provider();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(Self {
+            http,
             server: server.into().trim_end_matches('/').to_string(),
-            token: token.into(),
-        }
+            credentials,
+            tls: Arc::new(tls),
+        })
     }
 
     /// A client from a kubeconfig file's current context.
     pub fn from_kubeconfig(path: &Path) -> Result<Self, ClientError> {
-        let kc = Kubeconfig::load(path)?;
-        Ok(Self::new(kc.server, kc.token))
+        Self::from_config(&Kubeconfig::load(path)?)
+    }
+
+    /// A client from a loaded kubeconfig.
+    pub fn from_config(kc: &Kubeconfig) -> Result<Self, ClientError> {
+        let credentials = match &kc.token {
+            Some(t) => Credentials::Bearer(t.clone()),
+            None => Credentials::None,
+        };
+        if kc.insecure {
+            let tls = crate::tls::insecure_client_config(kc.client_cert.as_ref())
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            return Self::with_tls(kc.server.clone(), tls, credentials);
+        }
+        let ca = kc.ca.as_deref().ok_or_else(|| {
+            ClientError::Tls(format!(
+                "the kubeconfig gives no certificate-authority for {}",
+                kc.server
+            ))
+        })?;
+        Self::new(kc.server.clone(), ca, kc.client_cert.as_ref(), credentials)
+    }
+
+    /// The same server and TLS identity with other credentials.
+    pub fn with_credentials(&self, credentials: Credentials) -> Self {
+        Self {
+            credentials,
+            ..self.clone()
+        }
     }
 
     /// The server URL.
@@ -93,10 +172,48 @@ impl Client {
         &self.server
     }
 
-    /// The bearer token (for connections this client does not make itself,
-    /// such as exec's WebSocket).
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The `Authorization` header value, for connections this client does
+    /// not make itself (exec's WebSocket).
+    pub fn authorization(&self) -> Option<String> {
+        self.credentials.header()
+    }
+
+    /// The TLS configuration, for connections this client does not make itself.
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
+    /// A TLS connection to the server, for protocols this client does not
+    /// speak itself (exec's WebSocket).
+    pub async fn connect(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+        let fail = |e: String| ClientError::Tls(format!("connecting to {}: {e}", self.server));
+        let url = reqwest::Url::parse(&self.server).map_err(|e| fail(e.to_string()))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| fail("no host".into()))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let name =
+            rustls::pki_types::ServerName::try_from(host).map_err(|e| fail(e.to_string()))?;
+        tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    /// A request with this client's credentials.
+    pub fn request_builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.server));
+        match self.credentials.header() {
+            Some(h) => req.header(reqwest::header::AUTHORIZATION, h),
+            None => req,
+        }
     }
 
     fn connect_err(&self, source: reqwest::Error) -> ClientError {
@@ -112,10 +229,7 @@ impl Client {
         path: &str,
         body: Option<(&Value, &str)>,
     ) -> Result<reqwest::Response, ClientError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.server))
-            .bearer_auth(&self.token);
+        let mut req = self.request_builder(method, path);
         if let Some((b, ct)) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, ct)

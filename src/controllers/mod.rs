@@ -1,6 +1,7 @@
 //! Controllers that run inside `wk server` (the controller manager). They use
 //! only the public API, through [`crate::client::Client`].
 
+pub mod aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -13,13 +14,20 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod rootca;
 pub mod runtime;
 pub mod scheduler;
+pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
 
 /// Cancellation for controller loops: a watch channel that turns `true` on shutdown.
 pub type CancelToken = tokio::sync::watch::Receiver<bool>;
+
+/// A client under a controller's own identity: `ClientFor("deployment-controller")`
+/// acts as ServiceAccount `kube-system/deployment-controller`, `"scheduler"`
+/// as `system:kube-scheduler` (see `auth::policy`).
+pub type ClientFor = std::sync::Arc<dyn Fn(&str) -> crate::client::Client + Send + Sync>;
 
 /// Settings of the controller manager.
 #[derive(Debug, Clone)]
@@ -32,6 +40,8 @@ pub struct Config {
     pub node_timing: nodelifecycle::Timing,
     /// How often autoscalers re-read their metrics.
     pub hpa_sync_period: std::time::Duration,
+    /// The server CA (PEM) published in every namespace as `kube-root-ca.crt`.
+    pub root_ca: String,
 }
 
 impl Default for Config {
@@ -41,40 +51,59 @@ impl Default for Config {
             workloads: true,
             node_timing: nodelifecycle::Timing::default(),
             hpa_sync_period: std::time::Duration::from_secs(15),
+            root_ca: String::new(),
         }
     }
 }
 
-/// Run the scheduler and every controller until `cancel` turns true.
-pub async fn run(client: crate::client::Client, config: Config, cancel: CancelToken) {
+/// Run the scheduler and every controller until `cancel` turns true, each
+/// under its own identity.
+pub async fn run(client_for: ClientFor, config: Config, cancel: CancelToken) {
+    let c = |name: &str| client_for(name);
     let mut tasks = vec![
-        tokio::spawn(namespace::run(client.clone(), cancel.clone())),
-        tokio::spawn(nodeipam::run(client.clone(), cancel.clone())),
+        tokio::spawn(namespace::run(c("namespace-controller"), cancel.clone())),
+        tokio::spawn(nodeipam::run(c("node-ipam-controller"), cancel.clone())),
+        tokio::spawn(serviceaccount::run(
+            c("serviceaccount-controller"),
+            cancel.clone(),
+        )),
+        tokio::spawn(rootca::run(
+            c("root-ca-cert-publisher"),
+            config.root_ca.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(aggregation::run(
+            c("clusterrole-aggregation-controller"),
+            cancel.clone(),
+        )),
     ];
     if config.workloads {
         tasks.extend([
-            tokio::spawn(gc::run(client.clone(), cancel.clone())),
-            tokio::spawn(replicaset::run(client.clone(), cancel.clone())),
-            tokio::spawn(deployment::run(client.clone(), cancel.clone())),
-            tokio::spawn(job::run(client.clone(), cancel.clone())),
-            tokio::spawn(endpoints::run(client.clone(), cancel.clone())),
-            tokio::spawn(servicelb::run(client.clone(), cancel.clone())),
-            tokio::spawn(ingress::run(client.clone(), cancel.clone())),
+            tokio::spawn(gc::run(c("generic-garbage-collector"), cancel.clone())),
+            tokio::spawn(replicaset::run(c("replicaset-controller"), cancel.clone())),
+            tokio::spawn(deployment::run(c("deployment-controller"), cancel.clone())),
+            tokio::spawn(job::run(c("job-controller"), cancel.clone())),
+            tokio::spawn(endpoints::run(c("endpoint-controller"), cancel.clone())),
+            tokio::spawn(servicelb::run(c("service-lb-controller"), cancel.clone())),
+            tokio::spawn(ingress::run(c("ingress-status-controller"), cancel.clone())),
             tokio::spawn(hpa::run(
-                client.clone(),
+                c("horizontal-pod-autoscaler"),
                 config.hpa_sync_period,
                 cancel.clone(),
             )),
-            tokio::spawn(daemonset::run(client.clone(), cancel.clone())),
-            tokio::spawn(statefulset::run(client.clone(), cancel.clone())),
-            tokio::spawn(cronjob::run(client.clone(), cancel.clone())),
+            tokio::spawn(daemonset::run(c("daemon-set-controller"), cancel.clone())),
+            tokio::spawn(statefulset::run(
+                c("statefulset-controller"),
+                cancel.clone(),
+            )),
+            tokio::spawn(cronjob::run(c("cronjob-controller"), cancel.clone())),
             tokio::spawn(nodelifecycle::run(
-                client.clone(),
+                c("node-controller"),
                 config.node_timing,
                 cancel.clone(),
             )),
             tokio::spawn(scheduler::run(
-                client.clone(),
+                c("scheduler"),
                 config.scheduling_strategy,
                 cancel.clone(),
             )),

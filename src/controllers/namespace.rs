@@ -43,7 +43,7 @@ pub fn plan(remaining: &[(String, usize)]) -> Step {
 
 async fn reconcile(client: &Client, ns: &str) -> Result<bool, ClientError> {
     let mut remaining = Vec::new();
-    for res in RESOURCES.iter().filter(|r| r.namespaced) {
+    for res in RESOURCES.iter().filter(|r| r.namespaced && !r.review) {
         let list = client.list(res, Some(ns), "").await?;
         remaining.push((
             res.collection_path(Some(ns)),

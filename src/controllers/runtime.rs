@@ -120,6 +120,15 @@ impl Cache {
         self.apply(obj);
     }
 
+    /// Keep only the objects whose key `keep` accepts (caches filled by
+    /// hand rather than by a reflector).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| keep(k));
+    }
+
     fn apply(&self, obj: Value) -> Change {
         let obj = Arc::new(obj);
         self.objects

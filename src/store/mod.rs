@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cache;
+pub mod encryption;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -90,10 +91,13 @@ pub struct StoreConfig {
     pub advertise: String,
     /// How many changes the watch window keeps.
     pub history: usize,
-    /// Bearer token sent to peers with Raft RPCs.
-    pub peer_token: String,
+    /// The HTTPS client for Raft RPCs: trusts the server CA and presents
+    /// this server's peer certificate.
+    pub peer_http: reqwest::Client,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_logs: u64,
+    /// The keys Secrets are sealed with before they enter the log.
+    pub keyring: Arc<encryption::Keyring>,
 }
 
 /// An open store: the Raft node plus the watch cache it applies into.
@@ -103,6 +107,9 @@ pub struct Store {
     cache: Arc<Cache>,
     /// Writes waiting for the batcher.
     writes: mpsc::Sender<Pending>,
+    keyring: Arc<encryption::Keyring>,
+    /// The state machine's redb file (the stored, sealed form).
+    db: Arc<redb::Database>,
 }
 
 /// A write waiting to be replicated, and where its result goes.
@@ -204,11 +211,12 @@ impl Store {
             .map_err(|e| StoreError::Raft(format!("create {}: {e}", dir.display())))?;
         let cache = Arc::new(Cache::new(config.history));
         let log = open_log(dir)?;
-        let sm = StateMachine::open(&dir.join(STATE_FILE), cache.clone())?;
+        let sm = StateMachine::open(&dir.join(STATE_FILE), cache.clone(), config.keyring.clone())?;
+        let db = sm.database();
         let raft = Raft::new(
             config.node_id,
             raft_config(config.snapshot_logs)?,
-            network::Network::new(config.peer_token.clone()),
+            network::Network::new(config.peer_http.clone()),
             log,
             sm,
         )
@@ -235,7 +243,56 @@ impl Store {
             raft,
             cache,
             writes,
+            keyring: config.keyring.clone(),
+            db,
         })
+    }
+
+    /// The encryption keys.
+    pub fn keyring(&self) -> &Arc<encryption::Keyring> {
+        &self.keyring
+    }
+
+    /// Seal the objects of `req` that are encrypted at rest.
+    fn seal(&self, req: Request) -> Request {
+        match req {
+            Request::Put {
+                key,
+                object,
+                precondition,
+            } => Request::Put {
+                object: self.keyring.to_stored(&key, &object),
+                key,
+                precondition,
+            },
+            Request::Batch(reqs) => {
+                Request::Batch(reqs.into_iter().map(|r| self.seal(r)).collect())
+            }
+            Request::Txn(reqs) => Request::Txn(reqs.into_iter().map(|r| self.seal(r)).collect()),
+            other => other,
+        }
+    }
+
+    /// The stored form (as redb holds it, sealed where encrypted) of every
+    /// object whose key starts with `prefix`.
+    pub fn stored(&self, prefix: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        use redb::ReadableDatabase;
+        let fail =
+            |e: &dyn std::fmt::Display| StoreError::Raft(format!("reading the state file: {e}"));
+        let tx = self.db.begin_read().map_err(|e| fail(&e))?;
+        let table = tx
+            .open_table(state_machine::OBJECTS)
+            .map_err(|e| fail(&e))?;
+        let mut out = Vec::new();
+        for item in table.range(prefix..).map_err(|e| fail(&e))? {
+            let (k, v) = item.map_err(|e| fail(&e))?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            let value: Value = serde_json::from_slice(v.value()).map_err(|e| fail(&e))?;
+            out.push((k.value().to_string(), value));
+        }
+        Ok(out)
     }
 
     /// The watch cache (reads, lists, watches).
@@ -253,6 +310,7 @@ impl Store {
     /// log entry (one fsync) by the batcher.
     pub async fn write(&self, req: Request) -> Result<Value, StoreError> {
         let (reply, rx) = oneshot::channel();
+        let req = self.seal(req);
         self.writes
             .send(Pending { req, reply })
             .await
@@ -267,7 +325,7 @@ impl Store {
     pub async fn txn(&self, reqs: Vec<Request>) -> Result<Vec<Value>, StoreError> {
         let resp = self
             .raft
-            .client_write(Request::Txn(reqs))
+            .client_write(self.seal(Request::Txn(reqs)))
             .await
             .map_err(|e| raft_failure(&e))?;
         match resp.data {
@@ -283,7 +341,7 @@ impl Store {
         }
     }
 
-    /// A consistent point-in-time copy of every object.
+    /// A consistent point-in-time copy of every object, Secrets sealed.
     pub fn snapshot(&self) -> SnapshotData {
         let (revision, objects) = self.cache.dump();
         SnapshotData {
@@ -291,7 +349,10 @@ impl Store {
             revision,
             objects: objects
                 .into_iter()
-                .map(|(k, v)| (k, (*v).clone()))
+                .map(|(k, v)| {
+                    let stored = self.keyring.to_stored(&k, &v);
+                    (k, stored)
+                })
                 .collect(),
         }
     }
@@ -305,6 +366,7 @@ pub async fn restore(
     dir: &Path,
     node_id: NodeId,
     advertise: &str,
+    keyring: Arc<encryption::Keyring>,
 ) -> Result<u64, StoreError> {
     let snap: SnapshotData =
         serde_json::from_slice(snapshot).map_err(|e| StoreError::Snapshot(e.to_string()))?;
@@ -313,6 +375,21 @@ pub async fn restore(
             "format is {:?}, expected {SNAPSHOT_FORMAT:?}",
             snap.format
         )));
+    }
+    let have = keyring.names();
+    if let Some((key, name)) = snap.objects.iter().find_map(|(k, v)| {
+        encryption::key_name(v)
+            .filter(|n| !have.iter().any(|h| h == n))
+            .map(|n| (k.clone(), n.to_string()))
+    }) {
+        return Err(StoreError::Snapshot(
+            encryption::EncryptionError::MissingKey {
+                key,
+                name,
+                path: keyring.path().into(),
+            }
+            .to_string(),
+        ));
     }
     if dir.join(LOG_FILE).exists() || dir.join(STATE_FILE).exists() {
         return Err(StoreError::Snapshot(format!(
@@ -323,7 +400,7 @@ pub async fn restore(
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Snapshot(format!("create {}: {e}", dir.display())))?;
     let cache = Arc::new(Cache::new(1));
-    let mut sm = StateMachine::open(&dir.join(STATE_FILE), cache)?;
+    let mut sm = StateMachine::open(&dir.join(STATE_FILE), cache, keyring)?;
     let last = sm.restore(snapshot, node_id, advertise)?;
     let log = open_log(dir)?;
     let vote = openraft::Vote::new_committed(last.leader_id.term, node_id);
@@ -345,7 +422,14 @@ mod tests {
         {
             let dir = tempfile::tempdir().expect("tempdir");
             let log = LogStore::open(&dir.path().join(LOG_FILE)).expect("open log");
-            let sm = StateMachine::open(&dir.path().join(STATE_FILE), Arc::new(Cache::new(100)))?;
+            let keyring = Arc::new(
+                encryption::Keyring::load_or_create(&dir.path().join("keys.json")).expect("keys"),
+            );
+            let sm = StateMachine::open(
+                &dir.path().join(STATE_FILE),
+                Arc::new(Cache::new(100)),
+                keyring,
+            )?;
             Ok((dir, log, sm))
         }
     }

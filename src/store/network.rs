@@ -1,6 +1,9 @@
-//! Raft RPCs between servers over HTTP (JSON bodies), sent to the peer's API
-//! address under `/raft/*` with the cluster token. A single-node cluster never
-//! sends any; adding voters is a membership change that starts using this.
+//! Raft RPCs between servers over HTTPS (JSON bodies), sent to the peer's
+//! API address under `/raft/*` with mutual TLS: the peer's serving
+//! certificate is checked against the server CA, and this server presents
+//! its `system:wk-servers` client certificate, the only identity the peer
+//! lets into `/raft/*`. A single-node cluster never sends any; adding voters
+//! is a membership change that starts using this.
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -18,16 +21,12 @@ use super::types::{NodeId, TypeConfig};
 #[derive(Clone)]
 pub struct Network {
     http: reqwest::Client,
-    token: String,
 }
 
 impl Network {
-    /// A network that authenticates to peers with `token`.
-    pub fn new(token: String) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            token,
-        }
+    /// A network over `http` (configured with the peer TLS identity).
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
     }
 }
 
@@ -37,9 +36,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
         Connection {
             http: self.http.clone(),
-            token: self.token.clone(),
             target,
-            base: format!("http://{}/raft", node.addr),
+            base: format!("https://{}/raft", node.addr),
         }
     }
 }
@@ -47,7 +45,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The RPC client for one peer.
 pub struct Connection {
     http: reqwest::Client,
-    token: String,
     target: NodeId,
     base: String,
 }
@@ -67,7 +64,6 @@ impl Connection {
         let res = self
             .http
             .post(format!("{}/{path}", self.base))
-            .bearer_auth(&self.token)
             .timeout(option.hard_ttl())
             .json(req)
             .send()

@@ -17,12 +17,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::cache::{Cache, Change, ChangeKind};
+use super::encryption::Keyring;
 use super::types::{
     revision, revision_after, revision_of, stamp_revision, LogId, NodeId, Precondition, Rejection,
     Request, Response, StorageError, StoredMembership, TypeConfig, REVISIONS_PER_ENTRY,
 };
 
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
@@ -64,6 +65,8 @@ fn w(e: impl ToString) -> StorageError {
 pub struct StateMachine {
     db: Arc<Database>,
     cache: Arc<Cache>,
+    /// Opens sealed objects for the cache, seals them for redb.
+    keyring: Arc<Keyring>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     snapshot_seq: u64,
@@ -81,7 +84,11 @@ fn get_json<T: for<'de> Deserialize<'de>>(
 
 impl StateMachine {
     /// Open (or create) the state machine at `path` and load every object into `cache`.
-    pub fn open(path: &Path, cache: Arc<Cache>) -> Result<Self, StorageError> {
+    pub fn open(
+        path: &Path,
+        cache: Arc<Cache>,
+        keyring: Arc<Keyring>,
+    ) -> Result<Self, StorageError> {
         let db = Database::create(path).map_err(r)?;
         let tx = db.begin_write().map_err(w)?;
         tx.open_table(OBJECTS).map_err(w)?;
@@ -97,7 +104,8 @@ impl StateMachine {
         let mut objects = BTreeMap::new();
         for item in objects_table.iter().map_err(r)? {
             let (k, v) = item.map_err(r)?;
-            let value: Value = serde_json::from_slice(v.value()).map_err(r)?;
+            let stored: Value = serde_json::from_slice(v.value()).map_err(r)?;
+            let value = keyring.from_stored(k.value(), stored).map_err(r)?;
             objects.insert(k.value().to_string(), Arc::new(value));
         }
         drop(tx);
@@ -105,6 +113,7 @@ impl StateMachine {
         Ok(Self {
             db: Arc::new(db),
             cache,
+            keyring,
             last_applied,
             membership,
             snapshot_seq: 0,
@@ -114,6 +123,38 @@ impl StateMachine {
     /// The watch cache this state machine publishes to.
     pub fn cache(&self) -> Arc<Cache> {
         self.cache.clone()
+    }
+
+    /// The redb file, for reads of the stored (sealed) form.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
+    /// Open the sealed objects of `req` (the leader sealed them before
+    /// they entered the log).
+    fn open_sealed(&self, req: Request) -> Result<Request, StorageError> {
+        Ok(match req {
+            Request::Put {
+                key,
+                object,
+                precondition,
+            } if super::encryption::is_sealed(&object) => Request::Put {
+                object: self.keyring.open(&key, &object).map_err(r)?,
+                key,
+                precondition,
+            },
+            Request::Batch(reqs) => Request::Batch(
+                reqs.into_iter()
+                    .map(|q| self.open_sealed(q))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Request::Txn(reqs) => Request::Txn(
+                reqs.into_iter()
+                    .map(|q| self.open_sealed(q))
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => other,
+        })
     }
 
     /// Check `pre` against the current object (as seen by this batch).
@@ -268,7 +309,7 @@ impl StateMachine {
             let mut objects = tx.open_table(OBJECTS).map_err(w)?;
             objects.retain(|_, _| false).map_err(w)?;
             for (k, v) in &snap.objects {
-                let bytes = serde_json::to_vec(v).map_err(w)?;
+                let bytes = serde_json::to_vec(&self.keyring.to_stored(k, v)).map_err(w)?;
                 objects.insert(k.as_str(), bytes.as_slice()).map_err(w)?;
             }
             let mut m = tx.open_table(META).map_err(w)?;
@@ -292,11 +333,11 @@ impl StateMachine {
         tx.commit().map_err(w)?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        let objects = snap
-            .objects
-            .into_iter()
-            .map(|(k, v)| (k, Arc::new(v)))
-            .collect();
+        let mut objects = BTreeMap::new();
+        for (k, v) in snap.objects {
+            let clear = self.keyring.from_stored(&k, v).map_err(r)?;
+            objects.insert(k, Arc::new(clear));
+        }
         self.cache.reset(objects, revision_after(meta.last_log_id));
         Ok(())
     }
@@ -349,7 +390,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             last = Some(entry.log_id);
             let index = entry.log_id.index;
-            let response = match entry.payload {
+            let payload = match entry.payload {
+                EntryPayload::Normal(req) => EntryPayload::Normal(self.open_sealed(req)?),
+                other => other,
+            };
+            let response = match payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -386,7 +431,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for (key, value) in &batch {
                 match value {
                     Some(v) => {
-                        let bytes = serde_json::to_vec(v.as_ref()).map_err(w)?;
+                        let stored = self.keyring.to_stored(key, v.as_ref());
+                        let bytes = serde_json::to_vec(&stored).map_err(w)?;
                         objects.insert(key.as_str(), bytes.as_slice()).map_err(w)?;
                     }
                     None => {
@@ -516,6 +562,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn test_keyring(dir: &tempfile::TempDir) -> Arc<Keyring> {
+        Arc::new(Keyring::load_or_create(&dir.path().join("keys.json")).unwrap())
+    }
+
     fn put(key: &str, exists: Option<bool>) -> Request {
         Request::Put {
             key: key.into(),
@@ -538,7 +588,12 @@ mod tests {
     async fn writes_in_one_entry_see_each_other_and_get_their_own_revisions() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(Cache::new(100));
-        let mut sm = StateMachine::open(&dir.path().join("s.redb"), cache.clone()).unwrap();
+        let mut sm = StateMachine::open(
+            &dir.path().join("s.redb"),
+            cache.clone(),
+            test_keyring(&dir),
+        )
+        .unwrap();
         let batch = Request::Batch(vec![
             put("a", Some(false)),
             put("a", Some(false)),
@@ -574,7 +629,12 @@ mod tests {
         drop(sm);
         // reopening loads the same state
         let cache = Arc::new(Cache::new(100));
-        let sm = StateMachine::open(&dir.path().join("s.redb"), cache.clone()).unwrap();
+        let sm = StateMachine::open(
+            &dir.path().join("s.redb"),
+            cache.clone(),
+            test_keyring(&dir),
+        )
+        .unwrap();
         assert_eq!(cache.revision(), 8999);
         assert_eq!(cache.len(), 2);
         drop(sm);
@@ -584,7 +644,12 @@ mod tests {
     async fn a_transaction_applies_all_of_its_writes_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(Cache::new(100));
-        let mut sm = StateMachine::open(&dir.path().join("s.redb"), cache.clone()).unwrap();
+        let mut sm = StateMachine::open(
+            &dir.path().join("s.redb"),
+            cache.clone(),
+            test_keyring(&dir),
+        )
+        .unwrap();
         sm.apply([entry(1, put("taken", Some(false)))])
             .await
             .unwrap();

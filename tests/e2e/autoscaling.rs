@@ -222,14 +222,18 @@ async fn cpu_utilization_scales_a_busy_wasm_deployment() {
         (d["spec"]["replicas"] == 2).then_some(())
     })
     .await;
-    let (_, hpa) = s
-        .call(
-            Method::GET,
-            "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/burn",
-            None,
-        )
-        .await;
-    assert_eq!(hpa["status"]["desiredReplicas"], 2, "{hpa}");
+    // the autoscaler writes its status after it scaled the Deployment
+    let hpa = eventually(10, "the autoscaler's status says 2", || async {
+        let (_, hpa) = s
+            .call(
+                Method::GET,
+                "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/burn",
+                None,
+            )
+            .await;
+        (hpa["status"]["desiredReplicas"] == 2).then_some(hpa)
+    })
+    .await;
     // the utilization it acted on is in its status, and in wkctl's TARGETS
     let out = stdout(&s.wkctl(&["get", "hpa", "burn"]));
     assert!(out.contains("cpu: ") && out.contains("%/50%"), "{out}");

@@ -119,7 +119,11 @@ async fn get_prints_tables_formats_and_kubectl_errors() {
     }
     let out = s.wkctl(&["get", "cm"]);
     let text = stdout(&out);
-    let lines: Vec<&str> = text.lines().collect();
+    // every namespace also holds kube-root-ca.crt, as in Kubernetes
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("kube-root-ca.crt"))
+        .collect();
     assert!(
         lines[0].starts_with("NAME") && lines[0].contains("DATA") && lines[0].ends_with("AGE"),
         "{text}"
@@ -132,15 +136,21 @@ async fn get_prints_tables_formats_and_kubectl_errors() {
 
     assert_eq!(
         stdout(&s.wkctl(&["get", "configmaps", "-o", "name"])),
-        "configmap/a\nconfigmap/b\n"
+        "configmap/a\nconfigmap/b\nconfigmap/kube-root-ca.crt\n"
     );
     assert_eq!(
         stdout(&s.wkctl(&["get", "cm", "-l", "name!=a", "-o", "name"])),
-        "configmap/b\n"
+        "configmap/b\nconfigmap/kube-root-ca.crt\n"
     );
     let all = stdout(&s.wkctl(&["get", "cm", "-A"]));
     assert!(
-        all.starts_with("NAMESPACE") && all.contains("kube-system") && all.lines().count() == 4,
+        all.starts_with("NAMESPACE")
+            && all.contains("kube-system")
+            && all
+                .lines()
+                .filter(|l| !l.contains("kube-root-ca.crt"))
+                .count()
+                == 4,
         "{all}"
     );
     let json: Value =
@@ -150,7 +160,11 @@ async fn get_prints_tables_formats_and_kubectl_errors() {
     let list: Value =
         serde_json::from_str(&stdout(&s.wkctl(&["get", "cm", "-o", "json"]))).unwrap();
     assert_eq!(list["kind"], "List");
-    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        3,
+        "a, b, kube-root-ca.crt"
+    );
     let yaml = stdout(&s.wkctl(&["-n", "kube-system", "get", "configmap/c", "-o", "yaml"]));
     assert!(
         yaml.contains("kind: ConfigMap") && yaml.contains("name: c"),
@@ -326,9 +340,10 @@ async fn cluster_info_version_and_api_resources() {
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kc.yaml");
     wasmkube::client::Kubeconfig {
-        server: "http://127.0.0.1:1".into(),
-        token: "t".into(),
-        namespace: None,
+        server: "https://127.0.0.1:1".into(),
+        token: Some("t".into()),
+        insecure: true,
+        ..Default::default()
     }
     .write(&kc)
     .unwrap();
@@ -356,7 +371,9 @@ async fn get_watch_prints_rows_as_objects_change() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .filter(|l| !l.as_ref().is_ok_and(|l| l.starts_with("kube-root-ca.crt")));
     assert!(lines.next().unwrap().unwrap().starts_with("NAME"));
     assert!(lines.next().unwrap().unwrap().starts_with("first"));
     s.call(

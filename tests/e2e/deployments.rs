@@ -93,9 +93,8 @@ async fn a_rolling_update_keeps_availability_and_a_broken_rollout_is_undone() {
             )
         })
         .collect();
-    let resp = reqwest::Client::new()
+    let resp = s.http
         .get(format!("{}/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&resourceVersion={rv}", s.url))
-        .bearer_auth(&s.token)
         .send()
         .await
         .unwrap();

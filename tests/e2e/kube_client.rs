@@ -135,7 +135,7 @@ async fn kube_runtime_watcher_sees_initial_state_and_changes() {
             _ => {}
         }
     }
-    assert_eq!(initial, vec!["before"]);
+    assert_eq!(initial, vec!["before", "kube-root-ca.crt"]);
     cms.create(&PostParams::default(), &mk("after"))
         .await
         .unwrap();

@@ -18,7 +18,10 @@ pub struct Server {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub url: String,
-    pub token: String,
+    /// An HTTPS client with the admin identity of the kubeconfig.
+    pub http: reqwest::Client,
+    /// The server's join token (`DATA_DIR/token`).
+    pub join_token: String,
     args: Vec<String>,
 }
 
@@ -79,7 +82,8 @@ impl ServerBuilder {
             dir,
             _tmp: tmp,
             url: String::new(),
-            token: String::new(),
+            http: reqwest::Client::new(),
+            join_token: String::new(),
             args: self.args,
         };
         s.spawn().await;
@@ -139,10 +143,18 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        self.url = kc.server;
-        self.token = kc.token;
+        self.url = kc.server.clone();
+        self.http = wasmkube::tls::http_client(
+            kc.ca.as_deref().expect("kubeconfig CA"),
+            kc.client_cert.as_ref(),
+        )
+        .expect("admin client");
+        self.join_token = std::fs::read_to_string(self.dir.join("token"))
+            .expect("join token")
+            .trim()
+            .to_string();
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/readyz", self.url)).await {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await {
                 if r.status().is_success() {
                     break;
                 }
@@ -153,6 +165,26 @@ impl Server {
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // as in any Kubernetes cluster, every namespace soon has the CA
+        // bundle pods mount: tests that list ConfigMaps see it from the start
+        loop {
+            let (code, _) = self
+                .call(
+                    Method::GET,
+                    "/api/v1/namespaces/default/configmaps/kube-root-ca.crt",
+                    None,
+                )
+                .await;
+            if code == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-root-ca.crt never appeared: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -195,8 +227,22 @@ impl Server {
         self.spawn().await;
     }
 
+    /// The cluster CA the kubeconfig carries.
+    pub fn ca(&self) -> String {
+        Kubeconfig::load(&self.kubeconfig())
+            .expect("kubeconfig")
+            .ca
+            .expect("kubeconfig CA")
+    }
+
+    /// An HTTPS client that trusts the cluster CA but presents no identity.
+    pub fn anonymous(&self) -> reqwest::Client {
+        wasmkube::tls::http_client(&self.ca(), None).expect("client")
+    }
+
+    /// A client with the admin identity of the kubeconfig as written.
     pub fn client(&self) -> Client {
-        Client::new(self.url.clone(), self.token.clone())
+        Client::from_kubeconfig(&self.kubeconfig()).expect("admin client")
     }
 
     /// Raw request; returns the status code and the JSON body.
@@ -211,9 +257,7 @@ impl Server {
         body: Option<Value>,
         content_type: &str,
     ) -> (u16, Value) {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(b) = body {
             req = req.header("content-type", content_type).body(b.to_string());
         }
@@ -301,7 +345,7 @@ impl AgentProc {
             name: name.into(),
             dir,
             server_url: server.url.clone(),
-            token: server.token.clone(),
+            token: server.join_token.clone(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         a.spawn();

@@ -19,9 +19,9 @@ struct Watch {
 
 impl Watch {
     async fn open(s: &Server, query: &str) -> Watch {
-        let resp = reqwest::Client::new()
+        let resp = s
+            .http
             .get(format!("{}{CM}?watch=true&{query}", s.url))
-            .bearer_auth(&s.token)
             .send()
             .await
             .unwrap();
@@ -120,6 +120,8 @@ async fn watch_without_a_revision_starts_with_the_current_state() {
     s.call(Method::POST, CM, Some(configmap("one", "1"))).await;
     s.call(Method::POST, CM, Some(configmap("two", "1"))).await;
     let mut w = Watch::open(&s, "").await;
+    // the namespace's CA bundle, in key order, as every namespace has one
+    w.expect("ADDED", "kube-root-ca.crt").await;
     w.expect("ADDED", "one").await;
     w.expect("ADDED", "two").await;
     s.call(Method::POST, CM, Some(configmap("three", "1")))
@@ -202,11 +204,10 @@ async fn many_watchers_each_see_every_write_in_order() {
     let writes: Vec<_> = (0..100)
         .map(|i| {
             let url = s.url.clone();
-            let token = s.token.clone();
+            let http = s.http.clone();
             tokio::spawn(async move {
-                let r = reqwest::Client::new()
+                let r = http
                     .post(format!("{url}{CM}"))
-                    .bearer_auth(token)
                     .json(&configmap(&format!("w{i:03}"), "1"))
                     .send()
                     .await

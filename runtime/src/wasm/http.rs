@@ -71,16 +71,15 @@ impl GuestHost for HttpHost {
 }
 
 /// Outbound requests: a cluster name in the URI is resolved to one of its
-/// addresses (the Host header keeps the name); the rest is wasmtime-wasi-http's
-/// default sender.
+/// addresses (the Host header keeps the name). Plain HTTP goes through
+/// wasmtime-wasi-http's default sender; HTTPS through ours, which trusts
+/// the cluster CA too and verifies the name, not the address.
 struct ClusterHooks {
     lookup: Option<NameLookup>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<WasiBody>,
-    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-)>;
+use super::outgoing::SendResult;
 
 impl WasiHttpHooks for ClusterHooks {
     fn send_request(
@@ -90,17 +89,32 @@ impl WasiHttpHooks for ClusterHooks {
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         _ = fut;
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            let Some(authority) = request.uri().authority().cloned() else {
+                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid) });
+            };
+            let host = authority.host().to_string();
+            let port = authority.port_u16().unwrap_or(443);
+            let connect = self
+                .lookup
+                .as_ref()
+                .and_then(|l| (l.0)(&host))
+                .and_then(|addrs| addrs.first().copied())
+                .map(|ip| std::net::SocketAddr::new(ip, port).to_string())
+                .unwrap_or_else(|| format!("{host}:{port}"));
+            return Box::new(super::outgoing::send_https(
+                request,
+                options,
+                connect,
+                host,
+                self.tls.clone(),
+            ));
+        }
         if let (Some(lookup), Some(authority)) = (&self.lookup, request.uri().authority().cloned())
         {
             if let Some(addrs) = (lookup.0)(authority.host()) {
                 if let Some(ip) = addrs.first() {
-                    let port = authority.port_u16().unwrap_or(
-                        if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-                            443
-                        } else {
-                            80
-                        },
-                    );
+                    let port = authority.port_u16().unwrap_or(80);
                     let mut parts = request.uri().clone().into_parts();
                     if let Ok(a) = format!("{ip}:{port}").parse() {
                         parts.authority = Some(a);
@@ -124,6 +138,8 @@ impl WasiHttpHooks for ClusterHooks {
 /// A running HTTP function.
 pub(super) struct Function {
     pre: ProxyPre<HttpHost>,
+    /// Outbound HTTPS trust (public roots and the node's extra roots).
+    tls: Arc<rustls::ClientConfig>,
     permits: Arc<tokio::sync::Semaphore>,
     limits: HttpLimits,
     /// Requests being handled now.
@@ -141,6 +157,7 @@ impl Function {
         engine: &Engine,
         component: &Component,
         limits: HttpLimits,
+        tls: Arc<rustls::ClientConfig>,
     ) -> wasmtime::Result<Self> {
         let mut linker = Linker::<HttpHost>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -152,6 +169,7 @@ impl Function {
         let pre = ProxyPre::new(linker.instantiate_pre(component)?)?;
         Ok(Self {
             pre,
+            tls,
             permits: Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1))),
             limits,
             in_flight: AtomicUsize::new(0),
@@ -283,6 +301,7 @@ pub(super) async fn handle(
             http: WasiHttpCtx::new(),
             hooks: ClusterHooks {
                 lookup: lookup.clone(),
+                tls: f.tls.clone(),
             },
             memory: MemoryLimiter::new(spec.memory_limit, Some(usage.clone())),
             config: WasiConfigVariables::from_iter(spec.env.clone()),

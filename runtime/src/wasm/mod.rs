@@ -17,6 +17,7 @@
 
 mod http;
 mod limits;
+mod outgoing;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -64,6 +65,9 @@ pub struct WasmConfig {
     pub image_dir: PathBuf,
     /// Instance slots of the pooling allocator (`None`: on-demand allocation).
     pub pooling_instances: Option<u32>,
+    /// CA certificates (DER) that guests' outbound HTTPS trusts besides the
+    /// public roots: the cluster's server CA, so functions can call the API.
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 /// A compiled image.
@@ -126,6 +130,8 @@ struct Inner {
     images: crate::image::ImageStore,
     /// How images were prepared: compiled now, or loaded from the disk cache.
     stats: CompileStats,
+    /// Guests' outbound HTTPS trust.
+    outgoing_tls: Arc<rustls::ClientConfig>,
 }
 
 /// Counters of how compiled artifacts were obtained.
@@ -221,6 +227,7 @@ impl WasmRuntime {
                 ticker_stop,
                 images: crate::image::ImageStore::new(config.image_dir),
                 stats: CompileStats::default(),
+                outgoing_tls: outgoing::client_config(&config.extra_roots),
             }),
         })
     }
@@ -873,11 +880,15 @@ impl ContainerRuntime for WasmRuntime {
         let function = match &compiled {
             Compiled::Component(c) if compiled.is_http_handler(&self.inner.engine) => {
                 Some(Arc::new(
-                    http::Function::new(&self.inner.engine, c, spec.http).map_err(|e| {
-                        RuntimeError::Create {
-                            id: spec.id.clone(),
-                            reason: format!("preparing the HTTP function: {e:#}"),
-                        }
+                    http::Function::new(
+                        &self.inner.engine,
+                        c,
+                        spec.http,
+                        self.inner.outgoing_tls.clone(),
+                    )
+                    .map_err(|e| RuntimeError::Create {
+                        id: spec.id.clone(),
+                        reason: format!("preparing the HTTP function: {e:#}"),
                     })?,
                 ))
             }

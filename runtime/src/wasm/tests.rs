@@ -63,6 +63,7 @@ impl Fixture {
             cache_dir: dir.path().join("cache"),
             image_dir: dir.path().join("images"),
             pooling_instances: Some(16),
+            extra_roots: Vec::new(),
         })
         .unwrap();
         Self { rt, dir }
@@ -198,6 +199,7 @@ async fn compiled_artifacts_are_reused_from_memory_and_disk() {
         cache_dir: f.dir.path().join("cache"),
         image_dir: f.dir.path().join("images"),
         pooling_instances: None,
+        extra_roots: Vec::new(),
     })
     .unwrap();
     let bytes = wat::parse_str(&wat).unwrap();
