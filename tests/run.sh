@@ -19,6 +19,9 @@ if [ ${#PACKAGES[@]} -gt 0 ]; then
   fi
 fi
 
+echo "==> Python client for the client tests (pip kubernetes)"
+python3 -c "import kubernetes" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check kubernetes
+
 echo "==> Wasm example guests (from source)"
 # hello-http, fetcher and incluster are HTTP functions: components only
 cargo build --release --manifest-path examples/Cargo.toml --target wasm32-wasip1 \

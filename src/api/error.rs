@@ -133,7 +133,7 @@ pub enum ApiError {
     BadRequest(String),
     #[error("Unauthorized")]
     Unauthorized,
-    #[error("{resource} {name:?} is forbidden: {detail}")]
+    #[error("{}", forbidden_message(.resource, .name, .detail))]
     Forbidden {
         resource: String,
         name: String,
@@ -153,6 +153,16 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// kube-apiserver's wording: `pods "x" is forbidden: …`, `pods is
+/// forbidden: …` for collections, `forbidden: …` for non-resource paths.
+fn forbidden_message(resource: &str, name: &str, detail: &str) -> String {
+    match (resource.is_empty(), name.is_empty()) {
+        (true, _) => format!("forbidden: {detail}"),
+        (false, true) => format!("{resource} is forbidden: {detail}"),
+        (false, false) => format!("{resource} {name:?} is forbidden: {detail}"),
+    }
 }
 
 fn join_errors(errors: &[FieldError]) -> String {

@@ -213,6 +213,14 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             let m = rbac::ClusterRoleBinding::decode(bytes.as_slice()).map_err(bad)?;
             flat(binding(m.subjects, m.role_ref), m.metadata)
         }
+        ("v1", "Namespace") => {
+            let m = core::Namespace::decode(bytes.as_slice()).map_err(bad)?;
+            let mut f = Map::new();
+            if let Some(spec) = m.spec.filter(|s| !s.finalizers.is_empty()) {
+                f.insert("spec".into(), json!({"finalizers": spec.finalizers}));
+            }
+            flat(f, m.metadata)
+        }
         ("v1", "ServiceAccount") => {
             let m = core::ServiceAccount::decode(bytes.as_slice()).map_err(bad)?;
             let mut f = Map::new();
@@ -276,7 +284,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         }
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "application/json, application/yaml ({CONTENT_TYPE} is accepted only for the authentication.k8s.io and authorization.k8s.io reviews, TokenRequest, ServiceAccount and the RBAC kinds; {api_version} {kind} was sent)"
+                "application/json, application/yaml ({CONTENT_TYPE} is accepted only for the authentication.k8s.io and authorization.k8s.io reviews, TokenRequest, Namespace, ServiceAccount and the RBAC kinds; {api_version} {kind} was sent)"
             )))
         }
     })

@@ -364,11 +364,16 @@ impl AgentProc {
                     "agent",
                     "--server",
                     &self.server_url,
-                    "--token",
-                    &self.token,
                     "--node-name",
                     &self.name,
                 ])
+                // the server's own join token unless the test gives one
+                .args(
+                    (!self.extra.iter().any(|e| e == "--token"))
+                        .then_some(["--token", self.token.as_str()])
+                        .into_iter()
+                        .flatten(),
+                )
                 .arg("--data-dir")
                 .arg(self.dir.path().join("data"))
                 .args([
@@ -472,4 +477,93 @@ pub fn example_image(target: &str, name: &str) -> String {
         path.display()
     );
     format!("file://{}", path.display())
+}
+
+/// Run the real kubectl with `KUBECONFIG` set, as a user would.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    kubectl_stdin(kubeconfig, args, None)
+}
+
+pub fn kubectl_stdin(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap_or(Path::new("/tmp")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl is installed on these machines");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(i) = input {
+        stdin.write_all(i.as_bytes()).unwrap();
+    }
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+impl Server {
+    /// kubectl with the kubeconfig the server wrote.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        kubectl(&self.kubeconfig(), args)
+    }
+
+    /// A kubeconfig for a new user: a client certificate signed with the
+    /// cluster's client CA (what an administrator does with the CA key),
+    /// CN `user`, O `groups`.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let tls = self.dir.join("tls");
+        let ca = wasmkube::tls::Ca::load_or_create(&tls, "client-ca", "unused").unwrap();
+        let pair = ca
+            .issue(
+                &wasmkube::tls::LeafSpec::client(user, groups),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let kc = Kubeconfig {
+            server: self.url.clone(),
+            ca: Some(self.ca()),
+            client_cert: Some(pair),
+            ..Default::default()
+        };
+        let dir = self.dir.join("users");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.yaml", user.replace(':', "_")));
+        kc.write(&path).unwrap();
+        path
+    }
+
+    /// A kubeconfig that authenticates with a bearer token.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let kc = Kubeconfig {
+            server: self.url.clone(),
+            ca: Some(self.ca()),
+            token: Some(token.to_string()),
+            ..Default::default()
+        };
+        let dir = self.dir.join("users");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.yaml"));
+        kc.write(&path).unwrap();
+        path
+    }
+
+    /// An HTTPS client for a kubeconfig (its certificate or token).
+    pub fn http_for(&self, kubeconfig: &Path) -> reqwest::Client {
+        let kc = Kubeconfig::load(kubeconfig).unwrap();
+        let mut b = reqwest::Client::builder().use_preconfigured_tls(
+            wasmkube::tls::client_config(kc.ca.as_deref().unwrap(), kc.client_cert.as_ref())
+                .unwrap(),
+        );
+        if let Some(t) = kc.token {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+            b = b.default_headers(h);
+        }
+        b.build().unwrap()
+    }
 }
