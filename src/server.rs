@@ -523,10 +523,15 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| bound.to_string());
+    // a wildcard listener is advertised on loopback unless told otherwise
+    // (its certificate covers 127.0.0.1, never 0.0.0.0)
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], bound.port())).to_string()
+        } else {
+            bound.to_string()
+        }
+    });
     let pki = load_pki(&config, &advertise)?;
     let join_secret = join_token(dir, &pki.server_ca)?;
     let keyring = Arc::new(crate::store::encryption::Keyring::load_or_create(
