@@ -29,6 +29,14 @@ pub enum IdentityError {
     Pki(#[from] pki::PkiError),
 }
 
+impl IdentityError {
+    /// Whether trying again may help (the server could not be reached),
+    /// as opposed to a refusal or a token that cannot work.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IdentityError::FetchCa { .. })
+    }
+}
+
 /// What an agent proves itself with.
 #[derive(Clone)]
 pub struct NodeIdentity {

@@ -14,7 +14,7 @@ use crate::auth::attributes::{Attributes, Target};
 use crate::auth::rbac::{self, PolicyRule};
 use crate::auth::{node, Decision};
 
-use super::auth::{authorize, forbidden, CacheView, Principal};
+use super::auth::{authorize, CacheView, Principal};
 use super::ApiState;
 
 /// Where pods find their ServiceAccount credentials.
@@ -259,9 +259,4 @@ async fn service_account(
         }
     }
     Ok(())
-}
-
-/// The target of a request, for messages.
-pub fn denied(a: &Attributes, reason: &str) -> ApiError {
-    forbidden(a, reason)
 }

@@ -500,14 +500,27 @@ async fn agent_identity(
         "this agent has not joined yet: give --token (the server's DATA_DIR/token, or one from `wk token create`)",
     )?;
     let password = identity::node_password(&config.data_dir)?;
-    let id = identity::join(
-        server,
-        token,
-        &config.node_name,
-        &password,
-        std::slice::from_ref(&config.advertise_ip),
-    )
-    .await?;
+    // an edge device may boot before its server is reachable: keep trying
+    let mut backoff = Duration::from_secs(1);
+    let id = loop {
+        match identity::join(
+            server,
+            token,
+            &config.node_name,
+            &password,
+            std::slice::from_ref(&config.advertise_ip),
+        )
+        .await
+        {
+            Ok(id) => break id,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the server to join");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     id.save(&config.data_dir)?;
     tracing::info!(node = %config.node_name, %server, "joined the cluster");
     Ok(id)

@@ -77,7 +77,13 @@ pub async fn run(client: Client, ca: String, cancel: CancelToken) {
     };
     let watches = vec![
         Watch::new("namespaces", &namespaces, runtime::enqueue_self(&queue)),
-        Watch::new("configmaps", &configmaps, on_configmap),
+        // only the CA bundles: every other ConfigMap write costs this controller nothing
+        Watch::selected(
+            "configmaps",
+            "fieldSelector=metadata.name%3Dkube-root-ca.crt",
+            &configmaps,
+            on_configmap,
+        ),
     ];
     let controller = Arc::new(Controller {
         client: client.clone(),

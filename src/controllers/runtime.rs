@@ -498,6 +498,8 @@ pub async fn update_status(
 /// One kind a controller watches: the cache it fills and what its changes queue.
 pub struct Watch {
     res: &'static Resource,
+    /// `labelSelector=...` or `fieldSelector=...` (URL-encoded), or empty.
+    selector: String,
     cache: Arc<Cache>,
     on_change: Box<dyn Fn(Change) + Send + Sync>,
 }
@@ -509,8 +511,20 @@ impl Watch {
         cache: &Arc<Cache>,
         on_change: impl Fn(Change) + Send + Sync + 'static,
     ) -> Self {
+        Self::selected(plural, "", cache, on_change)
+    }
+
+    /// Watch only the objects `selector` selects (the server filters, so
+    /// other objects of the kind cost nothing).
+    pub fn selected(
+        plural: &str,
+        selector: &str,
+        cache: &Arc<Cache>,
+        on_change: impl Fn(Change) + Send + Sync + 'static,
+    ) -> Self {
         Self {
             res: crate::api::resources::lookup(plural).expect("controllers watch served kinds"),
+            selector: selector.to_string(),
             cache: cache.clone(),
             on_change: Box::new(on_change),
         }
@@ -542,13 +556,10 @@ pub async fn run_controller<R: Reconcile>(
     let reflectors: Vec<_> = watches
         .into_iter()
         .map(|w| {
-            tokio::spawn(reflect(
-                client.clone(),
-                w.res,
-                w.cache,
-                w.on_change,
-                cancel.clone(),
-            ))
+            let (client, cancel) = (client.clone(), cancel.clone());
+            tokio::spawn(async move {
+                reflect_selected(client, w.res, &w.selector, w.cache, w.on_change, cancel).await
+            })
         })
         .collect();
     for c in &caches {

@@ -55,7 +55,12 @@ pub async fn run(client: Client, cancel: CancelToken) {
     };
     let watches = vec![
         Watch::new("namespaces", &namespaces, runtime::enqueue_self(&queue)),
-        Watch::new("serviceaccounts", &accounts, on_account),
+        Watch::selected(
+            "serviceaccounts",
+            "fieldSelector=metadata.name%3Ddefault",
+            &accounts,
+            on_account,
+        ),
     ];
     let controller = Arc::new(Controller {
         client: client.clone(),

@@ -183,6 +183,45 @@ async fn an_agent_joins_with_a_token_and_acts_only_as_its_node() {
     );
     assert_eq!(get("/api/v1/namespaces/default/pods").await.0, 200);
     assert_eq!(get("/apis/apps/v1/deployments").await.0, 403);
+    // the same identity through kubectl and wkctl, from a kubeconfig of its files
+    let read = |f: &str| std::fs::read_to_string(data.join("tls").join(f)).unwrap();
+    let node_kc = agent.dir.path().join("node-kubeconfig.yaml");
+    wasmkube::client::Kubeconfig {
+        server: s.url.clone(),
+        ca: Some(read("server-ca.crt")),
+        client_cert: Some(wasmkube::tls::KeyPairPem {
+            cert: read("client-node.crt"),
+            key: read("client-node.key"),
+        }),
+        ..Default::default()
+    }
+    .write(&node_kc)
+    .unwrap();
+    let who = ok(&crate::util::kubectl(&node_kc, &["auth", "whoami"]));
+    assert!(
+        who.contains("system:node:edge-1") && who.contains("system:nodes"),
+        "{who}"
+    );
+    ok(&crate::util::kubectl(
+        &node_kc,
+        &["get", "secret", "edge-secret"],
+    ));
+    let e = crate::util::kubectl(&node_kc, &["get", "secret", "other-secret"]);
+    assert!(
+        stderr(&e).contains("no relationship found between node 'edge-1'"),
+        "{}",
+        stderr(&e)
+    );
+    let e = Command::new(crate::util::WKCTL)
+        .args(["get", "deployments"])
+        .env("KUBECONFIG", &node_kc)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&e).contains("User \"system:node:edge-1\" cannot list resource \"deployments\""),
+        "{}",
+        stderr(&e)
+    );
     // it writes its own Node and nobody else's; it creates no pods
     let patch = |path: String| {
         let node = node.clone();

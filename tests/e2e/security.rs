@@ -248,6 +248,22 @@ async fn rbac_grants_what_bindings_say_and_nobody_grants_what_they_lack() {
     assert!(e.contains("in the namespace \"default\""), "{e}");
     let e = fails(&kubectl(&jane, &["get", "nodes"]));
     assert!(e.contains("at the cluster scope"), "{e}");
+    // wkctl reads the same kubeconfig and gets the same answers
+    let w = |args: &[&str]| {
+        std::process::Command::new(crate::util::WKCTL)
+            .args(args)
+            .env("KUBECONFIG", &jane)
+            .output()
+            .unwrap()
+    };
+    assert!(w(&["get", "pods", "-n", "team"]).status.success());
+    let e = w(&["get", "secrets", "-n", "team"]);
+    assert!(!e.status.success());
+    assert!(
+        stderr(&e).contains("User \"jane\" cannot list resource \"secrets\""),
+        "{}",
+        stderr(&e)
+    );
     // can-i, its list, and the same questions asked for her by an admin
     assert_eq!(
         ok(&kubectl(
