@@ -568,20 +568,24 @@ pub async fn run(
         None => None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let graph = apiserver::graph::NodeGraph::new();
+    tokio::spawn(graph.clone().follow(store.cache().clone(), stop_rx.clone()));
     let state = Arc::new(ApiState {
         store: store.clone(),
         security: security.clone(),
         audit,
+        graph,
         bookmark_interval: config.bookmark_interval,
         advertise: advertise.clone(),
         shutdown: stop_rx.clone(),
-        kubelet: tls::http_client(&security.server_ca.cert_pem, Some(&pki.kubelet_client))?,
+        kubelet: tls::http1_client(&security.server_ca.cert_pem, Some(&pki.kubelet_client))?,
     });
     let app = apiserver::router(state);
     let tls_config = tls::server_config(
         &pki.serving,
         &security.client_ca.cert_pem,
         tls::ClientAuth::Optional,
+        tls::Alpn::H2AndHttp11,
     )?;
 
     let server_url = format!("https://{advertise}");

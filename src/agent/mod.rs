@@ -423,6 +423,7 @@ impl Agent {
             &identity.serving,
             &identity.client_ca,
             crate::tls::ClientAuth::Required,
+            crate::tls::Alpn::Http11,
         )
         .map_err(|e| AgentError::Tls(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(listen)

@@ -40,7 +40,7 @@ pub async fn admit(
 ) -> Result<(), ApiError> {
     let a = &principal.attributes;
     if let Some(n) = principal.user.node_name() {
-        node::admit(n, a, Some(obj), &CacheView(state.store.cache())).map_err(|detail| {
+        node::admit(n, a, Some(obj), &CacheView::of(state)).map_err(|detail| {
             let (resource, name, _) = a.forbidden_message("");
             ApiError::Forbidden {
                 resource,
@@ -82,7 +82,7 @@ fn allowed(
             name: name.into(),
         },
     };
-    authorize(state.store.cache(), &a) == Decision::Allow
+    authorize(&CacheView::of(state), &a) == Decision::Allow
 }
 
 fn escalation_error(
@@ -93,7 +93,7 @@ fn escalation_error(
     ns: &str,
     state: &ApiState,
 ) -> Result<(), ApiError> {
-    let (held, _) = rbac::rules_for(&CacheView(state.store.cache()), &principal.user, ns);
+    let (held, _) = rbac::rules_for(&CacheView::of(state), &principal.user, ns);
     match rbac::escalation(&principal.user, &held, granted) {
         None => Ok(()),
         Some(detail) => Err(ApiError::Forbidden {
@@ -158,7 +158,7 @@ fn check_binding(
     if principal.user.is_master() || allowed(state, principal, "bind", role_res, ns, role_name) {
         return Ok(());
     }
-    let view = CacheView(state.store.cache());
+    let view = CacheView::of(state);
     let role = if role_kind == "ClusterRole" {
         rbac::Source::cluster_role(&view, role_name)
     } else {

@@ -214,8 +214,16 @@ pub fn authenticate(
     }
 }
 
-/// RBAC objects and the pod graph, read from the store's cache.
-pub struct CacheView<'a>(pub &'a Cache);
+/// RBAC objects and the pod graph, read from the store's cache (and the
+/// Node authorizer's graph, when there is one).
+pub struct CacheView<'a>(pub &'a Cache, pub Option<&'a super::graph::NodeGraph>);
+
+impl<'a> CacheView<'a> {
+    /// The view of a running API server.
+    pub fn of(state: &'a ApiState) -> Self {
+        CacheView(state.store.cache(), Some(&state.graph))
+    }
+}
 
 impl CacheView<'_> {
     fn all(&self, plural: &str, ns: Option<&str>) -> Vec<Arc<Value>> {
@@ -248,14 +256,20 @@ impl rbac::Source for CacheView<'_> {
 }
 
 impl node::Graph for CacheView<'_> {
-    fn pods_on_node(&self, node: &str, namespace: &str) -> Vec<Arc<Value>> {
+    fn node_uses(&self, node: &str, namespace: &str, kind: node::RefKind, name: &str) -> bool {
+        if self.1.is_some_and(|g| g.uses(node, namespace, kind, name)) {
+            return true;
+        }
+        // the graph may be a moment behind the cache: ask the pods themselves
         let res = resources::lookup("pods").expect("pods are served");
-        self.0
+        let pods = self
+            .0
             .list(&res.prefix(Some(namespace)), None, None, None, &|p| {
                 p["spec"]["nodeName"].as_str() == Some(node)
             })
             .map(|p| p.items)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        node::pods_use(&pods, kind, name)
     }
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
         self.one("pods", namespace, name)
@@ -271,7 +285,7 @@ impl node::Graph for CacheView<'_> {
 
 /// The authorizer chain: `system:masters`, the Raft peers' paths, the
 /// Node authorizer, then RBAC.
-pub fn authorize(cache: &Cache, a: &Attributes) -> Decision {
+pub fn authorize(view: &CacheView, a: &Attributes) -> Decision {
     if let Target::NonResource { path } = &a.target {
         if path.starts_with("/raft/") {
             return if a.user.in_group(crate::auth::PEERS) {
@@ -284,15 +298,14 @@ pub fn authorize(cache: &Cache, a: &Attributes) -> Decision {
     if a.user.is_master() {
         return Decision::Allow;
     }
-    let view = CacheView(cache);
     if let Some(n) = a.user.node_name() {
-        match node::authorize(n, a, &view) {
+        match node::authorize(n, a, view) {
             Decision::Allow => return Decision::Allow,
             Decision::Deny(reason) => return Decision::Deny(reason),
             Decision::NoOpinion => {}
         }
     }
-    rbac::authorize(&view, a)
+    rbac::authorize(view, a)
 }
 
 /// The 403 for a denied request, worded as kube-apiserver words it.
@@ -308,7 +321,7 @@ pub fn forbidden(a: &Attributes, reason: &str) -> ApiError {
 /// Apply `Impersonate-*` headers: the impersonated user, once the
 /// authenticated one is allowed to impersonate each part of it.
 fn impersonate(
-    cache: &Cache,
+    view: &CacheView,
     user: &UserInfo,
     headers: &HeaderMap,
 ) -> Result<Option<UserInfo>, ApiError> {
@@ -350,7 +363,7 @@ fn impersonate(
                 name: name.into(),
             },
         };
-        match authorize(cache, &a) {
+        match authorize(view, &a) {
             Decision::Allow => Ok(()),
             Decision::Deny(r) => Err(forbidden(&a, &r)),
             Decision::NoOpinion => Err(forbidden(&a, "")),
@@ -403,8 +416,8 @@ pub async fn guard(State(state): State<Arc<ApiState>>, mut req: Request, next: N
     let outcome = (|| -> Result<Principal, Denied> {
         let authenticated =
             authenticate(&state, peer.as_ref(), req.headers()).map_err(|e| Box::new((e, None)))?;
-        let cache = state.store.cache();
-        let impersonated = impersonate(cache, &authenticated, req.headers())
+        let view = CacheView::of(&state);
+        let impersonated = impersonate(&view, &authenticated, req.headers())
             .map_err(|e| Box::new((e, Some(authenticated.clone()))))?;
         let (user, impersonator) = match impersonated {
             Some(u) => (u, Some(authenticated)),
@@ -415,7 +428,7 @@ pub async fn guard(State(state): State<Arc<ApiState>>, mut req: Request, next: N
             verb: verb.clone(),
             target: target.clone(),
         };
-        match authorize(cache, &attributes) {
+        match authorize(&view, &attributes) {
             Decision::Allow => Ok(Principal {
                 user,
                 impersonator,

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod discovery;
 pub mod encryption;
+pub mod graph;
 pub mod handlers;
 pub mod join;
 pub mod metrics;
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub security: Arc<auth::Security>,
     /// Where audit events go (`--audit-log-path`).
     pub audit: Option<audit::AuditLog>,
+    /// Which nodes' pods use which objects (the Node authorizer's graph).
+    pub graph: Arc<graph::NodeGraph>,
     /// How often idle watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
     /// The address clients reach this server at (for `/api` discovery).

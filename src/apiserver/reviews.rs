@@ -31,7 +31,7 @@ fn answer(res: &Resource, body: &Value, status: Value) -> Value {
 }
 
 fn access_status(state: &ApiState, a: &Attributes) -> Value {
-    match authorize(state.store.cache(), a) {
+    match authorize(&CacheView::of(state), a) {
         Decision::Allow => json!({"allowed": true}),
         Decision::Deny(reason) => json!({"allowed": false, "denied": true, "reason": reason}),
         Decision::NoOpinion => json!({"allowed": false}),
@@ -148,7 +148,7 @@ fn invalid(res: &Resource, field: &str, detail: &str) -> ApiError {
 
 /// The rules `user` holds in `namespace`, as SelfSubjectRulesReview lists them.
 fn rules_review(state: &ApiState, user: &UserInfo, namespace: &str) -> Value {
-    let (rules, errors) = rbac::rules_for(&CacheView(state.store.cache()), user, namespace);
+    let (rules, errors) = rbac::rules_for(&CacheView::of(state), user, namespace);
     let mut resource_rules = Vec::new();
     let mut non_resource_rules = Vec::new();
     for r in rules {

@@ -19,10 +19,19 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Deployment up from zero (see `controllers::hpa`).
 pub const ACTIVATION_ANNOTATION: &str = crate::controllers::hpa::ACTIVATION_REQUESTED;
 
+/// What a pod refers to by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefKind {
+    Secret,
+    ConfigMap,
+    Claim,
+    ServiceAccount,
+}
+
 /// What the Node authorizer needs to know about the cluster.
 pub trait Graph {
-    /// The pods in `namespace` bound to `node`.
-    fn pods_on_node(&self, node: &str, namespace: &str) -> Vec<Arc<Value>>;
+    /// Whether a pod in `namespace` bound to `node` uses `kind` `name`.
+    fn node_uses(&self, node: &str, namespace: &str, kind: RefKind, name: &str) -> bool;
     /// One pod.
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Value>>;
     /// Whether an Ingress in `namespace` serves TLS with Secret `name` (every
@@ -104,16 +113,12 @@ pub fn authorize(node: &str, a: &Attributes, graph: &dyn Graph) -> Decision {
         ("", "secrets" | "configmaps" | "persistentvolumeclaims", "")
             if is(verb, READ) && !name.is_empty() =>
         {
-            let pods = graph.pods_on_node(node, namespace);
-            let used = pods.iter().any(|p| {
-                let r = pod_refs(p);
-                match resource.as_str() {
-                    "secrets" => r.secrets.contains(name),
-                    "configmaps" => r.configmaps.contains(name),
-                    _ => r.claims.contains(name),
-                }
-            });
-            if used
+            let kind = match resource.as_str() {
+                "secrets" => RefKind::Secret,
+                "configmaps" => RefKind::ConfigMap,
+                _ => RefKind::Claim,
+            };
+            if graph.node_uses(node, namespace, kind, name)
                 || (resource == "secrets"
                     && verb == "get"
                     && graph.ingress_tls_secret(namespace, name))
@@ -124,8 +129,7 @@ pub fn authorize(node: &str, a: &Attributes, graph: &dyn Graph) -> Decision {
             }
         }
         ("", "serviceaccounts", "token") if verb == "create" => {
-            let pods = graph.pods_on_node(node, namespace);
-            if pods.iter().any(|p| pod_refs(p).service_account == *name) {
+            if graph.node_uses(node, namespace, RefKind::ServiceAccount, name) {
                 Decision::Allow
             } else {
                 no_relationship()
@@ -133,6 +137,23 @@ pub fn authorize(node: &str, a: &Attributes, graph: &dyn Graph) -> Decision {
         }
         _ => Decision::NoOpinion,
     }
+}
+
+/// Whether any of `pods` uses `kind` `name` (the slow, authoritative check).
+pub fn pods_use<'a>(
+    pods: impl IntoIterator<Item = &'a Arc<Value>>,
+    kind: RefKind,
+    name: &str,
+) -> bool {
+    pods.into_iter().any(|p| {
+        let r = pod_refs(p);
+        match kind {
+            RefKind::Secret => r.secrets.contains(name),
+            RefKind::ConfigMap => r.configmaps.contains(name),
+            RefKind::Claim => r.claims.contains(name),
+            RefKind::ServiceAccount => r.service_account == name,
+        }
+    })
 }
 
 /// NodeRestriction: what an agent's write may contain. `object` is the
@@ -227,12 +248,14 @@ mod tests {
     struct Pods(Vec<Arc<Value>>);
 
     impl Graph for Pods {
-        fn pods_on_node(&self, node: &str, ns: &str) -> Vec<Arc<Value>> {
-            self.0
-                .iter()
-                .filter(|p| p["metadata"]["namespace"] == ns && p["spec"]["nodeName"] == node)
-                .cloned()
-                .collect()
+        fn node_uses(&self, node: &str, ns: &str, kind: RefKind, name: &str) -> bool {
+            pods_use(
+                self.0
+                    .iter()
+                    .filter(|p| p["metadata"]["namespace"] == ns && p["spec"]["nodeName"] == node),
+                kind,
+                name,
+            )
         }
         fn pod(&self, ns: &str, name: &str) -> Option<Arc<Value>> {
             self.0

@@ -120,12 +120,12 @@ impl Client {
         tls: rustls::ClientConfig,
         credentials: Credentials,
     ) -> Result<Self, ClientError> {
-        crate::tls::install_default_provider();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls.clone())
-            .no_proxy()
-            .build()
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        // requests and watches share one HTTP/2 connection where offered;
+        // connections made by hand (exec's WebSocket) stay HTTP/1.1
+        let mut multiplexed = tls.clone();
+        multiplexed.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http =
+            crate::tls::build_http(multiplexed).map_err(|e| ClientError::Tls(e.to_string()))?;
         Ok(Self {
             http,
             server: server.into().trim_end_matches('/').to_string(),

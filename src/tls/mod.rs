@@ -70,6 +70,25 @@ fn chain_and_key(
     Ok((chain, key))
 }
 
+/// The application protocols a server offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2 first (one multiplexed connection per client), HTTP/1.1 for
+    /// clients that need an upgrade (exec's WebSocket) or know no better.
+    H2AndHttp11,
+    /// HTTP/1.1 only (the agent's API: exec upgrades pass through it).
+    Http11,
+}
+
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::H2AndHttp11 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Alpn::Http11 => vec![b"http/1.1".to_vec()],
+        }
+    }
+}
+
 /// Whether a server asks clients for a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -81,11 +100,12 @@ pub enum ClientAuth {
 }
 
 /// A server configuration for `identity`, verifying client certificates
-/// against `client_ca_pem`. HTTP/1.1 only (WebSocket upgrades, watches).
+/// against `client_ca_pem`, offering `alpn`.
 pub fn server_config(
     identity: &KeyPairPem,
     client_ca_pem: &str,
     auth: ClientAuth,
+    alpn: Alpn,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = chain_and_key(identity)?;
     let verifier =
@@ -100,12 +120,13 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.protocols();
     Ok(Arc::new(config))
 }
 
 /// A client configuration that trusts only `ca_pem` and presents
-/// `identity` when given.
+/// `identity` when given. It offers HTTP/1.1 only; an HTTP client that can
+/// multiplex adds `h2` (see [`http_client`]).
 pub fn client_config(
     ca_pem: &str,
     identity: Option<&KeyPairPem>,
@@ -125,14 +146,32 @@ pub fn client_config(
 }
 
 /// An HTTP client for cluster endpoints: trusts only `ca_pem`, presents
-/// `identity` when given.
+/// `identity` when given, and speaks HTTP/2 where the server offers it (all
+/// of a client's requests and watches share one connection).
 pub fn http_client(
     ca_pem: &str,
     identity: Option<&KeyPairPem>,
 ) -> Result<reqwest::Client, TlsError> {
+    let mut config = client_config(ca_pem, identity)?;
+    config.alpn_protocols = Alpn::H2AndHttp11.protocols();
+    build_http(config)
+}
+
+/// An HTTP/1.1-only client (for requests that upgrade the connection:
+/// the API server passing exec through to an agent).
+pub fn http1_client(
+    ca_pem: &str,
+    identity: Option<&KeyPairPem>,
+) -> Result<reqwest::Client, TlsError> {
+    build_http(client_config(ca_pem, identity)?)
+}
+
+/// A reqwest client over a prepared TLS configuration (its ALPN decides
+/// HTTP/2 or HTTP/1.1).
+pub fn build_http(config: ClientConfig) -> Result<reqwest::Client, TlsError> {
     install_default_provider();
     reqwest::Client::builder()
-        .use_preconfigured_tls(client_config(ca_pem, identity)?)
+        .use_preconfigured_tls(config)
         .no_proxy()
         .build()
         .map_err(|e| TlsError::Client(e.to_string()))

@@ -1,5 +1,6 @@
-//! Serving an axum router over TLS: one task per connection, the handshake
-//! bounded in time (a slow or broken client holds only its own task), the
+//! Serving an axum router over TLS: HTTP/2 when the client offers it (one
+//! multiplexed connection per client), HTTP/1.1 otherwise (and for upgrades);
+//! one task per connection, the handshake bounded in time (a slow or broken client holds only its own task), the
 //! verified client certificate's subject handed to the router as a request
 //! extension, and a graceful stop that lets in-flight requests finish.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -87,18 +88,34 @@ pub async fn serve(
                     .insert(axum::extract::ConnectInfo(peer.addr));
                 router.clone().oneshot(req)
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            let stopping = tokio::select! {
-                _ = conn.as_mut() => false,
-                _ = stop.wait_for(|s| *s) => true,
-            };
-            if stopping {
-                // finish the requests in flight, take no new ones
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(tls);
+            if h2 {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service);
+                let mut conn = std::pin::pin!(conn);
+                let stopping = tokio::select! {
+                    _ = conn.as_mut() => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                if stopping {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            } else {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                let mut conn = std::pin::pin!(conn);
+                let stopping = tokio::select! {
+                    _ = conn.as_mut() => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                if stopping {
+                    // finish the requests in flight, take no new ones
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
             }
         });
     }

@@ -87,7 +87,9 @@ async fn kill_9_during_a_stream_of_writes_keeps_every_acknowledged_write() {
     );
 }
 
-#[tokio::test]
+// multi-threaded: `terminate` blocks its thread while the watch's HTTP/2
+// connection must still answer the server's goodbye
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_cleanly_and_revisions_continue_after_restart() {
     let mut s = Server::start().await;
     let (_, last) = s.call(Method::POST, CM, Some(configmap("kept", "1"))).await;
@@ -103,7 +105,8 @@ async fn sigterm_shuts_down_cleanly_and_revisions_continue_after_restart() {
     assert!(s.terminate(), "wk server exits 0 on SIGTERM: {}", s.log());
     assert!(
         started.elapsed() < Duration::from_secs(10),
-        "shutdown waited for the watch"
+        "shutdown waited for the watch: {}",
+        s.log()
     );
     drop(watch);
     assert!(s.log().contains("wk server stopped"));

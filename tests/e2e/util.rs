@@ -122,7 +122,10 @@ impl Server {
             .arg(&self.dir)
             .args(listen)
             .args(&self.args)
-            .env("WK_LOG", "info,openraft=warn")
+            .env(
+                "WK_LOG",
+                std::env::var("WK_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
