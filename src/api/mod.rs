@@ -4,9 +4,12 @@
 pub mod error;
 pub mod meta;
 pub mod podrefs;
+pub mod printers;
 pub mod quantity;
 pub mod resources;
+pub mod schema;
 pub mod selector;
+pub mod smp;
 pub mod validation;
 
 pub use error::{ApiError, FieldError};

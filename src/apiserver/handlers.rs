@@ -566,7 +566,8 @@ pub async fn update(
 pub enum PatchType {
     Json,
     Merge,
-    /// Applied as a JSON merge patch: lists are replaced, not merged by key.
+    /// Kubernetes' strategic merge patch (`api::smp`): lists merge by the
+    /// keys the types declare.
     StrategicMerge,
     /// Server-side apply: creates the object when absent, then merges.
     Apply,
@@ -594,9 +595,24 @@ pub struct PatchBody {
 }
 
 /// Apply a patch document to `doc`.
-pub fn apply_patch(doc: &Value, ty: PatchType, patch: &Value) -> Result<Value, ApiError> {
+/// Apply a patch of type `ty` to `doc`, an object of schema `schema` (the
+/// definition name of its kind, for strategic merge patches; `None` merges
+/// as a JSON merge patch would).
+pub fn apply_patch(
+    doc: &Value,
+    ty: PatchType,
+    patch: &Value,
+    schema: Option<&str>,
+) -> Result<Value, ApiError> {
     let mut out = doc.clone();
     match ty {
+        PatchType::StrategicMerge | PatchType::Apply => {
+            out = crate::api::smp::apply(doc, patch, schema).map_err(|e| ApiError::Invalid {
+                kind: doc["kind"].as_str().unwrap_or_default().to_string(),
+                name: meta::name(doc).into(),
+                errors: vec![crate::api::FieldError::invalid("patch", "", e.to_string())],
+            })?;
+        }
         PatchType::Json => {
             let p: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
@@ -606,7 +622,7 @@ pub fn apply_patch(doc: &Value, ty: PatchType, patch: &Value) -> Result<Value, A
                 errors: vec![crate::api::FieldError::invalid("patch", "", e.to_string())],
             })?;
         }
-        PatchType::Merge | PatchType::StrategicMerge | PatchType::Apply => {
+        PatchType::Merge => {
             if !patch.is_object() {
                 return Err(ApiError::BadRequest(
                     "a merge patch must be a JSON object".into(),
@@ -639,7 +655,7 @@ pub async fn patch(
         return Ok((created, true));
     }
     let updated = update_with(store, res, ns, name, part, p.is_dry_run(), |old| {
-        let mut patched = apply_patch(old, ty, &body)?;
+        let mut patched = apply_patch(old, ty, &body, crate::api::schema::schemas().root(res))?;
         // A resourceVersion only pins the write when the patch itself carries one.
         let pinned = body.pointer("/metadata/resourceVersion").is_some()
             || (ty == PatchType::Json
@@ -1050,6 +1066,7 @@ mod tests {
             &doc,
             PatchType::Merge,
             &json!({"metadata": {"labels": {"y": null, "z": "3"}}}),
+            None,
         )
         .unwrap();
         assert_eq!(merged["metadata"]["labels"], json!({"x": "1", "z": "3"}));
@@ -1057,13 +1074,15 @@ mod tests {
             &doc,
             PatchType::Json,
             &json!([{"op": "replace", "path": "/spec/replicas", "value": 5}]),
+            None,
         )
         .unwrap();
         assert_eq!(patched["spec"]["replicas"], 5);
         assert!(apply_patch(
             &doc,
             PatchType::Json,
-            &json!([{"op": "test", "path": "/spec/replicas", "value": 9}])
+            &json!([{"op": "test", "path": "/spec/replicas", "value": 9}]),
+            None
         )
         .is_err());
         assert!(PatchType::from_content_type("text/plain").is_err());

@@ -16,19 +16,21 @@ pub mod graph;
 pub mod handlers;
 pub mod join;
 pub mod metrics;
+pub mod openapi;
 pub mod protobuf;
 pub mod proxy;
 pub mod request;
 pub mod reviews;
 pub mod serviceaccounts;
 pub mod services;
+pub mod table;
 pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Request as HttpRequest, State};
+use axum::extract::{Extension, Path, Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -130,6 +132,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/raft/append", post(raft_append))
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
+        .route("/openapi/v2", get(openapi_v2))
+        .route("/openapi/v3", get(openapi_v3_index))
+        .route("/openapi/v3/{*gv}", get(openapi_v3))
         .route("/openid/v1/jwks", get(jwks))
         .route(
             "/.well-known/openid-configuration",
@@ -147,6 +152,25 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1-wk/join", post(join::join))
         .merge(authed)
         .with_state(state)
+}
+
+async fn openapi_v2() -> Json<&'static Value> {
+    Json(openapi::v2_document())
+}
+
+async fn openapi_v3_index() -> Json<Value> {
+    Json(openapi::v3_index())
+}
+
+async fn openapi_v3(Path(gv): Path<String>) -> Response {
+    match openapi::v3_document(&gv) {
+        Some(doc) => Json(doc).into_response(),
+        None => Failure(ApiError::NotFound {
+            resource: "openapi".into(),
+            name: gv,
+        })
+        .into_response(),
+    }
 }
 
 async fn jwks(State(state): State<Arc<ApiState>>) -> Response {
@@ -308,6 +332,15 @@ async fn serve(
     };
     let ct = content_type(headers);
     let decoded = || request::decode_body(ct, &body);
+    let render = table::negotiate(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+        p.include_object.as_deref(),
+    )?;
+    // reads answer as the client asked: the objects, or a Table of them
+    let shown = |v: Value| match &render {
+        table::Render::Table { version, include } => table::render(res, v, version, *include),
+        table::Render::Object => v,
+    };
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
     if res.review {
         return match (method.clone(), name.as_deref()) {
@@ -334,6 +367,7 @@ async fn serve(
                 &p,
                 state.bookmark_interval,
                 state.shutdown.clone(),
+                render,
             )?;
             Ok(Response::builder()
                 .status(StatusCode::OK)
@@ -342,7 +376,7 @@ async fn serve(
                 .body(body)
                 .map_err(|e| ApiError::Internal(e.to_string()))?)
         }
-        (Method::GET, None, None) => ok(handlers::list(store, res, ns, &p).await?),
+        (Method::GET, None, None) => ok(shown(handlers::list(store, res, ns, &p).await?)),
         (Method::POST, None, None) => {
             let obj = admit(decoded()?).await?;
             let created = handlers::create(store, res, ns, obj, &p).await?;
@@ -357,7 +391,7 @@ async fn serve(
             let opts = DeleteOptions::from_body(b.as_ref(), &p)?;
             ok(handlers::delete_collection(store, res, ns, &p, &opts).await?)
         }
-        (Method::GET, Some(n), None) => ok(handlers::get(store, res, ns_str, n)?),
+        (Method::GET, Some(n), None) => ok(shown(handlers::get(store, res, ns_str, n)?)),
         (Method::PUT, Some(n), None) => {
             let obj = admit(decoded()?).await?;
             ok(handlers::update(store, res, ns_str, n, obj, Part::Main, &p).await?)
@@ -386,7 +420,8 @@ async fn serve(
             if res.group == "rbac.authorization.k8s.io" {
                 // escalation is judged on the object the patch makes
                 let current = handlers::get(store, res, ns_str, n)?;
-                admit(handlers::apply_patch(&current, ty, &patch_body)?).await?;
+                let schema = crate::api::schema::schemas().root(res);
+                admit(handlers::apply_patch(&current, ty, &patch_body, schema)?).await?;
             } else {
                 admit(patch_body.clone()).await?;
             }
@@ -458,7 +493,7 @@ async fn serve(
             let patch_body = decoded()?;
             ok(
                 handlers::update_scale(store, res, ns_str, n, p.is_dry_run(), |current| {
-                    let mut s = handlers::apply_patch(current, ty, &patch_body)?;
+                    let mut s = handlers::apply_patch(current, ty, &patch_body, None)?;
                     if patch_body.pointer("/metadata/resourceVersion").is_none() {
                         s["metadata"]["resourceVersion"] = Value::String(String::new());
                     }

@@ -126,6 +126,8 @@ pub struct Params {
     pub grace_period_seconds: Option<i64>,
     pub field_manager: Option<String>,
     pub force: Option<String>,
+    /// With Table responses: None, Metadata (the default) or Object.
+    pub include_object: Option<String>,
 }
 
 fn truthy(v: &Option<String>) -> bool {

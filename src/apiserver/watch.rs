@@ -31,7 +31,8 @@ fn line(event_type: &str, object: &Value) -> Bytes {
     Bytes::from(s)
 }
 
-/// Start a watch and return the streaming body.
+/// Start a watch and return the streaming body. With a Table rendering each
+/// event's object is a one-row Table (bookmarks and errors stay as they are).
 pub fn watch(
     store: &Store,
     res: &'static Resource,
@@ -39,7 +40,21 @@ pub fn watch(
     p: &Params,
     bookmark_interval: Duration,
     mut shutdown: crate::controllers::CancelToken,
+    render: super::table::Render,
 ) -> Result<Body, ApiError> {
+    let shown = move |obj: &Value| -> Value {
+        match &render {
+            super::table::Render::Object => obj.clone(),
+            super::table::Render::Table { version, include } => super::table::table(
+                res,
+                std::slice::from_ref(obj),
+                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                version,
+                *include,
+                true,
+            ),
+        }
+    };
     let filter = Filter::from_params(res, p)?;
     let prefix = res.prefix(ns);
     let start = p.revision()?;
@@ -66,7 +81,7 @@ pub fn watch(
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         for obj in initial {
-            if tx.send(Ok(line("ADDED", &obj))).await.is_err() {
+            if tx.send(Ok(line("ADDED", &shown(&obj)))).await.is_err() {
                 return;
             }
         }
@@ -99,7 +114,7 @@ pub fn watch(
                     (_, false, false) => None,
                 };
                 if let Some(t) = event {
-                    if tx.send(Ok(line(t, &c.object))).await.is_err() {
+                    if tx.send(Ok(line(t, &shown(&c.object)))).await.is_err() {
                         return;
                     }
                 }

@@ -79,38 +79,76 @@ pub fn urlencode(s: &str) -> String {
         .to_string()
 }
 
+/// The header and rows of server Tables (the columns the API server's
+/// printers give; `-o wide` adds the priority-1 ones).
+struct Printed {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
 impl Get {
-    fn rows(
-        &self,
-        res: &Resource,
-        items: &[Value],
-        prefix_kind: bool,
-    ) -> (Vec<String>, Vec<Vec<String>>) {
-        let wide = self.output == Some(Output::Wide);
-        let mut headers: Vec<String> = printers::headers(res, wide)
-            .into_iter()
-            .map(String::from)
+    fn wide(&self) -> bool {
+        self.output == Some(Output::Wide)
+    }
+
+    /// Print rows of `tables` (one Table per request) as kubectl does.
+    fn rows(&self, res: &Resource, tables: &[Value], prefix_kind: bool) -> Printed {
+        let columns = tables
+            .iter()
+            .map(|t| &t["columnDefinitions"])
+            .find(|c| c.as_array().is_some_and(|a| !a.is_empty()))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let shown: Vec<usize> = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| self.wide() || c["priority"].as_i64().unwrap_or(0) == 0)
+            .map(|(i, _)| i)
             .collect();
-        if self.all_namespaces && res.namespaced {
+        let name_col = columns.iter().position(|c| c["format"] == "name");
+        let mut headers: Vec<String> = shown
+            .iter()
+            .map(|i| {
+                columns[*i]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_uppercase()
+            })
+            .collect();
+        let namespaced = self.all_namespaces && res.namespaced;
+        if namespaced {
             headers.insert(0, "NAMESPACE".into());
         }
         if self.show_labels {
             headers.push("LABELS".into());
         }
-        let rows = items
+        let rows = tables
             .iter()
-            .map(|o| {
-                let mut r = printers::row(res, o, wide);
-                if prefix_kind && res.kind != "Event" {
-                    r[0] = ref_name(res, &r[0]);
-                }
-                if self.all_namespaces && res.namespaced {
-                    r.insert(0, crate::api::meta::namespace(o).to_string());
+            .flat_map(|t| t["rows"].as_array().cloned().unwrap_or_default())
+            .map(|row| {
+                let cells = row["cells"].as_array().cloned().unwrap_or_default();
+                let mut r: Vec<String> = shown
+                    .iter()
+                    .map(|i| {
+                        let text = cells.get(*i).map(printers::cell_text).unwrap_or_default();
+                        if prefix_kind && Some(*i) == name_col && res.kind != "Event" {
+                            ref_name(res, &text)
+                        } else {
+                            text
+                        }
+                    })
+                    .collect();
+                let meta = &row["object"]["metadata"];
+                if namespaced {
+                    r.insert(
+                        0,
+                        meta["namespace"].as_str().unwrap_or_default().to_string(),
+                    );
                 }
                 if self.show_labels {
-                    let labels = o
-                        .pointer("/metadata/labels")
-                        .and_then(Value::as_object)
+                    let labels = meta["labels"]
+                        .as_object()
                         .map(|m| {
                             m.iter()
                                 .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
@@ -127,7 +165,7 @@ impl Get {
                 r
             })
             .collect();
-        (headers, rows)
+        Printed { headers, rows }
     }
 
     pub async fn execute(&self, ctx: &Context) -> Result<(), CliError> {
@@ -143,19 +181,31 @@ impl Get {
             } else {
                 ctx.ns_for(res)
             };
+            // tables from the server for the human formats, objects otherwise
+            let tables = matches!(self.output, None | Some(Output::Wide));
+            let fetch = |path: String| async move {
+                if tables {
+                    ctx.client.table(&path).await
+                } else {
+                    ctx.client.request(reqwest::Method::GET, &path, None).await
+                }
+            };
+            let q = query(&self.selector, &self.field_selector);
             let items: Vec<Value> = if names.is_empty() {
-                let list = ctx
-                    .client
-                    .list(res, ns, &query(&self.selector, &self.field_selector))
-                    .await?;
+                let sep = if q.is_empty() { "" } else { "?" };
+                let list = fetch(format!("{}{sep}{q}", res.collection_path(ns))).await?;
                 watch_from = list["metadata"]["resourceVersion"]
                     .as_str()
                     .map(String::from);
-                list["items"].as_array().cloned().unwrap_or_default()
+                if tables {
+                    vec![list]
+                } else {
+                    list["items"].as_array().cloned().unwrap_or_default()
+                }
             } else {
                 let mut v = Vec::new();
                 for n in names {
-                    match ctx.client.get(res, ctx.ns_for(res), n).await {
+                    match fetch(res.object_path(ctx.ns_for(res), n)).await {
                         Ok(o) => v.push(o),
                         Err(e) => {
                             eprintln!("{e}");
@@ -180,14 +230,14 @@ impl Get {
                     printed_any |= !items.is_empty();
                 }
                 _ => {
-                    if items.is_empty() {
+                    let p = self.rows(res, &items, multi);
+                    if p.rows.is_empty() {
                         continue;
                     }
-                    let (h, r) = self.rows(res, &items, multi);
                     if printed_any {
                         println!();
                     }
-                    print!("{}", printers::table(&h, &r));
+                    print!("{}", printers::table(&p.headers, &p.rows));
                     printed_any = true;
                 }
             }
@@ -240,7 +290,8 @@ impl Get {
                     if q.is_empty() { "" } else { "&" }
                 );
             }
-            let stream = ctx.client.watch(res, ns, &q).await?;
+            let tables = matches!(self.output, None | Some(Output::Wide));
+            let stream = ctx.client.watch_as(res, ns, &q, tables).await?;
             let mut stream = std::pin::pin!(stream);
             while let Some(ev) = stream.next().await {
                 let ev = ev?;
@@ -263,8 +314,8 @@ impl Get {
                     Some(Output::Yaml) => print!("---\n{}", printers::yaml(&ev.object)),
                     Some(Output::Name) => println!("{}", ref_name(res, super::name_of(&ev.object))),
                     _ => {
-                        let (h, r) = self.rows(res, std::slice::from_ref(&ev.object), false);
-                        let t = printers::table(&h, &r);
+                        let p = self.rows(res, std::slice::from_ref(&ev.object), false);
+                        let t = printers::table(&p.headers, &p.rows);
                         // Rows only: the header was printed with the list.
                         print!(
                             "{}",

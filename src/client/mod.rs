@@ -60,6 +60,10 @@ impl ClientError {
     }
 }
 
+/// The `Accept` header asking for server-side printing, as kubectl sends it.
+pub const TABLE: &str =
+    "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
 /// One watch event.
 #[derive(Debug, Clone)]
 pub struct WatchEvent {
@@ -229,7 +233,20 @@ impl Client {
         path: &str,
         body: Option<(&Value, &str)>,
     ) -> Result<reqwest::Response, ClientError> {
+        self.send_accepting(method, path, body, None).await
+    }
+
+    async fn send_accepting(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&Value, &str)>,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
         let mut req = self.request_builder(method, path);
+        if let Some(a) = accept {
+            req = req.header(reqwest::header::ACCEPT, a);
+        }
         if let Some((b, ct)) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, ct)
@@ -364,6 +381,15 @@ impl Client {
             .await
     }
 
+    /// GET `path` as a `meta.k8s.io/v1` Table (the server's columns).
+    pub async fn table(&self, path: &str) -> Result<Value, ClientError> {
+        let resp = self
+            .send_accepting(Method::GET, path, None, Some(TABLE))
+            .await?;
+        let bytes = resp.bytes().await.map_err(|e| self.connect_err(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     /// WATCH a collection; `query` carries selectors and `resourceVersion`.
     pub async fn watch(
         &self,
@@ -371,9 +397,22 @@ impl Client {
         ns: Option<&str>,
         query: &str,
     ) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>> + use<>, ClientError> {
+        self.watch_as(res, ns, query, false).await
+    }
+
+    /// WATCH a collection; with `tables` every event's object is a one-row Table.
+    pub async fn watch_as(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        query: &str,
+        tables: bool,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>> + use<>, ClientError> {
         let sep = if query.is_empty() { "" } else { "&" };
         let path = format!("{}?watch=true{sep}{query}", res.collection_path(ns));
-        let resp = self.send(Method::GET, &path, None).await?;
+        let resp = self
+            .send_accepting(Method::GET, &path, None, tables.then_some(TABLE))
+            .await?;
         let server = self.server.clone();
         let bytes = resp.bytes_stream();
         Ok(lines(bytes).map(move |line| {
