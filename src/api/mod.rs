@@ -2,6 +2,7 @@
 //! the mapping of errors to `metav1.Status`. No I/O happens here.
 
 pub mod error;
+pub mod fields;
 pub mod meta;
 pub mod podrefs;
 pub mod printers;

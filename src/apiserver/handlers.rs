@@ -7,6 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::api::fields::{self, FieldProblem, FieldValidation};
 use crate::api::meta::{self, finalizers, is_deleting};
 use crate::api::resources::{self, Resource};
 use crate::api::selector::{FieldSelector, LabelSelector};
@@ -199,6 +200,44 @@ fn create_resets_status(res: &Resource) -> bool {
     res.status && !matches!(res.kind, "Node" | "Namespace")
 }
 
+/// Report `problems` with a request's fields as `mode` says: an error for
+/// `Strict`, warnings for `Warn`.
+pub fn report_fields(
+    res: &Resource,
+    mode: FieldValidation,
+    problems: Vec<FieldProblem>,
+) -> Result<(), ApiError> {
+    match mode {
+        _ if problems.is_empty() => Ok(()),
+        FieldValidation::Strict => Err(fields::strict_error(res.kind, res.version, &problems)),
+        FieldValidation::Warn => {
+            problems
+                .iter()
+                .for_each(|p| super::warnings::add(p.to_string()));
+            Ok(())
+        }
+        FieldValidation::Ignore => Ok(()),
+    }
+}
+
+/// Check a request object for fields its kind does not declare.
+fn check_fields(res: &Resource, obj: &Value, p: &Params) -> Result<(), ApiError> {
+    let mode = p.field_validation()?;
+    if mode == FieldValidation::Ignore {
+        return Ok(());
+    }
+    let s = crate::api::schema::schemas();
+    let Some(root) = s.root(res) else {
+        return Ok(());
+    };
+    let unknown = fields::unknown_fields(&s.definitions, &s.definitions[root], obj);
+    report_fields(
+        res,
+        mode,
+        unknown.into_iter().map(FieldProblem::Unknown).collect(),
+    )
+}
+
 /// CREATE. Returns the stored object.
 pub async fn create(
     store: &Store,
@@ -208,6 +247,7 @@ pub async fn create(
     p: &Params,
 ) -> Result<Value, ApiError> {
     check_type(res, &mut obj)?;
+    check_fields(res, &obj, p)?;
     let namespace = if res.namespaced {
         let path_ns = ns.unwrap_or("default");
         match meta::namespace(&obj) {
@@ -555,6 +595,7 @@ pub async fn update(
     part: Part,
     p: &Params,
 ) -> Result<Value, ApiError> {
+    check_fields(res, &body, p)?;
     update_with(store, res, ns, name, part, p.is_dry_run(), |_| {
         Ok(body.clone())
     })
@@ -656,6 +697,7 @@ pub async fn patch(
     }
     let updated = update_with(store, res, ns, name, part, p.is_dry_run(), |old| {
         let mut patched = apply_patch(old, ty, &body, crate::api::schema::schemas().root(res))?;
+        check_fields(res, &patched, p)?;
         // A resourceVersion only pins the write when the patch itself carries one.
         let pinned = body.pointer("/metadata/resourceVersion").is_some()
             || (ty == PatchType::Json

@@ -24,6 +24,7 @@ pub mod reviews;
 pub mod serviceaccounts;
 pub mod services;
 pub mod table;
+pub mod warnings;
 pub mod watch;
 
 use std::sync::Arc;
@@ -258,7 +259,7 @@ async fn dispatch(
                 .into_response()
         }
     };
-    match serve(
+    let (result, warned) = warnings::scope(serve(
         &state,
         &principal,
         &method,
@@ -266,10 +267,13 @@ async fn dispatch(
         &path,
         query.as_deref(),
         body,
-    )
-    .await
-    {
-        Ok(r) => r,
+    ))
+    .await;
+    match result {
+        Ok(mut r) => {
+            warnings::attach(&mut r, &warned);
+            r
+        }
         Err(e) => {
             if e.code() >= 500 {
                 tracing::warn!(%method, %path, error = %e, "request failed");
@@ -331,6 +335,17 @@ async fn serve(
         ""
     };
     let ct = content_type(headers);
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) && !res.review {
+        // keys given twice are lost in decoding: find them in the bytes
+        let dups = crate::api::fields::duplicate_fields(&body);
+        handlers::report_fields(
+            res,
+            p.field_validation()?,
+            dups.into_iter()
+                .map(crate::api::fields::FieldProblem::Duplicate)
+                .collect(),
+        )?;
+    }
     let decoded = || request::decode_body(ct, &body);
     let render = table::negotiate(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::fields::FieldValidation;
 use crate::api::resources::{self, Resource};
 use crate::api::ApiError;
 
@@ -128,6 +129,8 @@ pub struct Params {
     pub force: Option<String>,
     /// With Table responses: None, Metadata (the default) or Object.
     pub include_object: Option<String>,
+    /// On writes: Ignore, Warn (the default) or Strict.
+    pub field_validation: Option<String>,
 }
 
 fn truthy(v: &Option<String>) -> bool {
@@ -139,6 +142,11 @@ impl Params {
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         serde_urlencoded::from_str(query.unwrap_or_default())
             .map_err(|e| ApiError::BadRequest(format!("invalid query parameters: {e}")))
+    }
+
+    /// What to do with unknown and duplicate fields in a write.
+    pub fn field_validation(&self) -> Result<FieldValidation, ApiError> {
+        FieldValidation::parse(self.field_validation.as_deref())
     }
 
     pub fn is_watch(&self) -> bool {
