@@ -4,6 +4,7 @@
 pub mod error;
 pub mod fields;
 pub mod meta;
+pub mod pb;
 pub mod podrefs;
 pub mod printers;
 pub mod quantity;

@@ -310,6 +310,30 @@ fn build() -> Schemas {
     Schemas { definitions, roots }
 }
 
+/// Schemas of types the API takes or returns besides the served kinds
+/// (options, statuses, subresources, reviews), for the protobuf table.
+pub fn extra_definitions() -> Map<String, Value> {
+    use k8s_openapi::api::{
+        authentication::v1 as authn, authorization::v1 as authz, autoscaling::v1 as autoscaling,
+        core::v1 as core, policy::v1 as policy,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+    let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
+    gen.subschema_for::<meta::DeleteOptions>();
+    gen.subschema_for::<meta::Status>();
+    gen.subschema_for::<policy::Eviction>();
+    gen.subschema_for::<autoscaling::Scale>();
+    gen.subschema_for::<core::Binding>();
+    gen.subschema_for::<authn::TokenRequest>();
+    gen.subschema_for::<authn::TokenReview>();
+    gen.subschema_for::<authn::SelfSubjectReview>();
+    gen.subschema_for::<authz::SubjectAccessReview>();
+    gen.subschema_for::<authz::SelfSubjectAccessReview>();
+    gen.subschema_for::<authz::LocalSubjectAccessReview>();
+    gen.subschema_for::<authz::SelfSubjectRulesReview>();
+    gen.take_definitions(true)
+}
+
 /// The schemas (built once).
 pub fn schemas() -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();

@@ -354,12 +354,17 @@ async fn serve(
     // reads answer as the client asked: the objects, or a Table of them
     let shown = |v: Value| match &render {
         table::Render::Table { version, include } => table::render(res, v, version, *include),
-        table::Render::Object => v,
+        table::Render::Object | table::Render::Protobuf => v,
     };
-    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    // objects go back in protobuf when the client asked for it first
+    let reply = |code: StatusCode, v: &Value| match render {
+        table::Render::Protobuf => protobuf::respond(code, v),
+        _ => json_response(code, v),
+    };
+    let ok = |v: Value| Ok(reply(StatusCode::OK, &v));
     if res.review {
         return match (method.clone(), name.as_deref()) {
-            (Method::POST, None) => Ok(json_response(
+            (Method::POST, None) => Ok(reply(
                 StatusCode::CREATED,
                 &reviews::create(state, principal, res, ns, &decoded()?)?,
             )),
@@ -382,11 +387,18 @@ async fn serve(
                 &p,
                 state.bookmark_interval,
                 state.shutdown.clone(),
-                render,
+                render.clone(),
             )?;
             Ok(Response::builder()
                 .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/json")
+                .header(
+                    header::CONTENT_TYPE,
+                    if render == table::Render::Protobuf {
+                        "application/vnd.kubernetes.protobuf;stream=watch"
+                    } else {
+                        "application/json"
+                    },
+                )
                 .header(header::CACHE_CONTROL, "no-cache, private")
                 .body(body)
                 .map_err(|e| ApiError::Internal(e.to_string()))?)
@@ -395,7 +407,7 @@ async fn serve(
         (Method::POST, None, None) => {
             let obj = admit(decoded()?).await?;
             let created = handlers::create(store, res, ns, obj, &p).await?;
-            Ok(json_response(StatusCode::CREATED, &created))
+            Ok(reply(StatusCode::CREATED, &created))
         }
         (Method::DELETE, None, None) => {
             let b = if body.is_empty() {
@@ -453,7 +465,7 @@ async fn serve(
                 &p,
             )
             .await?;
-            Ok(json_response(
+            Ok(reply(
                 if created {
                     StatusCode::CREATED
                 } else {
@@ -480,7 +492,7 @@ async fn serve(
         }
         (Method::POST, Some(n), Some("token")) if res.kind == "ServiceAccount" => {
             let req = admit(decoded()?).await?;
-            Ok(json_response(
+            Ok(reply(
                 StatusCode::CREATED,
                 &serviceaccounts::token_request(state, ns_str, n, &req)?,
             ))
@@ -520,7 +532,7 @@ async fn serve(
         (Method::GET, Some(n), Some("log")) if res.kind == "Pod" => {
             proxy::pod_logs(state, ns_str, n, query).await
         }
-        (Method::POST, Some(n), Some("binding")) if res.kind == "Pod" => Ok(json_response(
+        (Method::POST, Some(n), Some("binding")) if res.kind == "Pod" => Ok(reply(
             StatusCode::CREATED,
             &handlers::bind(store, ns_str, n, decoded()?).await?,
         )),

@@ -14,6 +14,8 @@ use crate::api::ApiError;
 pub enum Render {
     /// The objects themselves.
     Object,
+    /// The objects themselves, in Kubernetes protobuf.
+    Protobuf,
     /// A Table of `meta.k8s.io/VERSION`, rows carrying what `include` says.
     Table {
         version: &'static str,
@@ -74,14 +76,13 @@ pub fn negotiate(accept: Option<&str>, include_object: Option<&str>) -> Result<R
                 _ => continue,
             }
         }
+        if as_.is_empty() && media == super::protobuf::CONTENT_TYPE {
+            return Ok(Render::Protobuf);
+        }
         if as_.is_empty()
             && matches!(
                 media,
-                "application/json"
-                    | "*/*"
-                    | "application/yaml"
-                    | "application/vnd.kubernetes.protobuf"
-                    | "application/json;stream=watch"
+                "application/json" | "*/*" | "application/yaml" | "application/json;stream=watch"
             )
         {
             return Ok(Render::Object);

@@ -24,11 +24,23 @@ const BATCH: usize = 512;
 /// Default lifetime of a watch without `timeoutSeconds`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
-fn line(event_type: &str, object: &Value) -> Bytes {
+fn json_line(event_type: &str, object: &Value) -> Bytes {
     let mut s =
         serde_json::to_string(&json!({"type": event_type, "object": object})).unwrap_or_default();
     s.push('\n');
     Bytes::from(s)
+}
+
+/// One event as the stream carries it: a JSON line, or a length-prefixed
+/// protobuf `WatchEvent`.
+fn frame(protobuf: bool, event_type: &str, object: &Value) -> Bytes {
+    if protobuf {
+        match crate::api::pb::encode_watch_event(event_type, object) {
+            Ok(b) => return Bytes::from(b),
+            Err(e) => tracing::warn!(error = %e, "watch event has no protobuf encoding"),
+        }
+    }
+    json_line(event_type, object)
 }
 
 /// Start a watch and return the streaming body. With a Table rendering each
@@ -42,9 +54,11 @@ pub fn watch(
     mut shutdown: crate::controllers::CancelToken,
     render: super::table::Render,
 ) -> Result<Body, ApiError> {
+    let protobuf = render == super::table::Render::Protobuf;
+    let line = move |t: &str, obj: &Value| frame(protobuf, t, obj);
     let shown = move |obj: &Value| -> Value {
         match &render {
-            super::table::Render::Object => obj.clone(),
+            super::table::Render::Object | super::table::Render::Protobuf => obj.clone(),
             super::table::Render::Table { version, include } => super::table::table(
                 res,
                 std::slice::from_ref(obj),
