@@ -21,7 +21,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use crate::controllers::runtime::Cache;
+use crate::client::runtime::Cache;
 
 /// The cluster domain.
 pub const DOMAIN: &str = "cluster.local";

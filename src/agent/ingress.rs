@@ -25,8 +25,8 @@ use wasmkube_runtime::{BoxError, HttpBody};
 use super::functions::{self, Functions};
 use super::services::{Route, ServiceProxy};
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache};
 use crate::client::Client;
-use crate::controllers::runtime::{self, Cache};
 use crate::controllers::CancelToken;
 
 /// Our IngressClass controller name.

@@ -38,8 +38,8 @@ use wasmkube_runtime::ContainerRuntime;
 use crate::api::meta;
 use crate::api::resources;
 use crate::client::events::Recorder;
+use crate::client::runtime::{self, Cache, Change};
 use crate::client::Client;
-use crate::controllers::runtime::{self, Cache, Change};
 use crate::controllers::CancelToken;
 use crate::network::Cidr;
 

@@ -24,8 +24,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache};
 use crate::client::Client;
-use crate::controllers::runtime::{self, Cache};
 use crate::controllers::CancelToken;
 
 /// How long a connection attempt to one endpoint may take before the next is tried.

@@ -4,6 +4,11 @@
 
 pub mod events;
 pub mod kubeconfig;
+pub mod runtime;
+
+/// Cancellation for watch and work loops: a watch channel that turns
+/// `true` on shutdown.
+pub type CancelToken = tokio::sync::watch::Receiver<bool>;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use super::job::finished;
 use super::replicaset::owner_ref;
-use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 /// A parsed five-field cron schedule.

@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 
 use super::deployment::{template_hash, HASH_LABEL};
 use super::replicaset::{create_and_delete, is_ready, owner_ref, Expectations};
-use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::scheduler::{required_runtime, tolerates, NodeInfo};
 use super::CancelToken;
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 /// Whether a daemon pod from `template` belongs on `node`.

@@ -16,10 +16,10 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::replicaset::owner_ref;
-use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::meta;
 use crate::api::resources::{self, Resource};
+use crate::client::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";

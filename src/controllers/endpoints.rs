@@ -13,10 +13,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::replicaset::is_ready;
-use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::selector::LabelSelector;
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 /// The port a pod serves a Service port on: `targetPort` by number, or by

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::agent::ingress::is_ours;
 use crate::api::{meta, resources};
 use crate::client::events::Recorder;
+use crate::client::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 /// Every Service backend an Ingress names.

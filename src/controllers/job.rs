@@ -11,9 +11,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::replicaset::{create_and_delete, owner_ref, Expectations};
-use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {

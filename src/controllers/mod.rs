@@ -15,14 +15,12 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod rootca;
-pub mod runtime;
 pub mod scheduler;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
 
-/// Cancellation for controller loops: a watch channel that turns `true` on shutdown.
-pub type CancelToken = tokio::sync::watch::Receiver<bool>;
+pub use crate::client::CancelToken;
 
 /// A client under a controller's own identity: `ClientFor("deployment-controller")`
 /// acts as ServiceAccount `kube-system/deployment-controller`, `"scheduler"`

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 use crate::network::{Cidr, NetworkConfig};
 

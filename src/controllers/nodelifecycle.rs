@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::scheduler::tolerates;
 use super::CancelToken;
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::meta;
 use crate::api::resources::{self, Resource};
 use crate::api::selector::LabelSelector;
+use crate::client::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
-pub use super::runtime::{controller_of, owner_ref};
+pub use crate::client::runtime::{controller_of, owner_ref};
 
 fn is_active(pod: &Value) -> bool {
     !meta::is_deleting(pod)

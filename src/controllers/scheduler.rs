@@ -21,11 +21,11 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::selector::{labels_of, LabelSelector};
 use crate::api::{meta, quantity, resources};
 use crate::client::events::Recorder;
+use crate::client::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 /// The annotation naming the node a claim's local volume lives on.

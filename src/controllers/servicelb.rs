@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::resources;
+use crate::client::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 fn node_ready(node: &Value) -> bool {

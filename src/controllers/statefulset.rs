@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 
 use super::deployment::{template_hash, HASH_LABEL};
 use super::replicaset::{is_ready, owner_ref};
-use super::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use super::CancelToken;
 use crate::api::{meta, resources};
+use crate::client::runtime::{self, Cache, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 /// What to do for one StatefulSet.

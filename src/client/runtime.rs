@@ -1,4 +1,4 @@
-//! The machinery every controller shares: a reflector (list, then watch,
+//! The machinery the controllers and the node agent share: a reflector (list, then watch,
 //! into a cache; resume from the last resourceVersion; relist on 410 Gone;
 //! back off on errors), a deduplicating work queue (a key is queued at most
 //! once and never handed to two workers at the same time), and a worker loop
@@ -18,9 +18,9 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use super::CancelToken;
+use super::Client;
 use crate::api::meta;
 use crate::api::resources::Resource;
-use crate::client::Client;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
