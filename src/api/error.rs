@@ -147,6 +147,12 @@ pub enum ApiError {
         "the body of the request was in an unknown format - accepted media types include: {0}"
     )]
     UnsupportedMediaType(String),
+    /// 429: the request is refused for now; `causes` are (reason, message).
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        causes: Vec<(String, String)>,
+    },
     #[error("{0}")]
     Timeout(String),
     #[error("{0}")]
@@ -191,6 +197,7 @@ impl ApiError {
             ApiError::Expired(_) => 410,
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::TooManyRequests { .. } => 429,
             ApiError::Timeout(_) => 504,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
@@ -210,6 +217,7 @@ impl ApiError {
             ApiError::Expired(_) => "Expired",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Timeout(_) => "Timeout",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
@@ -237,6 +245,12 @@ impl ApiError {
                     "reason": e.reason(),
                     "message": e.body(),
                     "field": e.field,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::TooManyRequests { causes, .. } if !causes.is_empty() => Some(json!({
+                "causes": causes.iter().map(|(reason, message)| json!({
+                    "reason": reason,
+                    "message": message,
                 })).collect::<Vec<_>>(),
             })),
             _ => None,

@@ -248,6 +248,19 @@ pub fn columns(res: &Resource) -> Vec<Column> {
             NAME,
             col("ParentRef", "string", "The object this address is assigned to."),
         ],
+        "PodDisruptionBudget" => vec![
+            NAME,
+            col("Min Available", "string", "The minimum number of pods that must be available."),
+            col("Max Unavailable", "string", "The maximum number of pods that may be unavailable."),
+            col("Allowed Disruptions", "integer", "Calculated number of pods that may be disrupted at this time."),
+            AGE,
+        ],
+        "ControllerRevision" => vec![
+            NAME,
+            col("Controller", "string", "The owner of the revision."),
+            col("Revision", "integer", "The revision number."),
+            AGE,
+        ],
         "Lease" => vec![
             NAME,
             col("Holder", "string", "The holder of the lease."),
@@ -915,6 +928,39 @@ pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
                 s(o, "/spec/parentRef/name")
             )),
         ],
+        "PodDisruptionBudget" => {
+            let bound = |p: &str| match o.pointer(p) {
+                Some(Value::String(x)) => x.clone(),
+                Some(Value::Number(x)) => x.to_string(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name,
+                text(bound("/spec/minAvailable")),
+                text(bound("/spec/maxUnavailable")),
+                json!(n(o, "/status/disruptionsAllowed")),
+                age_col,
+            ]
+        }
+        "ControllerRevision" => {
+            let owner = o["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["controller"] == true))
+                .map(|r| {
+                    let group = r["apiVersion"]
+                        .as_str()
+                        .and_then(|a| a.split_once('/'))
+                        .map(|(g, _)| format!(".{g}"))
+                        .unwrap_or_default();
+                    format!(
+                        "{}{group}/{}",
+                        r["kind"].as_str().unwrap_or_default().to_lowercase(),
+                        r["name"].as_str().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, text(owner), json!(n(o, "/revision")), age_col]
+        }
         "Lease" => vec![name, json!(s(o, "/spec/holderIdentity")), age_col],
         "HorizontalPodAutoscaler" => vec![
             name,

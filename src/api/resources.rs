@@ -329,6 +329,30 @@ pub static RESOURCES: &[Resource] = &[
         ALL
     ),
     res!(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        ["pdb"],
+        true,
+        true,
+        false,
+        NONE
+    ),
+    res!(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        [],
+        true,
+        false,
+        false,
+        NONE
+    ),
+    res!(
         "",
         "v1",
         "ServiceAccount",

@@ -236,10 +236,12 @@ fn build() -> Schemas {
     use k8s_openapi::api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
         coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        networking::v1 as networking, rbac::v1 as rbac,
+        networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
     };
     let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
     let named = kinds!(gen,
+        "PodDisruptionBudget" => policy::PodDisruptionBudget,
+        "ControllerRevision" => apps::ControllerRevision,
         "Namespace" => core::Namespace,
         "Pod" => core::Pod,
         "Service" => core::Service,

@@ -123,9 +123,11 @@ fn canonical(res: &Resource, obj: Value) -> Result<Value, ApiError> {
     use k8s_openapi::api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
         coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        networking::v1 as networking, rbac::v1 as rbac,
+        networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
     };
     match res.kind {
+        "PodDisruptionBudget" => decode::<policy::PodDisruptionBudget>(res, obj),
+        "ControllerRevision" => decode::<apps::ControllerRevision>(res, obj),
         "Namespace" => decode::<core::Namespace>(res, obj),
         "Pod" => decode::<core::Pod>(res, obj),
         "Service" => decode::<core::Service>(res, obj),
@@ -1095,6 +1097,56 @@ fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
                     }
                 }
             }
+        }
+        "PodDisruptionBudget" => {
+            let min = get(obj, "/spec/minAvailable");
+            let max = get(obj, "/spec/maxUnavailable");
+            if min.is_some() && max.is_some() {
+                errs.push(FieldError::invalid(
+                    "spec",
+                    "",
+                    "minAvailable and maxUnavailable cannot be both set",
+                ));
+            }
+            for (f, v) in [("minAvailable", min), ("maxUnavailable", max)] {
+                let field = format!("spec.{f}");
+                match v {
+                    None => {}
+                    Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n >= 0) => {}
+                    Some(Value::String(p)) => {
+                        let pct = p.strip_suffix('%').and_then(|x| x.parse::<u32>().ok());
+                        match pct {
+                            Some(x) if x <= 100 => {}
+                            Some(_) => errs.push(FieldError::invalid(
+                                field,
+                                p.as_str(),
+                                "must not be greater than 100%",
+                            )),
+                            None => errs.push(FieldError::invalid(
+                                field,
+                                p.as_str(),
+                                "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                            )),
+                        }
+                    }
+                    Some(other) => errs.push(FieldError::invalid(
+                        field,
+                        other.clone(),
+                        "must be greater than or equal to 0",
+                    )),
+                }
+            }
+        }
+        "ControllerRevision"
+            if get(obj, "/revision")
+                .and_then(Value::as_i64)
+                .is_some_and(|r| r < 0) =>
+        {
+            errs.push(FieldError::invalid(
+                "revision",
+                obj["revision"].clone(),
+                "must be greater than or equal to 0",
+            ));
         }
         _ => {}
     }

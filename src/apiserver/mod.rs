@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod discovery;
 pub mod encryption;
+pub mod eviction;
 pub mod graph;
 pub mod handlers;
 pub mod join;
@@ -532,6 +533,10 @@ async fn serve(
         (Method::GET, Some(n), Some("log")) if res.kind == "Pod" => {
             proxy::pod_logs(state, ns_str, n, query).await
         }
+        (Method::POST, Some(n), Some("eviction")) if res.kind == "Pod" => Ok(reply(
+            StatusCode::CREATED,
+            &eviction::evict(store, res, ns_str, n, &decoded()?, &p).await?,
+        )),
         (Method::POST, Some(n), Some("binding")) if res.kind == "Pod" => Ok(reply(
             StatusCode::CREATED,
             &handlers::bind(store, ns_str, n, decoded()?).await?,
@@ -542,7 +547,7 @@ async fn serve(
         (_, Some(n), Some(s))
             if !matches!(
                 s,
-                "status" | "scale" | "binding" | "finalize" | "log" | "token"
+                "status" | "scale" | "binding" | "eviction" | "finalize" | "log" | "token"
             ) =>
         {
             Err(ApiError::NotFound {

@@ -265,6 +265,20 @@ pub fn controllers() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "disruption-controller",
+            vec![
+                rule(
+                    &["apps"],
+                    &["deployments", "replicasets", "statefulsets"],
+                    READ,
+                ),
+                rule(&[""], &["pods"], READ),
+                rule(&["policy"], &["poddisruptionbudgets"], READ),
+                rule(&["policy"], &["poddisruptionbudgets/status"], &["update"]),
+                events(),
+            ],
+        ),
+        (
             "endpoint-controller",
             vec![
                 rule(&[""], &["services", "pods"], READ),

@@ -5,6 +5,7 @@ pub mod aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod hpa;
@@ -81,6 +82,7 @@ pub async fn run(client_for: ClientFor, config: Config, cancel: CancelToken) {
             tokio::spawn(replicaset::run(c("replicaset-controller"), cancel.clone())),
             tokio::spawn(deployment::run(c("deployment-controller"), cancel.clone())),
             tokio::spawn(job::run(c("job-controller"), cancel.clone())),
+            tokio::spawn(disruption::run(c("disruption-controller"), cancel.clone())),
             tokio::spawn(endpoints::run(c("endpoint-controller"), cancel.clone())),
             tokio::spawn(servicelb::run(c("service-lb-controller"), cancel.clone())),
             tokio::spawn(ingress::run(c("ingress-status-controller"), cancel.clone())),
