@@ -181,7 +181,23 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     if super::protobuf::is_protobuf(content_type) {
         return super::protobuf::decode(body);
     }
-    if content_type.contains("yaml") {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    // what kube-apiserver accepts; no content type at all is taken as JSON
+    let yaml = matches!(
+        media.as_str(),
+        "yaml" | "application/yaml" | "application/x-yaml" | "text/yaml"
+    );
+    if !yaml && !matches!(media.as_str(), "" | "json" | "application/json" | "*/*") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf (not {media})"
+        )));
+    }
+    if yaml {
         let text = std::str::from_utf8(body)
             .map_err(|e| ApiError::BadRequest(format!("body is not UTF-8: {e}")))?;
         serde_saphyr::from_str(text)
@@ -207,6 +223,19 @@ mod tests {
             } => (res.plural.to_string(), namespace, name, sub),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bodies_of_unknown_media_types_are_refused_with_415() {
+        let e = decode_body("application/x-www-form-urlencoded", b"a=1").unwrap_err();
+        assert_eq!(e.code(), 415);
+        assert!(e.to_string().contains("x-www-form-urlencoded"), "{e}");
+        assert_eq!(
+            decode_body("application/json; charset=utf-8", b"{}").unwrap(),
+            serde_json::json!({})
+        );
+        assert_eq!(decode_body("application/yaml", b"a: 1").unwrap()["a"], 1);
+        assert_eq!(decode_body("", b"{}").unwrap(), serde_json::json!({}));
     }
 
     #[test]

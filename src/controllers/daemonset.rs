@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::deployment::{template_hash, HASH_LABEL};
+use super::history::{self, POD_LABEL};
 use super::replicaset::{create_and_delete, is_ready, owner_ref, Expectations};
 use super::scheduler::{required_runtime, tolerates, NodeInfo};
 use super::CancelToken;
@@ -90,7 +90,7 @@ pub struct Plan {
 /// Decide for `ds` given the nodes and its pods.
 pub fn plan(ds: &Value, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> Plan {
     let template = &ds["spec"]["template"];
-    let hash = template_hash(template);
+    let hash = history::hash(template);
     let mut plan = Plan::default();
     let live: Vec<&Arc<Value>> = pods.iter().filter(|p| !meta::is_deleting(p)).collect();
     let mut by_node: BTreeMap<&str, Vec<&Arc<Value>>> = BTreeMap::new();
@@ -141,7 +141,7 @@ pub fn plan(ds: &Value, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> Plan {
         } else {
             unavailable += 1;
         }
-        if p["metadata"]["labels"][HASH_LABEL] == hash.as_str() {
+        if p["metadata"]["labels"][POD_LABEL] == hash.as_str() {
             updated += 1;
         } else if !on_delete {
             outdated.push(p);
@@ -187,7 +187,7 @@ fn pod_for(ds: &Value, node: &str) -> Value {
     if !labels.is_object() {
         labels = json!({});
     }
-    labels[HASH_LABEL] = json!(template_hash(t));
+    labels[POD_LABEL] = json!(history::hash(t));
     let mut spec = t["spec"].clone();
     spec["nodeName"] = json!(node);
     spec["tolerations"] = json!(daemon_tolerations(&t["spec"]["tolerations"]));
@@ -208,6 +208,7 @@ struct Controller {
     sets: Arc<Cache>,
     nodes: Arc<Cache>,
     pods: Arc<Cache>,
+    revisions: Arc<Cache>,
     expectations: Expectations,
 }
 
@@ -219,6 +220,18 @@ impl Reconcile for Controller {
         let ns = meta::namespace(&ds).to_string();
         let uid = ds["metadata"]["uid"].as_str().unwrap_or("");
         let pods: Vec<Arc<Value>> = self.pods.owned_by(&ns, uid);
+        let revisions = self.revisions.owned_by(&ns, uid);
+        let in_use: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p["metadata"]["labels"][POD_LABEL].as_str())
+            .map(|h| format!("{}-{h}", meta::name(&ds)))
+            .collect();
+        history::apply(
+            &self.client,
+            &ds,
+            &history::plan(&ds, "DaemonSet", &revisions, &in_use),
+        )
+        .await?;
         let plan = plan(&ds, &self.nodes.all(), &pods);
         if self.expectations.satisfied(&key, &pods) {
             let new: Vec<Value> = plan.create.iter().map(|n| pod_for(&ds, n)).collect();
@@ -237,7 +250,7 @@ impl Reconcile for Controller {
 
 /// Run the DaemonSet controller until `cancel`.
 pub async fn run(client: Client, cancel: CancelToken) {
-    let (sets, nodes, pods) = (Cache::new(), Cache::new(), Cache::new());
+    let (sets, nodes, pods, revisions) = (Cache::new(), Cache::new(), Cache::new(), Cache::new());
     let queue = WorkQueue::new();
     let on_node = {
         let (queue, sets) = (queue.clone(), sets.clone());
@@ -255,12 +268,18 @@ pub async fn run(client: Client, cancel: CancelToken) {
             &pods,
             runtime::enqueue_controller(&queue, "DaemonSet"),
         ),
+        Watch::new(
+            "controllerrevisions",
+            &revisions,
+            runtime::enqueue_controller(&queue, "DaemonSet"),
+        ),
     ];
     let controller = Arc::new(Controller {
         client: client.clone(),
         sets,
         nodes,
         pods,
+        revisions,
         expectations: Expectations::default(),
     });
     runtime::run_controller("daemonset", &client, watches, queue, 2, controller, cancel).await;

@@ -25,7 +25,10 @@ use crate::client::{Client, ClientError};
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const HASH_LABEL: &str = "pod-template-hash";
 
-/// JSON with object keys sorted, so equal templates hash equally.
+/// JSON with object keys sorted and null or empty-object members left out,
+/// so equal templates hash equally: a template that went through Go's
+/// encoder (kubectl's `rollout undo` sends `creationTimestamp: null` and
+/// `resources: {}`) is the same template.
 fn canonical(v: &Value) -> Value {
     match v {
         Value::Object(m) => {
@@ -34,6 +37,7 @@ fn canonical(v: &Value) -> Value {
             Value::Object(
                 keys.into_iter()
                     .map(|k| (k.clone(), canonical(&m[k])))
+                    .filter(|(_, v)| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
                     .collect::<Map<_, _>>(),
             )
         }
@@ -618,6 +622,18 @@ pub async fn run(client: Client, cancel: CancelToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_through_gos_encoder_hashes_the_same() {
+        let t = json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let go = json!({"metadata": {"creationTimestamp": null, "labels": {"app": "web"}},
+            "spec": {"containers": [{"image": "i", "name": "c", "resources": {}}]}});
+        assert_eq!(template_hash(&t), template_hash(&go));
+        let other = json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "j"}]}});
+        assert_ne!(template_hash(&t), template_hash(&other));
+    }
 
     fn deployment(replicas: i64, image: &str, surge: i64, unavailable: i64) -> Value {
         json!({"metadata": {"name": "web", "namespace": "d", "uid": "d-1", "generation": 1},

@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod hpa;
 pub mod ingress;
 pub mod job;

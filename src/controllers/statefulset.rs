@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::deployment::{template_hash, HASH_LABEL};
+use super::history::{self, POD_LABEL};
 use super::replicaset::{is_ready, owner_ref};
 use super::CancelToken;
 use crate::api::{meta, resources};
@@ -52,12 +52,13 @@ pub fn claim_names(sts: &Value, i: usize) -> Vec<String> {
 pub fn plan(sts: &Value, pods: &[Arc<Value>], claims: &[String]) -> Plan {
     let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
-    let hash = template_hash(&sts["spec"]["template"]);
+    let hash = history::hash(&sts["spec"]["template"]);
     let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
         .as_i64()
         .unwrap_or(0)
         .max(0) as usize;
     let on_delete = sts["spec"]["updateStrategy"]["type"] == "OnDelete";
+    let revision = format!("{}-{hash}", meta::name(sts));
     let mut plan = Plan::default();
     let mut by_ordinal: Vec<Option<&Arc<Value>>> = vec![None; replicas];
     let mut extra: Vec<(usize, &Arc<Value>)> = Vec::new();
@@ -107,14 +108,20 @@ pub fn plan(sts: &Value, pods: &[Arc<Value>], claims: &[String]) -> Plan {
             plan.delete.push(meta::name(p).to_string());
         }
     }
-    // rolling update: the highest outdated ordinal ≥ partition, once all are ready
-    if !on_delete && plan.create.is_empty() && plan.delete.is_empty() && !terminating && all_healthy
-    {
-        if let Some(p) = (partition..replicas)
+    // rolling update: the highest outdated ordinal ≥ partition, once all are
+    // ready; an outdated pod that is not healthy anyway (a bad image rolled
+    // back) is replaced without waiting, where Kubernetes would stall
+    if !on_delete && plan.create.is_empty() && plan.delete.is_empty() && !terminating {
+        let mut outdated = (partition..replicas)
             .rev()
             .filter_map(|i| by_ordinal[i])
-            .find(|p| p["metadata"]["labels"][HASH_LABEL] != hash.as_str())
-        {
+            .filter(|p| p["metadata"]["labels"][POD_LABEL] != revision.as_str());
+        let next = if all_healthy {
+            outdated.next()
+        } else {
+            outdated.find(|p| !healthy(p))
+        };
+        if let Some(p) = next {
             plan.delete.push(meta::name(p).to_string());
         }
     }
@@ -122,15 +129,32 @@ pub fn plan(sts: &Value, pods: &[Arc<Value>], claims: &[String]) -> Plan {
     let ready = live.iter().filter(|p| is_ready(p)).count();
     let updated = live
         .iter()
-        .filter(|p| p["metadata"]["labels"][HASH_LABEL] == hash.as_str())
+        .filter(|p| p["metadata"]["labels"][POD_LABEL] == revision.as_str())
         .count();
+    // the revision the not yet updated pods run, until none is left
+    let current = if updated == live.len() && extra.is_empty() {
+        revision.clone()
+    } else {
+        sts["status"]["currentRevision"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+            .or_else(|| {
+                live.iter()
+                    .find_map(|p| p["metadata"]["labels"][POD_LABEL].as_str())
+                    .filter(|r| *r != revision)
+            })
+            .unwrap_or(&revision)
+            .to_string()
+    };
     plan.status = json!({
         "replicas": live.len() + extra.len(),
         "readyReplicas": ready,
         "availableReplicas": ready,
         "currentReplicas": live.len() - updated,
         "updatedReplicas": updated,
-        "updateRevision": format!("{}-{hash}", meta::name(sts)),
+        "currentRevision": current,
+        "updateRevision": revision,
+        "collisionCount": 0,
         "observedGeneration": sts["metadata"]["generation"].as_i64().unwrap_or(1),
     });
     plan
@@ -144,7 +168,7 @@ fn pod_for(sts: &Value, i: usize) -> Value {
     if !labels.is_object() {
         labels = json!({});
     }
-    labels[HASH_LABEL] = json!(template_hash(t));
+    labels[POD_LABEL] = json!(format!("{}-{}", meta::name(sts), history::hash(t)));
     labels["statefulset.kubernetes.io/pod-name"] = json!(name);
     labels["apps.kubernetes.io/pod-index"] = json!(i.to_string());
     let mut spec = t["spec"].clone();
@@ -196,6 +220,7 @@ struct Controller {
     sets: Arc<Cache>,
     pods: Arc<Cache>,
     claims: Arc<Cache>,
+    revisions: Arc<Cache>,
 }
 
 impl Reconcile for Controller {
@@ -212,6 +237,18 @@ impl Reconcile for Controller {
             .iter()
             .map(|c| meta::name(c).to_string())
             .collect();
+        let revisions = self.revisions.owned_by(&ns, uid);
+        let in_use: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p["metadata"]["labels"][POD_LABEL].as_str())
+            .map(str::to_string)
+            .collect();
+        history::apply(
+            &self.client,
+            &sts,
+            &history::plan(&sts, "StatefulSet", &revisions, &in_use),
+        )
+        .await?;
         let plan = plan(&sts, &pods, &claims);
         let pvcs = resources::lookup("persistentvolumeclaims").expect("claims are served");
         let pods_res = resources::lookup("pods").expect("pods are served");
@@ -259,7 +296,7 @@ impl Reconcile for Controller {
 
 /// Run the StatefulSet controller until `cancel`.
 pub async fn run(client: Client, cancel: CancelToken) {
-    let (sets, pods, claims) = (Cache::new(), Cache::new(), Cache::new());
+    let (sets, pods, claims, revisions) = (Cache::new(), Cache::new(), Cache::new(), Cache::new());
     let queue = WorkQueue::new();
     let watches = vec![
         Watch::new("statefulsets", &sets, runtime::enqueue_self(&queue)),
@@ -269,12 +306,18 @@ pub async fn run(client: Client, cancel: CancelToken) {
             runtime::enqueue_controller(&queue, "StatefulSet"),
         ),
         Watch::new("persistentvolumeclaims", &claims, |_| {}),
+        Watch::new(
+            "controllerrevisions",
+            &revisions,
+            runtime::enqueue_controller(&queue, "StatefulSet"),
+        ),
     ];
     let controller = Arc::new(Controller {
         client: client.clone(),
         sets,
         pods,
         claims,
+        revisions,
     });
     runtime::run_controller(
         "statefulset",
@@ -342,7 +385,23 @@ mod tests {
         let pods: Vec<Arc<Value>> = (0..3).map(|i| pod(&v1, i, true)).collect();
         let mut v2 = v1.clone();
         v2["spec"]["template"]["spec"]["containers"][0]["image"] = json!("i2");
-        assert_eq!(plan(&v2, &pods, &[]).delete, ["db-2"]);
+        let p = plan(&v2, &pods, &[]);
+        assert_eq!(p.delete, ["db-2"]);
+        let (r1, r2) = (
+            pods[0]["metadata"]["labels"][POD_LABEL].clone(),
+            p.status["updateRevision"].clone(),
+        );
+        assert_ne!(r1, r2);
+        assert_eq!(p.status["currentRevision"], r1, "until all are updated");
+        let all: Vec<Arc<Value>> = (0..3).map(|i| pod(&v2, i, true)).collect();
+        assert_eq!(plan(&v2, &all, &[]).status["currentRevision"], r2);
+        // rolled back from a template whose pod never became ready: that pod
+        // is replaced at once, the healthy ones are left alone
+        let mut stuck = pods.clone();
+        stuck[2] = pod(&v2, 2, false);
+        assert_eq!(plan(&v1, &stuck, &[]).delete, ["db-2"]);
+        stuck[1] = pod(&v2, 1, true);
+        assert_eq!(plan(&v1, &stuck, &[]).delete, ["db-2"]);
         v2["spec"]["updateStrategy"] =
             json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}});
         let mut rolled = pods.clone();

@@ -15,6 +15,7 @@ mod functions;
 mod ingress;
 mod join;
 mod kube_client;
+mod kubectl;
 mod nodes;
 mod registry;
 mod scheduler;

@@ -273,6 +273,25 @@ impl Server {
         )
     }
 
+    /// Raw request with a raw body; returns the status code and the body text.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let resp = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
     /// The name of the first registered node (waiting for one to register).
     pub async fn node_name(&self) -> String {
         eventually(30, "a node registers", || async {
