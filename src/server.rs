@@ -570,6 +570,11 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let graph = apiserver::graph::NodeGraph::new();
     tokio::spawn(graph.clone().follow(store.cache().clone(), stop_rx.clone()));
+    apiserver::customresources::sync(store.cache());
+    tokio::spawn(apiserver::customresources::follow(
+        store.cache().clone(),
+        stop_rx.clone(),
+    ));
     let state = Arc::new(ApiState {
         store: store.clone(),
         security: security.clone(),
@@ -609,7 +614,7 @@ pub async fn run(
                 Some(&identity.client),
                 Credentials::None,
             )?;
-            let agent = crate::agent::Agent::new(agent_config, client)?;
+            let agent = crate::agent::Agent::new(agent_config, client.with_name("wk-agent"))?;
             let listen = SocketAddr::from(([127, 0, 0, 1], 0));
             let stop = stop_rx.clone();
             Some(tokio::spawn(async move {
@@ -628,13 +633,14 @@ pub async fn run(
     let (sec, st) = (security.clone(), store.clone());
     let client_for: crate::controllers::ClientFor = Arc::new(move |name: &str| {
         if name == "scheduler" {
-            return scheduler.clone();
+            return scheduler.with_name("wk-scheduler");
         }
         base.with_credentials(service_account_credentials(
             sec.clone(),
             st.clone(),
             name.to_string(),
         ))
+        .with_name(name)
     });
     let controllers = tokio::spawn(crate::controllers::run(
         client_for,

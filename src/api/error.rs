@@ -153,6 +153,13 @@ pub enum ApiError {
         message: String,
         causes: Vec<(String, String)>,
     },
+    /// 409 from a server-side apply: fields other managers own; causes are
+    /// (message, field).
+    #[error("{message}")]
+    ApplyConflict {
+        message: String,
+        causes: Vec<(String, String)>,
+    },
     #[error("{0}")]
     Timeout(String),
     #[error("{0}")]
@@ -198,6 +205,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::TooManyRequests { .. } => 429,
+            ApiError::ApplyConflict { .. } => 409,
             ApiError::Timeout(_) => 504,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
@@ -218,6 +226,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::TooManyRequests { .. } => "TooManyRequests",
+            ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Timeout(_) => "Timeout",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
@@ -251,6 +260,13 @@ impl ApiError {
                 "causes": causes.iter().map(|(reason, message)| json!({
                     "reason": reason,
                     "message": message,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::ApplyConflict { causes, .. } => Some(json!({
+                "causes": causes.iter().map(|(message, field)| json!({
+                    "reason": "FieldManagerConflict",
+                    "message": message,
+                    "field": field,
                 })).collect::<Vec<_>>(),
             })),
             _ => None,

@@ -1,8 +1,10 @@
 //! The object model: served kinds, selectors, defaulting and validation, and
 //! the mapping of errors to `metav1.Status`. No I/O happens here.
 
+pub mod crd;
 pub mod error;
 pub mod fields;
+pub mod managed;
 pub mod meta;
 pub mod pb;
 pub mod podrefs;

@@ -70,6 +70,15 @@ const SELECTOR: Column = wide("Selector", "Label selector of the pods.");
 
 /// The columns of `res`, in order (wide ones included, with priority 1).
 pub fn columns(res: &Resource) -> Vec<Column> {
+    if let Some(custom) = super::crd::of(res) {
+        // kube-apiserver: the CRD's columns, or NAME and AGE without any
+        let mut cols = vec![NAME];
+        if custom.columns.is_empty() {
+            cols.push(AGE);
+        }
+        cols.extend(custom.columns.iter().map(|c| c.column));
+        return cols;
+    }
     match res.kind {
         "Pod" => vec![
             NAME,
@@ -566,6 +575,21 @@ pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
         .and_then(Value::as_str)));
     let created = json!(s(o, "/metadata/creationTimestamp"));
     let text = |x: String| json!(x);
+    if let Some(custom) = super::crd::of(res) {
+        let mut cells = vec![name];
+        if custom.columns.is_empty() {
+            cells.push(age_col);
+        }
+        for c in &custom.columns {
+            let v = o.pointer(&c.pointer).cloned().unwrap_or(Value::Null);
+            cells.push(match (c.column.ty, &v) {
+                ("date", Value::String(ts)) => json!(age(Some(ts))),
+                (_, Value::Object(_) | Value::Array(_)) => json!(v.to_string()),
+                _ => v,
+            });
+        }
+        return cells;
+    }
     match res.kind {
         "Pod" => {
             let statuses = arr(o, "/status/containerStatuses");

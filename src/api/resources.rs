@@ -329,6 +329,18 @@ pub static RESOURCES: &[Resource] = &[
         ALL
     ),
     res!(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        ["crd", "crds"],
+        false,
+        true,
+        false,
+        &["api-extensions"]
+    ),
+    res!(
         "policy",
         "v1",
         "PodDisruptionBudget",
@@ -516,17 +528,32 @@ impl Resource {
     }
 }
 
+/// Every served resource: the built-in ones, then the custom resources of
+/// the stored CustomResourceDefinitions.
+pub fn all() -> Vec<&'static Resource> {
+    RESOURCES
+        .iter()
+        .chain(super::crd::all().iter().map(|c| c.res))
+        .collect()
+}
+
 /// The resource served at `group/version/plural`.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .or_else(|| {
+            super::crd::all()
+                .iter()
+                .map(|c| c.res)
+                .find(|r| r.group == group && r.version == version && r.plural == plural)
+        })
 }
 
 /// The resource of an object's `apiVersion` and `kind`.
 pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
+    all()
+        .into_iter()
         .find(|r| r.api_version() == api_version && r.kind == kind)
 }
 
@@ -538,19 +565,24 @@ pub fn lookup(name: &str) -> Option<&'static Resource> {
         Some((b, g)) => (b.to_string(), Some(g.to_string())),
         None => (lower.clone(), None),
     };
-    RESOURCES.iter().filter(|r| !r.review).find(|r| {
-        group.as_deref().is_none_or(|g| g == r.group)
+    let matches = |r: &&'static Resource| {
+        !r.review
+            && group.as_deref().is_none_or(|g| g == r.group)
             && (r.plural == base
                 || r.singular == base
                 || r.kind.eq_ignore_ascii_case(&base)
                 || r.short_names.contains(&base.as_str()))
-    })
+    };
+    RESOURCES
+        .iter()
+        .find(matches)
+        .or_else(|| super::crd::all().iter().map(|c| c.res).find(|r| matches(r)))
 }
 
 /// Every resource in a category (`all`).
 pub fn category(name: &str) -> Vec<&'static Resource> {
-    RESOURCES
-        .iter()
+    all()
+        .into_iter()
         .filter(|r| r.categories.contains(&name))
         .collect()
 }

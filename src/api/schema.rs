@@ -240,6 +240,7 @@ fn build() -> Schemas {
     };
     let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
     let named = kinds!(gen,
+        "CustomResourceDefinition" => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         "PodDisruptionBudget" => policy::PodDisruptionBudget,
         "ControllerRevision" => apps::ControllerRevision,
         "Namespace" => core::Namespace,

@@ -126,6 +126,9 @@ fn canonical(res: &Resource, obj: Value) -> Result<Value, ApiError> {
         networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
     };
     match res.kind {
+        "CustomResourceDefinition" => decode::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(res, obj),
         "PodDisruptionBudget" => decode::<policy::PodDisruptionBudget>(res, obj),
         "ControllerRevision" => decode::<apps::ControllerRevision>(res, obj),
         "Namespace" => decode::<core::Namespace>(res, obj),
@@ -162,6 +165,16 @@ fn canonical(res: &Resource, obj: Value) -> Result<Value, ApiError> {
 /// Canonicalize, default and validate `obj` (a create, or an update whose
 /// previous state is `old`). Returns the object to store.
 pub fn prepare(res: &Resource, obj: Value, old: Option<&Value>) -> Result<Value, ApiError> {
+    if let Some(custom) = super::crd::of(res) {
+        let mut errs = Vec::new();
+        let obj = super::crd::prepare(&custom, obj, &mut errs);
+        validate_meta(res, &obj, &mut errs);
+        return if errs.is_empty() {
+            Ok(obj)
+        } else {
+            Err(super::crd::invalid(&custom, &obj, errs))
+        };
+    }
     let mut obj = canonical(res, obj)?;
     apply_defaults(res, &mut obj);
     let mut errs = Vec::new();
@@ -236,6 +249,7 @@ fn default_pod_spec(spec: &mut Value, restart_policy: Option<&str>) {
 
 fn apply_defaults(res: &Resource, obj: &mut Value) {
     match res.kind {
+        "CustomResourceDefinition" => super::crd::default_crd(obj),
         "RoleBinding" | "ClusterRoleBinding" => {
             if let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut) {
                 for s in subjects {
@@ -838,6 +852,7 @@ fn validate_rbac(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
 
 fn validate_kind(res: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
     match res.kind {
+        "CustomResourceDefinition" => super::crd::validate_crd(obj, errs),
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
             validate_rbac(res, obj, errs)
         }

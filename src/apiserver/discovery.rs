@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::api::resources::{Resource, RESOURCES};
+use crate::api::resources::{self, Resource};
 use crate::api::ApiError;
 
 use super::ApiState;
@@ -48,19 +48,24 @@ pub async fn api_versions(State(state): State<Arc<ApiState>>) -> Json<Value> {
     }))
 }
 
-fn groups() -> Vec<(&'static str, &'static str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
-        if !out.contains(&(r.group, r.version)) {
-            out.push((r.group, r.version));
+/// The groups and their versions, in the order served (the first
+/// version of a group is its preferred one).
+fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in resources::all().into_iter().filter(|r| !r.group.is_empty()) {
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, vs)) if !vs.contains(&r.version) => vs.push(r.version),
+            Some(_) => {}
+            None => out.push((r.group, vec![r.version])),
         }
     }
     out
 }
 
-fn group_json(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+fn group_json(group: &str, versions: &[&str]) -> Value {
+    let gv = |v: &str| json!({"groupVersion": format!("{group}/{v}"), "version": v});
+    json!({"name": group, "versions": versions.iter().map(|v| gv(v)).collect::<Vec<_>>(),
+        "preferredVersion": gv(versions[0])})
 }
 
 /// `/apis`.
@@ -70,7 +75,7 @@ pub async fn api_groups() -> Json<Value> {
         "apiVersion": "v1",
         "groups": groups()
             .into_iter()
-            .map(|(g, v)| group_json(g, v))
+            .map(|(g, v)| group_json(g, &v))
             .chain(super::metrics::groups())
             .collect::<Vec<_>>(),
     }))
@@ -85,7 +90,7 @@ pub fn group(name: &str) -> Result<Value, ApiError> {
             resource: "".into(),
             name: format!("/apis/{name}"),
         })?;
-    let mut out = group_json(g, v);
+    let mut out = group_json(g, &v);
     out["kind"] = json!("APIGroup");
     out["apiVersion"] = json!("v1");
     Ok(out)
@@ -140,8 +145,8 @@ fn entry(r: &Resource) -> Vec<Value> {
 
 /// `/api/v1` and `/apis/{group}/{version}`.
 pub fn resource_list(group: &str, version: &str) -> Result<Value, ApiError> {
-    let resources: Vec<Value> = RESOURCES
-        .iter()
+    let resources: Vec<Value> = resources::all()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .flat_map(entry)
         .collect();

@@ -226,6 +226,14 @@ fn check_fields(res: &Resource, obj: &Value, p: &Params) -> Result<(), ApiError>
     if mode == FieldValidation::Ignore {
         return Ok(());
     }
+    if let Some(custom) = crate::api::crd::of(res) {
+        let unknown = crate::api::crd::unknown_fields(&custom, obj);
+        return report_fields(
+            res,
+            mode,
+            unknown.into_iter().map(FieldProblem::Unknown).collect(),
+        );
+    }
     let s = crate::api::schema::schemas();
     let Some(root) = s.root(res) else {
         return Ok(());
@@ -302,7 +310,8 @@ pub async fn create(
     if res.kind == "Job" {
         validation::generate_job_selector(&mut obj);
     }
-    let prepared = prepare(res, obj, None)?;
+    let mut prepared = prepare(res, obj, None)?;
+    super::managers::track(res, None, &mut prepared);
     let name = meta::name(&prepared).to_string();
     for _ in 0..UPDATE_RETRIES {
         let mut obj = prepared.clone();
@@ -550,6 +559,7 @@ where
                 Err(e) => return Err(store_error(res, ns_opt, name, e)),
             }
         }
+        super::managers::track(res, Some(&old), &mut new);
         let extra = if part == Part::Main {
             allocations(store, res, Some(&old), &mut new)?
         } else {
@@ -686,17 +696,48 @@ pub async fn patch(
     p: &Params,
 ) -> Result<(Value, bool), ApiError> {
     let PatchBody { ty, body } = patch;
+    let schema = crate::api::schema::schemas().root(res);
+    if ty == PatchType::Apply {
+        if p.field_manager.as_deref().is_none_or(str::is_empty) {
+            return Err(ApiError::BadRequest(
+                "PATCH requests with apply content type require fieldManager".into(),
+            ));
+        }
+        if !body.is_object() {
+            return Err(ApiError::BadRequest(
+                "an applied configuration must be an object".into(),
+            ));
+        }
+        for (field, want) in [
+            ("apiVersion", res.api_version()),
+            ("kind", res.kind.to_string()),
+        ] {
+            if body.get(field).and_then(Value::as_str) != Some(want.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "an applied configuration must give {field} {want:?}"
+                )));
+            }
+        }
+    }
+    let force = matches!(p.force.as_deref(), Some("true" | "1"));
     if ty == PatchType::Apply
         && part == Part::Main
         && store.cache().get(&res.key(ns, name)).is_none()
     {
-        let mut obj = body;
+        let mut obj = server_side_apply(res, None, &body, p, force)?;
         meta::meta_mut(&mut obj).insert("name".into(), json!(name));
+        super::managers::mark_applied();
         let created = create(store, res, res.namespaced.then_some(ns), obj, p).await?;
         return Ok((created, true));
     }
     let updated = update_with(store, res, ns, name, part, p.is_dry_run(), |old| {
-        let mut patched = apply_patch(old, ty, &body, crate::api::schema::schemas().root(res))?;
+        let mut patched = if ty == PatchType::Apply {
+            let applied = server_side_apply(res, Some(old), &body, p, force)?;
+            super::managers::mark_applied();
+            applied
+        } else {
+            apply_patch(old, ty, &body, schema)?
+        };
         check_fields(res, &patched, p)?;
         // A resourceVersion only pins the write when the patch itself carries one.
         let pinned = body.pointer("/metadata/resourceVersion").is_some()
@@ -709,6 +750,36 @@ pub async fn patch(
     })
     .await?;
     Ok((updated, false))
+}
+
+/// A server-side apply of `config` to `live` by the request's manager.
+fn server_side_apply(
+    res: &Resource,
+    live: Option<&Value>,
+    config: &Value,
+    p: &Params,
+    force: bool,
+) -> Result<Value, ApiError> {
+    let (_, subresource) = super::managers::current().unwrap_or_default();
+    let manager = p.field_manager.clone().unwrap_or_default();
+    let (api_version, now) = (res.api_version(), meta::now());
+    let w = crate::api::managed::Writer {
+        manager: &manager,
+        api_version: &api_version,
+        subresource: &subresource,
+        now: &now,
+    };
+    crate::api::managed::apply(
+        live,
+        config,
+        crate::api::schema::schemas().root(res),
+        &w,
+        force,
+    )
+    .map_err(|c| ApiError::ApplyConflict {
+        message: c.message(),
+        causes: c.causes(),
+    })
 }
 
 /// DELETE options (the body of a delete request).
@@ -971,11 +1042,28 @@ pub async fn delete_collection(
 
 /// The `autoscaling/v1` Scale view of a workload.
 pub fn scale_of(res: &Resource, obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector")
-        .and_then(|s| LabelSelector::from_object(s).ok())
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+    let paths = crate::api::crd::of(res).and_then(|c| c.scale.clone());
+    let spec_path = paths
+        .as_ref()
+        .map_or("/spec/replicas".to_string(), |p| p.spec_replicas.clone());
+    let status_path = paths.as_ref().map_or("/status/replicas".to_string(), |p| {
+        p.status_replicas.clone()
+    });
+    let selector = match paths.as_ref() {
+        // a custom resource names where its selector string is
+        Some(p) => p
+            .label_selector
+            .as_ref()
+            .and_then(|l| obj.pointer(l))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        None => obj
+            .pointer("/spec/selector")
+            .and_then(|s| LabelSelector::from_object(s).ok())
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -986,12 +1074,29 @@ pub fn scale_of(res: &Resource, obj: &Value) -> Value {
             "resourceVersion": meta::resource_version(obj),
             "creationTimestamp": obj.pointer("/metadata/creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(if res.kind == "Deployment" { 1 } else { 0 })},
+        "spec": {"replicas": obj.pointer(&spec_path).and_then(Value::as_i64).unwrap_or(if res.kind == "Deployment" { 1 } else { 0 })},
         "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "replicas": obj.pointer(&status_path).and_then(Value::as_i64).unwrap_or(0),
             "selector": selector,
         },
     })
+}
+
+/// Set the value at JSON pointer `ptr`, making the objects on the way.
+fn set_pointer(v: &mut Value, ptr: &str, x: Value) {
+    let mut cur = v;
+    for part in ptr.trim_start_matches('/').split('/') {
+        let part = part.replace("~1", "/").replace("~0", "~");
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        cur = cur
+            .as_object_mut()
+            .expect("made an object")
+            .entry(part)
+            .or_insert(Value::Null);
+    }
+    *cur = x;
 }
 
 /// PUT or PATCH of `/scale`: `scale_body` computes the new Scale from the current one.
@@ -1028,7 +1133,10 @@ where
             });
         }
         let mut new = old.clone();
-        new["spec"]["replicas"] = json!(replicas);
+        match crate::api::crd::of(res).and_then(|c| c.scale.clone()) {
+            Some(paths) => set_pointer(&mut new, &paths.spec_replicas, json!(replicas)),
+            None => new["spec"]["replicas"] = json!(replicas),
+        }
         new["metadata"]["resourceVersion"] = json!(scale
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)

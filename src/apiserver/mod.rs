@@ -10,12 +10,14 @@
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod customresources;
 pub mod discovery;
 pub mod encryption;
 pub mod eviction;
 pub mod graph;
 pub mod handlers;
 pub mod join;
+pub mod managers;
 pub mod metrics;
 pub mod openapi;
 pub mod protobuf;
@@ -156,8 +158,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-async fn openapi_v2() -> Json<&'static Value> {
-    Json(openapi::v2_document())
+async fn openapi_v2() -> Response {
+    Json(openapi::v2_document()).into_response()
 }
 
 async fn openapi_v3_index() -> Json<Value> {
@@ -260,16 +262,25 @@ async fn dispatch(
                 .into_response()
         }
     };
-    let (result, warned) = warnings::scope(serve(
-        &state,
-        &principal,
-        &method,
-        &headers,
-        &path,
-        query.as_deref(),
-        body,
+    let (manager, subresource) = write_manager(&headers, &path, query.as_deref());
+    let (result, warned) = warnings::scope(managers::scope(
+        manager,
+        subresource,
+        serve(
+            &state,
+            &principal,
+            &method,
+            &headers,
+            &path,
+            query.as_deref(),
+            body,
+        ),
     ))
     .await;
+    if method != Method::GET && path.starts_with("/apis/apiextensions.k8s.io/") {
+        // a CRD written here serves its kind before the response returns
+        customresources::sync(state.store.cache());
+    }
     match result {
         Ok(mut r) => {
             warnings::attach(&mut r, &warned);
@@ -282,6 +293,28 @@ async fn dispatch(
             Failure(e).into_response()
         }
     }
+}
+
+/// The field manager of a request (its `fieldManager`, else its user
+/// agent up to the first `/`) and the subresource it addresses.
+fn write_manager(headers: &HeaderMap, path: &str, query: Option<&str>) -> (String, String) {
+    let given = serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or_default())
+        .ok()
+        .and_then(|q| q.into_iter().find(|(k, _)| k == "fieldManager"))
+        .map(|(_, v)| v);
+    let manager = given.filter(|m| !m.is_empty()).unwrap_or_else(|| {
+        crate::api::managed::manager_from_user_agent(
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        )
+    });
+    let sub = match request::parse_path(path) {
+        Ok(request::Target::Resource { sub: Some(s), .. }) => s,
+        _ => String::new(),
+    };
+    (manager, sub)
 }
 
 /// `(namespace, name)` of a `pods/{name}/exec` path.
@@ -482,6 +515,25 @@ async fn serve(
                 Some(decoded()?)
             };
             let opts = DeleteOptions::from_body(b.as_ref(), &p)?;
+            if res.kind == "CustomResourceDefinition" && !opts.dry_run {
+                // its custom resources go first, as kube-apiserver's
+                // customresourcecleanup finalizer has them go
+                let stored = crate::api::crd::all()
+                    .into_iter()
+                    .filter(|c| c.crd == n)
+                    .map(|c| c.res)
+                    .next();
+                if let Some(cr) = stored {
+                    handlers::delete_collection(
+                        store,
+                        cr,
+                        None,
+                        &request::Params::default(),
+                        &DeleteOptions::default(),
+                    )
+                    .await?;
+                }
+            }
             ok(handlers::delete(store, res, ns_str, n, &opts).await?)
         }
         (Method::GET, Some(n), Some("status")) if res.status => {

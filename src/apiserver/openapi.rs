@@ -6,6 +6,7 @@
 //! validating on the server) and Kubernetes' extensions; schemas come from
 //! the k8s-openapi types (`api::schema`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
@@ -225,7 +226,49 @@ fn common_definitions() -> Map<String, Value> {
 }
 
 /// The OpenAPI 3.0 document of one group-version (`api/v1`, `apis/apps/v1`).
-pub fn v3_document(gv: &str) -> Option<&'static Value> {
+/// The OpenAPI v3 document of a group-version (`apis/apps/v1`): the
+/// built-in ones made once, those of custom resources from their CRDs.
+pub fn v3_document(gv: &str) -> Option<Cow<'static, Value>> {
+    builtin_document(gv)
+        .map(Cow::Borrowed)
+        .or_else(|| custom_document(gv).map(Cow::Owned))
+}
+
+fn custom_gvs() -> BTreeSet<String> {
+    crate::api::crd::all()
+        .iter()
+        .map(|c| gv_path(c.res.group, c.res.version))
+        .collect()
+}
+
+fn custom_document(gv: &str) -> Option<Value> {
+    let customs: Vec<_> = crate::api::crd::all()
+        .into_iter()
+        .filter(|c| gv_path(c.res.group, c.res.version) == gv)
+        .collect();
+    if customs.is_empty() {
+        return None;
+    }
+    let mut paths = Map::new();
+    let mut components = reachable(
+        &schemas().definitions,
+        &["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".to_string()],
+    );
+    components.extend(common_definitions());
+    for c in &customs {
+        let (name, def) = crate::api::crd::definition(c);
+        resource_paths(c.res, &name, &mut paths);
+        components.insert(name, def);
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"},
+        "paths": paths,
+        "components": {"schemas": components},
+    }))
+}
+
+fn builtin_document(gv: &str) -> Option<&'static Value> {
     static DOCS: OnceLock<BTreeMap<String, Value>> = OnceLock::new();
     DOCS.get_or_init(|| {
         let s = schemas();
@@ -265,12 +308,12 @@ fn hash(v: &Value) -> String {
 pub fn v3_index() -> Value {
     let paths: Map<String, Value> = group_versions()
         .keys()
+        .cloned()
+        .chain(custom_gvs())
         .filter_map(|gv| {
-            let doc = v3_document(gv)?;
-            Some((
-                gv.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", hash(doc))}),
-            ))
+            let doc = v3_document(&gv)?;
+            let url = format!("/openapi/v3/{gv}?hash={}", hash(&doc));
+            Some((gv, json!({"serverRelativeURL": url})))
         })
         .collect();
     json!({"paths": paths})
@@ -296,21 +339,49 @@ fn to_v2(v: &Value) -> Value {
 }
 
 /// `/openapi/v2`: Swagger 2.0 with every definition and path.
-pub fn v2_document() -> &'static Value {
+/// The OpenAPI v2 document: the built-in kinds' made once, with the custom
+/// kinds' added when there are any.
+pub fn v2_document() -> Cow<'static, Value> {
+    let builtin = v2_builtin();
+    let customs = custom_gvs();
+    if customs.is_empty() {
+        return Cow::Borrowed(builtin);
+    }
+    let extra = v2_of(customs.into_iter().collect());
+    let mut doc = builtin.clone();
+    for part in ["definitions", "paths"] {
+        if let (Some(to), Some(from)) = (doc[part].as_object_mut(), extra[part].as_object()) {
+            to.extend(from.clone());
+        }
+    }
+    Cow::Owned(doc)
+}
+
+fn v2_builtin() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| {
+    DOC.get_or_init(|| v2_of(group_versions().keys().cloned().collect()))
+}
+
+fn v2_of(gvs: Vec<String>) -> Value {
+    {
         let mut definitions = Map::new();
         let mut paths = Map::new();
-        for gv in group_versions().keys() {
+        for gv in &gvs {
             let Some(doc) = v3_document(gv) else { continue };
-            for (name, d) in doc["components"]["schemas"].as_object().into_iter().flatten() {
+            for (name, d) in doc["components"]["schemas"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
                 definitions.insert(name.clone(), to_v2(d));
             }
             for (p, item) in doc["paths"].as_object().into_iter().flatten() {
                 let mut item = to_v2(item);
                 // Swagger 2 parameters carry their type directly; bodies are parameters
                 for (_, o) in item.as_object_mut().into_iter().flatten() {
-                    let body = o.get("requestBody").map(|b| b["content"]["*/*"]["schema"].clone());
+                    let body = o
+                        .get("requestBody")
+                        .map(|b| b["content"]["*/*"]["schema"].clone());
                     if let Some(params) = o.get_mut("parameters").and_then(Value::as_array_mut) {
                         for p in params.iter_mut() {
                             if let Some(t) = p.get("schema").and_then(|s| s.get("type")).cloned() {
@@ -339,7 +410,7 @@ pub fn v2_document() -> &'static Value {
             "paths": paths,
             "definitions": definitions,
         })
-    })
+    }
 }
 
 #[cfg(test)]
@@ -383,7 +454,7 @@ mod tests {
                 _ => {}
             }
         }
-        check(apps, &apps["components"]["schemas"]);
+        check(&apps, &apps["components"]["schemas"]);
         let v2 = v2_document();
         assert_eq!(v2["swagger"], "2.0");
         assert!(v2["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());

@@ -191,8 +191,18 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     let yaml = matches!(
         media.as_str(),
         "yaml" | "application/yaml" | "application/x-yaml" | "text/yaml"
+    ) || media == "application/apply-patch+yaml";
+    let json = matches!(
+        media.as_str(),
+        "" | "json"
+            | "application/json"
+            | "*/*"
+            | "application/json-patch+json"
+            | "application/merge-patch+json"
+            | "application/strategic-merge-patch+json"
+            | "application/apply-patch+json"
     );
-    if !yaml && !matches!(media.as_str(), "" | "json" | "application/json" | "*/*") {
+    if !yaml && !json {
         return Err(ApiError::UnsupportedMediaType(format!(
             "application/json, application/yaml, application/vnd.kubernetes.protobuf (not {media})"
         )));

@@ -374,7 +374,7 @@ async fn main() -> Result<()> {
                 Some(&identity.client),
                 wasmkube::client::Credentials::None,
             )?;
-            let agent = wasmkube::agent::Agent::new(config, client)?;
+            let agent = wasmkube::agent::Agent::new(config, client.with_name("wk-agent"))?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let listen = a.listen;
             let mut run = tokio::spawn(async move { agent.run(listen, &identity, stop_rx).await });

@@ -28,6 +28,10 @@ pub struct Get {
     /// Show labels as the last column.
     #[arg(long = "show-labels")]
     pub show_labels: bool,
+    /// Keep `metadata.managedFields` in JSON and YAML output (hidden by
+    /// default, as kubectl hides them).
+    #[arg(long = "show-managed-fields")]
+    pub show_managed_fields: bool,
 }
 
 /// What was asked for: each resource type with the names requested (empty: all).
@@ -220,6 +224,11 @@ impl Get {
                     all_items.extend(items.into_iter().map(|mut o| {
                         o["apiVersion"] = json!(res.api_version());
                         o["kind"] = json!(res.kind);
+                        if !self.show_managed_fields {
+                            if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                                m.remove("managedFields");
+                            }
+                        }
                         o
                     }))
                 }

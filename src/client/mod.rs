@@ -108,6 +108,8 @@ pub struct Client {
     credentials: Credentials,
     /// The TLS configuration of `http`, for connections made by hand (exec).
     tls: Arc<rustls::ClientConfig>,
+    /// `User-Agent`: the server names this client's field manager after it.
+    user_agent: Arc<str>,
 }
 
 impl Client {
@@ -140,6 +142,7 @@ impl Client {
             server: server.into().trim_end_matches('/').to_string(),
             credentials,
             tls: Arc::new(tls),
+            user_agent: format!("wasmkube/{}", env!("CARGO_PKG_VERSION")).into(),
         })
     }
 
@@ -172,6 +175,15 @@ impl Client {
     pub fn with_credentials(&self, credentials: Credentials) -> Self {
         Self {
             credentials,
+            ..self.clone()
+        }
+    }
+
+    /// The same client under another name (`NAME/VERSION` as its user
+    /// agent), so its writes are recorded under that field manager.
+    pub fn with_name(&self, name: &str) -> Self {
+        Self {
+            user_agent: format!("{name}/{}", env!("CARGO_PKG_VERSION")).into(),
             ..self.clone()
         }
     }
@@ -218,7 +230,10 @@ impl Client {
 
     /// A request with this client's credentials.
     pub fn request_builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self.http.request(method, format!("{}{path}", self.server));
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.server))
+            .header(reqwest::header::USER_AGENT, &*self.user_agent);
         match self.credentials.header() {
             Some(h) => req.header(reqwest::header::AUTHORIZATION, h),
             None => req,

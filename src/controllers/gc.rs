@@ -156,8 +156,8 @@ impl Collector {
         let api_version = reference["apiVersion"].as_str().unwrap_or("v1");
         let (group, _version) = api_version.split_once('/').unwrap_or(("", api_version));
         let kind = reference["kind"].as_str().unwrap_or("");
-        let Some(res) = resources::RESOURCES
-            .iter()
+        let Some(res) = resources::all()
+            .into_iter()
             .find(|r| r.kind == kind && r.group == group)
         else {
             // a kind we do not serve cannot be verified: keep the dependent

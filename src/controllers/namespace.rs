@@ -15,7 +15,7 @@ use serde_json::json;
 use super::CancelToken;
 
 use crate::api::meta;
-use crate::api::resources::{self, RESOURCES};
+use crate::api::resources;
 use crate::client::{Client, ClientError};
 
 /// What to do with one terminating namespace, decided from what is left in it.
@@ -43,7 +43,11 @@ pub fn plan(remaining: &[(String, usize)]) -> Step {
 
 async fn reconcile(client: &Client, ns: &str) -> Result<bool, ClientError> {
     let mut remaining = Vec::new();
-    for res in RESOURCES.iter().filter(|r| r.namespaced && !r.review) {
+    // the custom resources of this server's CRDs too
+    for res in resources::all()
+        .into_iter()
+        .filter(|r| r.namespaced && !r.review)
+    {
         let list = client.list(res, Some(ns), "").await?;
         remaining.push((
             res.collection_path(Some(ns)),

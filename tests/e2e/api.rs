@@ -93,6 +93,8 @@ async fn discovery_lists_every_served_kind_with_verbs_and_short_names() {
             "discovery.k8s.io/v1",
             "coordination.k8s.io/v1",
             "autoscaling/v2",
+            "apiextensions.k8s.io/v1",
+            "policy/v1",
             "rbac.authorization.k8s.io/v1",
             "authentication.k8s.io/v1",
             "authorization.k8s.io/v1",
@@ -631,16 +633,51 @@ async fn server_side_apply_creates_then_merges() {
         )
         .await;
     assert_eq!(code, 201, "{created}");
+    let apply = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": data});
     let (code, merged) = s
         .call_as(
             Method::PATCH,
             &format!("{CM}/ssa?fieldManager=test"),
-            Some(json!({"data": {"b": "2"}})),
+            Some(apply(json!({"a": "1", "b": "2"}))),
             "application/apply-patch+yaml",
         )
         .await;
     assert_eq!(code, 200);
     assert_eq!(merged["data"], json!({"a": "1", "b": "2"}));
+    // another manager's key stays; the applier's dropped key goes
+    let (code, _) = s
+        .call_as(
+            Method::PATCH,
+            &format!("{CM}/ssa?fieldManager=other"),
+            Some(json!({"data": {"c": "3"}})),
+            "application/merge-patch+json",
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, pruned) = s
+        .call_as(
+            Method::PATCH,
+            &format!("{CM}/ssa?fieldManager=test"),
+            Some(apply(json!({"b": "2"}))),
+            "application/apply-patch+yaml",
+        )
+        .await;
+    assert_eq!(code, 200, "{pruned}");
+    assert_eq!(pruned["data"], json!({"b": "2", "c": "3"}));
+    // an apply needs a field manager, and says so
+    let (code, e) = s
+        .call_as(
+            Method::PATCH,
+            &format!("{CM}/ssa"),
+            Some(apply(json!({}))),
+            "application/apply-patch+yaml",
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(
+        e["message"].as_str().unwrap().contains("fieldManager"),
+        "{e}"
+    );
     let (code, _) = s
         .call_as(
             Method::PATCH,

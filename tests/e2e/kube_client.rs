@@ -157,3 +157,83 @@ async fn kube_runtime_watcher_sees_initial_state_and_changes() {
     }
     assert_eq!(seen, vec!["apply after", "delete before"]);
 }
+
+#[tokio::test]
+async fn kube_rs_server_side_apply_and_strategic_patches() {
+    let s = Server::start().await;
+    let client = kube_client(&s).await;
+    let deploys: Api<Deployment> = Api::default_namespaced(client.clone());
+    let config = |image: &str| {
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "ssa"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}},
+                    "spec": {"containers": [{"name": "main", "image": image}, {"name": "side", "image": "s"}]}}}
+        })
+    };
+    let ssa = PatchParams::apply("kube-rs-test");
+    let d = deploys
+        .patch("ssa", &ssa, &Patch::Apply(config("a")))
+        .await
+        .expect("apply creates");
+    let managers: Vec<_> = d
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.manager.unwrap(), m.operation.unwrap()))
+        .collect();
+    assert!(
+        managers.contains(&("kube-rs-test".into(), "Apply".into())),
+        "{managers:?}"
+    );
+    // a strategic merge patch by another manager changes one container by key
+    deploys
+        .patch(
+            "ssa",
+            &PatchParams::default(),
+            &Patch::Strategic(serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "b"}]}}}})),
+        )
+        .await
+        .unwrap();
+    let d = deploys.get("ssa").await.unwrap();
+    let images: Vec<_> = d
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.image.unwrap())
+        .collect();
+    assert_eq!(images, ["b", "s"]);
+    // applying the old image now conflicts, naming the field and its manager
+    let err = deploys
+        .patch("ssa", &ssa, &Patch::Apply(config("a")))
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 409);
+            assert!(
+                s.message
+                    .contains(r#".spec.template.spec.containers[name="main"].image"#),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let d = deploys
+        .patch("ssa", &ssa.clone().force(), &Patch::Apply(config("a")))
+        .await
+        .unwrap();
+    assert_eq!(
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("a")
+    );
+}

@@ -695,3 +695,240 @@ async fn auth_can_i_wait_events_top_and_get_watch() {
     assert!(top.contains("CPU(%)"), "{top}");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn apply_server_side_owns_fields_conflicts_and_prunes() {
+    let s = Server::start().await;
+    let file = s.dir.join("web.yaml");
+    let f = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        TWO_CONTAINERS
+            .replace("MAIN", "file:///main-1.wasm")
+            .replace("SIDE", "file:///side-1.wasm"),
+    )
+    .unwrap();
+    let out = ok(&s.kubectl(&["apply", "--server-side", "-f", f]));
+    assert!(out.contains("serverside-applied"), "{out}");
+    let yaml = ok(&s.kubectl(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "yaml",
+        "--show-managed-fields",
+    ]));
+    assert!(
+        yaml.contains("manager: kubectl\n    operation: Apply"),
+        "{yaml}"
+    );
+    assert!(yaml.contains(r#"k:{"name":"main"}"#), "{yaml}");
+    // re-applying the same file is a no-op that succeeds
+    let rv = ok(&s.kubectl(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]));
+    ok(&s.kubectl(&["apply", "--server-side", "-f", f]));
+    let rv2 = ok(&s.kubectl(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]));
+    assert_eq!(rv, rv2);
+    // another manager changes a field the file sets: the next apply conflicts
+    ok(&s.kubectl(&["set", "image", "deploy/web", "main=file:///main-2.wasm"]));
+    let o = s.kubectl(&["apply", "--server-side", "-f", f]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(r#"Apply failed with 1 conflict: conflict with "kubectl-set" using apps/v1: .spec.template.spec.containers[name="main"].image"#),
+        "{}",
+        stderr(&o)
+    );
+    let d = json_of(&s, &["get", "deploy", "web"]);
+    assert_eq!(
+        containers(&d)[0].1,
+        "file:///main-2.wasm",
+        "nothing written"
+    );
+    // forced: the file wins and kubectl-set no longer owns the image
+    ok(&s.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", f]));
+    let d = json_of(&s, &["get", "deploy", "web"]);
+    assert_eq!(containers(&d)[0].1, "file:///main-1.wasm");
+    // a field dropped from the file goes away: the side container and env
+    let smaller = TWO_CONTAINERS
+        .replace("MAIN", "file:///main-1.wasm")
+        .replace("      - name: side\n        image: SIDE\n", "");
+    assert!(!smaller.contains("side"));
+    std::fs::write(&file, &smaller).unwrap();
+    let diff = s.kubectl(&["diff", "--server-side", "-f", f]);
+    assert_eq!(diff.status.code(), Some(1), "{}", stderr(&diff));
+    assert!(
+        stdout(&diff).contains("-        name: side"),
+        "{}",
+        stdout(&diff)
+    );
+    ok(&s.kubectl(&["apply", "--server-side", "-f", f]));
+    let d = json_of(&s, &["get", "deploy", "web"]);
+    assert_eq!(
+        containers(&d),
+        [("main".into(), "file:///main-1.wasm".into())]
+    );
+    // a field another manager added stays
+    ok(&s.kubectl(&["annotate", "deploy", "web", "team=edge"]));
+    ok(&s.kubectl(&["apply", "--server-side", "-f", f]));
+    let d = json_of(&s, &["get", "deploy", "web"]);
+    assert_eq!(d["metadata"]["annotations"]["team"], "edge");
+}
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: spinapps.core.spinkube.dev
+spec:
+  group: core.spinkube.dev
+  names: {kind: SpinApp, plural: spinapps, singular: spinapp, shortNames: [spin]}
+  scope: Namespaced
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.readyReplicas}
+    additionalPrinterColumns:
+    - {name: Ready, type: integer, jsonPath: .status.readyReplicas}
+    - {name: Executor, type: string, jsonPath: .spec.executor}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [image]
+            properties:
+              image: {type: string, description: The Spin application image}
+              executor: {type: string, enum: [containerd-shim-spin, wasmkube], default: wasmkube}
+              replicas: {type: integer, minimum: 0, default: 1}
+          status:
+            type: object
+            properties:
+              readyReplicas: {type: integer}
+"#;
+
+#[tokio::test]
+async fn custom_resource_definitions_serve_new_kinds() {
+    let s = Server::start().await;
+    ok(&kubectl_stdin(
+        &s.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(CRD),
+    ));
+    ok(&s.kubectl(&[
+        "wait",
+        "--for=condition=established",
+        "crd/spinapps.core.spinkube.dev",
+        "--timeout=20s",
+    ]));
+    let crds = ok(&s.kubectl(&["get", "crd"]));
+    assert_eq!(header(&crds), ["NAME", "CREATED AT"], "{crds}");
+    let app = "apiVersion: core.spinkube.dev/v1alpha1\nkind: SpinApp\nmetadata: {name: hello}\nspec: {image: ghcr.io/x/hello:v1}\n";
+    ok(&kubectl_stdin(
+        &s.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(app),
+    ));
+    // defaults from the schema, and the CRD's columns in tables
+    let got = json_of(&s, &["get", "spin", "hello"]);
+    assert_eq!(got["spec"]["executor"], "wasmkube");
+    assert_eq!(got["spec"]["replicas"], 1);
+    let table = ok(&s.kubectl(&["get", "spinapps"]));
+    assert_eq!(
+        header(&table),
+        ["NAME", "READY", "EXECUTOR", "AGE"],
+        "{table}"
+    );
+    assert!(table.contains("wasmkube"), "{table}");
+    // the schema rejects what it forbids, naming the fields; unknown fields
+    // are errors with kubectl's default strict validation
+    let bad = "apiVersion: core.spinkube.dev/v1alpha1\nkind: SpinApp\nmetadata: {name: bad}\nspec: {replicas: -1, executor: docker}\n";
+    let o = kubectl_stdin(&s.kubeconfig(), &["apply", "-f", "-"], Some(bad));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("spec.image: Required value"), "{e}");
+    assert!(
+        e.contains("spec.replicas") && e.contains("greater than or equal to 0"),
+        "{e}"
+    );
+    assert!(e.contains("spec.executor: Unsupported value"), "{e}");
+    let typo = "apiVersion: core.spinkube.dev/v1alpha1\nkind: SpinApp\nmetadata: {name: typo}\nspec: {image: x, colour: red}\n";
+    let o = kubectl_stdin(&s.kubeconfig(), &["apply", "-f", "-"], Some(typo));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(r#"unknown field "spec.colour""#),
+        "{}",
+        stderr(&o)
+    );
+    // explain reads the CRD's schema
+    let explained = ok(&s.kubectl(&["explain", "spinapp.spec.image"]));
+    assert!(
+        explained.contains("The Spin application image"),
+        "{explained}"
+    );
+    // scale and status subresources
+    ok(&s.kubectl(&["scale", "spinapp", "hello", "--replicas=3"]));
+    ok(&s.kubectl(&[
+        "patch",
+        "spinapp",
+        "hello",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":3}}"#,
+    ]));
+    let got = json_of(&s, &["get", "spinapp", "hello"]);
+    assert_eq!(got["spec"]["replicas"], 3);
+    assert_eq!(got["status"]["readyReplicas"], 3);
+    // a status written through the main resource is ignored
+    ok(&s.kubectl(&[
+        "patch",
+        "spinapp",
+        "hello",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":9}}"#,
+    ]));
+    assert_eq!(
+        json_of(&s, &["get", "spinapp", "hello"])["status"]["readyReplicas"],
+        3
+    );
+    // server-side apply and watch work on custom kinds too
+    let out = ok(&kubectl_stdin(
+        &s.kubeconfig(),
+        &["apply", "--server-side", "-f", "-"],
+        Some(app),
+    ));
+    assert!(out.contains("serverside-applied"), "{out}");
+    // deleting the CRD deletes its objects and stops serving the kind
+    ok(&s.kubectl(&["delete", "crd", "spinapps.core.spinkube.dev"]));
+    let o = s.kubectl(&["get", "spinapps"]);
+    assert!(!o.status.success());
+    ok(&kubectl_stdin(
+        &s.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(CRD),
+    ));
+    ok(&s.kubectl(&[
+        "wait",
+        "--for=condition=established",
+        "crd/spinapps.core.spinkube.dev",
+        "--timeout=20s",
+    ]));
+    let none = ok(&s.kubectl(&["get", "spinapps", "-o", "name"]));
+    assert_eq!(none.trim(), "", "the old objects went with the old CRD");
+}

@@ -1182,6 +1182,17 @@ async fn kube_rs_and_the_python_client_work_as_admin_viewer_and_service_account(
     ] {
         assert!(text.contains(want), "{want}: {text}");
     }
+    let out = py(&s.kubeconfig(), "workloads");
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "strategic patch kept main,side",
+        "applied py-ssa as python",
+        "custom object g1 size 5",
+        "watched ADDED g1",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
     let out = py(&jane, "viewer");
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert!(
