@@ -108,6 +108,11 @@ impl PodCtx {
         self.dirty.notify_one();
     }
 
+    /// The pod's IP address.
+    pub fn pod_ip(&self) -> String {
+        self.record().pod_ip
+    }
+
     fn record(&self) -> PodRecord {
         self.rec.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

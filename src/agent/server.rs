@@ -41,6 +41,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec))
+        .route("/portForward/{ns}/{pod}", get(port_forward))
         .route("/stats", get(stats))
         .layer(axum::middleware::from_fn(only_the_api_server))
         .with_state(Arc::new(AgentApi { agent }))
@@ -91,6 +92,83 @@ async fn stats(State(api): State<Arc<AgentApi>>) -> Response {
 
 /// `exec`: the query is that of `pods/exec` (`command` repeated, `stdin`,
 /// `stdout`, `stderr`, `tty`).
+/// The `Upgrade` of a connection to a pod's port (`/portForward`).
+pub const PORT_FORWARD_UPGRADE: &str = "wk-portforward";
+
+#[derive(Debug, Deserialize)]
+struct PortParam {
+    port: u16,
+}
+
+/// A connection to one port of a pod on this node: connect to the pod's
+/// IP, then answer the upgrade and copy bytes both ways. The API server
+/// speaks the client's port-forward protocol; this side only connects.
+async fn port_forward(
+    State(api): State<Arc<AgentApi>>,
+    Path((ns, pod)): Path<(String, String)>,
+    Query(q): Query<PortParam>,
+    mut req: axum::extract::Request,
+) -> Response {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(PORT_FORWARD_UPGRADE));
+    if !upgrade {
+        return error(StatusCode::BAD_REQUEST, "Upgrade request required".into());
+    }
+    let Some(ctx) = api.agent.pod(&ns, &pod) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pod {ns}/{pod} is not running on node {}",
+                api.agent.config.node_name
+            ),
+        );
+    };
+    let ip = ctx.pod_ip();
+    let addr = format!("{ip}:{}", q.port);
+    let tcp = match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "error forwarding port {} to pod {ns}/{pod}: dial tcp {addr}: {e}",
+                    q.port
+                ),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "error forwarding port {} to pod {ns}/{pod}: dial tcp {addr}: timed out",
+                    q.port
+                ),
+            )
+        }
+    };
+    let upgraded = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(io) = upgraded.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(io);
+        let mut tcp = tcp;
+        let _ = tokio::io::copy_bidirectional(&mut io, &mut tcp).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, PORT_FORWARD_UPGRADE)
+        .body(Body::empty())
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response".into()))
+}
+
 async fn exec(
     State(api): State<Arc<AgentApi>>,
     Path((ns, pod, container)): Path<(String, String, String)>,

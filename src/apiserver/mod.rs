@@ -20,12 +20,14 @@ pub mod join;
 pub mod managers;
 pub mod metrics;
 pub mod openapi;
+pub mod portforward;
 pub mod protobuf;
 pub mod proxy;
 pub mod request;
 pub mod reviews;
 pub mod serviceaccounts;
 pub mod services;
+pub mod spdy;
 pub mod table;
 pub mod warnings;
 pub mod watch;
@@ -254,6 +256,15 @@ async fn dispatch(
             };
         }
     }
+    if let Some((ns, name)) = subresource_target(&path, "portforward") {
+        let (ns, name) = (ns.to_string(), name.to_string());
+        if matches!(method, Method::GET | Method::POST) {
+            return match portforward::pod_portforward(&state, &ns, &name, req).await {
+                Ok(r) => r,
+                Err(e) => Failure(e).into_response(),
+            };
+        }
+    }
     let query = req.uri().query().map(String::from);
     let body = match axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024).await {
         Ok(b) => b,
@@ -315,6 +326,16 @@ fn write_manager(headers: &HeaderMap, path: &str, query: Option<&str>) -> (Strin
         _ => String::new(),
     };
     (manager, sub)
+}
+
+/// `(namespace, name)` of a `pods/{name}/{sub}` path.
+fn subresource_target<'a>(path: &'a str, sub: &str) -> Option<(&'a str, &'a str)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [ns, "pods", name, s] if *s == sub => Some((ns, name)),
+        _ => None,
+    }
 }
 
 /// `(namespace, name)` of a `pods/{name}/exec` path.

@@ -80,7 +80,7 @@ fn pick_container(pod: &Value, name: &str, wanted: Option<String>) -> Result<Str
 }
 
 /// `https://ADDRESS:PORT` of the agent on the pod's node.
-fn agent_base(state: &ApiState, pod: &Value, name: &str) -> Result<String, ApiError> {
+pub(super) fn agent_base(state: &ApiState, pod: &Value, name: &str) -> Result<String, ApiError> {
     let node_name = pod["spec"]["nodeName"]
         .as_str()
         .filter(|n| !n.is_empty())

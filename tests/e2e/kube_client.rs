@@ -237,3 +237,39 @@ async fn kube_rs_server_side_apply_and_strategic_patches() {
         Some("a")
     );
 }
+
+#[tokio::test]
+async fn kube_rs_port_forward_reaches_a_guest() {
+    let s = Server::start().await;
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "web",
+            "image": crate::util::example_image("wasm32-wasip2", "webserver"),
+            "env": [{"name": "PORT", "value": "8080"}, {"name": "POD_NAME", "value": "web"},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    kube::runtime::wait::await_condition(pods.clone(), "web", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await
+    .unwrap();
+    let mut pf = pods.portforward("web", &[8080]).await.unwrap();
+    let mut stream = pf.take_stream(8080).unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /kube-rs HTTP/1.0\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await.unwrap();
+    assert!(page.ends_with("hello from web at /kube-rs\n"), "{page}");
+    drop(stream);
+    pf.abort();
+}

@@ -932,3 +932,136 @@ async fn custom_resource_definitions_serve_new_kinds() {
     let none = ok(&s.kubectl(&["get", "spinapps", "-o", "name"]));
     assert_eq!(none.trim(), "", "the old objects went with the old CRD");
 }
+
+/// A webserver guest (wasi:sockets) on its pod IP, port 8080, Ready.
+async fn webserver_pod(s: &Server, name: &str) {
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  containers:
+  - name: web
+    image: "{}"
+    env:
+    - {{name: PORT, value: "8080"}}
+    - {{name: POD_NAME, value: {name}}}
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    ports: [{{containerPort: 8080}}]
+    readinessProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 1
+"#,
+        example_image("wasm32-wasip2", "webserver")
+    );
+    ok(&kubectl_stdin(
+        &s.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&pod),
+    ));
+    ok(&s.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{name}"),
+        "--timeout=60s",
+    ]));
+}
+
+/// `kubectl port-forward` in the background until dropped.
+struct PortForward(std::process::Child);
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn port_forward(s: &Server, args: &[&str], websockets: bool) -> (PortForward, Vec<String>) {
+    let mut child = Command::new("kubectl")
+        .arg("port-forward")
+        .args(args)
+        .env("KUBECONFIG", s.kubeconfig())
+        .env("HOME", &s.dir)
+        // the SPDY upgrade is kubectl's fallback when the WebSocket fails;
+        // this is how its users reach it on purpose
+        .env(
+            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+            if websockets { "true" } else { "false" },
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    // "Forwarding from 127.0.0.1:PORT -> 8080" once per port and address
+    while lines.len() < 2 * (args.len() - 1) {
+        let mut l = String::new();
+        if out.read_line(&mut l).unwrap() == 0 {
+            break;
+        }
+        lines.push(l.trim().to_string());
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    (PortForward(child), lines)
+}
+
+async fn get_via(port: u16, path: &str) -> String {
+    // what curl does: a plain HTTP request to the forwarded local port
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    c.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test]
+async fn port_forward_reaches_a_guest_port_over_websocket_and_spdy() {
+    let s = Server::start().await;
+    webserver_pod(&s, "web").await;
+    for websockets in [true, false] {
+        let local = crate::util::free_port();
+        let (pf, lines) = port_forward(&s, &["pod/web", &format!("{local}:8080")], websockets);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == &format!("Forwarding from 127.0.0.1:{local} -> 8080")),
+            "{lines:?}"
+        );
+        for path in ["/first", "/second"] {
+            let page = get_via(local, path).await;
+            assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+            assert!(
+                page.ends_with(&format!("hello from web at {path}\n")),
+                "{page}"
+            );
+        }
+        drop(pf);
+    }
+    // a port nothing listens on: the connection is closed and kubectl
+    // reports the agent's error
+    let local = crate::util::free_port();
+    let (mut pf, _) = port_forward(&s, &["pod/web", &format!("{local}:9")], true);
+    let page = get_via(local, "/").await;
+    assert_eq!(page, "");
+    let status = tokio::task::spawn_blocking(move || {
+        let st = pf.0.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(pf.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (st, err)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.1.contains("connection refused") || status.1.contains("Connection refused"),
+        "{}",
+        status.1
+    );
+}
