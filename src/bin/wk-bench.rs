@@ -36,6 +36,8 @@ enum Bench {
     /// HTTP functions: through the Ingress, the Service and the pod address,
     /// against `wasmtime serve`; activation latency from zero.
     Http(http::HttpArgs),
+    /// Lists of pods as JSON, protobuf and server-side Tables: latency and size.
+    Lists(lists::ListArgs),
 }
 
 #[derive(Parser)]
@@ -891,6 +893,7 @@ async fn main() -> Result<()> {
         Bench::Pods(args) => pods::run(args).await,
         Bench::Instantiate(args) => instantiate::run(args).await,
         Bench::Http(args) => http::run(args).await,
+        Bench::Lists(args) => lists::run(args).await,
     }
 }
 
@@ -1226,6 +1229,114 @@ mod http {
                 ms(&activations[0]),
                 ms(&activations[activations.len() / 2]),
                 ms(&activations[activations.len() - 1])
+            );
+        }
+        Ok(())
+    }
+}
+
+mod lists {
+    //! The cost of the representations kubectl asks for: one list of N pods
+    //! as JSON, as protobuf, and as the `meta.k8s.io/v1` Table kubectl
+    //! asks for; sequential requests, latency p50/p99 and bytes.
+
+    use super::*;
+
+    #[derive(Parser)]
+    pub struct ListArgs {
+        /// The wk binary.
+        #[arg(long, default_value = "target/release/wk")]
+        wk: PathBuf,
+        /// Pods in the list.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// Requests per representation.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+    }
+
+    fn pod(i: usize) -> Value {
+        // unscheduled (another scheduler's), so the objects stay as written
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("bench-{i:05}"), "labels": {"app": "bench", "tier": "web", "i": i.to_string()},
+                "annotations": {"note": "a pod of the list benchmark"}},
+            "spec": {"schedulerName": "none", "containers": [
+                {"name": "main", "image": "file:///opt/app.wasm", "args": ["--port", "8080"],
+                 "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                 "ports": [{"containerPort": 8080, "name": "http"}],
+                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+                {"name": "side", "image": "file:///opt/side.wasm"}]}})
+    }
+
+    pub async fn run(args: ListArgs) -> Result<()> {
+        let dir = tempfile_dir()?;
+        let (_proc, target) = start_wk(&args.wk, &dir, &[]).await?;
+        let Target::Wk { url, http } = target else {
+            unreachable!()
+        };
+        let create = format!("{url}/api/v1/namespaces/default/pods");
+        let sem = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut tasks = Vec::new();
+        for i in 0..args.pods {
+            let (http, create, sem) = (http.clone(), create.clone(), sem.clone());
+            tasks.push(tokio::spawn(async move {
+                let _p = sem.acquire().await;
+                http.post(&create)
+                    .json(&pod(i))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let list = format!("{url}/api/v1/namespaces/default/pods");
+        let kinds = [
+            ("JSON", "application/json"),
+            ("protobuf", "application/vnd.kubernetes.protobuf"),
+            (
+                "Table (JSON)",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            ),
+        ];
+        println!(
+            "## Lists of {} pods: JSON, protobuf and Tables\n",
+            args.pods
+        );
+        println!(
+            "{}; `wk-bench lists --pods {} --requests {}`\n",
+            machine(),
+            args.pods,
+            args.requests
+        );
+        println!("| representation | bytes | p50 ms | p99 ms |");
+        println!("|---|---:|---:|---:|");
+        for (name, accept) in kinds {
+            let mut times = Vec::with_capacity(args.requests);
+            let mut bytes = 0;
+            for i in 0..args.requests + 5 {
+                let t = Instant::now();
+                let body = http
+                    .get(&list)
+                    .header("accept", accept)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?;
+                if i >= 5 {
+                    times.push(t.elapsed());
+                }
+                bytes = body.len();
+            }
+            times.sort();
+            let q = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+            println!(
+                "| {name} | {bytes} | {:.2} | {:.2} |",
+                q(0.5).as_secs_f64() * 1e3,
+                q(0.99).as_secs_f64() * 1e3
             );
         }
         Ok(())
