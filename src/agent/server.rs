@@ -42,6 +42,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec))
         .route("/portForward/{ns}/{pod}", get(port_forward))
+        .route("/attach/{ns}/{pod}/{container}", get(attach))
         .route("/stats", get(stats))
         .layer(axum::middleware::from_fn(only_the_api_server))
         .with_state(Arc::new(AgentApi { agent }))
@@ -219,6 +220,129 @@ async fn exec(
     };
     ws.protocols([super::exec::V5, super::exec::V4])
         .on_upgrade(move |socket| super::exec::run(socket, session))
+}
+
+/// Attach to a running container: what it writes from now on, stdout on
+/// channel 1 and stderr on channel 2 (from its CRI log, which keeps the
+/// streams apart), until it stops; then the final status on channel 3.
+/// A Wasm guest's stdin is its own (WASI gives no way to reopen it), so
+/// input sent by the client is dropped.
+async fn attach(
+    State(api): State<Arc<AgentApi>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    let flag = |k: &str| {
+        params
+            .iter()
+            .any(|(key, v)| key == k && matches!(v.as_str(), "true" | "1"))
+    };
+    let (want_out, want_err) = (flag("stdout"), flag("stderr"));
+    let Some(ctx) = api.agent.pod(&ns, &pod) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pod {ns}/{pod} is not running on node {}",
+                api.agent.config.node_name
+            ),
+        );
+    };
+    let (path, live) = match ctx.log_file(&container, false) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if !live {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running"),
+        );
+    }
+    let Ok(ws) = ws else {
+        return error(StatusCode::BAD_REQUEST, "Upgrade request required".into());
+    };
+    let offset = tokio::fs::metadata(&path)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
+    ws.protocols([super::exec::V5, super::exec::V4])
+        .on_upgrade(move |socket| async move {
+            use axum::extract::ws::Message;
+            use futures::{SinkExt, StreamExt};
+            let (mut sink, mut incoming) = socket.split();
+            let client_gone = async {
+                while let Some(Ok(m)) = incoming.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let tail = async {
+                let Ok(mut file) = tokio::fs::File::open(&path).await else {
+                    return;
+                };
+                if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+                    return;
+                }
+                let mut reader = tokio::io::BufReader::new(file);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line).await {
+                        Ok(0) => {
+                            if !ctx.is_running(&container) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Ok(_) if line.ends_with('\n') => {
+                            let mut parts = line.trim_end_matches('\n').splitn(4, ' ');
+                            let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
+                            let mut text = parts.next().unwrap_or_default().to_string();
+                            if tag != Some("P") {
+                                text.push('\n');
+                            }
+                            let (channel, wanted) = if stream == Some("stderr") {
+                                (2, want_err)
+                            } else {
+                                (1, want_out)
+                            };
+                            if wanted {
+                                let m = Message::Binary(
+                                    super::exec::frame(channel, text.as_bytes()).into(),
+                                );
+                                if sink.send(m).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        // a line still being written: read it again whole
+                        Ok(n) => {
+                            let _ = reader.seek(std::io::SeekFrom::Current(-(n as i64))).await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let status = br#"{"metadata":{},"status":"Success"}"#;
+                let _ = sink
+                    .send(Message::Binary(super::exec::frame(3, status).into()))
+                    .await;
+                // a normal closure: the client reads it as the end of the streams
+                let _ = sink
+                    .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                        code: 1000,
+                        reason: "".into(),
+                    })))
+                    .await;
+            };
+            tokio::select! {
+                _ = tail => {}
+                _ = client_gone => {}
+            }
+        })
 }
 
 fn format_line(line: &str, timestamps: bool) -> Option<String> {

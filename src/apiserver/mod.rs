@@ -256,6 +256,15 @@ async fn dispatch(
             };
         }
     }
+    if let Some((ns, name)) = subresource_target(&path, "attach") {
+        let (ns, name) = (ns.to_string(), name.to_string());
+        if matches!(method, Method::GET | Method::POST) {
+            return match proxy::pod_attach(&state, &ns, &name, req).await {
+                Ok(r) => r,
+                Err(e) => Failure(e).into_response(),
+            };
+        }
+    }
     if let Some((ns, name)) = subresource_target(&path, "portforward") {
         let (ns, name) = (ns.to_string(), name.to_string());
         if matches!(method, Method::GET | Method::POST) {

@@ -1,4 +1,4 @@
-//! `pods/{name}/log` and `pods/{name}/exec`: served by the agent of the pod's
+//! `pods/{name}/log`, `exec` and `attach`: served by the agent of the pod's
 //! node, proxied here as kube-apiserver proxies to the kubelet. Exec's
 //! WebSocket upgrade is passed through: the agent speaks the channel
 //! protocol, this side copies bytes.
@@ -115,6 +115,27 @@ pub async fn pod_exec(
     state: &ApiState,
     ns: &str,
     name: &str,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    pod_stream(state, ns, name, "exec", req).await
+}
+
+/// Attach to a running container's output: as exec, to the agent's
+/// `/attach`.
+pub async fn pod_attach(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    pod_stream(state, ns, name, "attach", req).await
+}
+
+async fn pod_stream(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    verb: &str,
     mut req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let pods = resources::lookup("pods").expect("pods are served");
@@ -127,7 +148,7 @@ pub async fn pod_exec(
         .find(|(k, _)| k == "container")
         .map(|(_, v)| v.clone());
     let container = pick_container(&pod, name, wanted)?;
-    if !params.iter().any(|(k, _)| k == "command") {
+    if verb == "exec" && !params.iter().any(|(k, _)| k == "command") {
         return Err(ApiError::BadRequest(
             "you must specify at least 1 command".into(),
         ));
@@ -141,7 +162,7 @@ pub async fn pod_exec(
         return Err(ApiError::BadRequest("Upgrade request required".into()));
     }
     let url = format!(
-        "{}/exec/{ns}/{name}/{container}?{query}",
+        "{}/{verb}/{ns}/{name}/{container}?{query}",
         agent_base(state, &pod, name)?
     );
     let mut forward = state.kubelet.get(&url);

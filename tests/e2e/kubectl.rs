@@ -1065,3 +1065,53 @@ async fn port_forward_reaches_a_guest_port_over_websocket_and_spdy() {
         status.1
     );
 }
+
+#[tokio::test]
+async fn attach_streams_a_running_containers_output_until_it_ends() {
+    let s = Server::start().await;
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: ticker}}
+spec:
+  restartPolicy: Never
+  volumes: [{{name: data, emptyDir: {{}}}}]
+  containers:
+  - name: worker
+    image: "{}"
+    args: ["25", "200"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+"#,
+        example_image("wasm32-wasip1", "worker")
+    );
+    ok(&kubectl_stdin(
+        &s.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&pod),
+    ));
+    ok(&s.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/ticker",
+        "--timeout=60s",
+    ]));
+    // attach sees what the guest writes from now on, and ends cleanly with it
+    let kc = s.kubeconfig();
+    let out = tokio::task::spawn_blocking(move || crate::util::kubectl(&kc, &["attach", "ticker"]))
+        .await
+        .unwrap();
+    let text = ok(&out);
+    assert!(text.ends_with("wrote tick 25\n"), "{text}");
+    let ticks: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("wrote tick"))
+        .collect();
+    assert!(!ticks.is_empty() && ticks.len() < 25 + 1, "{text}");
+    // every tick after the first one seen, in order, none lost
+    let first: u32 = ticks[0].rsplit(' ').next().unwrap().parse().unwrap();
+    let want: Vec<String> = (first..=25).map(|i| format!("wrote tick {i}")).collect();
+    assert_eq!(ticks, want.iter().map(String::as_str).collect::<Vec<_>>());
+    // a finished container cannot be attached to
+    let o = s.kubectl(&["attach", "ticker"]);
+    assert!(!o.status.success());
+}
