@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 echo "==> toolchain targets for Wasm guests"
 rustup target add wasm32-wasip1 wasm32-wasip2
 
-# Debian packages the tests use: a real OCI registry for image pulls.
-PACKAGES=(docker-registry)
+# Debian packages the tests use: a real OCI registry for image pulls, and
+# curl (what a user runs against `kubectl port-forward`).
+PACKAGES=(docker-registry curl)
 if [ ${#PACKAGES[@]} -gt 0 ]; then
   echo "==> apt packages: ${PACKAGES[*]}"
   missing=()

@@ -1008,18 +1008,15 @@ fn port_forward(s: &Server, args: &[&str], websockets: bool) -> (PortForward, Ve
     (PortForward(child), lines)
 }
 
+/// `curl -si http://127.0.0.1:PORT/PATH`, as a user checks a forward.
 async fn get_via(port: u16, path: &str) -> String {
-    // what curl does: a plain HTTP request to the forwarded local port
-    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let out = tokio::process::Command::new("curl")
+        .args(["-si", "--http1.1", "-m", "10", &url])
+        .output()
         .await
-        .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    c.read_to_string(&mut body).await.unwrap();
-    body
+        .expect("curl is installed by tests/run.sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
