@@ -280,51 +280,30 @@ async fn attach(
                 }
             };
             let tail = async {
-                let Ok(mut file) = tokio::fs::File::open(&path).await else {
-                    return;
-                };
-                if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
-                    return;
-                }
-                let mut reader = tokio::io::BufReader::new(file);
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match reader.read_line(&mut line).await {
-                        Ok(0) => {
-                            if !ctx.is_running(&container) {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Ok(_) if line.ends_with('\n') => {
-                            let mut parts = line.trim_end_matches('\n').splitn(4, ' ');
-                            let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
-                            let mut text = parts.next().unwrap_or_default().to_string();
-                            if tag != Some("P") {
-                                text.push('\n');
-                            }
-                            let (channel, wanted) = if stream == Some("stderr") {
-                                (2, want_err)
-                            } else {
-                                (1, want_out)
-                            };
-                            if wanted {
-                                let m = Message::Binary(
-                                    super::exec::frame(channel, text.as_bytes()).into(),
-                                );
-                                if sink.send(m).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        // a line still being written: read it again whole
-                        Ok(n) => {
-                            let _ = reader.seek(std::io::SeekFrom::Current(-(n as i64))).await;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(_) => return,
+                let (line_tx, mut lines) = tokio::sync::mpsc::channel(64);
+                let follow = tokio::spawn(follow_log(path, offset, ctx, container, line_tx));
+                while let Some(line) = lines.recv().await {
+                    let mut parts = line.splitn(4, ' ');
+                    let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
+                    let mut text = parts.next().unwrap_or_default().to_string();
+                    if tag != Some("P") {
+                        text.push('\n');
                     }
+                    let (channel, wanted) = if stream == Some("stderr") {
+                        (2, want_err)
+                    } else {
+                        (1, want_out)
+                    };
+                    if wanted {
+                        let m =
+                            Message::Binary(super::exec::frame(channel, text.as_bytes()).into());
+                        if sink.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if !matches!(follow.await, Ok(true)) {
+                    return;
                 }
                 let status = br#"{"metadata":{},"status":"Success"}"#;
                 let _ = sink
@@ -343,6 +322,52 @@ async fn attach(
                 _ = client_gone => {}
             }
         })
+}
+
+/// Send each whole line of the CRI log at `path` from `offset` on, as the
+/// container writes it (without its newline), until the container stops or
+/// the receiver goes. True when it ended because the container stopped.
+async fn follow_log(
+    path: std::path::PathBuf,
+    offset: u64,
+    ctx: Arc<super::pod::PodCtx>,
+    container: String,
+    tx: tokio::sync::mpsc::Sender<String>,
+) -> bool {
+    let Ok(mut file) = tokio::fs::File::open(&path).await else {
+        return false;
+    };
+    if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return false;
+    }
+    let mut reader = tokio::io::BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        // a partial line stays in `line` until the rest is written
+        match reader.read_line(&mut line).await {
+            Ok(0) => {
+                if !ctx.is_running(&container) {
+                    return true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = tx.closed() => return false,
+                }
+            }
+            Ok(_) if line.ends_with('\n') => {
+                let whole = std::mem::take(&mut line);
+                if tx
+                    .send(whole.trim_end_matches('\n').to_string())
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 fn format_line(line: &str, timestamps: bool) -> Option<String> {
@@ -395,46 +420,13 @@ async fn logs(
         if tx.send(Ok(Bytes::from(head))).await.is_err() {
             return;
         }
-        let Ok(mut file) = tokio::fs::File::open(&path).await else {
-            return;
-        };
-        if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
-            return;
-        }
-        let mut reader = tokio::io::BufReader::new(file);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match reader.read_line(&mut line).await {
-                Ok(0) => {
-                    if !ctx.is_running(&container) {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        _ = tx.closed() => return,
-                    }
+        let (line_tx, mut lines) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(follow_log(path, offset, ctx, container, line_tx));
+        while let Some(line) = lines.recv().await {
+            if let Some(out) = format_line(&line, timestamps) {
+                if tx.send(Ok(Bytes::from(out))).await.is_err() {
+                    return;
                 }
-                Ok(_) if line.ends_with('\n') => {
-                    if let Some(out) = format_line(line.trim_end_matches('\n'), timestamps) {
-                        if tx.send(Ok(Bytes::from(out))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(_) => {
-                    // a partial line: wait for the rest
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    let mut rest = String::new();
-                    let _ = reader.read_line(&mut rest).await;
-                    line.push_str(&rest);
-                    if let Some(out) = format_line(line.trim_end_matches('\n'), timestamps) {
-                        if tx.send(Ok(Bytes::from(out))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(_) => return,
             }
         }
     });
