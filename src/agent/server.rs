@@ -118,14 +118,9 @@ async fn port_forward(
     if !upgrade {
         return error(StatusCode::BAD_REQUEST, "Upgrade request required".into());
     }
-    let Some(ctx) = api.agent.pod(&ns, &pod) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "pod {ns}/{pod} is not running on node {}",
-                api.agent.config.node_name
-            ),
-        );
+    let ctx = match pod_here(&api, &ns, &pod) {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let ip = ctx.pod_ip();
     let addr = format!("{ip}:{}", q.port);
@@ -194,14 +189,9 @@ async fn exec(
             "you must specify at least 1 command".into(),
         );
     }
-    let Some(ctx) = api.agent.pod(&ns, &pod) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "pod {ns}/{pod} is not running on node {}",
-                api.agent.config.node_name
-            ),
-        );
+    let ctx = match pod_here(&api, &ns, &pod) {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let (runtime, id) = match ctx.exec_target(&container) {
         Ok(t) => t,
@@ -241,14 +231,9 @@ async fn attach(
             .any(|(key, v)| key == k && matches!(v.as_str(), "true" | "1"))
     };
     let (want_out, want_err) = (flag("stdout"), flag("stderr"));
-    let Some(ctx) = api.agent.pod(&ns, &pod) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "pod {ns}/{pod} is not running on node {}",
-                api.agent.config.node_name
-            ),
-        );
+    let ctx = match pod_here(&api, &ns, &pod) {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let (path, live) = match ctx.log_file(&container, false) {
         Ok(x) => x,
@@ -370,6 +355,19 @@ async fn follow_log(
     }
 }
 
+/// The pod `ns/pod` if it runs on this node, else a 404 saying so.
+fn pod_here(api: &AgentApi, ns: &str, pod: &str) -> Result<Arc<super::pod::PodCtx>, Box<Response>> {
+    api.agent.pod(ns, pod).ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pod {ns}/{pod} is not running on node {}",
+                api.agent.config.node_name
+            ),
+        ))
+    })
+}
+
 fn format_line(line: &str, timestamps: bool) -> Option<String> {
     let mut parts = line.splitn(4, ' ');
     let (ts, _stream, _flag) = (parts.next()?, parts.next()?, parts.next()?);
@@ -386,14 +384,9 @@ async fn logs(
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogParams>,
 ) -> Response {
-    let Some(ctx) = api.agent.pod(&ns, &pod) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "pod {ns}/{pod} is not running on node {}",
-                api.agent.config.node_name
-            ),
-        );
+    let ctx = match pod_here(&api, &ns, &pod) {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let (path, live) = match ctx.log_file(&container, q.previous.unwrap_or(false)) {
         Ok(x) => x,

@@ -54,6 +54,19 @@ fn other_image(s: &Server, name: &str) -> String {
     format!("file://{}", to.display())
 }
 
+/// `kubectl create deployment web` with two replicas of the Ready guest,
+/// rolled out.
+fn web_deployment(s: &Server) {
+    ok(&s.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        &format!("--image={}", image()),
+        "--replicas=2",
+    ]));
+    ok(&s.kubectl(&["rollout", "status", "deploy/web", "--timeout=90s"]));
+}
+
 fn containers(d: &Value) -> Vec<(String, String)> {
     d["spec"]["template"]["spec"]["containers"]
         .as_array()
@@ -72,14 +85,7 @@ fn containers(d: &Value) -> Vec<(String, String)> {
 async fn get_prints_kube_apiserver_columns() {
     let s = Server::start().await;
     let node = s.node_name().await;
-    ok(&s.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        &format!("--image={}", image()),
-        "--replicas=2",
-    ]));
-    ok(&s.kubectl(&["rollout", "status", "deploy/web", "--timeout=90s"]));
+    web_deployment(&s);
 
     let pods = ok(&s.kubectl(&["get", "pods"]));
     assert_eq!(
@@ -520,14 +526,7 @@ spec:
 async fn drain_respects_a_pod_disruption_budget() {
     let s = Server::start().await;
     let node = s.node_name().await;
-    ok(&s.kubectl(&[
-        "create",
-        "deployment",
-        "web",
-        &format!("--image={}", image()),
-        "--replicas=2",
-    ]));
-    ok(&s.kubectl(&["rollout", "status", "deploy/web", "--timeout=90s"]));
+    web_deployment(&s);
     ok(&s.kubectl(&[
         "create",
         "pdb",
