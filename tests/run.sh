@@ -9,7 +9,7 @@ rustup target add wasm32-wasip1 wasm32-wasip2
 
 # Debian packages the tests use: a real OCI registry for image pulls, and
 # curl (what a user runs against `kubectl port-forward`).
-PACKAGES=(docker-registry curl)
+PACKAGES=(docker-registry curl runc busybox-static)
 if [ ${#PACKAGES[@]} -gt 0 ]; then
   echo "==> apt packages: ${PACKAGES[*]}"
   missing=()

@@ -10,12 +10,16 @@
 //!   modules and preview 2 components), one shared engine per node.
 //! - [`logs`]: per-container log files in the CRI format, with rotation.
 //! - [`image`]: image references and module loading.
+//! - [`oci`]: Linux containers through runc, with an OCI image store.
+//! - [`sandbox`]: a pod's network namespace, shared by all its containers.
 //!
 //! This crate knows nothing of the control plane: the agent maps Kubernetes
 //! pod specs to [`ContainerSpec`]s.
 
 pub mod image;
 pub mod logs;
+pub mod oci;
+pub mod sandbox;
 pub mod wasm;
 
 use std::path::PathBuf;
@@ -68,6 +72,69 @@ pub struct ContainerSpec {
     pub name_lookup: Option<NameLookup>,
     /// Limits of an HTTP function (ignored for other guests).
     pub http: HttpLimits,
+    /// The pod's network namespace (a pinned namespace file); `None`: the
+    /// node's network (Wasm pods, `hostNetwork` pods).
+    pub sandbox: Option<PathBuf>,
+    /// What only Linux containers use.
+    pub linux: LinuxOptions,
+}
+
+impl ContainerSpec {
+    /// A spec with nothing but an id and an image (the rest empty or default).
+    pub fn new(id: ContainerId, image: String) -> Self {
+        Self {
+            id,
+            image,
+            args: Vec::new(),
+            env: Vec::new(),
+            working_dir: None,
+            mounts: Vec::new(),
+            memory_limit: None,
+            cpu_millis: None,
+            log_path: PathBuf::new(),
+            pull_policy: image::PullPolicy::default(),
+            pull_credentials: None,
+            pod_ip: None,
+            name_lookup: None,
+            http: HttpLimits::default(),
+            sandbox: None,
+            linux: LinuxOptions::default(),
+        }
+    }
+}
+
+/// A container's `securityContext` (merged with the pod's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub supplemental_groups: Vec<u32>,
+    pub read_only_root: bool,
+    pub privileged: bool,
+    /// `None`: the default (allowed).
+    pub allow_privilege_escalation: Option<bool>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `seccompProfile: {type: RuntimeDefault}`.
+    pub seccomp_runtime_default: bool,
+}
+
+/// The parts of a container only Linux containers use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinuxOptions {
+    /// `command` and `args` as the pod writes them: an image's Entrypoint
+    /// and Cmd fill in what they leave out.
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub security: Security,
+    /// `resources.requests.cpu` in millicores (CPU shares).
+    pub cpu_request_millis: Option<u64>,
+    /// The pod's cgroup (`/wasmkube/burstable/pod<uid>`).
+    pub cgroup_parent: String,
+    /// The container's hostname (the pod's name).
+    pub hostname: String,
+    /// The `/etc/resolv.conf` to give the container, if any.
+    pub resolv_conf: Option<String>,
 }
 
 /// How much an HTTP function may take on.
@@ -126,6 +193,8 @@ impl std::fmt::Debug for NameLookup {
 /// The standard streams of an `exec`: stdin if the caller wires one, and
 /// where stdout and stderr go.
 pub struct ExecIo {
+    /// The caller asked for a terminal (`kubectl exec -t`).
+    pub tty: bool,
     pub stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
     pub stdout: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
     pub stderr: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,

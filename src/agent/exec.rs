@@ -63,6 +63,7 @@ pub struct Session {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+    pub tty: bool,
 }
 
 /// Run one exec over `socket` until the command ends.
@@ -76,6 +77,14 @@ pub async fn run(socket: WebSocket, s: Session) {
                 break;
             }
         }
+        // a normal closure (1000): client-go's WebSocket executor reports
+        // any other close, even one with no code, as an error
+        let _ = sink
+            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
+            .await;
         let _ = sink.close().await;
     });
     let (stdin_r, mut stdin_w) = tokio::io::duplex(64 * 1024);
@@ -117,6 +126,7 @@ pub async fn run(socket: WebSocket, s: Session) {
         }
     };
     let io = ExecIo {
+        tty: s.tty,
         stdin: s
             .stdin
             .then(|| Box::new(stdin_r) as Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>),

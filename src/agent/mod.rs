@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod node;
 pub mod pod;
 pub mod probe;
+pub mod sandbox;
 pub mod server;
 pub mod services;
 pub mod spec;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
+use wasmkube_runtime::oci::{OciConfig, OciRuntime};
 use wasmkube_runtime::wasm::{WasmConfig, WasmRuntime};
 use wasmkube_runtime::ContainerRuntime;
 
@@ -58,6 +60,18 @@ pub enum AgentError {
 
 /// Where the agent keeps its node's pod range.
 const POD_CIDR_FILE: &str = "pod-cidr";
+
+/// The `wk` subcommand that runs a container's shim.
+pub const SHIM_SUBCOMMAND: &str = "__oci-shim";
+
+/// Image tarballs in this directory (under the agent's data directory) are
+/// imported when the agent starts, as k3s imports `agent/images`.
+pub const IMPORT_DIR: &str = "import";
+
+/// The Linux image store of an agent's data directory.
+pub fn oci_image_store(data_dir: &std::path::Path) -> wasmkube_runtime::oci::images::ImageStore {
+    wasmkube_runtime::oci::images::ImageStore::new(data_dir.join("oci").join("images"), Vec::new())
+}
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -111,6 +125,8 @@ pub struct Agent {
     pub client: Client,
     pub recorder: Recorder,
     pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
+    /// Linux containers through runc, when runc is on this machine.
+    pub oci: Option<OciRuntime>,
     /// For HTTP probes.
     pub http: reqwest::Client,
     /// Sampled resource and request metrics of the containers.
@@ -152,11 +168,35 @@ impl Agent {
         let saved_cidr = std::fs::read_to_string(config.data_dir.join(POD_CIDR_FILE))
             .ok()
             .and_then(|s| crate::controllers::nodeipam::parse_cidr(s.trim()));
+        let extra_roots: Vec<Vec<u8>> = crate::tls::pki::certs_from_pem(&config.cluster_ca)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.to_vec())
+            .collect();
+        let runc =
+            std::path::PathBuf::from(std::env::var_os("WK_RUNC").unwrap_or_else(|| "runc".into()));
+        let oci = match std::env::current_exe() {
+            Ok(exe) if OciRuntime::available(&runc) => Some(OciRuntime::new(OciConfig {
+                root: config.data_dir.join("oci"),
+                runc,
+                shim: vec![exe.into_os_string(), SHIM_SUBCOMMAND.into()],
+                extra_roots,
+            })?),
+            _ => {
+                tracing::warn!("runc is not on this machine: only Wasm containers run here");
+                None
+            }
+        };
+        let mut runtimes: Vec<Arc<dyn ContainerRuntime>> = vec![Arc::new(wasm)];
+        if let Some(oci) = &oci {
+            runtimes.push(Arc::new(oci.clone()));
+        }
         Ok(Arc::new(Self {
             config,
             client,
             recorder,
-            runtimes: vec![Arc::new(wasm)],
+            runtimes,
+            oci,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -239,6 +279,41 @@ impl Agent {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&u32::from(addr));
+        }
+    }
+
+    /// Import the image tarballs waiting in the import directory (each
+    /// once: an imported file is renamed `*.imported`).
+    async fn import_images(&self) {
+        let Some(oci) = &self.oci else { return };
+        let dir = self.config.data_dir.join(IMPORT_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if !(name.ends_with(".tar")
+                || name.ends_with(".tar.gz")
+                || name.ends_with(".tar.zst")
+                || name.ends_with(".tgz"))
+            {
+                continue;
+            }
+            match oci.images().import(&path).await {
+                Ok(refs) => {
+                    tracing::info!(file = %path.display(), images = ?refs, "imported images");
+                    let mut done = path.clone().into_os_string();
+                    done.push(".imported");
+                    let _ = std::fs::rename(&path, done);
+                }
+                Err(err) => {
+                    tracing::warn!(file = %path.display(), error = %err, "importing images")
+                }
+            }
         }
     }
 
@@ -430,6 +505,7 @@ impl Agent {
             .await
             .map_err(AgentError::Listen)?;
         let port = listener.local_addr().map_err(AgentError::Listen)?.port();
+        self.import_images().await;
         let app = server::router(self.clone());
         let http = tokio::spawn(crate::tls::serve::serve(listener, tls, app, cancel.clone()));
         let node = tokio::spawn(node::run(self.clone(), port, cancel.clone()));

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
-use wasmkube_runtime::{ContainerId, ContainerRuntime, Exit, RuntimeError};
+use wasmkube_runtime::oci::images::ImageKind;
+use wasmkube_runtime::{ContainerId, ContainerRuntime, ContainerState, Exit, RuntimeError};
 
 use super::probe::{self, Probe, Tracker, Transition};
 use super::spec::{self, Lookup};
@@ -70,6 +71,14 @@ pub struct PodCtx {
     rec: Mutex<PodRecord>,
     dirty: Notify,
     stop: watch::Receiver<bool>,
+    sandbox: Mutex<Option<Sandbox>>,
+}
+
+/// A pod's network namespace and the forwards into it.
+struct Sandbox {
+    path: PathBuf,
+    _ns: Arc<wasmkube_runtime::sandbox::NetnsRuntime>,
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
 }
 
 struct Data {
@@ -393,12 +402,158 @@ impl PodCtx {
         Ok(())
     }
 
-    fn runtime_for(&self, image: &str) -> Option<Arc<dyn ContainerRuntime>> {
-        self.agent
-            .runtimes
+    /// The runtime for a container: Linux images go to runc, Wasm
+    /// artifacts (and `file://` modules) to wasmtime, told apart by what
+    /// the image is.
+    async fn runtime_for(
+        &self,
+        spec: &wasmkube_runtime::ContainerSpec,
+    ) -> Result<Arc<dyn ContainerRuntime>, RuntimeError> {
+        let by_name = |n: &str| self.agent.runtimes.iter().find(|r| r.name() == n).cloned();
+        if let Some(oci) = &self.agent.oci {
+            if oci.supports(&spec.image) {
+                let kind = oci
+                    .image_kind(
+                        &spec.image,
+                        spec.pull_policy,
+                        spec.pull_credentials.as_ref(),
+                    )
+                    .await?;
+                if kind == ImageKind::Linux {
+                    return by_name("oci").ok_or_else(|| RuntimeError::Create {
+                        id: spec.id.clone(),
+                        reason: "no OCI runtime on this node".into(),
+                    });
+                }
+            }
+        }
+        by_name("wasm").ok_or_else(|| RuntimeError::Create {
+            id: spec.id.clone(),
+            reason: format!("no runtime on this node runs image {:?}", spec.image),
+        })
+    }
+
+    /// Follow a container an earlier run of this agent started (its
+    /// record names this attempt), instead of starting it again.
+    fn adopt(
+        &self,
+        kind: Kind,
+        idx: usize,
+        rt: &Arc<dyn ContainerRuntime>,
+        spec: &wasmkube_runtime::ContainerSpec,
+    ) -> bool {
+        let rec = self.record_of(kind, idx);
+        if rec.container_id != format!("{}://{}", rt.name(), spec.id) || rt.name() != "oci" {
+            return false;
+        }
+        let Some(oci) = &self.agent.oci else {
+            return false;
+        };
+        let adopted = oci.adopt(spec.clone()).is_some();
+        if adopted {
+            tracing::info!(pod = %self.name, container = %rec.name, "adopted a running container");
+        }
+        adopted
+    }
+
+    /// The pod's network namespace, if it has one.
+    fn sandbox_path(&self) -> Option<PathBuf> {
+        self.sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|s| s.path.clone())
+    }
+
+    /// A pod with a Linux container gets a network namespace of its own
+    /// (unless `hostNetwork`), and its declared ports are forwarded from
+    /// the pod's address on the node into it.
+    async fn prepare_sandbox(&self) -> Result<(), String> {
+        let pod = self.pod();
+        if pod["spec"]["hostNetwork"].as_bool().unwrap_or(false) {
+            return Ok(());
+        }
+        let Some(oci) = &self.agent.oci else {
+            return Ok(());
+        };
+        let mut linux = false;
+        for c in ["initContainers", "containers"]
             .iter()
-            .find(|r| r.supports(image))
-            .cloned()
+            .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
+        {
+            let image = c["image"].as_str().unwrap_or_default();
+            if !oci.supports(image) {
+                continue;
+            }
+            let policy = wasmkube_runtime::image::PullPolicy::parse(
+                c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent"),
+            );
+            let creds = spec::pull_credentials(&pod, image, &self.lookup_data().await);
+            // an image that cannot be looked at yet fails in its container
+            if let Ok(ImageKind::Linux) = oci.image_kind(image, policy, creds.as_ref()).await {
+                linux = true;
+                break;
+            }
+        }
+        if !linux {
+            return Ok(());
+        }
+        let path = self.agent.config.data_dir.join("netns").join(&self.uid);
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || wasmkube_runtime::sandbox::create(&p))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("creating the pod's network namespace: {e}"))?;
+        let ns = Arc::new(
+            wasmkube_runtime::sandbox::NetnsRuntime::start(&path)
+                .map_err(|e| format!("entering the pod's network namespace: {e}"))?,
+        );
+        let ip: std::net::IpAddr = self
+            .record()
+            .pod_ip
+            .parse()
+            .map_err(|e| format!("pod address: {e}"))?;
+        let mut ports: Vec<u16> = super::sandbox::container_ports(&pod);
+        ports.sort_unstable();
+        ports.dedup();
+        let mut forwarders = Vec::new();
+        for port in ports {
+            match super::sandbox::forward(ip, port, ns.clone()).await {
+                Ok(task) => forwarders.push(task),
+                Err(e) => {
+                    self.event(
+                        "Warning",
+                        "FailedToForward",
+                        &format!("cannot forward {ip}:{port} into the pod: {e}"),
+                    )
+                    .await
+                }
+            }
+        }
+        *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(Sandbox {
+            path,
+            _ns: ns,
+            forwarders,
+        });
+        Ok(())
+    }
+
+    /// Let go of the pod's network namespace.
+    async fn release_sandbox(&self) {
+        let sandbox = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(s) = sandbox {
+            for f in &s.forwarders {
+                f.abort();
+            }
+            let path = s.path.clone();
+            drop(s);
+            let _ =
+                tokio::task::spawn_blocking(move || wasmkube_runtime::sandbox::remove(&path)).await;
+        }
     }
 
     /// Run one container until it will not be restarted; returns its last exit.
@@ -442,18 +597,31 @@ impl PodCtx {
                     e.0,
                     "CreateContainerConfigError",
                 )),
-                Ok(mut spec) => match self.runtime_for(&image) {
-                    None => Some((
+                Ok(mut spec) => match self.runtime_for(&spec).await {
+                    Err(RuntimeError::Pull { reason, .. }) => {
+                        Some(("ErrImagePull", reason, "ImagePullBackOff"))
+                    }
+                    Err(e @ RuntimeError::NeverPull { .. }) => {
+                        Some(("ErrImageNeverPull", e.to_string(), "ErrImageNeverPull"))
+                    }
+                    Err(e) => Some((
                         "CreateContainerError",
-                        format!("no runtime on this node runs image {image:?}"),
+                        e.to_string(),
                         "CreateContainerError",
                     )),
-                    Some(rt) => {
-                        self.event("Normal", "Pulling", &format!("Pulling image {image:?}"))
-                            .await;
+                    Ok(rt) => {
                         let id = spec.id.clone();
                         spec.name_lookup = Some(self.agent.name_lookup(meta::namespace(&pod)));
-                        match rt.create(spec).await {
+                        spec.sandbox = self.sandbox_path();
+                        let adopted = self.adopt(kind, idx, &rt, &spec);
+                        let created = if adopted {
+                            Ok(None)
+                        } else {
+                            self.event("Normal", "Pulling", &format!("Pulling image {image:?}"))
+                                .await;
+                            rt.create(spec).await.map(Some)
+                        };
+                        match created {
                             Err(RuntimeError::Pull { reason, .. }) => {
                                 Some(("ErrImagePull", reason, "ImagePullBackOff"))
                             }
@@ -466,20 +634,28 @@ impl PodCtx {
                                 "CreateContainerError",
                             )),
                             Ok(created) => {
-                                self.update(kind, idx, |c| c.image_id = created.image_id.clone());
-                                self.event(
-                                    "Normal",
-                                    "Pulled",
-                                    &format!("Successfully pulled image {image:?}"),
-                                )
-                                .await;
-                                self.event(
-                                    "Normal",
-                                    "Created",
-                                    &format!("Created container {name}"),
-                                )
-                                .await;
-                                if let Err(e) = rt.start(&id).await {
+                                let started = match created {
+                                    None => Ok(()),
+                                    Some(created) => {
+                                        self.update(kind, idx, |c| {
+                                            c.image_id = created.image_id.clone()
+                                        });
+                                        self.event(
+                                            "Normal",
+                                            "Pulled",
+                                            &format!("Successfully pulled image {image:?}"),
+                                        )
+                                        .await;
+                                        self.event(
+                                            "Normal",
+                                            "Created",
+                                            &format!("Created container {name}"),
+                                        )
+                                        .await;
+                                        rt.start(&id).await
+                                    }
+                                };
+                                if let Err(e) = started {
                                     Some((
                                         "CreateContainerError",
                                         e.to_string(),
@@ -627,7 +803,10 @@ impl PodCtx {
         id: &ContainerId,
         name: &str,
     ) -> Exit {
-        let started = SystemTime::now();
+        let started = match rt.status(id).await {
+            Ok(ContainerState::Running { started_at }) => started_at,
+            _ => SystemTime::now(),
+        };
         let def = self.pod()["spec"][kind.list()][idx].clone();
         let mut probes = Probes::default();
         if kind == Kind::Main {
@@ -886,6 +1065,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         rec: Mutex::new(rec),
         dirty: Notify::new(),
         stop: stop_rx,
+        sandbox: Mutex::default(),
     });
     // Deletion (a deletionTimestamp, or the object gone) stops the pod.
     let mut watcher = pod_rx.clone();
@@ -901,7 +1081,11 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     ctx.dirty.notify_one();
 
     let data = ctx.lookup_data().await;
-    match ctx.prepare_volumes(&data).await {
+    let prepared = match ctx.prepare_sandbox().await {
+        Ok(()) => ctx.prepare_volumes(&data).await,
+        Err(e) => Err(e),
+    };
+    match prepared {
         Err(message) => {
             for i in 0..ctx.record().containers.len() {
                 ctx.update(Kind::Main, i, |c| {
@@ -955,6 +1139,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     }
     // Done running: wait for deletion, then finish it.
     stopped(ctx.stop.clone()).await;
+    ctx.release_sandbox().await;
     ctx.dirty.notify_one();
     tokio::time::sleep(Duration::from_millis(50)).await;
     status_task.abort();
@@ -998,7 +1183,14 @@ fn resumed_record(pod: &Value, pod_ip: String) -> PodRecord {
                 if let Some(prev) = prev {
                     let count = prev["restartCount"].as_u64().unwrap_or(0) as u32;
                     let running = &prev["state"]["running"];
-                    if running.is_object() {
+                    let linux = prev["containerID"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("oci://"));
+                    if running.is_object() && linux {
+                        // still running under its shim: adopted, not restarted
+                        rec.restart_count = count;
+                        rec.container_id = prev["containerID"].as_str().unwrap_or_default().into();
+                    } else if running.is_object() {
                         rec.restart_count = count + 1;
                         rec.last_state = Some(CState::Terminated {
                             exit_code: wasmkube_runtime::wasm::KILLED_EXIT_CODE,

@@ -207,6 +207,7 @@ async fn exec(
         stdin: flag("stdin"),
         stdout: flag("stdout"),
         stderr: flag("stderr"),
+        tty: flag("tty"),
     };
     ws.protocols([super::exec::V5, super::exec::V4])
         .on_upgrade(move |socket| super::exec::run(socket, session))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde_json::Value;
 use wasmkube_runtime::image::{Credentials, PullPolicy};
-use wasmkube_runtime::{ContainerId, ContainerSpec, Mount};
+use wasmkube_runtime::{ContainerId, ContainerSpec, LinuxOptions, Mount, Security};
 
 use crate::api::quantity;
 
@@ -217,9 +217,11 @@ pub fn container_spec(
     };
     let (command, args) = (strings("command"), strings("args"));
     let argv = if command.is_empty() {
-        std::iter::once(name.to_string()).chain(args).collect()
+        std::iter::once(name.to_string())
+            .chain(args.iter().cloned())
+            .collect()
     } else {
-        command.into_iter().chain(args).collect()
+        command.iter().chain(&args).cloned().collect()
     };
 
     let mut env: Vec<(String, String)> = service_env.to_vec();
@@ -331,7 +333,94 @@ pub fn container_spec(
         memory_limit,
         cpu_millis,
         log_path,
+        sandbox: None,
+        linux: LinuxOptions {
+            command,
+            args,
+            security: security(pod, container),
+            cpu_request_millis: container
+                .pointer("/resources/requests/cpu")
+                .and_then(Value::as_str)
+                .and_then(|q| quantity::millicores(q).ok()),
+            cgroup_parent: format!("/wasmkube/{}/pod{uid}", qos_class(pod).to_lowercase()),
+            hostname: pod["spec"]["hostname"]
+                .as_str()
+                .or(pod["metadata"]["name"].as_str())
+                .unwrap_or_default()
+                .to_string(),
+            resolv_conf: None,
+        },
     })
+}
+
+/// A container's security settings: its own `securityContext` over the pod's.
+pub fn security(pod: &Value, container: &Value) -> Security {
+    let psc = &pod["spec"]["securityContext"];
+    let csc = &container["securityContext"];
+    let pick = |k: &str| {
+        csc.get(k)
+            .filter(|v| !v.is_null())
+            .or(psc.get(k).filter(|v| !v.is_null()))
+    };
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    Security {
+        run_as_user: pick("runAsUser").and_then(Value::as_u64).map(|u| u as u32),
+        run_as_group: pick("runAsGroup").and_then(Value::as_u64).map(|u| u as u32),
+        supplemental_groups: psc["supplementalGroups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_u64().map(|g| g as u32))
+            .collect(),
+        read_only_root: csc["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
+        privileged: csc["privileged"].as_bool().unwrap_or(false),
+        allow_privilege_escalation: csc["allowPrivilegeEscalation"].as_bool(),
+        cap_add: strings(&csc["capabilities"]["add"]),
+        cap_drop: strings(&csc["capabilities"]["drop"]),
+        seccomp_runtime_default: pick("seccompProfile")
+            .and_then(|p| p["type"].as_str())
+            .is_some_and(|t| t == "RuntimeDefault"),
+    }
+}
+
+/// The pod's QoS class, as the kubelet computes it: Guaranteed when every
+/// container has cpu and memory limits equal to its requests, BestEffort
+/// when none sets any, Burstable otherwise.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| pod["spec"][k].as_array().into_iter().flatten())
+        .collect();
+    let res = |c: &Value, kind: &str, r: &str| {
+        c.pointer(&format!("/resources/{kind}/{r}"))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let any = containers.iter().any(|c| {
+        ["cpu", "memory"]
+            .iter()
+            .any(|r| res(c, "requests", r).is_some() || res(c, "limits", r).is_some())
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = res(c, "limits", r);
+            limit.is_some() && res(c, "requests", r).map_or(true, |q| Some(q) == limit)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
 }
 
 /// Annotations that set an HTTP function's limits (Wasm-specific; see docs/http-functions.md).

@@ -501,6 +501,8 @@ mod instantiate {
             pod_ip: None,
             name_lookup: None,
             http: Default::default(),
+            sandbox: None,
+            linux: Default::default(),
         }
     }
 
@@ -565,6 +567,7 @@ mod instantiate {
         let mut hist = Histogram::<u64>::new(3)?;
         for _ in 0..args.runs {
             let io = ExecIo {
+                tty: false,
                 stdin: None,
                 stdout: Box::new(tokio::io::sink()),
                 stderr: Box::new(tokio::io::sink()),

@@ -34,6 +34,27 @@ enum Command {
     /// Secrets encryption at rest: show the keys, or rotate them.
     #[command(name = "secrets-encrypt", subcommand)]
     SecretsEncrypt(SecretsEncryptCommand),
+    /// Linux container images on this node (air-gapped import, list).
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import images from a docker-archive (`docker save`) or OCI-layout
+    /// tarball into the node's image store, with no registry involved.
+    Import {
+        /// The tarball (plain, gzip or zstd).
+        file: PathBuf,
+        /// The agent's data directory [default: the server's data directory + /agent].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the Linux images on this node.
+    List {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,8 +314,28 @@ fn kubeconfig_path(flag: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| server::kubeconfig_path(&server::default_data_dir()))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // a container's shim: no runtime of the server's, no logging set-up
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == wasmkube::agent::SHIM_SUBCOMMAND)
+    {
+        let Some(shim) = wasmkube_runtime::oci::shim::ShimArgs::parse(&args[2..]) else {
+            bail!(
+                "usage: wk {} RUNC RUNC_ROOT ID DIR LOG MEMORY_CGROUP",
+                wasmkube::agent::SHIM_SUBCOMMAND
+            );
+        };
+        std::process::exit(wasmkube_runtime::oci::shim::main(shim));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async_main())
+}
+
+async fn async_main() -> Result<()> {
     wasmkube::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -443,6 +484,29 @@ async fn main() -> Result<()> {
             );
         }
         Command::Token(cmd) => token_command(cmd).await?,
+        Command::Image(cmd) => {
+            let dir =
+                |d: Option<PathBuf>| d.unwrap_or_else(|| server::default_data_dir().join("agent"));
+            match cmd {
+                ImageCommand::Import { file, data_dir } => {
+                    let store = wasmkube::agent::oci_image_store(&dir(data_dir));
+                    let refs = store
+                        .import(&file)
+                        .await
+                        .with_context(|| format!("importing {}", file.display()))?;
+                    for r in refs {
+                        println!("imported {r}");
+                    }
+                }
+                ImageCommand::List { data_dir } => {
+                    let store = wasmkube::agent::oci_image_store(&dir(data_dir));
+                    println!("{:<60} IMAGE ID", "IMAGE");
+                    for (r, id) in store.list() {
+                        println!("{r:<60} {}", &id[..id.len().min(19)]);
+                    }
+                }
+            }
+        }
         Command::SecretsEncrypt(cmd) => {
             let (kubeconfig, method, path) = match cmd {
                 SecretsEncryptCommand::Status { kubeconfig } => {

@@ -116,6 +116,8 @@ struct Container {
     function: Option<Arc<http::Function>>,
     /// CPU and memory of all its instances.
     usage: Arc<Usage>,
+    /// The pod's network namespace, where its guest runs (sandboxed pods).
+    netns: Option<Arc<crate::sandbox::NetnsRuntime>>,
 }
 
 struct Inner {
@@ -132,6 +134,8 @@ struct Inner {
     stats: CompileStats,
     /// Guests' outbound HTTPS trust.
     outgoing_tls: Arc<rustls::ClientConfig>,
+    /// Threads in pods' network namespaces, shared by a pod's guests.
+    netns: Mutex<HashMap<PathBuf, std::sync::Weak<crate::sandbox::NetnsRuntime>>>,
 }
 
 /// Counters of how compiled artifacts were obtained.
@@ -228,11 +232,25 @@ impl WasmRuntime {
                 images: crate::image::ImageStore::new(config.image_dir),
                 stats: CompileStats::default(),
                 outgoing_tls: outgoing::client_config(&config.extra_roots),
+                netns: Mutex::default(),
             }),
         })
     }
 
     /// The shared engine.
+    /// The thread in the network namespace at `path`, started for the
+    /// first guest of a pod and ended with the last.
+    fn netns(&self, path: &std::path::Path) -> std::io::Result<Arc<crate::sandbox::NetnsRuntime>> {
+        let mut map = lock(&self.inner.netns);
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(rt) = map.get(path).and_then(|w| w.upgrade()) {
+            return Ok(rt);
+        }
+        let rt = Arc::new(crate::sandbox::NetnsRuntime::start(path)?);
+        map.insert(path.to_path_buf(), Arc::downgrade(&rt));
+        Ok(rt)
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }
@@ -876,6 +894,13 @@ impl ContainerRuntime for WasmRuntime {
                 id: spec.id.clone(),
                 reason,
             })?;
+        let netns = match &spec.sandbox {
+            None => None,
+            Some(path) => Some(self.netns(path).map_err(|e| RuntimeError::Create {
+                id: spec.id.clone(),
+                reason: format!("joining the pod's network namespace: {e}"),
+            })?),
+        };
         let (state, _) = watch::channel(ContainerState::Created);
         let function = match &compiled {
             Compiled::Component(c) if compiled.is_http_handler(&self.inner.engine) => {
@@ -906,6 +931,7 @@ impl ContainerRuntime for WasmRuntime {
             listens,
             function,
             usage: Arc::default(),
+            netns,
         });
         lock(&self.inner.containers).insert(spec.id, container);
         Ok(Created { image_id })
@@ -928,10 +954,14 @@ impl ContainerRuntime for WasmRuntime {
                 reason: "container already started".into(),
             });
         }
+        let spawner = match &c.netns {
+            Some(ns) => ns.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        };
         if c.function.is_some() {
-            tokio::spawn(run_function(c, started_at));
+            spawner.spawn(run_function(c, started_at));
         } else {
-            tokio::spawn(run(self.inner.engine.clone(), c, started_at));
+            spawner.spawn(run(self.inner.engine.clone(), c, started_at));
         }
         Ok(())
     }

@@ -1,0 +1,800 @@
+//! OCI images for the runc runtime: pulled from any OCI or Docker v2
+//! registry (index and platform selection, digests verified, layers
+//! streamed to disk), or imported from docker-archive and OCI-layout
+//! tarballs with no registry at all.
+//!
+//! Each layer is unpacked once into a content-addressed directory, with
+//! whiteouts turned into overlayfs whiteouts (character devices 0:0) and
+//! opaque directories marked `trusted.overlay.opaque=y`, so a container's
+//! root is an overlay of shared read-only layers under its own upper dir.
+//!
+//! Layout under the store's directory:
+//! - `blobs/sha256-<hex>`: manifests and configs;
+//! - `layers/sha256-<hex>`: unpacked layers, named by their blob digest;
+//! - `refs.json`: image reference → manifest digest.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::image::{Credentials, PullPolicy, WASM_MEDIA_TYPES};
+use crate::RuntimeError;
+
+/// What an image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// A Wasm artifact (an `application/wasm` layer): the Wasm runtime runs it.
+    Wasm,
+    /// A Linux container image: the OCI runtime runs it.
+    Linux,
+}
+
+/// How a container image asks to be run (the parts of the OCI image
+/// config the runtime uses).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunConfig {
+    #[serde(default, rename = "Env")]
+    pub env: Option<Vec<String>>,
+    #[serde(default, rename = "Entrypoint")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, rename = "Cmd")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, rename = "WorkingDir")]
+    pub working_dir: Option<String>,
+    #[serde(default, rename = "User")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    config: Option<RunConfig>,
+    #[serde(default)]
+    architecture: Option<String>,
+}
+
+/// A Linux image ready to run.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// `sha256:` digest of its config (the kubelet's `imageID`).
+    pub id: String,
+    pub config: RunConfig,
+    /// Unpacked layers, bottom first.
+    pub layers: Vec<PathBuf>,
+}
+
+/// What the store keeps per image (`blobs/<manifest digest>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    kind: String,
+    config_digest: String,
+    config: RunConfig,
+    layers: Vec<String>,
+}
+
+/// Pulled and imported images.
+pub struct ImageStore {
+    dir: PathBuf,
+    refs: Mutex<BTreeMap<String, String>>,
+    extra_roots: Vec<Vec<u8>>,
+}
+
+fn fail(image: &str, reason: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Pull {
+        image: image.into(),
+        reason: reason.to_string(),
+    }
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
+/// `sha256:<hex>` → a file name.
+fn file_name(digest: &str) -> String {
+    digest.replace(':', "-")
+}
+
+/// The kind an image's manifest shows.
+pub fn kind_of(config_media_type: &str, layers: &[&str]) -> ImageKind {
+    if layers.iter().any(|m| WASM_MEDIA_TYPES.contains(m)) || config_media_type.contains("wasm") {
+        ImageKind::Wasm
+    } else {
+        ImageKind::Linux
+    }
+}
+
+/// The normalised form of a reference (`busybox` → `docker.io/library/busybox:latest`).
+pub fn normalise(image: &str) -> Result<String, RuntimeError> {
+    let r: Reference = image
+        .parse()
+        .map_err(|e| fail(image, format!("invalid image reference: {e}")))?;
+    Ok(r.whole())
+}
+
+impl ImageStore {
+    /// A store under `dir`; `extra_roots` are DER certificates trusted for registries.
+    pub fn new(dir: PathBuf, extra_roots: Vec<Vec<u8>>) -> Self {
+        let refs = std::fs::read(dir.join("refs.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            dir,
+            refs: Mutex::new(refs),
+            extra_roots,
+        }
+    }
+
+    fn blob(&self, digest: &str) -> PathBuf {
+        self.dir.join("blobs").join(file_name(digest))
+    }
+
+    fn layer_dir(&self, digest: &str) -> PathBuf {
+        self.dir.join("layers").join(file_name(digest))
+    }
+
+    fn record(&self, reference: &str) -> Option<Record> {
+        let digest = self
+            .refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(reference)
+            .cloned()?;
+        let rec: Record = serde_json::from_slice(&std::fs::read(self.blob(&digest)).ok()?).ok()?;
+        let complete = rec.kind == "wasm" || rec.layers.iter().all(|l| self.layer_dir(l).is_dir());
+        complete.then_some(rec)
+    }
+
+    /// References of the images held, with their ids.
+    pub fn list(&self) -> Vec<(String, String)> {
+        let refs = self.refs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        refs.into_keys()
+            .filter_map(|r| self.record(&r).map(|rec| (r, rec.config_digest)))
+            .collect()
+    }
+
+    fn save_ref(&self, reference: &str, manifest_digest: &str) -> std::io::Result<()> {
+        let bytes = {
+            let mut refs = self.refs.lock().unwrap_or_else(|e| e.into_inner());
+            refs.insert(reference.to_string(), manifest_digest.to_string());
+            serde_json::to_vec_pretty(&*refs).unwrap_or_default()
+        };
+        write_atomic(&self.dir.join("refs.json"), &bytes)
+    }
+
+    fn client(&self, reference: &Reference) -> oci_client::Client {
+        let protocol = if is_loopback(reference.resolve_registry()) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        oci_client::Client::new(ClientConfig {
+            protocol,
+            extra_root_certificates: self
+                .extra_roots
+                .iter()
+                .map(|der| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Der,
+                    data: der.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    /// What `image` is, pulling its manifest if the store does not know it
+    /// (by `policy`).
+    pub async fn kind(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        credentials: Option<&Credentials>,
+    ) -> Result<ImageKind, RuntimeError> {
+        let key = normalise(image)?;
+        if policy != PullPolicy::Always {
+            if let Some(rec) = self.record(&key) {
+                return Ok(if rec.kind == "wasm" {
+                    ImageKind::Wasm
+                } else {
+                    ImageKind::Linux
+                });
+            }
+        }
+        if policy == PullPolicy::Never {
+            return Err(RuntimeError::NeverPull {
+                image: image.into(),
+            });
+        }
+        let reference: Reference = key.parse().map_err(|e| fail(image, e))?;
+        let client = self.client(&reference);
+        let (manifest, _, _) = client
+            .pull_manifest_and_config(&reference, &auth(credentials))
+            .await
+            .map_err(|e| fail(image, e))?;
+        let layers: Vec<&str> = manifest
+            .layers
+            .iter()
+            .map(|l| l.media_type.as_str())
+            .collect();
+        Ok(kind_of(&manifest.config.media_type, &layers))
+    }
+
+    /// A Linux image, pulled according to `policy`.
+    pub async fn get(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        credentials: Option<&Credentials>,
+    ) -> Result<Image, RuntimeError> {
+        let key = normalise(image)?;
+        if policy != PullPolicy::Always {
+            if let Some(rec) = self.record(&key) {
+                return self.image(image, rec);
+            }
+        }
+        if policy == PullPolicy::Never {
+            return Err(RuntimeError::NeverPull {
+                image: image.into(),
+            });
+        }
+        let rec = self.pull(image, &key, credentials).await?;
+        self.image(image, rec)
+    }
+
+    fn image(&self, image: &str, rec: Record) -> Result<Image, RuntimeError> {
+        if rec.kind == "wasm" {
+            return Err(fail(
+                image,
+                "the image is a Wasm artifact, not a Linux image",
+            ));
+        }
+        Ok(Image {
+            id: rec.config_digest,
+            config: rec.config,
+            layers: rec.layers.iter().map(|l| self.layer_dir(l)).collect(),
+        })
+    }
+
+    async fn pull(
+        &self,
+        image: &str,
+        key: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Record, RuntimeError> {
+        let reference: Reference = key.parse().map_err(|e| fail(image, e))?;
+        let client = self.client(&reference);
+        let (manifest, manifest_digest, config) = client
+            .pull_manifest_and_config(&reference, &auth(credentials))
+            .await
+            .map_err(|e| fail(image, e))?;
+        let layers: Vec<&str> = manifest
+            .layers
+            .iter()
+            .map(|l| l.media_type.as_str())
+            .collect();
+        if kind_of(&manifest.config.media_type, &layers) == ImageKind::Wasm {
+            return Err(fail(
+                image,
+                "the image is a Wasm artifact, not a Linux image",
+            ));
+        }
+        let parsed: ConfigFile = serde_json::from_str(&config)
+            .map_err(|e| fail(image, format!("the image config is not valid JSON: {e}")))?;
+        if let Some(arch) = &parsed.architecture {
+            if arch != host_arch() {
+                return Err(fail(
+                    image,
+                    format!("the image is for {arch}, this node is {}", host_arch()),
+                ));
+            }
+        }
+        for layer in &manifest.layers {
+            self.fetch_layer(image, &client, &reference, layer).await?;
+        }
+        let rec = record(&manifest, &config, parsed);
+        self.store(image, key, &manifest_digest, &rec)?;
+        Ok(rec)
+    }
+
+    fn store(
+        &self,
+        image: &str,
+        key: &str,
+        manifest_digest: &str,
+        rec: &Record,
+    ) -> Result<(), RuntimeError> {
+        let bytes = serde_json::to_vec(rec).unwrap_or_default();
+        std::fs::create_dir_all(self.dir.join("blobs"))
+            .and_then(|_| write_atomic(&self.blob(manifest_digest), &bytes))
+            .and_then(|_| self.save_ref(key, manifest_digest))
+            .map_err(|e| fail(image, format!("storing the image: {e}")))
+    }
+
+    /// Download one layer to a file (digest verified by the client as it
+    /// streams), then unpack it once.
+    async fn fetch_layer(
+        &self,
+        image: &str,
+        client: &oci_client::Client,
+        reference: &Reference,
+        layer: &OciDescriptor,
+    ) -> Result<(), RuntimeError> {
+        let dest = self.layer_dir(&layer.digest);
+        if dest.is_dir() {
+            return Ok(());
+        }
+        let tmp_dir = self.dir.join("tmp");
+        tokio::fs::create_dir_all(&tmp_dir)
+            .await
+            .map_err(|e| fail(image, format!("{}: {e}", tmp_dir.display())))?;
+        let download = tmp_dir.join(format!(
+            "{}.{}",
+            file_name(&layer.digest),
+            std::process::id()
+        ));
+        let file = tokio::fs::File::create(&download)
+            .await
+            .map_err(|e| fail(image, format!("{}: {e}", download.display())))?;
+        let mut out = tokio::io::BufWriter::new(file);
+        let pulled = client.pull_blob(reference, layer, &mut out).await;
+        let flushed = tokio::io::AsyncWriteExt::flush(&mut out).await;
+        drop(out);
+        if let Err(e) = pulled {
+            let _ = tokio::fs::remove_file(&download).await;
+            return Err(fail(image, format!("layer {}: {e}", layer.digest)));
+        }
+        flushed.map_err(|e| fail(image, e))?;
+        let unpacked = self.unpack_file(&download, &layer.digest).await;
+        let _ = tokio::fs::remove_file(&download).await;
+        unpacked.map_err(|e| fail(image, format!("unpacking layer {}: {e}", layer.digest)))
+    }
+
+    /// Unpack a layer file (plain, gzip or zstd tar) into `layers/<digest>`.
+    async fn unpack_file(&self, file: &Path, digest: &str) -> std::io::Result<()> {
+        let dest = self.layer_dir(digest);
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}.unpack.{}",
+            file_name(digest),
+            std::process::id()
+        ));
+        let file = file.to_path_buf();
+        let tmp2 = tmp.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let _ = std::fs::remove_dir_all(&tmp2);
+            std::fs::create_dir_all(&tmp2)?;
+            let f = std::fs::File::open(&file)?;
+            unpack_layer(decompress(std::io::BufReader::new(f))?, &tmp2)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        tokio::fs::create_dir_all(self.dir.join("layers")).await?;
+        match tokio::fs::rename(&tmp, &dest).await {
+            Ok(()) => Ok(()),
+            // another pull of the same layer finished first
+            Err(_) if dest.is_dir() => {
+                let _ = tokio::fs::remove_dir_all(&tmp).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Import a docker-archive (`docker save`) or OCI-layout tarball; returns
+    /// the references it named.
+    pub async fn import(&self, tarball: &Path) -> Result<Vec<String>, RuntimeError> {
+        let name = tarball.display().to_string();
+        let scratch =
+            self.dir
+                .join("tmp")
+                .join(format!("import.{}.{}", std::process::id(), rand_suffix()));
+        let src = tarball.to_path_buf();
+        let dir = scratch.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let f = std::fs::File::open(&src)?;
+            let mut a = tar::Archive::new(decompress(std::io::BufReader::new(f))?);
+            a.unpack(&dir)
+        })
+        .await
+        .map_err(|e| fail(&name, e))?
+        .map_err(|e| fail(&name, format!("reading the archive: {e}")))?;
+        let result = self.import_dir(&name, &scratch).await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        result
+    }
+
+    async fn import_dir(&self, name: &str, dir: &Path) -> Result<Vec<String>, RuntimeError> {
+        let read =
+            |p: PathBuf| std::fs::read(&p).map_err(|e| fail(name, format!("{}: {e}", p.display())));
+        let mut imported = Vec::new();
+        if dir.join("index.json").exists() {
+            // OCI layout
+            let index: serde_json::Value = serde_json::from_slice(&read(dir.join("index.json"))?)
+                .map_err(|e| fail(name, format!("index.json: {e}")))?;
+            let blob = |d: &str| dir.join("blobs").join(d.replacen(':', "/", 1));
+            for m in index["manifests"].as_array().into_iter().flatten() {
+                let digest = m["digest"].as_str().unwrap_or_default();
+                let reference = m["annotations"]["io.containerd.image.name"]
+                    .as_str()
+                    .or(m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+                    .ok_or_else(|| fail(name, format!("manifest {digest} names no image")))?;
+                let mut manifest: serde_json::Value =
+                    serde_json::from_slice(&read(blob(digest))?).map_err(|e| fail(name, e))?;
+                let mut manifest_digest = digest.to_string();
+                if let Some(list) = manifest["manifests"].as_array().cloned() {
+                    // an index: take this platform's manifest
+                    let pick = list
+                        .iter()
+                        .find(|e| {
+                            e["platform"]["architecture"].as_str() == Some(host_arch())
+                                && e["platform"]["os"].as_str() == Some("linux")
+                        })
+                        .or(list.first())
+                        .ok_or_else(|| fail(name, "empty image index"))?;
+                    manifest_digest = pick["digest"].as_str().unwrap_or_default().to_string();
+                    manifest = serde_json::from_slice(&read(blob(&manifest_digest))?)
+                        .map_err(|e| fail(name, e))?;
+                }
+                let manifest: OciImageManifest =
+                    serde_json::from_value(manifest).map_err(|e| fail(name, e))?;
+                let config =
+                    String::from_utf8_lossy(&read(blob(&manifest.config.digest))?).into_owned();
+                let mut layers = Vec::new();
+                for l in &manifest.layers {
+                    self.import_layer(name, &blob(&l.digest), &l.digest).await?;
+                    layers.push(l.digest.clone());
+                }
+                let key = normalise(reference)?;
+                let rec = record(
+                    &manifest,
+                    &config,
+                    serde_json::from_str(&config).unwrap_or_default(),
+                );
+                self.store(name, &key, &manifest_digest, &rec)?;
+                imported.push(key);
+            }
+        } else if dir.join("manifest.json").exists() {
+            // docker-archive
+            let entries: Vec<serde_json::Value> =
+                serde_json::from_slice(&read(dir.join("manifest.json"))?)
+                    .map_err(|e| fail(name, format!("manifest.json: {e}")))?;
+            for e in entries {
+                let config_path = e["Config"].as_str().unwrap_or_default();
+                let config_bytes = read(dir.join(config_path))?;
+                let config_digest =
+                    format!("sha256:{}", hex::encode(Sha256::digest(&config_bytes)));
+                let config = String::from_utf8_lossy(&config_bytes).into_owned();
+                let mut layers = Vec::new();
+                for l in e["Layers"].as_array().into_iter().flatten() {
+                    let path = dir.join(l.as_str().unwrap_or_default());
+                    let digest = file_digest(&path).map_err(|e| fail(name, e))?;
+                    self.import_layer(name, &path, &digest).await?;
+                    layers.push(digest);
+                }
+                let parsed: ConfigFile = serde_json::from_str(&config).unwrap_or_default();
+                let rec = Record {
+                    kind: "linux".into(),
+                    config_digest: config_digest.clone(),
+                    config: parsed.config.unwrap_or_default(),
+                    layers,
+                };
+                let tags: Vec<String> = e["RepoTags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect();
+                if tags.is_empty() {
+                    return Err(fail(name, format!("image {config_digest} has no RepoTags")));
+                }
+                for t in tags {
+                    let key = normalise(&t)?;
+                    self.store(name, &key, &config_digest, &rec)?;
+                    imported.push(key);
+                }
+            }
+        } else {
+            return Err(fail(
+                name,
+                "neither an OCI layout (index.json) nor a docker archive (manifest.json)",
+            ));
+        }
+        Ok(imported)
+    }
+
+    async fn import_layer(
+        &self,
+        name: &str,
+        file: &Path,
+        digest: &str,
+    ) -> Result<(), RuntimeError> {
+        if self.layer_dir(digest).is_dir() {
+            return Ok(());
+        }
+        let actual = file_digest(file).map_err(|e| fail(name, e))?;
+        if actual != digest {
+            return Err(fail(
+                name,
+                format!(
+                    "layer {} has digest {actual}, expected {digest}",
+                    file.display()
+                ),
+            ));
+        }
+        self.unpack_file(file, digest)
+            .await
+            .map_err(|e| fail(name, format!("unpacking layer {digest}: {e}")))
+    }
+
+    /// Remove unpacked layers no stored image uses (after images are
+    /// forgotten by [`ImageStore::remove`]).
+    pub fn prune_layers(&self) -> std::io::Result<u64> {
+        let refs = self.refs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let used: std::collections::BTreeSet<String> = refs
+            .keys()
+            .filter_map(|r| self.record(r))
+            .flat_map(|r| r.layers.into_iter().map(|l| file_name(&l)))
+            .collect();
+        let mut freed = 0;
+        for e in std::fs::read_dir(self.dir.join("layers"))?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !used.contains(&n) {
+                freed += dir_size(&e.path());
+                std::fs::remove_dir_all(e.path())?;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Forget the image stored as `reference`.
+    pub fn remove(&self, reference: &str) -> std::io::Result<()> {
+        let bytes = {
+            let mut refs = self.refs.lock().unwrap_or_else(|e| e.into_inner());
+            refs.remove(reference);
+            serde_json::to_vec_pretty(&*refs).unwrap_or_default()
+        };
+        write_atomic(&self.dir.join("refs.json"), &bytes)
+    }
+}
+
+fn record(manifest: &OciImageManifest, config: &str, parsed: ConfigFile) -> Record {
+    let _ = config;
+    Record {
+        kind: "linux".into(),
+        config_digest: manifest.config.digest.clone(),
+        config: parsed.config.unwrap_or_default(),
+        layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
+    }
+}
+
+fn auth(credentials: Option<&Credentials>) -> RegistryAuth {
+    match credentials {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+/// The OCI name of this machine's architecture.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// A reader of a plain, gzip or zstd stream, told apart by magic bytes.
+fn decompress<R: std::io::BufRead + Send + 'static>(
+    mut r: R,
+) -> std::io::Result<Box<dyn Read + Send>> {
+    let head = r.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// Unpack one layer tar into `dest`, turning OCI whiteouts into overlayfs ones.
+pub fn unpack_layer(r: impl Read, dest: &Path) -> std::io::Result<()> {
+    let mut a = tar::Archive::new(r);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_preserve_mtime(true);
+    a.set_unpack_xattrs(true);
+    a.set_overwrite(true);
+    for entry in a.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+            entry.unpack_in(dest)?;
+            continue;
+        };
+        if let Some(hidden) = file.strip_prefix(".wh.") {
+            let parent = path.parent().unwrap_or(Path::new(""));
+            if parent
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(std::io::Error::other(format!(
+                    "whiteout {} leaves the layer",
+                    path.display()
+                )));
+            }
+            let dir = dest.join(parent);
+            std::fs::create_dir_all(&dir)?;
+            if hidden == ".wh..opq" {
+                set_xattr(&dir, "trusted.overlay.opaque", b"y")?;
+            } else {
+                mknod_whiteout(&dir.join(hidden))?;
+            }
+            continue;
+        }
+        entry.unpack_in(dest)?;
+    }
+    Ok(())
+}
+
+fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let path = cpath(p)?;
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: both strings are NUL-terminated and the value slice is valid.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn mknod_whiteout(p: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(p);
+    let _ = std::fs::remove_dir_all(p);
+    let path = cpath(p)?;
+    // SAFETY: a NUL-terminated path; a character device 0:0 is overlayfs' whiteout.
+    let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn kinds_come_from_the_manifest() {
+        assert_eq!(
+            kind_of(
+                "application/vnd.oci.image.config.v1+json",
+                &["application/vnd.oci.image.layer.v1.tar+gzip"]
+            ),
+            ImageKind::Linux
+        );
+        assert_eq!(
+            kind_of("application/vnd.wasm.config.v0+json", &["application/wasm"]),
+            ImageKind::Wasm
+        );
+        assert_eq!(
+            normalise("busybox").unwrap(),
+            "docker.io/library/busybox:latest"
+        );
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_of(&[
+            ("etc/keep", b"1"),
+            ("etc/.wh.gone", b""),
+            ("var/.wh..wh..opq", b""),
+        ]);
+        unpack_layer(&layer[..], dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("etc/keep")).unwrap(), b"1");
+        let gone = std::fs::symlink_metadata(dir.path().join("etc/gone")).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(gone.file_type().is_char_device());
+        assert!(dir.path().join("var").is_dir());
+        let evil = tar_of(&[("../.wh.x", b"")]);
+        assert!(unpack_layer(&evil[..], dir.path()).is_err());
+    }
+
+    #[test]
+    fn compressed_layers_are_recognised() {
+        let layer = tar_of(&[("a", b"hello")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &layer).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&layer[..], 1).unwrap();
+        for bytes in [layer.clone(), gz, zst] {
+            let dir = tempfile::tempdir().unwrap();
+            let r = decompress(std::io::Cursor::new(bytes)).unwrap();
+            unpack_layer(r, dir.path()).unwrap();
+            assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"hello");
+        }
+    }
+}
