@@ -617,45 +617,91 @@ impl ContainerRuntime for OciRuntime {
         }
         let started_at = SystemTime::now();
         let mut cmd = self.runc();
-        cmd.arg("exec");
-        if io.tty {
-            // a terminal of our own for the process: its stdio is the pty
-            // slave, so shells are interactive
-            cmd.arg("--env").arg("TERM=xterm");
-        }
-        cmd.arg(&ctr.runc_id)
-            .args(&command)
-            .stdin(if io.stdin.is_some() {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        cmd.arg("exec").kill_on_drop(true);
         let ExecIo {
+            tty,
             stdin,
             mut stdout,
             mut stderr,
-            ..
         } = io;
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| exec_err(format!("running runc exec: {e}")))?;
-        // stdin is fed until it ends or the command does
-        let feed = match (stdin, child.stdin.take()) {
-            (Some(mut from), Some(mut to)) => Some(tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut from, &mut to).await;
-                let _ = to.shutdown().await;
-            })),
-            _ => None,
+        let mut child = if tty {
+            // runc makes a terminal in the container and relays it to its
+            // own terminal, which must be a controlling one: give it a pty
+            // of ours (a console socket would need a detached process)
+            let (master, slave) = openpty().map_err(|e| exec_err(format!("openpty: {e}")))?;
+            let dup = |f: &std::fs::File| {
+                f.try_clone()
+                    .map(std::process::Stdio::from)
+                    .map_err(|e| exec_err(e.to_string()))
+            };
+            cmd.args(["--tty", "--env", "TERM=xterm"])
+                .arg(&ctr.runc_id)
+                .args(&command)
+                .stdin(dup(&slave)?)
+                .stdout(dup(&slave)?)
+                .stderr(std::process::Stdio::from(slave));
+            // SAFETY: setsid and ioctl are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| exec_err(format!("running runc exec: {e}")))?;
+            drop(cmd); // our copies of the slave: the master reads EIO once runc is gone
+            let reader =
+                tokio::fs::File::from_std(master.try_clone().map_err(|e| exec_err(e.to_string()))?);
+            let feed = stdin.map(|mut from| {
+                let mut to = tokio::fs::File::from_std(master);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = from.read(&mut buf).await {
+                        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        let _ = to.flush().await;
+                    }
+                })
+            });
+            pump(Some(reader), &mut stdout).await;
+            if let Some(f) = feed {
+                f.abort();
+            }
+            child
+        } else {
+            cmd.arg(&ctr.runc_id)
+                .args(&command)
+                .stdin(if stdin.is_some() {
+                    std::process::Stdio::piped()
+                } else {
+                    std::process::Stdio::null()
+                })
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| exec_err(format!("running runc exec: {e}")))?;
+            // stdin is fed until it ends or the command does
+            let feed = match (stdin, child.stdin.take()) {
+                (Some(mut from), Some(mut to)) => Some(tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                    let _ = to.shutdown().await;
+                })),
+                _ => None,
+            };
+            let out = child.stdout.take();
+            let err = child.stderr.take();
+            tokio::join!(pump(out, &mut stdout), pump(err, &mut stderr));
+            if let Some(f) = feed {
+                f.abort();
+            }
+            child
         };
-        let out = child.stdout.take();
-        let err = child.stderr.take();
-        tokio::join!(pump(out, &mut stdout), pump(err, &mut stderr));
-        if let Some(f) = feed {
-            f.abort();
-        }
         let status = child
             .wait()
             .await
@@ -671,6 +717,33 @@ impl ContainerRuntime for OciRuntime {
             started_at,
             finished_at: SystemTime::now(),
         })
+    }
+}
+
+/// A new pseudo-terminal: (master, slave).
+fn openpty() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty fills two fds we then own; no name, termios or size.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just opened and are owned by nobody else.
+    unsafe {
+        libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
+        Ok((
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        ))
     }
 }
 
