@@ -413,7 +413,7 @@ pub fn qos_class(pod: &Value) -> &'static str {
     let guaranteed = containers.iter().all(|c| {
         ["cpu", "memory"].iter().all(|r| {
             let limit = res(c, "limits", r);
-            limit.is_some() && res(c, "requests", r).map_or(true, |q| Some(q) == limit)
+            limit.is_some() && res(c, "requests", r).is_none_or(|q| Some(q) == limit)
         })
     });
     if guaranteed {

@@ -17,6 +17,7 @@ mod join;
 mod kube_client;
 mod kubectl;
 mod nodes;
+mod oci;
 mod registry;
 mod scheduler;
 mod security;

@@ -12,9 +12,9 @@ use crate::util::{eventually, free_port, stdout, Server};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    port: u16,
+    pub port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -27,7 +27,7 @@ impl Drop for Registry {
 
 impl Registry {
     /// Start a registry, with htpasswd basic auth when `user` is given.
-    async fn start(user: Option<(&str, &str)>) -> Registry {
+    pub(crate) async fn start(user: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut config = format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display());

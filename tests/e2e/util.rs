@@ -436,12 +436,65 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
+        cleanup_containers(self.dir.path());
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the server's log, last lines ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            let events = self.kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
+            eprintln!(
+                "--- events ---\n{}",
+                String::from_utf8_lossy(&events.stdout)
+            );
+        }
         self.kill9();
+        cleanup_containers(&self.dir);
+    }
+}
+
+/// Linux containers outlive their agent by design (their shims hold
+/// them): end those a test's node started, and undo its mounts (container
+/// roots, pinned network namespaces), so nothing stays behind the test.
+pub fn cleanup_containers(dir: &Path) {
+    for root in [dir.join("agent/oci/runc"), dir.join("data/oci/runc")] {
+        if !root.exists() {
+            continue;
+        }
+        let ids = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.lines().filter(|l| !l.is_empty()) {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", id])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let prefix = dir.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    points.reverse();
+    for m in points {
+        let c = std::ffi::CString::new(m).unwrap();
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
 }
 

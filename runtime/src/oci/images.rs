@@ -144,12 +144,27 @@ impl ImageStore {
     }
 
     fn record(&self, reference: &str) -> Option<Record> {
-        let digest = self
+        let known = self
             .refs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(reference)
-            .cloned()?;
+            .cloned();
+        let digest = match known {
+            Some(d) => d,
+            // imported by `wk image import` since this store read its refs
+            None => {
+                let on_disk: BTreeMap<String, String> =
+                    serde_json::from_slice(&std::fs::read(self.dir.join("refs.json")).ok()?)
+                        .ok()?;
+                let d = on_disk.get(reference).cloned()?;
+                let mut refs = self.refs.lock().unwrap_or_else(|e| e.into_inner());
+                for (k, v) in on_disk {
+                    refs.entry(k).or_insert(v);
+                }
+                d
+            }
+        };
         let rec: Record = serde_json::from_slice(&std::fs::read(self.blob(&digest)).ok()?).ok()?;
         let complete = rec.kind == "wasm" || rec.layers.iter().all(|l| self.layer_dir(l).is_dir());
         complete.then_some(rec)
@@ -736,8 +751,19 @@ mod tests {
 
     fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o1777);
+        h.set_size(0);
+        b.append_data(&mut h, "tmp", &[][..]).unwrap();
         for (path, data) in entries {
             let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
             h.set_entry_type(tar::EntryType::Regular);
@@ -775,11 +801,24 @@ mod tests {
         ]);
         unpack_layer(&layer[..], dir.path()).unwrap();
         assert_eq!(std::fs::read(dir.path().join("etc/keep")).unwrap(), b"1");
+        assert!(dir.path().join("tmp").is_dir());
         let gone = std::fs::symlink_metadata(dir.path().join("etc/gone")).unwrap();
         use std::os::unix::fs::FileTypeExt;
         assert!(gone.file_type().is_char_device());
         assert!(dir.path().join("var").is_dir());
-        let evil = tar_of(&[("../.wh.x", b"")]);
+        // a whiteout outside the layer (the tar builder refuses to write one)
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..8].copy_from_slice(b"../.wh.x");
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        let evil = b.into_inner().unwrap();
         assert!(unpack_layer(&evil[..], dir.path()).is_err());
     }
 

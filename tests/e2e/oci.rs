@@ -1,0 +1,586 @@
+//! Linux containers through runc beside Wasm: images the test builds from
+//! Debian's busybox-static and pushes to a real registry (Debian's
+//! docker-registry) or imports from a tarball, run with the real kubectl.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use serde_json::{json, Value};
+
+use crate::registry::Registry;
+use crate::util::{eventually, example_image, stderr, stdout, wk, Server};
+
+const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "echo", "sleep", "cat", "ls", "httpd", "wget", "id", "head", "tail", "true", "false",
+    "env", "hostname", "ps", "kill", "mkdir", "touch", "date", "seq", "tty", "trap",
+];
+
+/// A root filesystem layer (tar) holding busybox-static, its applets, a
+/// passwd with a `www` user and a page to serve.
+fn busybox_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("/bin/busybox (apt-get install busybox-static; tests/run.sh installs it)");
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        b.append_data(&mut h, path, &[][..]).unwrap();
+    };
+    let file = |b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    for (d, m) in [
+        ("bin", 0o755),
+        ("etc", 0o755),
+        ("tmp", 0o1777),
+        ("var", 0o755),
+        ("var/www", 0o755),
+        ("root", 0o700),
+    ] {
+        dir(&mut b, d, m);
+    }
+    file(&mut b, "bin/busybox", 0o755, &busybox);
+    for a in BUSYBOX_APPLETS {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, format!("bin/{a}"), "busybox")
+            .unwrap();
+    }
+    file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/sh\n",
+    );
+    file(&mut b, "etc/group", 0o644, b"root:x:0:\nwww:x:33:\n");
+    file(
+        &mut b,
+        "var/www/index.html",
+        0o644,
+        b"hello from busybox httpd\n",
+    );
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn sha256(data: &[u8]) -> String {
+    wasmkube_runtime::image::digest(data)
+}
+
+fn image_config(layer: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "architecture": wasmkube_runtime::oci::images::host_arch(), "os": "linux",
+        "config": {"Env": ["PATH=/bin", "FROM_IMAGE=yes"], "Cmd": ["sh"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}
+    }))
+    .unwrap()
+}
+
+/// Push the busybox image as `repo_tag`; returns its reference.
+async fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
+    let layer = busybox_layer();
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let reference = format!("127.0.0.1:{}/{repo_tag}", reg.port);
+    let layers = [ImageLayer::new(
+        gzip(&layer),
+        "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        None,
+    )];
+    let config = Config::new(
+        image_config(&layer),
+        "application/vnd.oci.image.config.v1+json".into(),
+        None,
+    );
+    client
+        .push(
+            &reference.parse().unwrap(),
+            &layers,
+            config,
+            &RegistryAuth::Anonymous,
+            None,
+        )
+        .await
+        .expect("push the busybox image");
+    reference
+}
+
+async fn server() -> Server {
+    Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .start()
+        .await
+}
+
+fn apply(s: &Server, manifest: &Value) {
+    let out = crate::util::kubectl_stdin(
+        &s.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&manifest.to_string()),
+    );
+    assert!(out.status.success(), "kubectl apply: {}", stderr(&out));
+}
+
+async fn running(s: &Server, name: &str) -> Value {
+    s.wait_pod(name, &format!("{name} running and ready"), |p| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+    .await
+}
+
+/// The log of a container, as kubectl shows it.
+fn logs(s: &Server, args: &[&str]) -> String {
+    let mut all = vec!["logs"];
+    all.extend_from_slice(args);
+    stdout(&s.kubectl(&all))
+}
+
+#[tokio::test]
+async fn busybox_httpd_serves_behind_a_service_with_logs_exec_and_a_shell() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let s = server().await;
+    apply(
+        &s,
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "httpd"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "httpd"}},
+                "template": {"metadata": {"labels": {"app": "httpd"}}, "spec": {"containers": [{
+                    "name": "httpd", "image": image,
+                    "command": ["sh", "-c", "echo serving as $(id -u) from $FROM_IMAGE; exec httpd -f -v -p 8080 -h /var/www"],
+                    "ports": [{"containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                    "securityContext": {"runAsUser": 33}}]}}}}),
+    );
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "httpd"},
+            "spec": {"selector": {"app": "httpd"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+    );
+    let out = s.kubectl(&["rollout", "status", "deployment/httpd", "--timeout=90s"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let pods = s.kubectl(&["get", "pods", "-l", "app=httpd", "-o", "json"]);
+    let pods: Value = serde_json::from_slice(&pods.stdout).unwrap();
+    let pod = &pods["items"][0];
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let status = &pod["status"]["containerStatuses"][0];
+    assert!(
+        status["containerID"]
+            .as_str()
+            .unwrap()
+            .starts_with("oci://"),
+        "{status}"
+    );
+    assert!(status["imageID"].as_str().unwrap().starts_with("sha256:"));
+
+    // through the Service's cluster IP, as another client on the node would
+    let (_, svc) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/services/httpd",
+            None,
+        )
+        .await;
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let body = eventually(30, "the Service answers", || {
+        let ip = ip.clone();
+        async move {
+            let r = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("http://{ip}:80/"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(r.text().await.ok()?)
+        }
+    })
+    .await;
+    assert_eq!(body, "hello from busybox httpd\n");
+
+    // logs in the CRI format, read back by kubectl
+    let log = logs(&s, &[&name]);
+    assert!(log.contains("serving as 33 from yes"), "{log}");
+
+    // exec: output, stdin, the exit code, the image's user and environment
+    let out = s.kubectl(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "id -u; hostname; echo $FROM_IMAGE; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("33\n{name}\nyes\n"));
+    let out = crate::util::kubectl_stdin(
+        &s.kubeconfig(),
+        &["exec", "-i", &name, "--", "cat"],
+        Some("through stdin\n"),
+    );
+    assert_eq!(stdout(&out), "through stdin\n", "{}", stderr(&out));
+
+    // `kubectl exec -it` gives a working shell on a terminal (run under
+    // script(1), which gives kubectl the terminal a user would have)
+    let mut sh = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("kubectl exec -it {name} -- sh"),
+            "/dev/null",
+        ])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils)");
+    let mut input = sh.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    input.write_all(b"echo $((6*7)); tty\n").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    input.write_all(b"exit\n").unwrap();
+    drop(input);
+    let out = sh.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("42"), "{text}");
+    assert!(
+        text.contains("/dev/pts/"),
+        "the shell has a terminal: {text}"
+    );
+    assert!(
+        text.contains("$ ") || text.contains("# "),
+        "an interactive prompt: {text}"
+    );
+
+    // deleting the Deployment stops the containers (httpd ends on SIGTERM)
+    let out = s.kubectl(&["delete", "deployment", "httpd", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(60, "the pods are gone", || async {
+        let out = s.kubectl(&["get", "pods", "-l", "app=httpd", "-o", "name"]);
+        stdout(&out).trim().is_empty().then_some(())
+    })
+    .await;
+    let runc = s.dir.join("agent/oci/runc");
+    let left = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runc)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&left).trim(), "", "no container is left behind");
+}
+
+#[tokio::test]
+async fn a_mixed_pod_shares_localhost_and_volumes_between_wasm_and_oci() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let s = server().await;
+    let web = example_image("wasm32-wasip2", "webserver");
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mixed"},
+            "spec": {
+                "volumes": [{"name": "shared", "emptyDir": {}}],
+                "initContainers": [{"name": "prepare", "image": image,
+                    "command": ["sh", "-c", "echo prepared by an OCI init container > /shared/from-init"],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}],
+                "containers": [
+                    {"name": "app", "image": web, "env": [{"name": "POD_NAME", "value": "mixed"}],
+                     "ports": [{"containerPort": 8080}],
+                     "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}},
+                    {"name": "sidecar", "image": image,
+                     "command": ["sh", "-c", "cat /shared/from-init; while true; do wget -qO /shared/page http://localhost:8080/from-sidecar && cat /shared/page; sleep 1; done"],
+                     "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}]}}),
+    );
+    let pod = running(&s, "mixed").await;
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+
+    // the OCI sidecar reaches the Wasm app over the pod's localhost, and
+    // reads what the OCI init container left in the shared emptyDir
+    let log = eventually(60, "the sidecar fetched a page", || async {
+        let l = logs(&s, &["mixed", "-c", "sidecar"]);
+        l.contains("/from-sidecar").then_some(l)
+    })
+    .await;
+    assert!(log.contains("prepared by an OCI init container"), "{log}");
+    assert!(log.contains("hello from mixed at /from-sidecar"), "{log}");
+
+    // the Wasm app runs inside the pod's network namespace: the node reaches
+    // it only through the pod's address
+    let body = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{ip}:8080/from-node"))
+        .send()
+        .await
+        .expect("the pod's address answers")
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "hello from mixed at /from-node\n");
+
+    // a file the Wasm app cannot write is seen by the OCI sidecar: the
+    // emptyDir is one directory for the whole pod
+    let out = s.kubectl(&[
+        "exec",
+        "mixed",
+        "-c",
+        "sidecar",
+        "--",
+        "cat",
+        "/shared/page",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "hello from mixed at /from-sidecar\n",
+        "{}",
+        stderr(&out)
+    );
+
+    // an OCI init container prepares a file for a Wasm container
+    let reader = example_image("wasm32-wasip1", "config-reader");
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "prepared"},
+            "spec": {"restartPolicy": "Never",
+                "volumes": [{"name": "config", "emptyDir": {}}],
+                "initContainers": [{"name": "write", "image": image,
+                    "command": ["sh", "-c", "echo from-busybox > /config/msg"],
+                    "volumeMounts": [{"name": "config", "mountPath": "/config"}]}],
+                "containers": [{"name": "read", "image": reader,
+                    "volumeMounts": [{"name": "config", "mountPath": "/config"}]}]}}),
+    );
+    s.wait_pod("prepared", "prepared succeeds", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    let log = logs(&s, &["prepared"]);
+    assert!(log.contains("file /config/msg=from-busybox"), "{log}");
+}
+
+#[tokio::test]
+async fn memory_limits_oom_kill_and_failing_containers_back_off() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let s = server().await;
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hog"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "hog", "image": image,
+                // tail keeps a line without a newline in memory: all of it
+                "command": ["sh", "-c", "head -c 200000000 /dev/zero | tail"],
+                "resources": {"limits": {"memory": "32Mi"}}}]}}),
+    );
+    let p = s
+        .wait_pod("hog", "hog is killed", |p| p["status"]["phase"] == "Failed")
+        .await;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{p}");
+    assert_eq!(t["exitCode"], 137, "{p}");
+
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crash"},
+            "spec": {"containers": [{"name": "crash", "image": image,
+                "command": ["sh", "-c", "echo boom; exit 2"]}]}}),
+    );
+    let p = s
+        .wait_pod("crash", "crash restarts twice", |p| {
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 2
+        })
+        .await;
+    let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 2, "{p}");
+    assert_eq!(last["reason"], "Error", "{p}");
+    s.wait_pod("crash", "crash backs off", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    let log = logs(&s, &["crash", "--previous"]);
+    assert_eq!(log, "boom\n");
+}
+
+#[tokio::test]
+async fn oci_containers_keep_running_through_an_agent_kill_9() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let mut s = server().await;
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "steady"},
+            "spec": {"terminationGracePeriodSeconds": 5, "containers": [{"name": "main", "image": image,
+                "command": ["sh", "-c", "trap 'echo bye; exit 0' TERM; date +%s%N > /tmp/started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"]}]}}),
+    );
+    running(&s, "steady").await;
+    let started = eventually(30, "the start time is written", || async {
+        let out = s.kubectl(&["exec", "steady", "--", "cat", "/tmp/started"]);
+        out.status.success().then(|| stdout(&out))
+    })
+    .await;
+
+    // the server and its embedded agent die without a chance to clean up;
+    // the container's shim goes on writing its log meanwhile
+    let uid = p_uid(&s, "steady").await;
+    let log_file = s.dir.join(format!("agent/pods/{uid}/logs/main/0.log"));
+    s.kill9();
+    let before = std::fs::metadata(&log_file).expect("the log file").len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = std::fs::metadata(&log_file).unwrap().len();
+    assert!(
+        after > before,
+        "the log grew while no agent ran: {before} -> {after}"
+    );
+    s.restart().await;
+    let p = running(&s, "steady").await;
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{p}"
+    );
+    let out = s.kubectl(&["exec", "steady", "--", "cat", "/tmp/started"]);
+    assert_eq!(stdout(&out), started, "the same container, never restarted");
+    // its log went on while the agent was away, and goes on now
+    let before = logs(&s, &["steady"]).lines().count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = logs(&s, &["steady"]);
+    assert!(log.lines().count() > before, "{log}");
+    let ticks: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "no line lost or doubled: {ticks:?}"
+    );
+
+    // the adopted container still stops on deletion, with its exit learnt
+    let out = s.kubectl(&["delete", "pod", "steady", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runc = s.dir.join("agent/oci/runc");
+    let left = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runc)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&left).trim(), "");
+}
+
+async fn p_uid(s: &Server, name: &str) -> String {
+    let (_, p) = s
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+            None,
+        )
+        .await;
+    p["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+/// A `docker save` style archive of the busybox image, tagged `tag`.
+fn docker_archive(path: &Path, tag: &str) {
+    let layer = busybox_layer();
+    let config = image_config(&layer);
+    let manifest =
+        json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]);
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("manifest.json", manifest.to_string().as_bytes());
+    add("config.json", &config);
+    add("layer/layer.tar", &layer);
+    b.finish().unwrap();
+}
+
+#[tokio::test]
+async fn images_import_from_a_tarball_with_no_registry() {
+    let s = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    // a registry name that resolves nowhere: nothing may be pulled
+    docker_archive(&archive, "offline.invalid/tools/busybox:1");
+    let data_dir = s.dir.join("agent");
+    let out = wk(&[
+        "image",
+        "import",
+        archive.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "imported offline.invalid/tools/busybox:1\n");
+    let out = wk(&["image", "list", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("offline.invalid/tools/busybox:1"),
+        "{}",
+        stdout(&out)
+    );
+
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "offline"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "main",
+                "image": "offline.invalid/tools/busybox:1",
+                "command": ["sh", "-c", "echo imported and running"]}]}}),
+    );
+    s.wait_pod("offline", "offline succeeds", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(logs(&s, &["offline"]), "imported and running\n");
+
+    // a corrupt archive is refused with the reason, and nothing changes
+    let bad = dir.path().join("bad.tar");
+    std::fs::write(&bad, b"not a tarball at all").unwrap();
+    let out = wk(&[
+        "image",
+        "import",
+        bad.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bad.tar"), "{}", stderr(&out));
+}
