@@ -38,6 +38,9 @@ enum Bench {
     Http(http::HttpArgs),
     /// Lists of pods as JSON, protobuf and server-side Tables: latency and size.
     Lists(lists::ListArgs),
+    /// Linux (runc) pods beside Wasm pods: apply → Running, mixed pods,
+    /// image import, idle footprint.
+    Oci(pods::OciArgs),
 }
 
 #[derive(Parser)]
@@ -739,12 +742,21 @@ mod pods {
 
         /// Create a pod running `image` and wait until it is Running; returns the latency.
         async fn run_pod(&self, name: &str, image: &Path) -> Result<Duration> {
+            self.run_spec(
+                name,
+                json!({"volumes": [{"name": "data", "emptyDir": {}}],
+                    "containers": [{"name": "w", "image": format!("file://{}", image.display()), "args": ["0", "3600000"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}),
+            )
+            .await
+        }
+
+        /// Create a pod with `spec` (bound to the node) and wait until it is Running.
+        async fn run_spec(&self, name: &str, mut spec: Value) -> Result<Duration> {
             let (tx, rx) = oneshot::channel();
             self.waiting.lock().unwrap().insert(name.to_string(), tx);
-            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                "spec": {"nodeName": self.node, "volumes": [{"name": "data", "emptyDir": {}}],
-                    "containers": [{"name": "w", "image": format!("file://{}", image.display()), "args": ["0", "3600000"],
-                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}});
+            spec["nodeName"] = json!(self.node);
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
             let start = Instant::now();
             let r = self
                 .http
@@ -760,6 +772,234 @@ mod pods {
                 .context("pod did not start")??;
             Ok(at - start)
         }
+    }
+
+    #[derive(Parser)]
+    pub struct OciArgs {
+        /// The wk binary.
+        #[arg(long, default_value = "target/release/wk")]
+        wk: PathBuf,
+        /// The Wasm guest run beside (the worker example).
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip1/release/worker.wasm"
+        )]
+        module: PathBuf,
+        /// The busybox the Linux image is built from (Debian's busybox-static).
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// Pods per latency run (each of OCI, Wasm and mixed).
+        #[arg(long, default_value_t = 50)]
+        pods: usize,
+        /// Idle OCI pods for the footprint run.
+        #[arg(long, default_value_t = 50)]
+        density: usize,
+    }
+
+    /// A docker-archive of a one-layer busybox image tagged `tag`.
+    fn busybox_archive(busybox: &Path, out: &Path, tag: &str) -> Result<()> {
+        let header = |kind: tar::EntryType, mode: u32, size: u64| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(size);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h
+        };
+        let mut layer = tar::Builder::new(Vec::new());
+        for d in ["bin", "tmp", "etc"] {
+            layer.append_data(
+                &mut header(tar::EntryType::Directory, 0o1777, 0),
+                d,
+                &[][..],
+            )?;
+        }
+        let bin =
+            std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+        layer.append_data(
+            &mut header(tar::EntryType::Regular, 0o755, bin.len() as u64),
+            "bin/busybox",
+            &bin[..],
+        )?;
+        for a in ["sh", "sleep"] {
+            layer.append_link(
+                &mut header(tar::EntryType::Symlink, 0o777, 0),
+                format!("bin/{a}"),
+                "busybox",
+            )?;
+        }
+        let layer = layer.into_inner()?;
+        let config = serde_json::to_vec(
+            &json!({"architecture": wasmkube_runtime::oci::images::host_arch(), "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [wasmkube_runtime::image::digest(&layer)]}}),
+        )?;
+        let manifest =
+            json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]);
+        let mut b = tar::Builder::new(std::fs::File::create(out)?);
+        for (name, data) in [
+            ("manifest.json", manifest.to_string().into_bytes()),
+            ("config.json", config),
+            ("layer.tar", layer),
+        ] {
+            b.append_data(
+                &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
+                name,
+                &data[..],
+            )?;
+        }
+        b.finish()?;
+        Ok(())
+    }
+
+    pub async fn run_oci(args: OciArgs) -> Result<()> {
+        let tmp = tempfile_dir()?;
+        let dir = tmp.join("oci");
+        let archive = tmp.join("busybox.tar");
+        let tag = "bench.invalid/busybox:1";
+        busybox_archive(&args.busybox, &archive, tag)?;
+        let t = Instant::now();
+        let st = std::process::Command::new(&args.wk)
+            .arg("image")
+            .arg("import")
+            .arg(&archive)
+            .arg("--data-dir")
+            .arg(dir.join("agent"))
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "wk image import failed");
+        let import = t.elapsed();
+        let module = std::fs::canonicalize(&args.module)
+            .with_context(|| format!("{} (build the examples first)", args.module.display()))?;
+        let wasm = format!("file://{}", module.display());
+        let oci_spec = json!({"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": tag, "command": ["sleep", "3600"]}]});
+        let wasm_spec = json!({"volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "w", "image": wasm, "args": ["0", "3600000"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]});
+        let mixed_spec = json!({"terminationGracePeriodSeconds": 1, "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [
+                {"name": "w", "image": wasm, "args": ["0", "3600000"], "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                {"name": "c", "image": tag, "command": ["sleep", "3600"], "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]});
+        let c = Cluster::start(&args.wk, &dir, 1000).await?;
+        c.run_spec("warm-oci", oci_spec.clone()).await?;
+        c.run_spec("warm-wasm", wasm_spec.clone()).await?;
+        let (mut oci, mut wasm_h, mut mixed) = (
+            Histogram::<u64>::new(3)?,
+            Histogram::<u64>::new(3)?,
+            Histogram::<u64>::new(3)?,
+        );
+        for i in 0..args.pods {
+            oci.record(
+                c.run_spec(&format!("oci-{i}"), oci_spec.clone())
+                    .await?
+                    .as_micros() as u64,
+            )?;
+            wasm_h.record(
+                c.run_spec(&format!("wasm-{i}"), wasm_spec.clone())
+                    .await?
+                    .as_micros() as u64,
+            )?;
+            mixed.record(
+                c.run_spec(&format!("mixed-{i}"), mixed_spec.clone())
+                    .await?
+                    .as_micros() as u64,
+            )?;
+        }
+        // footprint: the shims' RSS and the containers' memory, per OCI pod
+        let shims = |dir: &Path| -> (usize, u64) {
+            let needle = dir.display().to_string();
+            let mut n = 0;
+            let mut kib = 0;
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                if cmd.contains("__oci-shim") && cmd.contains(&needle) {
+                    n += 1;
+                    kib += rss_kib(pid);
+                }
+            }
+            (n, kib)
+        };
+        let server_before = rss_kib(c.proc.0.id());
+        for i in 0..args.density {
+            c.run_spec(&format!("idle-{i}"), oci_spec.clone()).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let server_after = rss_kib(c.proc.0.id());
+        let (n, shim_kib) = shims(&dir);
+        let cg: u64 =
+            std::fs::read_to_string("/sys/fs/cgroup/memory/wasmkube/besteffort/memory.stat")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("total_rss ")?.trim().parse().ok())
+                })
+                .unwrap_or(0);
+        let total_oci = args.pods + args.density + 1 + args.pods; // oci + idle + warm + mixed
+        println!("Machine: {}", machine());
+        println!(
+            "Linux pods through runc beside Wasm pods (wk-bench oci --pods {} --density {}):\n",
+            args.pods, args.density
+        );
+        println!("| Pods | Count | p50 | p99 | max |\n|---|---|---|---|---|");
+        println!("{}", row("OCI (busybox, image on the node)", &oci));
+        println!("{}", row("Wasm (worker, compiled module cached)", &wasm_h));
+        println!("{}", row("Mixed (one Wasm + one OCI container)", &mixed));
+        println!(
+            "\n- Import of the busybox image (docker-archive, {} KiB, digest and unpack): {:.1} ms",
+            std::fs::metadata(&archive)?.len() / 1024,
+            import.as_secs_f64() * 1000.0
+        );
+        println!(
+            "- Shims: {n} running, {} KiB RSS each on average",
+            shim_kib / n.max(1) as u64
+        );
+        println!(
+            "- Containers' RSS (BestEffort cgroup, {total_oci} OCI containers): {} KiB each",
+            cg / 1024 / total_oci.max(1) as u64
+        );
+        println!(
+            "- wk server (with its agent) RSS growth for {} idle OCI pods: {} KiB per pod",
+            args.density,
+            server_after.saturating_sub(server_before) / args.density.max(1) as u64
+        );
+        drop(c);
+        // the containers outlive the server by design: end them
+        let root = dir.join("agent/oci/runc");
+        let ids = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()?;
+        for id in String::from_utf8_lossy(&ids.stdout).lines() {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", id])
+                .status();
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let prefix = dir.display().to_string();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        points.reverse();
+        for m in points {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        Ok(())
     }
 
     fn row(label: &str, h: &Histogram<u64>) -> String {
@@ -897,6 +1137,7 @@ async fn main() -> Result<()> {
         Bench::Instantiate(args) => instantiate::run(args).await,
         Bench::Http(args) => http::run(args).await,
         Bench::Lists(args) => lists::run(args).await,
+        Bench::Oci(args) => pods::run_oci(args).await,
     }
 }
 
