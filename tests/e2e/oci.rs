@@ -176,7 +176,7 @@ async fn busybox_httpd_serves_behind_a_service_with_logs_exec_and_a_shell() {
         &s,
         &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "httpd"},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "httpd"}},
-                "template": {"metadata": {"labels": {"app": "httpd"}}, "spec": {"containers": [{
+                "template": {"metadata": {"labels": {"app": "httpd"}}, "spec": {"terminationGracePeriodSeconds": 3, "containers": [{
                     "name": "httpd", "image": image,
                     "command": ["sh", "-c", "echo serving as $(id -u) from $FROM_IMAGE; exec httpd -f -v -p 8080 -h /var/www"],
                     "ports": [{"containerPort": 8080}],
@@ -188,7 +188,7 @@ async fn busybox_httpd_serves_behind_a_service_with_logs_exec_and_a_shell() {
         &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "httpd"},
             "spec": {"selector": {"app": "httpd"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
     );
-    let out = s.kubectl(&["rollout", "status", "deployment/httpd", "--timeout=90s"]);
+    let out = s.kubectl(&["rollout", "status", "deployment/httpd", "--timeout=180s"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let pods = s.kubectl(&["get", "pods", "-l", "app=httpd", "-o", "json"]);
     let pods: Value = serde_json::from_slice(&pods.stdout).unwrap();

@@ -200,7 +200,8 @@ pub fn main(args: ShimArgs) -> i32 {
     let record = ExitRecord {
         exit_code,
         signal,
-        oom_killed: oom && signal == Some(libc::SIGKILL),
+        // an OOM kill anywhere in the container, as containerd reports it
+        oom_killed: oom,
         started_at,
         finished_at: unix_millis(SystemTime::now()),
     };
