@@ -104,7 +104,8 @@ pub struct ImageStore {
     index: Mutex<HashMap<String, String>>,
 }
 
-fn is_loopback(registry: &str) -> bool {
+/// Whether a registry is on this machine (spoken to over plain HTTP).
+pub(crate) fn is_loopback(registry: &str) -> bool {
     let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }

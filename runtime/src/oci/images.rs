@@ -25,7 +25,7 @@ use oci_client::Reference;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::image::{Credentials, PullPolicy, WASM_MEDIA_TYPES};
+use crate::image::{is_loopback, Credentials, PullPolicy, WASM_MEDIA_TYPES};
 use crate::RuntimeError;
 
 /// What an image holds.
@@ -94,11 +94,6 @@ fn fail(image: &str, reason: impl std::fmt::Display) -> RuntimeError {
     }
 }
 
-fn is_loopback(registry: &str) -> bool {
-    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
-    host == "localhost" || host.starts_with("127.") || host == "[::1]"
-}
-
 /// `sha256:<hex>` → a file name.
 fn file_name(digest: &str) -> String {
     digest.replace(':', "-")
@@ -111,6 +106,15 @@ pub fn kind_of(config_media_type: &str, layers: &[&str]) -> ImageKind {
     } else {
         ImageKind::Linux
     }
+}
+
+fn manifest_kind(manifest: &OciImageManifest) -> ImageKind {
+    let layers: Vec<&str> = manifest
+        .layers
+        .iter()
+        .map(|l| l.media_type.as_str())
+        .collect();
+    kind_of(&manifest.config.media_type, &layers)
 }
 
 /// The normalised form of a reference (`busybox` → `docker.io/library/busybox:latest`).
@@ -236,12 +240,7 @@ impl ImageStore {
             .pull_manifest_and_config(&reference, &auth(credentials))
             .await
             .map_err(|e| fail(image, e))?;
-        let layers: Vec<&str> = manifest
-            .layers
-            .iter()
-            .map(|l| l.media_type.as_str())
-            .collect();
-        Ok(kind_of(&manifest.config.media_type, &layers))
+        Ok(manifest_kind(&manifest))
     }
 
     /// A Linux image, pulled according to `policy`.
@@ -292,12 +291,7 @@ impl ImageStore {
             .pull_manifest_and_config(&reference, &auth(credentials))
             .await
             .map_err(|e| fail(image, e))?;
-        let layers: Vec<&str> = manifest
-            .layers
-            .iter()
-            .map(|l| l.media_type.as_str())
-            .collect();
-        if kind_of(&manifest.config.media_type, &layers) == ImageKind::Wasm {
+        if manifest_kind(&manifest) == ImageKind::Wasm {
             return Err(fail(
                 image,
                 "the image is a Wasm artifact, not a Linux image",
