@@ -477,6 +477,7 @@ impl PodCtx {
             return Ok(());
         };
         let mut linux = false;
+        let data = self.lookup_data().await;
         for c in ["initContainers", "containers"]
             .iter()
             .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
@@ -488,7 +489,7 @@ impl PodCtx {
             let policy = wasmkube_runtime::image::PullPolicy::parse(
                 c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent"),
             );
-            let creds = spec::pull_credentials(&pod, image, &self.lookup_data().await);
+            let creds = spec::pull_credentials(&pod, image, &data);
             // an image that cannot be looked at yet fails in its container
             if let Ok(ImageKind::Linux) = oci.image_kind(image, policy, creds.as_ref()).await {
                 linux = true;

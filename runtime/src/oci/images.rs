@@ -310,7 +310,7 @@ impl ImageStore {
         for layer in &manifest.layers {
             self.fetch_layer(image, &client, &reference, layer).await?;
         }
-        let rec = record(&manifest, &config, parsed);
+        let rec = record(&manifest, parsed);
         self.store(image, key, &manifest_digest, &rec)?;
         Ok(rec)
     }
@@ -464,11 +464,7 @@ impl ImageStore {
                     layers.push(l.digest.clone());
                 }
                 let key = normalise(reference)?;
-                let rec = record(
-                    &manifest,
-                    &config,
-                    serde_json::from_str(&config).unwrap_or_default(),
-                );
+                let rec = record(&manifest, serde_json::from_str(&config).unwrap_or_default());
                 self.store(name, &key, &manifest_digest, &rec)?;
                 imported.push(key);
             }
@@ -544,40 +540,9 @@ impl ImageStore {
             .await
             .map_err(|e| fail(name, format!("unpacking layer {digest}: {e}")))
     }
-
-    /// Remove unpacked layers no stored image uses (after images are
-    /// forgotten by [`ImageStore::remove`]).
-    pub fn prune_layers(&self) -> std::io::Result<u64> {
-        let refs = self.refs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let used: std::collections::BTreeSet<String> = refs
-            .keys()
-            .filter_map(|r| self.record(r))
-            .flat_map(|r| r.layers.into_iter().map(|l| file_name(&l)))
-            .collect();
-        let mut freed = 0;
-        for e in std::fs::read_dir(self.dir.join("layers"))?.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !used.contains(&n) {
-                freed += dir_size(&e.path());
-                std::fs::remove_dir_all(e.path())?;
-            }
-        }
-        Ok(freed)
-    }
-
-    /// Forget the image stored as `reference`.
-    pub fn remove(&self, reference: &str) -> std::io::Result<()> {
-        let bytes = {
-            let mut refs = self.refs.lock().unwrap_or_else(|e| e.into_inner());
-            refs.remove(reference);
-            serde_json::to_vec_pretty(&*refs).unwrap_or_default()
-        };
-        write_atomic(&self.dir.join("refs.json"), &bytes)
-    }
 }
 
-fn record(manifest: &OciImageManifest, config: &str, parsed: ConfigFile) -> Record {
-    let _ = config;
+fn record(manifest: &OciImageManifest, parsed: ConfigFile) -> Record {
     Record {
         kind: "linux".into(),
         config_digest: manifest.config.digest.clone(),
@@ -607,18 +572,6 @@ fn rand_suffix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default()
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
 }
 
 fn file_digest(path: &Path) -> std::io::Result<String> {
