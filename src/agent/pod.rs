@@ -418,7 +418,13 @@ impl PodCtx {
                         spec.pull_policy,
                         spec.pull_credentials.as_ref(),
                     )
-                    .await?;
+                    .await;
+                // not among the Linux images with `Never`: the Wasm store
+                // may hold it, and answers for itself
+                let kind = match kind {
+                    Err(RuntimeError::NeverPull { .. }) => ImageKind::Wasm,
+                    k => k?,
+                };
                 if kind == ImageKind::Linux {
                     return by_name("oci").ok_or_else(|| RuntimeError::Create {
                         id: spec.id.clone(),
@@ -431,6 +437,23 @@ impl PodCtx {
             id: spec.id.clone(),
             reason: format!("no runtime on this node runs image {:?}", spec.image),
         })
+    }
+
+    /// Say "Pulling" (unless the container is one to adopt), then choose
+    /// the runtime: telling an image's kind may already fetch its manifest.
+    async fn announce_and_choose(
+        &self,
+        kind: Kind,
+        idx: usize,
+        spec: &wasmkube_runtime::ContainerSpec,
+    ) -> Result<Arc<dyn ContainerRuntime>, RuntimeError> {
+        let resumed = self.record_of(kind, idx).container_id.ends_with(&spec.id.0);
+        if !resumed {
+            let image = &spec.image;
+            self.event("Normal", "Pulling", &format!("Pulling image {image:?}"))
+                .await;
+        }
+        self.runtime_for(spec).await
     }
 
     /// Follow a container an earlier run of this agent started (its
@@ -598,7 +621,7 @@ impl PodCtx {
                     e.0,
                     "CreateContainerConfigError",
                 )),
-                Ok(mut spec) => match self.runtime_for(&spec).await {
+                Ok(mut spec) => match self.announce_and_choose(kind, idx, &spec).await {
                     Err(RuntimeError::Pull { reason, .. }) => {
                         Some(("ErrImagePull", reason, "ImagePullBackOff"))
                     }
@@ -618,8 +641,6 @@ impl PodCtx {
                         let created = if adopted {
                             Ok(None)
                         } else {
-                            self.event("Normal", "Pulling", &format!("Pulling image {image:?}"))
-                                .await;
                             rt.create(spec).await.map(Some)
                         };
                         match created {
