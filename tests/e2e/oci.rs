@@ -160,6 +160,17 @@ async fn running(s: &Server, name: &str) -> Value {
     .await
 }
 
+/// The containers runc holds for the test's node (one id per line).
+fn runc_containers(s: &Server) -> String {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(s.dir.join("agent/oci/runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    stdout(&out).trim().to_string()
+}
+
 /// The log of a container, as kubectl shows it.
 fn logs(s: &Server, args: &[&str]) -> String {
     let mut all = vec!["logs"];
@@ -291,14 +302,7 @@ async fn busybox_httpd_serves_behind_a_service_with_logs_exec_and_a_shell() {
         stdout(&out).trim().is_empty().then_some(())
     })
     .await;
-    let runc = s.dir.join("agent/oci/runc");
-    let left = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(&runc)
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(stdout(&left).trim(), "", "no container is left behind");
+    assert_eq!(runc_containers(&s), "", "no container is left behind");
 }
 
 #[tokio::test]
@@ -490,14 +494,7 @@ async fn oci_containers_keep_running_through_an_agent_kill_9() {
     // the adopted container still stops on deletion, with its exit learnt
     let out = s.kubectl(&["delete", "pod", "steady", "--wait=true"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let runc = s.dir.join("agent/oci/runc");
-    let left = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(&runc)
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(stdout(&left).trim(), "");
+    assert_eq!(runc_containers(&s), "");
 }
 
 async fn p_uid(s: &Server, name: &str) -> String {

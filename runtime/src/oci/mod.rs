@@ -237,6 +237,17 @@ impl OciRuntime {
         c
     }
 
+    /// Run a runc command whose failure changes nothing (killing or
+    /// deleting a container that may be gone already).
+    async fn runc_quiet(&self, args: &[&str]) {
+        let _ = self
+            .runc()
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+    }
+
     fn container_dir(&self, id: &ContainerId) -> PathBuf {
         self.inner.config.root.join("containers").join(runc_id(id))
     }
@@ -536,21 +547,11 @@ impl ContainerRuntime for OciRuntime {
         if exited(&rx.borrow()) {
             return Ok(());
         }
-        let _ = self
-            .runc()
-            .args(["kill", &ctr.runc_id, "TERM"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
+        self.runc_quiet(&["kill", &ctr.runc_id, "TERM"]).await;
         let natural =
             tokio::time::timeout(grace, async { rx.wait_for(exited).await.map(|_| ()) }).await;
         if natural.is_err() {
-            let _ = self
-                .runc()
-                .args(["kill", &ctr.runc_id, "KILL"])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .await;
+            self.runc_quiet(&["kill", &ctr.runc_id, "KILL"]).await;
             let _ = rx.wait_for(exited).await;
         }
         Ok(())
@@ -562,19 +563,9 @@ impl ContainerRuntime for OciRuntime {
             return Ok(());
         };
         if matches!(*ctr.state.borrow(), ContainerState::Running { .. }) {
-            let _ = self
-                .runc()
-                .args(["kill", &ctr.runc_id, "KILL"])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .await;
+            self.runc_quiet(&["kill", &ctr.runc_id, "KILL"]).await;
         }
-        let _ = self
-            .runc()
-            .args(["delete", "--force", &ctr.runc_id])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
+        self.runc_quiet(&["delete", "--force", &ctr.runc_id]).await;
         unmount(&ctr.dir.join("bundle").join("rootfs"));
         let _ = tokio::fs::remove_dir_all(&ctr.dir).await;
         Ok(())
