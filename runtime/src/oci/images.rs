@@ -85,6 +85,19 @@ pub struct ImageStore {
     dir: PathBuf,
     refs: Mutex<BTreeMap<String, String>>,
     extra_roots: Vec<Vec<u8>>,
+    /// One lock per layer being fetched: pulls of images sharing a layer
+    /// (two replicas starting at once) fetch and unpack it once.
+    layer_locks: Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A name no other download, unpack or write of this process uses.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 fn fail(image: &str, reason: impl std::fmt::Display) -> RuntimeError {
@@ -136,6 +149,7 @@ impl ImageStore {
             dir,
             refs: Mutex::new(refs),
             extra_roots,
+            layer_locks: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -342,15 +356,43 @@ impl ImageStore {
         if dest.is_dir() {
             return Ok(());
         }
+        let lock = self.layer_lock(&layer.digest);
+        let _held = lock.lock().await;
+        if dest.is_dir() {
+            // fetched while this pull waited
+            return Ok(());
+        }
+        let fetched = self
+            .download_and_unpack(image, client, reference, layer)
+            .await;
+        self.layer_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&layer.digest);
+        fetched
+    }
+
+    fn layer_lock(&self, digest: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.layer_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(digest.to_string())
+            .or_default()
+            .clone()
+    }
+
+    async fn download_and_unpack(
+        &self,
+        image: &str,
+        client: &oci_client::Client,
+        reference: &Reference,
+        layer: &OciDescriptor,
+    ) -> Result<(), RuntimeError> {
         let tmp_dir = self.dir.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir)
             .await
             .map_err(|e| fail(image, format!("{}: {e}", tmp_dir.display())))?;
-        let download = tmp_dir.join(format!(
-            "{}.{}",
-            file_name(&layer.digest),
-            std::process::id()
-        ));
+        let download = tmp_dir.join(format!("{}.{}", file_name(&layer.digest), unique()));
         let file = tokio::fs::File::create(&download)
             .await
             .map_err(|e| fail(image, format!("{}: {e}", download.display())))?;
@@ -371,11 +413,10 @@ impl ImageStore {
     /// Unpack a layer file (plain, gzip or zstd tar) into `layers/<digest>`.
     async fn unpack_file(&self, file: &Path, digest: &str) -> std::io::Result<()> {
         let dest = self.layer_dir(digest);
-        let tmp = self.dir.join("tmp").join(format!(
-            "{}.unpack.{}",
-            file_name(digest),
-            std::process::id()
-        ));
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{}.unpack.{}", file_name(digest), unique()));
         let file = file.to_path_buf();
         let tmp2 = tmp.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -402,10 +443,7 @@ impl ImageStore {
     /// the references it named.
     pub async fn import(&self, tarball: &Path) -> Result<Vec<String>, RuntimeError> {
         let name = tarball.display().to_string();
-        let scratch =
-            self.dir
-                .join("tmp")
-                .join(format!("import.{}.{}", std::process::id(), rand_suffix()));
+        let scratch = self.dir.join("tmp").join(format!("import.{}", unique()));
         let src = tarball.to_path_buf();
         let dir = scratch.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -526,6 +564,11 @@ impl ImageStore {
         if self.layer_dir(digest).is_dir() {
             return Ok(());
         }
+        let lock = self.layer_lock(digest);
+        let _held = lock.lock().await;
+        if self.layer_dir(digest).is_dir() {
+            return Ok(());
+        }
         let actual = file_digest(file).map_err(|e| fail(name, e))?;
         if actual != digest {
             return Err(fail(
@@ -567,13 +610,6 @@ pub fn host_arch() -> &'static str {
     }
 }
 
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default()
-}
-
 fn file_digest(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
@@ -592,7 +628,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let tmp = path.with_extension(format!("tmp.{}", unique()));
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
