@@ -187,11 +187,12 @@ impl Resolver {
     }
 }
 
-/// Answer one query: cluster names from the caches, others from the node's resolver.
-async fn respond(msg: &[u8], services: &Cache, endpoints: &Cache) -> Option<Vec<u8>> {
+/// Answer one query from a client in namespace `ns` (short names follow
+/// its search path): cluster names from the caches, others from the
+/// node's resolver. `None` for a message that is not a query.
+pub async fn respond(msg: &[u8], ns: &str, services: &Cache, endpoints: &Cache) -> Option<Vec<u8>> {
     let q = parse_query(msg)?;
-    // a client without a namespace: full names, and `svc.ns` / `svc.ns.svc`
-    let resolved = resolve(&q.name, "default", services, endpoints);
+    let resolved = resolve(&q.name, ns, services, endpoints);
     Some(match resolved {
         Some(addrs) if addrs.is_empty() => answer(&q, &[], 3),
         Some(addrs) => answer(&q, &addrs, 0),
@@ -239,7 +240,8 @@ pub async fn serve(
         let msg = buf[..n].to_vec();
         let (socket, services, endpoints) = (socket.clone(), services.clone(), endpoints.clone());
         tokio::spawn(async move {
-            if let Some(reply) = respond(&msg, &services, &endpoints).await {
+            // a client without a namespace: full names, and `svc.ns` / `svc.ns.svc`
+            if let Some(reply) = respond(&msg, "default", &services, &endpoints).await {
                 let _ = socket.send_to(&reply, peer).await;
             }
         });

@@ -454,6 +454,19 @@ impl Agent {
         wasmkube_runtime::NameLookup(Arc::new(move |name: &str| resolver.lookup(name, &ns)))
     }
 
+    /// The cluster DNS Service's address, once the Service is known.
+    pub fn cluster_dns(&self) -> Option<String> {
+        self.proxy
+            .services
+            .get("kube-system/kube-dns")
+            .and_then(|s| {
+                s["spec"]["clusterIP"]
+                    .as_str()
+                    .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+                    .map(String::from)
+            })
+    }
+
     /// Answer DNS on the cluster DNS Service's address once it is known.
     async fn serve_dns(self: Arc<Self>, mut cancel: CancelToken) {
         let addr = loop {

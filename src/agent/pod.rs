@@ -554,6 +554,25 @@ impl PodCtx {
                 }
             }
         }
+        match super::sandbox::egress(
+            ns.clone(),
+            ip,
+            meta::namespace(&pod).to_string(),
+            self.agent.proxy.services.clone(),
+            self.agent.proxy.endpoints.clone(),
+        )
+        .await
+        {
+            Ok(tasks) => forwarders.extend(tasks),
+            Err(e) => {
+                self.event(
+                    "Warning",
+                    "SandboxNetwork",
+                    &format!("the pod cannot reach Services, other pods or the cluster DNS: {e}"),
+                )
+                .await
+            }
+        }
         *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(Sandbox {
             path,
             _ns: ns,
@@ -637,6 +656,11 @@ impl PodCtx {
                         let id = spec.id.clone();
                         spec.name_lookup = Some(self.agent.name_lookup(meta::namespace(&pod)));
                         spec.sandbox = self.sandbox_path();
+                        spec.linux.resolv_conf = Some(spec::resolv_conf(
+                            &pod,
+                            self.agent.cluster_dns().as_deref(),
+                            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                        ));
                         let adopted = self.adopt(kind, idx, &rt, &spec);
                         let created = if adopted {
                             Ok(None)

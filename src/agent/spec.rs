@@ -353,6 +353,86 @@ pub fn container_spec(
     })
 }
 
+/// The `/etc/resolv.conf` of a Linux container, as the kubelet writes it
+/// for the pod's `dnsPolicy` (`ClusterFirst` by default; `Default` and
+/// `hostNetwork` pods get the node's; `None` only `dnsConfig`) with
+/// `dnsConfig` added: its nameservers and searches after the policy's, its
+/// options replacing those of the same name. `node` is the node's own file;
+/// `cluster_dns` the cluster DNS Service's address, if there is one.
+pub fn resolv_conf(pod: &Value, cluster_dns: Option<&str>, node: &str) -> String {
+    let ns = s(pod, "/metadata/namespace").unwrap_or("default");
+    let host_network = pod["spec"]["hostNetwork"].as_bool().unwrap_or(false);
+    let policy = s(pod, "/spec/dnsPolicy").unwrap_or("ClusterFirst");
+    let (mut servers, mut search, mut options) = (Vec::new(), Vec::new(), Vec::new());
+    let from_node =
+        |servers: &mut Vec<String>, search: &mut Vec<String>, options: &mut Vec<String>| {
+            for line in node.lines() {
+                let mut words = line.split_whitespace();
+                match words.next() {
+                    Some("nameserver") => servers.extend(words.map(String::from)),
+                    Some("search") | Some("domain") => search.extend(words.map(String::from)),
+                    Some("options") => options.extend(words.map(String::from)),
+                    _ => {}
+                }
+            }
+        };
+    let cluster = match (policy, cluster_dns) {
+        ("ClusterFirstWithHostNet", Some(ip)) => Some(ip),
+        ("ClusterFirst", Some(ip)) if !host_network => Some(ip),
+        _ => None,
+    };
+    match (policy, cluster) {
+        ("None", _) => {}
+        (_, Some(ip)) => {
+            servers.push(ip.to_string());
+            search.extend([
+                format!("{ns}.svc.{}", super::dns::DOMAIN),
+                format!("svc.{}", super::dns::DOMAIN),
+                super::dns::DOMAIN.to_string(),
+            ]);
+            // the node's search domains follow, as the kubelet adds them
+            let mut node_search = Vec::new();
+            from_node(&mut Vec::new(), &mut node_search, &mut Vec::new());
+            search.extend(node_search);
+            options.push("ndots:5".to_string());
+        }
+        (_, None) => from_node(&mut servers, &mut search, &mut options),
+    }
+    let cfg = &pod["spec"]["dnsConfig"];
+    let strings = |k: &str| -> Vec<String> {
+        cfg[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    servers.extend(strings("nameservers"));
+    search.extend(strings("searches"));
+    for o in cfg["options"].as_array().into_iter().flatten() {
+        let Some(name) = o["name"].as_str() else {
+            continue;
+        };
+        options.retain(|x| x.split(':').next() != Some(name));
+        options.push(match o["value"].as_str() {
+            Some(v) => format!("{name}:{v}"),
+            None => name.to_string(),
+        });
+    }
+    search.dedup();
+    let mut out = String::new();
+    for server in servers.iter().take(3) {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
 /// A container's security settings: its own `securityContext` over the pod's.
 pub fn security(pod: &Value, container: &Value) -> Security {
     let psc = &pod["spec"]["securityContext"];
@@ -462,6 +542,40 @@ pub fn http_limits(pod: &Value) -> Result<wasmkube_runtime::HttpLimits, ConfigEr
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn resolv_conf_follows_the_dns_policy() {
+        let node = "# systemd\nnameserver 10.0.0.2\nsearch corp.example\noptions edns0\n";
+        let pod = json!({"metadata": {"namespace": "shop"}, "spec": {}});
+        assert_eq!(
+            resolv_conf(&pod, Some("127.32.0.10"), node),
+            "nameserver 127.32.0.10\n\
+             search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\n\
+             options ndots:5\n"
+        );
+        // no cluster DNS yet, Default, or hostNetwork: the node's file
+        let nodes = "nameserver 10.0.0.2\nsearch corp.example\noptions edns0\n";
+        assert_eq!(resolv_conf(&pod, None, node), nodes);
+        let default = json!({"metadata": {"namespace": "shop"}, "spec": {"dnsPolicy": "Default"}});
+        assert_eq!(resolv_conf(&default, Some("127.32.0.10"), node), nodes);
+        let host = json!({"metadata": {"namespace": "shop"}, "spec": {"hostNetwork": true}});
+        assert_eq!(resolv_conf(&host, Some("127.32.0.10"), node), nodes);
+        let host_cluster = json!({"metadata": {"namespace": "shop"},
+            "spec": {"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}});
+        assert!(resolv_conf(&host_cluster, Some("127.32.0.10"), node)
+            .starts_with("nameserver 127.32.0.10\n"));
+        // None: dnsConfig only; options replace those of the same name
+        let none = json!({"metadata": {"namespace": "shop"}, "spec": {"dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["1.2.3.4"], "searches": ["a.example"],
+                          "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}]}}});
+        assert_eq!(
+            resolv_conf(&none, Some("127.32.0.10"), node),
+            "nameserver 1.2.3.4\nsearch a.example\noptions ndots:2 rotate\n"
+        );
+        let tuned = json!({"metadata": {"namespace": "shop"},
+            "spec": {"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}});
+        assert!(resolv_conf(&tuned, Some("127.32.0.10"), node).ends_with("options ndots:1\n"));
+    }
 
     struct Data;
 

@@ -15,7 +15,7 @@ use crate::util::{eventually, example_image, stderr, stdout, wk, Server};
 
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "ls", "httpd", "wget", "id", "head", "tail", "true", "false",
-    "env", "hostname", "ps", "kill", "mkdir", "touch", "date", "seq", "tty", "trap",
+    "env", "hostname", "ps", "kill", "mkdir", "touch", "date", "seq", "tty", "trap", "nslookup",
 ];
 
 /// A root filesystem layer (tar) holding busybox-static, its applets, a
@@ -392,6 +392,169 @@ async fn a_mixed_pod_shares_localhost_and_volumes_between_wasm_and_oci() {
     .await;
     let log = logs(&s, &["prepared"]);
     assert!(log.contains("file /config/msg=from-busybox"), "{log}");
+}
+
+#[tokio::test]
+async fn sandboxed_pods_reach_services_pods_and_cluster_dns_and_the_ingress_reaches_them() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let http_port = crate::util::free_port();
+    let s = Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .arg("--ingress-listen")
+        .arg(&format!("127.0.0.1:{http_port}"))
+        .start()
+        .await;
+    let web = example_image("wasm32-wasip2", "webserver");
+    // a Wasm server and a sandboxed busybox httpd, each behind a Service
+    for (name, container) in [
+        // (bound to its pod address: a Wasm guest on the unspecified address
+        // would hold the port on every address of the node)
+        (
+            "web",
+            json!({"name": "web", "image": web, "env": [{"name": "POD_NAME", "value": "web"},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}}),
+        ),
+        (
+            "httpd",
+            json!({"name": "httpd", "image": image,
+            "command": ["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}),
+        ),
+    ] {
+        apply(
+            &s,
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]}}),
+        );
+        apply(
+            &s,
+            &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+        );
+    }
+    apply(
+        &s,
+        &json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "httpd"},
+            "spec": {"rules": [{"host": "busybox.test", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "httpd", "port": {"number": 80}}}}]}}]}}),
+    );
+    // a sandboxed client in another namespace
+    let out = s.kubectl(&["create", "namespace", "shop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "shop"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "client", "image": image,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}]}}),
+    );
+    let web_pod = running(&s, "web").await;
+    running(&s, "httpd").await;
+    let out = s.kubectl(&[
+        "wait",
+        "-n",
+        "shop",
+        "pod/client",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let web_ip = web_pod["status"]["podIP"].as_str().unwrap().to_string();
+    let (_, dns) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/kube-system/services/kube-dns",
+            None,
+        )
+        .await;
+    let dns_ip = dns["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let (_, svc) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/services/web",
+            None,
+        )
+        .await;
+    let web_svc_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let exec =
+        |script: &str| s.kubectl(&["exec", "-n", "shop", "client", "--", "sh", "-c", script]);
+
+    // the kubelet's resolv.conf for ClusterFirst, with the pod's search path
+    let out = exec("cat /etc/resolv.conf");
+    let resolv = stdout(&out);
+    assert!(
+        resolv.contains(&format!("nameserver {dns_ip}\n")),
+        "{resolv}"
+    );
+    assert!(
+        resolv.contains("search shop.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+
+    // the cluster DNS answers from inside the sandbox, full and short names
+    let found = eventually(60, "nslookup web.default", || async {
+        let out = exec("nslookup web.default.svc.cluster.local");
+        let text = stdout(&out);
+        text.contains(&web_svc_ip).then_some(text)
+    })
+    .await;
+    assert!(found.contains(&web_svc_ip), "{found}");
+    let out = exec("nslookup no-such-service.default.svc.cluster.local");
+    assert!(
+        !out.status.success() || stdout(&out).contains("NXDOMAIN"),
+        "{}",
+        stdout(&out)
+    );
+
+    // a Wasm pod behind a Service, by name through the search path
+    let body = eventually(60, "the web Service by name", || async {
+        let out = exec("wget -qO- http://web.default/by-name");
+        out.status.success().then(|| stdout(&out))
+    })
+    .await;
+    assert_eq!(body, "hello from web at /by-name\n");
+    // the Wasm pod by its address
+    let out = exec(&format!("wget -qO- http://{web_ip}:8080/by-address"));
+    assert_eq!(
+        stdout(&out),
+        "hello from web at /by-address\n",
+        "{}",
+        stderr(&out)
+    );
+    // another sandboxed pod through its Service's cluster IP
+    let out = exec("wget -qO- http://httpd.default.svc.cluster.local/");
+    assert_eq!(
+        stdout(&out),
+        "hello from busybox httpd\n",
+        "{}",
+        stderr(&out)
+    );
+    // nothing listens there: refused, not hung
+    let out = exec(&format!("wget -T 5 -qO- http://{web_ip}:8999/"));
+    assert!(!out.status.success());
+
+    // and the Ingress reaches the sandboxed httpd
+    let body = eventually(60, "the Ingress routes to httpd", || async {
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{http_port}/"))
+            .header("host", "busybox.test")
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(r.text().await.ok()?)
+    })
+    .await;
+    assert_eq!(body, "hello from busybox httpd\n");
 }
 
 #[tokio::test]
