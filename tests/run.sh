@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 echo "==> toolchain targets for Wasm guests"
 rustup target add wasm32-wasip1 wasm32-wasip2
 
-# Debian packages the tests use: a real OCI registry for image pulls, and
-# curl (what a user runs against `kubectl port-forward`).
-PACKAGES=(docker-registry curl runc busybox-static)
+# Debian packages the tests use: a real OCI registry for image pulls,
+# curl (what a user runs against `kubectl port-forward`), runc and
+# busybox-static (Linux containers and their test images), nftables and
+# iproute2 (the rules and route of pod sandboxes).
+PACKAGES=(docker-registry curl runc busybox-static nftables iproute2)
 if [ ${#PACKAGES[@]} -gt 0 ]; then
   echo "==> apt packages: ${PACKAGES[*]}"
   missing=()
