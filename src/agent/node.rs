@@ -36,7 +36,10 @@ fn memory_kib() -> u64 {
 }
 
 /// The Node object this agent registers.
-pub fn node_object(cfg: &AgentConfig, port: u16) -> Value {
+/// The Node this agent registers; `runtimes` are the names of the
+/// container runtimes it offers (`wasm`, `oci`), which the scheduler
+/// matches with a pod's `runtimeClassName`.
+pub fn node_object(cfg: &AgentConfig, port: u16, runtimes: &[String]) -> Value {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -47,7 +50,7 @@ pub fn node_object(cfg: &AgentConfig, port: u16) -> Value {
         .unwrap_or_else(|| format!("{}Ki", memory_kib()));
     let capacity = json!({"cpu": cpu, "memory": memory, "pods": cfg.max_pods.to_string()});
     let now = meta::now();
-    json!({
+    let mut node = json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -56,9 +59,8 @@ pub fn node_object(cfg: &AgentConfig, port: u16) -> Value {
                 "kubernetes.io/hostname": cfg.node_name,
                 "kubernetes.io/arch": crate::apiserver::discovery::go_arch(),
                 "kubernetes.io/os": "linux",
-                "node.wasmkube.io/runtime-wasm": "true",
             },
-            "annotations": {"node.wasmkube.io/runtimes": "wasm"},
+            "annotations": {"node.wasmkube.io/runtimes": runtimes.join(",")},
         },
         "spec": {},
         "status": {
@@ -87,12 +89,21 @@ pub fn node_object(cfg: &AgentConfig, port: u16) -> Value {
                 "lastTransitionTime": now,
             }],
         },
-    })
+    });
+    for r in runtimes {
+        node["metadata"]["labels"][format!("node.wasmkube.io/runtime-{r}")] = json!("true");
+    }
+    node
 }
 
 /// Create the Node, or take it over after a restart (spec and labels are kept).
-pub async fn register(client: &Client, cfg: &AgentConfig, port: u16) -> Result<(), ClientError> {
-    let desired = node_object(cfg, port);
+pub async fn register(
+    client: &Client,
+    cfg: &AgentConfig,
+    port: u16,
+    runtimes: &[String],
+) -> Result<(), ClientError> {
+    let desired = node_object(cfg, port, runtimes);
     let path = format!("/api/v1/nodes/{}", cfg.node_name);
     match client
         .request(Method::POST, "/api/v1/nodes", Some(&desired))
@@ -191,12 +202,17 @@ pub async fn heartbeat(client: &Client, cfg: &AgentConfig) -> Result<(), ClientE
 /// are retried (the control plane may be away: the node keeps running).
 pub async fn run(agent: Arc<Agent>, port: u16, mut cancel: crate::controllers::CancelToken) {
     let (client, cfg) = (&agent.client, &agent.config);
+    let runtimes: Vec<String> = agent
+        .runtimes
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
     let mut registered = false;
     let mut have_cidr = false;
     let mut last_beat: Option<std::time::Instant> = None;
     loop {
         if !registered {
-            match register(client, cfg, port).await {
+            match register(client, cfg, port, &runtimes).await {
                 Ok(()) => registered = true,
                 Err(e) => tracing::debug!(error = %e, "node registration"),
             }

@@ -469,39 +469,7 @@ pub fn security(pod: &Value, container: &Value) -> Security {
     }
 }
 
-/// The pod's QoS class, as the kubelet computes it: Guaranteed when every
-/// container has cpu and memory limits equal to its requests, BestEffort
-/// when none sets any, Burstable otherwise.
-pub fn qos_class(pod: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|k| pod["spec"][k].as_array().into_iter().flatten())
-        .collect();
-    let res = |c: &Value, kind: &str, r: &str| {
-        c.pointer(&format!("/resources/{kind}/{r}"))
-            .and_then(Value::as_str)
-            .map(String::from)
-    };
-    let any = containers.iter().any(|c| {
-        ["cpu", "memory"]
-            .iter()
-            .any(|r| res(c, "requests", r).is_some() || res(c, "limits", r).is_some())
-    });
-    if !any {
-        return "BestEffort";
-    }
-    let guaranteed = containers.iter().all(|c| {
-        ["cpu", "memory"].iter().all(|r| {
-            let limit = res(c, "limits", r);
-            limit.is_some() && res(c, "requests", r).is_none_or(|q| Some(q) == limit)
-        })
-    });
-    if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
+pub use crate::api::qos::qos_class;
 
 /// Annotations that set an HTTP function's limits (Wasm-specific; see docs/http-functions.md).
 pub const HTTP_CONCURRENCY: &str = "wasmkube.io/http-concurrency";

@@ -195,7 +195,8 @@ fn condition(kind: &str, ok: bool, previous: &Value, now: &str) -> Value {
     json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
 }
 
-/// The full `status` of a pod; `previous` is the status currently stored.
+/// The full `status` of a pod; `previous` is the status currently stored
+/// (its `qosClass`, set by the API server at creation, is kept).
 pub fn pod_status(rec: &PodRecord, restart_policy: &str, previous: &Value, now: &str) -> Value {
     let phase = phase(rec, restart_policy);
     let ready = phase == "Running" && rec.containers.iter().all(ContainerRecord::is_ready);
@@ -212,7 +213,7 @@ pub fn pod_status(rec: &PodRecord, restart_policy: &str, previous: &Value, now: 
         "podIP": rec.pod_ip,
         "podIPs": [{"ip": rec.pod_ip}],
         "startTime": rec.start_time,
-        "qosClass": "BestEffort",
+        "qosClass": previous["qosClass"].as_str().unwrap_or("BestEffort"),
         "initContainerStatuses": rec.init.iter().map(ContainerRecord::to_json).collect::<Vec<_>>(),
         "containerStatuses": rec.containers.iter().map(ContainerRecord::to_json).collect::<Vec<_>>(),
     })

@@ -9,6 +9,7 @@ pub mod meta;
 pub mod pb;
 pub mod podrefs;
 pub mod printers;
+pub mod qos;
 pub mod quantity;
 pub mod resources;
 pub mod schema;

@@ -268,6 +268,8 @@ fn apply_defaults(res: &Resource, obj: &mut Value) {
                 default_pod_spec(spec, Some("Always"));
             }
             default_at(obj, "/status/phase", json!("Pending"));
+            let qos = super::qos::qos_class(obj);
+            default_at(obj, "/status/qosClass", json!(qos));
         }
         "Service" => {
             default_at(obj, "/spec/type", json!("ClusterIP"));

@@ -484,6 +484,15 @@ async fn sandboxed_pods_reach_services_pods_and_cluster_dns_and_the_ingress_reac
     let exec =
         |script: &str| s.kubectl(&["exec", "-n", "shop", "client", "--", "sh", "-c", script]);
 
+    // the node offers both runtimes to the scheduler
+    let out = s.kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].metadata.annotations.node\\.wasmkube\\.io/runtimes}",
+    ]);
+    assert_eq!(stdout(&out), "wasm,oci", "{}", stderr(&out));
+
     // the kubelet's resolv.conf for ClusterFirst, with the pod's search path
     let out = exec("cat /etc/resolv.conf");
     let resolv = stdout(&out);
@@ -576,6 +585,9 @@ async fn memory_limits_oom_kill_and_failing_containers_back_off() {
     let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!(t["reason"], "OOMKilled", "{p}");
     assert_eq!(t["exitCode"], 137, "{p}");
+    // a memory limit alone makes the pod Burstable, kept through status updates
+    let out = s.kubectl(&["get", "pod", "hog", "-o", "jsonpath={.status.qosClass}"]);
+    assert_eq!(stdout(&out), "Burstable", "{}", stderr(&out));
 
     apply(
         &s,
@@ -591,6 +603,7 @@ async fn memory_limits_oom_kill_and_failing_containers_back_off() {
                 >= 2
         })
         .await;
+    assert_eq!(p["status"]["qosClass"], "BestEffort", "{p}");
     let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
     assert_eq!(last["exitCode"], 2, "{p}");
     assert_eq!(last["reason"], "Error", "{p}");
