@@ -1,8 +1,9 @@
 //! Admission: the checks and defaults a write gets after authorization and
 //! before it is stored. NodeRestriction (an agent writes only its own
 //! objects), RBAC escalation prevention (no one grants what they do not
-//! hold), and ServiceAccount admission (a pod runs as an existing
-//! ServiceAccount and gets its token, CA and namespace mounted).
+//! hold), ServiceAccount admission (a pod runs as an existing
+//! ServiceAccount and gets its token, CA and namespace mounted), and
+//! PodSecurity (the namespace's Pod Security Standards levels).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::api::resources::{self, Resource};
 use crate::api::ApiError;
 use crate::auth::attributes::{Attributes, Target};
 use crate::auth::rbac::{self, PolicyRule};
-use crate::auth::{node, Decision};
+use crate::auth::{node, podsecurity, Decision};
 
 use super::auth::{authorize, CacheView, Principal};
 use super::ApiState;
@@ -56,9 +57,60 @@ pub async fn admit(
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             check_binding(state, principal, res, namespace, obj)
         }
-        ("", "Pod") if a.verb == "create" => service_account(state, namespace, obj).await,
+        ("", "Pod") if a.verb == "create" => {
+            pod_security(state, res, namespace, obj, true)?;
+            service_account(state, namespace, obj).await
+        }
+        (_, kind) if a.verb != "delete" && podsecurity::template_of(kind, obj).is_some() => {
+            // workloads: warn and audit only, as Kubernetes does
+            pod_security(state, res, namespace, obj, false)
+        }
         _ => Ok(()),
     }
+}
+
+/// PodSecurity admission: check the pod (or a workload's pod template)
+/// against its namespace's `enforce`, `warn` and `audit` levels. Only a
+/// pod create is refused; warnings go back to the client as `Warning`
+/// headers, audit findings onto the request's audit event.
+fn pod_security(
+    state: &ApiState,
+    res: &Resource,
+    namespace: &str,
+    obj: &Value,
+    enforce: bool,
+) -> Result<(), ApiError> {
+    let Some((metadata, spec)) = podsecurity::template_of(res.kind, obj) else {
+        return Ok(());
+    };
+    let namespaces = resources::lookup("namespaces").expect("namespaces are served");
+    let Some(ns) = state.store.cache().get(&namespaces.key("", namespace)) else {
+        return Ok(());
+    };
+    let check = |mode: &str| {
+        let level = podsecurity::namespace_level(&ns, mode)?;
+        let found = podsecurity::violations(level, &metadata, &spec);
+        (!found.is_empty()).then(|| podsecurity::describe(level, &found))
+    };
+    if let Some(found) = check("audit") {
+        super::warnings::annotate_audit(
+            "pod-security.kubernetes.io/audit-violations",
+            format!("would violate {found}"),
+        );
+    }
+    if let Some(found) = check("warn") {
+        super::warnings::add(format!("would violate {found}"));
+    }
+    if enforce {
+        if let Some(found) = check("enforce") {
+            return Err(ApiError::Forbidden {
+                resource: res.qualified_plural(),
+                name: crate::api::meta::name(obj).to_string(),
+                detail: format!("violates {found}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// May `user` perform `verb` on RBAC `resource` `name` in `namespace`?

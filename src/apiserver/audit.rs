@@ -26,6 +26,8 @@ pub struct Entry {
     /// `allow` or `forbid`.
     pub decision: &'static str,
     pub started: chrono::DateTime<chrono::Utc>,
+    /// Annotations admission added (PodSecurity's audit findings).
+    pub annotations: Vec<(String, String)>,
 }
 
 /// Where audit events go. Cheap to clone.
@@ -71,6 +73,9 @@ impl Entry {
             "stageTimestamp": micro(chrono::Utc::now()),
             "annotations": {"authorization.k8s.io/decision": self.decision},
         });
+        for (k, v) in &self.annotations {
+            ev["annotations"][k] = json!(v);
+        }
         if let Some(i) = &self.impersonated {
             ev["impersonatedUser"] = user_json(i);
         }
@@ -234,6 +239,7 @@ mod tests {
             code: 200,
             decision: "allow",
             started: chrono::Utc::now(),
+            annotations: Vec::new(),
         }
     }
 

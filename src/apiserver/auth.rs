@@ -471,6 +471,11 @@ pub async fn guard(State(state): State<Arc<ApiState>>, mut req: Request, next: N
                     code: resp.status().as_u16(),
                     decision: "allow",
                     started,
+                    annotations: resp
+                        .extensions()
+                        .get::<super::warnings::AuditAnnotations>()
+                        .map(|a| a.0.clone())
+                        .unwrap_or_default(),
                 });
             }
             resp
@@ -490,6 +495,7 @@ pub async fn guard(State(state): State<Arc<ApiState>>, mut req: Request, next: N
                     code: resp.status().as_u16(),
                     decision: "forbid",
                     started,
+                    annotations: Vec::new(),
                 });
             }
             resp

@@ -283,7 +283,7 @@ async fn dispatch(
         }
     };
     let (manager, subresource) = write_manager(&headers, &path, query.as_deref());
-    let (result, warned) = warnings::scope(managers::scope(
+    let (result, warned, audit) = warnings::scope(managers::scope(
         manager,
         subresource,
         serve(
@@ -301,18 +301,21 @@ async fn dispatch(
         // a CRD written here serves its kind before the response returns
         customresources::sync(state.store.cache());
     }
-    match result {
-        Ok(mut r) => {
-            warnings::attach(&mut r, &warned);
-            r
-        }
+    let mut r = match result {
+        Ok(r) => r,
         Err(e) => {
             if e.code() >= 500 {
                 tracing::warn!(%method, %path, error = %e, "request failed");
             }
             Failure(e).into_response()
         }
+    };
+    // kube-apiserver sends warnings with refusals too
+    warnings::attach(&mut r, &warned);
+    if !audit.0.is_empty() {
+        r.extensions_mut().insert(audit);
     }
+    r
 }
 
 /// The field manager of a request (its `fieldManager`, else its user

@@ -10,18 +10,40 @@ use axum::http::{HeaderValue, Response};
 
 tokio::task_local! {
     static WARNINGS: RefCell<Vec<String>>;
+    static AUDIT: RefCell<Vec<(String, String)>>;
 }
 
-/// Run `f` collecting the warnings it adds.
-pub async fn scope<F: Future>(f: F) -> (F::Output, Vec<String>) {
+/// Annotations for a request's audit event (as kube-apiserver's admission
+/// plugins add them), carried to the audit log on the response.
+#[derive(Debug, Clone, Default)]
+pub struct AuditAnnotations(pub Vec<(String, String)>);
+
+/// Run `f` collecting the warnings and audit annotations it adds.
+pub async fn scope<F: Future>(f: F) -> (F::Output, Vec<String>, AuditAnnotations) {
     let mut out = None;
-    let warnings = WARNINGS
-        .scope(RefCell::new(Vec::new()), async {
-            out = Some(f.await);
-            WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
-        })
+    let (warnings, audit) = WARNINGS
+        .scope(
+            RefCell::new(Vec::new()),
+            AUDIT.scope(RefCell::new(Vec::new()), async {
+                out = Some(f.await);
+                (
+                    WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut())),
+                    AUDIT.with(|a| std::mem::take(&mut *a.borrow_mut())),
+                )
+            }),
+        )
         .await;
-    (out.expect("the scoped future ran"), warnings)
+    (
+        out.expect("the scoped future ran"),
+        warnings,
+        AuditAnnotations(audit),
+    )
+}
+
+/// Add an annotation to the current request's audit event.
+pub fn annotate_audit(key: &str, value: impl Into<String>) {
+    let value = value.into();
+    let _ = AUDIT.try_with(|a| a.borrow_mut().push((key.to_string(), value)));
 }
 
 /// Add a warning to the current request (once; outside a request scope it
@@ -61,14 +83,16 @@ mod tests {
 
     #[tokio::test]
     async fn warnings_added_in_a_scope_come_out_once_each() {
-        let ((), w) = scope(async {
+        let ((), w, audit) = scope(async {
             add("unknown field \"x\"");
             tokio::task::yield_now().await;
             add("unknown field \"x\"");
             add("second");
+            annotate_audit("k", "v");
         })
         .await;
         assert_eq!(w, vec!["unknown field \"x\"", "second"]);
+        assert_eq!(audit.0, vec![("k".to_string(), "v".to_string())]);
         let mut resp = Response::new(());
         attach(&mut resp, &w);
         let h: Vec<_> = resp.headers().get_all("warning").iter().collect();

@@ -13,6 +13,7 @@
 pub mod attributes;
 pub mod join;
 pub mod node;
+pub mod podsecurity;
 pub mod policy;
 pub mod rbac;
 pub mod token;

@@ -757,3 +757,191 @@ async fn images_import_from_a_tarball_with_no_registry() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bad.tar"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn pod_security_admission_refuses_privileged_pods_in_restricted_namespaces() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let audit_log = tempfile::tempdir().unwrap();
+    let audit_path = audit_log.path().join("audit.log");
+    let s = Server::builder()
+        .arg("--audit-log-path")
+        .arg(audit_path.to_str().unwrap())
+        .start()
+        .await;
+    for (ns, level) in [("locked", "restricted"), ("shared", "baseline")] {
+        let out = s.kubectl(&["create", "namespace", ns]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = s.kubectl(&[
+            "label",
+            "namespace",
+            ns,
+            &format!("pod-security.kubernetes.io/enforce={level}"),
+            &format!("pod-security.kubernetes.io/warn={level}"),
+            &format!("pod-security.kubernetes.io/audit={level}"),
+            "pod-security.kubernetes.io/enforce-version=latest",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let pod = |ns: &str, name: &str, spec: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec})
+    };
+    let apply_out = |manifest: &Value| {
+        crate::util::kubectl_stdin(
+            &s.kubeconfig(),
+            &["apply", "-f", "-"],
+            Some(&manifest.to_string()),
+        )
+    };
+
+    // a privileged pod is refused in the restricted namespace, in
+    // kube-apiserver's words, and nothing of it is stored
+    let privileged = pod(
+        "locked",
+        "priv",
+        json!({"containers": [{"name": "c", "image": image, "command": ["sleep", "60"],
+            "securityContext": {"privileged": true}}]}),
+    );
+    let out = apply_out(&privileged);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "pods \"priv\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("privileged (container \"c\" must not set securityContext.privileged=true)"),
+        "{err}"
+    );
+    let out = s.kubectl(&["get", "pod", "priv", "-n", "locked"]);
+    assert!(!out.status.success(), "the refused pod is not stored");
+
+    // so is a hostPath pod in the baseline namespace, while a plain one runs
+    let host_path = pod(
+        "shared",
+        "host",
+        json!({"containers": [{"name": "c", "image": image, "command": ["sleep", "60"]}],
+            "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
+    );
+    let out = apply_out(&host_path);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "violates PodSecurity \"baseline:latest\": hostPath volumes (volume \"root\")"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // a pod that meets the restricted level is admitted and runs under
+    // runc as that level asks: non-root, no capabilities, no escalation
+    let compliant = pod(
+        "locked",
+        "tidy",
+        json!({"securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": image,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "securityContext": {"allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}}}]}),
+    );
+    let out = apply_out(&compliant);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("Warning"), "{}", stderr(&out));
+    let out = s.kubectl(&[
+        "wait",
+        "-n",
+        "locked",
+        "pod/tidy",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = s.kubectl(&[
+        "exec",
+        "-n",
+        "locked",
+        "tidy",
+        "--",
+        "sh",
+        "-c",
+        "id -u; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+    ]);
+    let text = stdout(&out);
+    assert!(text.starts_with("1000\n"), "{text}{}", stderr(&out));
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+
+    // a workload whose template would be refused: admitted with a warning
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "loose", "namespace": "locked"},
+        "spec": {"selector": {"matchLabels": {"app": "loose"}},
+            "template": {"metadata": {"labels": {"app": "loose"}},
+                "spec": {"containers": [{"name": "c", "image": image}]}}}});
+    let out = apply_out(&deployment);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Warning: would violate PodSecurity \"restricted:latest\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // the same refusal through the official Python client: 403 Forbidden
+    let script = format!(
+        r#"
+import json, sys
+from kubernetes import client, config
+config.load_kube_config(config_file={kc:?})
+api = client.CoreV1Api()
+body = json.loads({body:?})
+body["metadata"]["name"] = "priv-py"
+try:
+    api.create_namespaced_pod("locked", body)
+    print("created")
+except client.exceptions.ApiException as e:
+    print("refused", e.status, json.loads(e.body)["reason"])
+"#,
+        kc = s.kubeconfig().to_str().unwrap(),
+        body = privileged.to_string(),
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3");
+    assert_eq!(
+        stdout(&out).trim(),
+        "refused 403 Forbidden",
+        "{}",
+        stderr(&out)
+    );
+
+    // the audit log carries PodSecurity's finding on the request's event
+    let found = eventually(30, "the audit event of the refused pod", || async {
+        let log = std::fs::read_to_string(&audit_path).ok()?;
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| {
+                e["objectRef"]["name"] == "priv-py"
+                    || (e["verb"] == "create"
+                        && e["requestURI"]
+                            .as_str()
+                            .is_some_and(|u| u.starts_with("/api/v1/namespaces/locked/pods"))
+                        && e["responseStatus"]["code"] == 403)
+            })
+    })
+    .await;
+    assert_eq!(found["responseStatus"]["code"], 403, "{found}");
+    let v = found["annotations"]["pod-security.kubernetes.io/audit-violations"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        v.starts_with("would violate PodSecurity \"restricted:latest\": "),
+        "{found}"
+    );
+}
