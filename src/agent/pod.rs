@@ -71,6 +71,10 @@ pub struct PodCtx {
     rec: Mutex<PodRecord>,
     dirty: Notify,
     stop: watch::Receiver<bool>,
+    /// Stops the native sidecars (init containers with `restartPolicy:
+    /// Always`): once the main containers have finished, as the kubelet
+    /// stops them after the containers they serve.
+    sidecars_stop: watch::Receiver<bool>,
     sandbox: Mutex<Option<Sandbox>>,
 }
 
@@ -147,9 +151,28 @@ impl PodCtx {
 
     /// Sleep for `d` unless the pod is being stopped; returns false if stopped.
     async fn pause(&self, d: Duration) -> bool {
+        self.pause_for(d, false).await
+    }
+
+    /// The signal that stops a container: the pod's, or for a native
+    /// sidecar the sidecars' own.
+    fn halt(&self, sidecar: bool) -> watch::Receiver<bool> {
+        if sidecar {
+            self.sidecars_stop.clone()
+        } else {
+            self.stop.clone()
+        }
+    }
+
+    fn halted(&self, sidecar: bool) -> bool {
+        *self.halt(sidecar).borrow()
+    }
+
+    /// Wait `d`; false if the container is to stop meanwhile.
+    async fn pause_for(&self, d: Duration, sidecar: bool) -> bool {
         tokio::select! {
-            _ = tokio::time::sleep(d) => !self.stopping(),
-            _ = stopped(self.stop.clone()) => false,
+            _ = tokio::time::sleep(d) => !self.halted(sidecar),
+            _ = stopped(self.halt(sidecar)) => false,
         }
     }
 
@@ -608,8 +631,9 @@ impl PodCtx {
     ) -> Option<Exit> {
         let cfg = &self.agent.config;
         let mut backoff = cfg.backoff_base;
+        let sidecar = kind == Kind::Init && is_sidecar(&self.pod()["spec"][kind.list()][idx]);
         loop {
-            if self.stopping() {
+            if self.halted(sidecar) {
                 return None;
             }
             let pod = self.pod();
@@ -715,8 +739,9 @@ impl PodCtx {
                                     )
                                     .await;
                                     let serving = self.serve_function(&rt, &id, &def).await;
-                                    let exit =
-                                        self.watch_container(kind, idx, &rt, &id, &name).await;
+                                    let exit = self
+                                        .watch_container(kind, idx, &rt, &id, &name, adopted)
+                                        .await;
                                     if let Some(task) = serving {
                                         task.abort();
                                     }
@@ -728,10 +753,11 @@ impl PodCtx {
                                     if ran >= BACKOFF_RESET {
                                         backoff = cfg.backoff_base;
                                     }
-                                    if self.stopping() {
+                                    if self.halted(sidecar) {
                                         return Some(exit);
                                     }
                                     let again = match (kind, restart_policy.as_str()) {
+                                        _ if sidecar => true,
                                         (_, "Never") => false,
                                         (Kind::Init, _) | (_, "OnFailure") => exit.exit_code != 0,
                                         _ => true,
@@ -766,7 +792,7 @@ impl PodCtx {
                 self.event("Warning", "Failed", &format!("Error: {reason}: {message}"))
                     .await;
                 if backoff_reason != reason {
-                    if !self.pause(Duration::from_millis(200)).await {
+                    if !self.pause_for(Duration::from_millis(200), sidecar).await {
                         return None;
                     }
                     self.update(kind, idx, |c| {
@@ -783,7 +809,7 @@ impl PodCtx {
                     .await;
                 }
             }
-            if !self.pause(backoff).await {
+            if !self.pause_for(backoff, sidecar).await {
                 return None;
             }
             backoff = (backoff * 2).min(cfg.backoff_max);
@@ -848,12 +874,14 @@ impl PodCtx {
         rt: &Arc<dyn ContainerRuntime>,
         id: &ContainerId,
         name: &str,
+        adopted: bool,
     ) -> Exit {
         let started = match rt.status(id).await {
             Ok(ContainerState::Running { started_at }) => started_at,
             _ => SystemTime::now(),
         };
         let def = self.pod()["spec"][kind.list()][idx].clone();
+        let sidecar = kind == Kind::Init && is_sidecar(&def);
         let mut probes = Probes::default();
         if kind == Kind::Main {
             for (which, slot) in [
@@ -870,6 +898,41 @@ impl PodCtx {
                 }
             }
         }
+        let hook = |which: &str| match probe::Hook::parse(&def, which) {
+            Ok(h) => (h, None),
+            Err(e) => (None, Some(e)),
+        };
+        let ((post_start, bad_post), (pre_stop, bad_pre)) = (hook("postStart"), hook("preStop"));
+        for e in [bad_post, bad_pre].into_iter().flatten() {
+            self.event(
+                "Warning",
+                "FailedHook",
+                &format!("invalid lifecycle hook: {e}"),
+            )
+            .await;
+        }
+        let pod_ip = self.record().pod_ip;
+        let target = probe::Target {
+            runtime: rt,
+            id,
+            pod_ip: &pod_ip,
+            http: &self.agent.http,
+        };
+        // postStart runs before the container counts as Running (not
+        // again for a container adopted after an agent restart); if it
+        // fails, the container is killed and its restart policy decides
+        let mut post_start_failed = None;
+        if let (Some(h), false) = (&post_start, adopted) {
+            if let Err(e) = probe::run_hook(h, &target, POST_START_LIMIT).await {
+                self.event(
+                    "Warning",
+                    "FailedPostStartHook",
+                    &format!("PostStartHook failed: {e}"),
+                )
+                .await;
+                post_start_failed = Some(e);
+            }
+        }
         self.update(kind, idx, |c| {
             c.state = CState::Running {
                 started_at: ts(started),
@@ -878,24 +941,49 @@ impl PodCtx {
             c.started = probes.startup.is_none();
             c.ready = c.started && probes.readiness.is_none();
         });
-        let pod_ip = self.record().pod_ip;
-        let target = probe::Target {
-            runtime: rt,
-            id,
-            pod_ip: &pod_ip,
-            http: &self.agent.http,
-        };
-        let exit = tokio::select! {
-            exit = rt.wait(id) => exit,
-            _ = stopped(self.stop.clone()) => {
-                self.event("Normal", "Killing", &format!("Stopping container {name}")).await;
-                let _ = rt.stop(id, self.grace()).await;
+        // preStop runs within the grace period; what it leaves of it (at
+        // least 2 s, the kubelet's one-time extension) goes to the signals
+        let stop = |reason: String| {
+            let pre_stop = pre_stop.clone();
+            let target = &target;
+            async move {
+                self.event("Normal", "Killing", &reason).await;
+                let grace = self.grace();
+                let t0 = std::time::Instant::now();
+                if let Some(h) = &pre_stop {
+                    if let Err(e) = probe::run_hook(h, target, grace).await {
+                        self.event(
+                            "Warning",
+                            "FailedPreStopHook",
+                            &format!("PreStopHook failed: {e}"),
+                        )
+                        .await;
+                    }
+                }
+                let left = grace
+                    .checked_sub(t0.elapsed())
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_secs(2));
+                let _ = rt.stop(id, left).await;
                 rt.wait(id).await
             }
-            failed = self.run_probes(idx, &probes, &target) => {
-                self.event("Normal", "Killing", &format!("Container {name} failed {failed} probe, will be restarted")).await;
-                let _ = rt.stop(id, self.grace()).await;
-                rt.wait(id).await
+        };
+        let exit = if let Some(e) = post_start_failed {
+            let _ = rt.stop(id, Duration::ZERO).await;
+            rt.wait(id).await.map(|mut x| {
+                x.reason = "Error".into();
+                x.message = Some(format!("PostStartHook failed: {e}"));
+                x
+            })
+        } else {
+            tokio::select! {
+                exit = rt.wait(id) => exit,
+                _ = stopped(self.halt(sidecar)) => {
+                    stop(format!("Stopping container {name}")).await
+                }
+                failed = self.run_probes(idx, &probes, &target), if kind == Kind::Main => {
+                    stop(format!("Container {name} failed {failed} probe, will be restarted")).await
+                }
             }
         };
         let exit = exit.unwrap_or(Exit {
@@ -1061,6 +1149,14 @@ impl PodCtx {
     }
 }
 
+/// How long a postStart hook may run.
+const POST_START_LIMIT: Duration = Duration::from_secs(120);
+
+/// A native sidecar: an init container with `restartPolicy: Always`.
+fn is_sidecar(container: &Value) -> bool {
+    container["restartPolicy"].as_str() == Some("Always")
+}
+
 /// Resolves once the pod is being stopped.
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
@@ -1099,6 +1195,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         ..rec
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (sidecars_stop_tx, sidecars_stop_rx) = watch::channel(false);
     let ctx = Arc::new(PodCtx {
         agent: agent.clone(),
         uid: pod["metadata"]["uid"]
@@ -1111,6 +1208,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         rec: Mutex::new(rec),
         dirty: Notify::new(),
         stop: stop_rx,
+        sidecars_stop: sidecars_stop_rx,
         sandbox: Mutex::default(),
     });
     // Deletion (a deletionTimestamp, or the object gone) stops the pod.
@@ -1145,7 +1243,24 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         }
         Ok(volumes) => {
             let mut init_ok = true;
+            let mut sidecars = Vec::new();
             for i in 0..ctx.record().init.len() {
+                if is_sidecar(&ctx.pod()["spec"]["initContainers"][i]) {
+                    // runs beside the rest; the next starts once it has started
+                    let task = {
+                        let (ctx, volumes) = (ctx.clone(), volumes.clone());
+                        tokio::spawn(async move { ctx.supervise(Kind::Init, i, &volumes).await })
+                    };
+                    while !ctx.record().init[i].started && !ctx.stopping() && !task.is_finished() {
+                        ctx.pause(Duration::from_millis(50)).await;
+                    }
+                    sidecars.push(task);
+                    if ctx.stopping() {
+                        init_ok = false;
+                        break;
+                    }
+                    continue;
+                }
                 match ctx.supervise(Kind::Init, i, &volumes).await {
                     Some(exit) if exit.exit_code == 0 => {}
                     Some(_) => {
@@ -1180,6 +1295,11 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
                 for w in workers {
                     let _ = w.await;
                 }
+            }
+            // the sidecars outlive the containers they serve, then stop
+            let _ = sidecars_stop_tx.send(true);
+            for s in sidecars {
+                let _ = s.await;
             }
         }
     }

@@ -76,6 +76,67 @@ impl Probe {
         }
         let secs = |k: &str, default: u64| Duration::from_secs(p[k].as_u64().unwrap_or(default));
         let count = |k: &str| p[k].as_u64().filter(|n| *n > 0).unwrap_or(0) as u32;
+        let action = parse_action(p, which, container)?;
+        let default_success = 1;
+        Ok(Some(Probe {
+            action,
+            initial_delay: secs("initialDelaySeconds", 0),
+            period: secs("periodSeconds", 10).max(Duration::from_secs(1)),
+            timeout: secs("timeoutSeconds", 1).max(Duration::from_secs(1)),
+            success_threshold: match count("successThreshold") {
+                0 => default_success,
+                n => n,
+            },
+            failure_threshold: match count("failureThreshold") {
+                0 => 3,
+                n => n,
+            },
+        }))
+    }
+}
+
+/// A lifecycle hook (`postStart`, `preStop`) of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Run(Action),
+    /// `sleep: {seconds: N}`
+    Sleep(Duration),
+}
+
+impl Hook {
+    /// The container's `lifecycle.<which>` hook, if it has one.
+    pub fn parse(container: &Value, which: &str) -> Result<Option<Hook>, String> {
+        let h = &container["lifecycle"][which];
+        if h.is_null() {
+            return Ok(None);
+        }
+        if let Some(secs) = h["sleep"]["seconds"].as_u64() {
+            return Ok(Some(Hook::Sleep(Duration::from_secs(secs))));
+        }
+        parse_action(h, &format!("lifecycle.{which}"), container).map(|a| Some(Hook::Run(a)))
+    }
+}
+
+/// Run a hook, for at most `limit`; `Err` carries the kubelet's message.
+pub async fn run_hook(hook: &Hook, target: &Target<'_>, limit: Duration) -> Result<(), String> {
+    let run = async {
+        match hook {
+            Hook::Sleep(d) => {
+                tokio::time::sleep(*d).await;
+                Ok(())
+            }
+            Hook::Run(action) => check_once(action, target).await,
+        }
+    };
+    match tokio::time::timeout(limit, run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("hook timed out after {}s", limit.as_secs())),
+    }
+}
+
+/// The handler of a probe or hook `p` (exec, tcpSocket or httpGet).
+fn parse_action(p: &Value, which: &str, container: &Value) -> Result<Action, String> {
+    {
         let action = if let Some(e) = p.get("exec") {
             let command: Vec<String> = e["command"]
                 .as_array()
@@ -115,21 +176,7 @@ impl Probe {
                 "{which}: one of exec, tcpSocket or httpGet is required"
             ));
         };
-        let default_success = 1;
-        Ok(Some(Probe {
-            action,
-            initial_delay: secs("initialDelaySeconds", 0),
-            period: secs("periodSeconds", 10).max(Duration::from_secs(1)),
-            timeout: secs("timeoutSeconds", 1).max(Duration::from_secs(1)),
-            success_threshold: match count("successThreshold") {
-                0 => default_success,
-                n => n,
-            },
-            failure_threshold: match count("failureThreshold") {
-                0 => 3,
-                n => n,
-            },
-        }))
+        Ok(action)
     }
 }
 

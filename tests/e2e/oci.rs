@@ -945,3 +945,73 @@ except client.exceptions.ApiException as e:
         "{found}"
     );
 }
+
+#[tokio::test]
+async fn a_stateful_set_keeps_its_claim_and_runs_hooks_and_a_native_sidecar() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let s = server().await;
+    let forever = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    let mount = json!([{"name": "data", "mountPath": "/data"}]);
+    apply(
+        &s,
+        &json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+            "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "initContainers": [{"name": "sidecar", "image": image, "restartPolicy": "Always",
+                        "command": ["sh", "-c", format!("echo sidecar-started >> /data/events; {forever}")],
+                        "volumeMounts": mount}],
+                    "containers": [{"name": "db", "image": image,
+                        "command": ["sh", "-c", format!(
+                            "n=$(( $(cat /data/count 2>/dev/null || echo 0) + 1 )); echo $n > /data/count; \
+                             echo main-started >> /data/events; {forever}")],
+                        "lifecycle": {
+                            "postStart": {"exec": {"command": ["sh", "-c", "echo post-start >> /data/events"]}},
+                            "preStop": {"exec": {"command": ["sh", "-c", "echo pre-stop >> /data/events"]}}},
+                        "volumeMounts": mount}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+    );
+    let first = running(&s, "db-0").await;
+    let exec = |script: &str| s.kubectl(&["exec", "db-0", "-c", "db", "--", "sh", "-c", script]);
+    let out = exec("cat /data/count");
+    assert_eq!(stdout(&out), "1\n", "{}", stderr(&out));
+    let events = eventually(30, "the postStart hook ran", || async {
+        let e = stdout(&exec("cat /data/events"));
+        e.contains("post-start").then_some(e)
+    })
+    .await;
+    // the native sidecar starts before the main container
+    let lines: Vec<&str> = events.lines().collect();
+    assert_eq!(lines[0], "sidecar-started", "{events}");
+    assert!(lines.contains(&"main-started"), "{events}");
+    let statuses = first["status"]["initContainerStatuses"].clone();
+    assert_eq!(statuses[0]["name"], "sidecar", "{statuses}");
+    assert!(statuses[0]["state"]["running"].is_object(), "{statuses}");
+    assert_eq!(statuses[0]["started"], true, "{statuses}");
+
+    // the pod goes, its claim stays, and the new pod finds the data
+    let out = s.kubectl(&["delete", "pod", "db-0", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let uid = first["metadata"]["uid"].clone();
+    s.wait_pod("db-0", "db-0 again, ready", |p| {
+        p["metadata"]["uid"] != uid
+            && p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+    .await;
+    let out = exec("cat /data/count");
+    assert_eq!(stdout(&out), "2\n", "{}", stderr(&out));
+    let events = stdout(&exec("cat /data/events"));
+    assert!(
+        events.contains("pre-stop"),
+        "the preStop hook ran before the first pod stopped: {events}"
+    );
+    assert_eq!(events.matches("sidecar-started").count(), 2, "{events}");
+    let out = s.kubectl(&["get", "pvc", "data-db-0", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(stdout(&out), "Bound", "{}", stderr(&out));
+}
