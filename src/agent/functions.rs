@@ -94,6 +94,18 @@ impl Functions {
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
         let listener = socket.listen(1024)?;
+        self.serve_on(addr, listener, f)
+    }
+
+    /// [`Functions::serve`] on a listener made elsewhere (inside a pod's
+    /// network namespace); `addr` is the pod's address the function is
+    /// known by.
+    pub fn serve_on(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        listener: tokio::net::TcpListener,
+        f: Local,
+    ) -> std::io::Result<JoinHandle<()>> {
         self.by_addr
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -81,7 +81,7 @@ pub struct PodCtx {
 /// A pod's network namespace and the forwards into it.
 struct Sandbox {
     path: PathBuf,
-    _ns: Arc<wasmkube_runtime::sandbox::NetnsRuntime>,
+    ns: Arc<wasmkube_runtime::sandbox::NetnsRuntime>,
     forwarders: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -598,7 +598,7 @@ impl PodCtx {
         }
         *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(Sandbox {
             path,
-            _ns: ns,
+            ns,
             forwarders,
         });
         Ok(())
@@ -827,12 +827,37 @@ impl PodCtx {
             return None;
         }
         let ip: std::net::IpAddr = self.record().pod_ip.parse().ok()?;
-        let addr = std::net::SocketAddr::new(ip, super::functions::port_of(def));
+        let port = super::functions::port_of(def);
+        let addr = std::net::SocketAddr::new(ip, port);
         let local = super::functions::Local {
             runtime: rt.clone(),
             id: id.clone(),
         };
-        match self.agent.functions.serve(addr, local) {
+        let ns = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|s| s.ns.clone());
+        let served = match ns {
+            None => self.agent.functions.serve(addr, local),
+            // in a sandbox the function listens inside, on every address
+            // there (the pod's localhost too); the forward of the pod's
+            // address brings the node's requests in
+            Some(ns) => ns
+                .handle()
+                .spawn(async move {
+                    let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+                    l.set_nonblocking(true)?;
+                    Ok::<_, std::io::Error>(l)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|l| l)
+                .and_then(tokio::net::TcpListener::from_std)
+                .and_then(|l| self.agent.functions.serve_on(addr, l, local)),
+        };
+        match served {
             Ok(task) => Some(task),
             Err(e) => {
                 self.event(

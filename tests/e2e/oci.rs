@@ -1015,3 +1015,117 @@ async fn a_stateful_set_keeps_its_claim_and_runs_hooks_and_a_native_sidecar() {
     let out = s.kubectl(&["get", "pvc", "data-db-0", "-o", "jsonpath={.status.phase}"]);
     assert_eq!(stdout(&out), "Bound", "{}", stderr(&out));
 }
+
+/// Import busybox-static as `docker.io/library/busybox:1.36`, the name the
+/// example manifests use, from a tarball (no registry is reachable).
+fn import_example_busybox(s: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    docker_archive(&archive, "docker.io/library/busybox:1.36");
+    let data_dir = s.dir.join("agent");
+    let out = wk(&[
+        "image",
+        "import",
+        archive.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Apply `examples/manifests/NAME.yaml` with kubectl, as its header says.
+fn apply_example(s: &Server, name: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join(format!("examples/manifests/{name}.yaml")))
+        .unwrap()
+        .replace(
+            "/WASMKUBE_EXAMPLES",
+            &root.join("examples/target").display().to_string(),
+        );
+    let out = crate::util::kubectl_stdin(&s.kubeconfig(), &["apply", "-f", "-"], Some(&text));
+    assert!(
+        out.status.success(),
+        "kubectl apply {name}: {}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn the_mixed_pod_example_shares_localhost_and_a_volume() {
+    let s = server().await;
+    import_example_busybox(&s);
+    apply_example(&s, "mixed-pod");
+    let pod = running(&s, "mixed").await;
+    // the Linux sidecar reaches the Wasm function over the pod's localhost
+    let log = eventually(60, "the sidecar got an answer", || async {
+        let l = logs(&s, &["mixed", "-c", "sidecar"]);
+        l.contains("hello from mixed: GET /from-sidecar")
+            .then_some(l)
+    })
+    .await;
+    // (its first tries may come before the function listens)
+    assert_eq!(
+        log.lines().last(),
+        Some("hello from mixed: GET /from-sidecar"),
+        "{log}"
+    );
+    // and the function serves, from the shared emptyDir, what the sidecar wrote
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    let body = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{ip}:8080/file?path=/shared/latest"))
+        .send()
+        .await
+        .expect("the function answers on the pod's address")
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "hello from mixed: GET /from-sidecar\n");
+}
+
+#[tokio::test]
+async fn the_oci_sidecar_example_ships_the_wasm_apps_log() {
+    let s = server().await;
+    import_example_busybox(&s);
+    apply_example(&s, "oci-sidecar");
+    let out = s.kubectl(&["rollout", "status", "deployment/shipped", "--timeout=120s"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let (_, svc) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/services/shipped",
+            None,
+        )
+        .await;
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let body = eventually(30, "the Service answers", || {
+        let ip = ip.clone();
+        async move {
+            let r = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("http://{ip}/shipped-line"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(r.text().await.ok()?)
+        }
+    })
+    .await;
+    assert!(body.starts_with("hello from shipped-"), "{body}");
+    // the request's log line, written by the Wasm app, shipped by busybox
+    let shipped = eventually(30, "the shipper printed the line", || async {
+        let l = stdout(&s.kubectl(&["logs", "deploy/shipped", "-c", "shipper"]));
+        l.contains("GET /shipped-line HTTP/1.1").then_some(l)
+    })
+    .await;
+    assert!(shipped.starts_with("shipped-"), "{shipped}");
+    let pods = s.kubectl(&["get", "pods", "-l", "app=shipped", "-o", "json"]);
+    let pods: Value = serde_json::from_slice(&pods.stdout).unwrap();
+    let sidecar = &pods["items"][0]["status"]["initContainerStatuses"][0];
+    assert_eq!(sidecar["name"], "shipper", "{sidecar}");
+    assert!(sidecar["state"]["running"].is_object(), "{sidecar}");
+}

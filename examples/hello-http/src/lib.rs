@@ -6,6 +6,7 @@
 //! - `/trap`: panics (a trap: the caller gets a 500, the function keeps serving)
 //! - `/sleep?ms=N`: answers after N ms (load for the autoscaler)
 //! - `/spin`: loops forever (the request times out with a 504)
+//! - `/file?path=/shared/x`: the file at that path of the pod's volumes (404 if absent)
 
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
@@ -73,6 +74,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 respond(out, 200, &body);
             }
             "/trap" => panic!("asked to trap"),
+            "/file" => {
+                let file = path
+                    .split_once("path=")
+                    .map(|(_, v)| v.split('&').next().unwrap_or_default().to_string())
+                    .unwrap_or_default();
+                match std::fs::read(&file) {
+                    Ok(bytes) => respond(out, 200, &bytes),
+                    Err(e) => respond(out, 404, format!("{file}: {e}\n").as_bytes()),
+                }
+            }
             "/sleep" => {
                 // `/sleep?ms=N`: answer after N milliseconds (a slow request)
                 let ms: u64 = path

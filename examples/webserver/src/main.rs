@@ -11,6 +11,8 @@
 //!   `webserver env NAME` prints a variable, `webserver cat` copies stdin
 //!   to stdout, and `webserver get HOST:PORT PATH` fetches a page (by
 //!   cluster DNS name too), for `wkctl exec`.
+//! - `ACCESS_LOG=/path`: append a line per request (not health checks) to
+//!   that file, for a log-shipping sidecar.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -86,6 +88,16 @@ fn main() {
             }
         }
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        if let Ok(log) = std::env::var("ACCESS_LOG") {
+            if path != "/healthz" {
+                // one line per request, for a log-shipping sidecar to follow
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .and_then(|mut f| writeln!(f, "{pod} {}", line.trim_end()));
+            }
+        }
         let (status, body) = if path == "/healthz" {
             health_checks += 1;
             match healthy_for {
