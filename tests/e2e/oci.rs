@@ -1069,6 +1069,18 @@ async fn the_mixed_pod_example_shares_localhost_and_a_volume() {
         Some("hello from mixed: GET /from-sidecar"),
         "{log}"
     );
+    // kubectl attach follows the Linux container's output from now on
+    let out = std::process::Command::new("timeout")
+        .args(["4", "kubectl", "attach", "mixed", "-c", "sidecar"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .output()
+        .unwrap();
+    let attached = stdout(&out);
+    assert!(
+        attached.matches("hello from mixed: GET /from-sidecar").count() >= 2,
+        "{attached}{}",
+        stderr(&out)
+    );
     // and the function serves, from the shared emptyDir, what the sidecar wrote
     let ip = pod["status"]["podIP"].as_str().unwrap();
     let body = reqwest::Client::builder()
