@@ -97,6 +97,11 @@ pub struct AgentConfig {
     /// The cluster's server CA (PEM): guests' outbound HTTPS trusts it, so
     /// they can call the API server the in-cluster way.
     pub cluster_ca: String,
+    /// Image garbage collection starts when the image filesystem is this
+    /// full (percent) and stops at the low mark, as the kubelet's
+    /// `--image-gc-high-threshold` and `--image-gc-low-threshold`.
+    pub image_gc_high: u8,
+    pub image_gc_low: u8,
 }
 
 impl AgentConfig {
@@ -115,6 +120,8 @@ impl AgentConfig {
             ingress_listen: None,
             ingress_tls_listen: None,
             cluster_ca: String::new(),
+            image_gc_high: wasmkube_runtime::oci::gc::DEFAULT_HIGH_PERCENT,
+            image_gc_low: wasmkube_runtime::oci::gc::DEFAULT_LOW_PERCENT,
         }
     }
 }
@@ -360,6 +367,43 @@ impl Agent {
         }
     }
 
+    /// Image garbage collection: if the image filesystem is past the high
+    /// threshold, remove the Linux images no pod of this node names, least
+    /// recently used first, down to the low threshold.
+    pub async fn collect_images(&self) {
+        let Some(oci) = self.oci.clone() else {
+            return;
+        };
+        let in_use: Vec<String> = self
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flat_map(|p| p.images())
+            .collect();
+        let (high, low) = (self.config.image_gc_high, self.config.image_gc_low);
+        let removed =
+            tokio::task::spawn_blocking(move || oci.images().gc(&in_use, high, low)).await;
+        match removed {
+            Ok(Ok(refs)) if !refs.is_empty() => {
+                tracing::info!(images = ?refs, "image garbage collection removed unused images")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "image garbage collection failed"),
+            _ => {}
+        }
+    }
+
+    /// Collect image garbage every five minutes (the kubelet's period).
+    async fn image_gc_loop(self: Arc<Self>, mut cancel: CancelToken) {
+        loop {
+            self.collect_images().await;
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => {}
+                _ = cancel.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
     /// Every pod worker, by `namespace/name`.
     pub fn pods_snapshot(&self) -> Vec<(String, Arc<pod::PodCtx>)> {
         self.pods
@@ -525,6 +569,7 @@ impl Agent {
         let proxy = tokio::spawn(self.proxy.clone().run(self.client.clone(), cancel.clone()));
         let dns = tokio::spawn(self.clone().serve_dns(cancel.clone()));
         let sampler = tokio::spawn(metrics::run(self.clone(), cancel.clone()));
+        let image_gc = tokio::spawn(self.clone().image_gc_loop(cancel.clone()));
         let gateway = ingress::Gateway::new(self.proxy.clone(), self.functions.clone());
         let gateway = tokio::spawn(gateway.run(
             self.client.clone(),
@@ -540,6 +585,7 @@ impl Agent {
         let _ = proxy.await;
         let _ = dns.await;
         let _ = sampler.await;
+        let _ = image_gc.await;
         let _ = gateway.await;
         let _ = http.await;
         Ok(())

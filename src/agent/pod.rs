@@ -103,6 +103,16 @@ impl Lookup for Data {
 }
 
 impl PodCtx {
+    /// The images the pod's containers name.
+    pub fn images(&self) -> Vec<String> {
+        let pod = self.pod();
+        ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["image"].as_str().map(String::from))
+            .collect()
+    }
+
     fn pod(&self) -> Value {
         self.pod.borrow().clone().unwrap_or(Value::Null)
     }
@@ -1348,6 +1358,8 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         }
     }
     agent.unregister_pod(&ctx.namespace, &ctx.name, &ctx.uid);
+    // its images may be garbage now
+    agent.collect_images().await;
     agent.release_ip(&ctx.record().pod_ip);
     let _ = tokio::fs::remove_dir_all(spec::pod_dir(&agent.config.data_dir, &ctx.uid)).await;
 }

@@ -199,6 +199,13 @@ struct AgentTuning {
     /// Ingresses' TLS Secrets chosen by SNI (same forms).
     #[arg(long, default_value = "node:8443")]
     ingress_tls_listen: String,
+    /// Remove unused Linux images when the image filesystem is this full
+    /// (percent), as the kubelet's flag of the same name.
+    #[arg(long, default_value_t = wasmkube_runtime::oci::gc::DEFAULT_HIGH_PERCENT)]
+    image_gc_high_threshold: u8,
+    /// ... down to this percent.
+    #[arg(long, default_value_t = wasmkube_runtime::oci::gc::DEFAULT_LOW_PERCENT)]
+    image_gc_low_threshold: u8,
 }
 
 /// A listen address flag: `off` (or empty) disables; `node:PORT` is the
@@ -230,6 +237,15 @@ impl AgentTuning {
         }
         listen_flag("ingress-listen", &self.ingress_listen, "127.0.0.1")?;
         listen_flag("ingress-tls-listen", &self.ingress_tls_listen, "127.0.0.1")?;
+        let (high, low) = (self.image_gc_high_threshold, self.image_gc_low_threshold);
+        if high > 100 {
+            anyhow::bail!("--image-gc-high-threshold {high}: a percentage, 0 to 100");
+        }
+        if low > high {
+            anyhow::bail!(
+                "--image-gc-low-threshold {low} is above --image-gc-high-threshold {high}"
+            );
+        }
         Ok(())
     }
 
@@ -239,6 +255,8 @@ impl AgentTuning {
         c.max_pods = self.max_pods.max(1);
         c.cpu = self.cpu.clone();
         c.memory = self.memory.clone();
+        c.image_gc_high = self.image_gc_high_threshold;
+        c.image_gc_low = self.image_gc_low_threshold;
         c
     }
 

@@ -1077,7 +1077,10 @@ async fn the_mixed_pod_example_shares_localhost_and_a_volume() {
         .unwrap();
     let attached = stdout(&out);
     assert!(
-        attached.matches("hello from mixed: GET /from-sidecar").count() >= 2,
+        attached
+            .matches("hello from mixed: GET /from-sidecar")
+            .count()
+            >= 2,
         "{attached}{}",
         stderr(&out)
     );
@@ -1140,4 +1143,104 @@ async fn the_oci_sidecar_example_ships_the_wasm_apps_log() {
     let sidecar = &pods["items"][0]["status"]["initContainerStatuses"][0];
     assert_eq!(sidecar["name"], "shipper", "{sidecar}");
     assert!(sidecar["state"]["running"].is_object(), "{sidecar}");
+}
+
+#[tokio::test]
+async fn unused_images_are_collected_past_the_disk_threshold() {
+    let reg = Registry::start(None).await;
+    let a = push_busybox(&reg, "tools/busybox:a").await;
+    let b = push_busybox(&reg, "tools/busybox:b").await;
+    // a threshold every disk is past: whatever no pod uses goes
+    let s = Server::builder()
+        .arg("--backoff-base-ms")
+        .arg("200")
+        .arg("--image-gc-high-threshold")
+        .arg("1")
+        .arg("--image-gc-low-threshold")
+        .arg("0")
+        .start()
+        .await;
+    let data_dir = s.dir.join("agent");
+    let images = || {
+        stdout(&wk(&[
+            "image",
+            "list",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ]))
+    };
+    let layers = || {
+        std::fs::read_dir(data_dir.join("oci/images/layers"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "keeps-b"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": b,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}]}}),
+    );
+    running(&s, "keeps-b").await;
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "used-a"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": a,
+                "command": ["true"]}]}}),
+    );
+    s.wait_pod("used-a", "used-a succeeds", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    assert!(images().contains("tools/busybox:a"), "{}", images());
+    let out = s.kubectl(&["delete", "pod", "used-a", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // a's pod is gone: a is collected, b (in use) and the layer b holds stay
+    eventually(30, "image a collected", || async {
+        (!images().contains("tools/busybox:a")).then_some(())
+    })
+    .await;
+    assert!(images().contains("tools/busybox:b"), "{}", images());
+    assert_eq!(layers(), 1);
+    let out = s.kubectl(&["exec", "keeps-b", "--", "echo", "still running"]);
+    assert_eq!(stdout(&out), "still running\n", "{}", stderr(&out));
+
+    // when nothing uses b either, its layer goes too
+    let out = s.kubectl(&["delete", "pod", "keeps-b", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(30, "image b and its layer collected", || async {
+        // only the header is left
+        (images().lines().count() == 1 && layers() == 0).then_some(())
+    })
+    .await;
+
+    // a collected image is pulled again when a pod needs it
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "again"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": a,
+                "command": ["echo", "pulled again"]}]}}),
+    );
+    s.wait_pod("again", "again succeeds", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(logs(&s, &["again"]), "pulled again\n");
+
+    // thresholds are checked when the agent starts
+    let out = wk(&[
+        "server",
+        "--data-dir",
+        s.dir.join("elsewhere").to_str().unwrap(),
+        "--image-gc-high-threshold",
+        "50",
+        "--image-gc-low-threshold",
+        "60",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--image-gc-low-threshold 60 is above --image-gc-high-threshold 50"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -267,6 +267,7 @@ impl ImageStore {
         let key = normalise(image)?;
         if policy != PullPolicy::Always {
             if let Some(rec) = self.record(&key) {
+                self.touch(&key);
                 return self.image(image, rec);
             }
         }
@@ -276,7 +277,96 @@ impl ImageStore {
             });
         }
         let rec = self.pull(image, &key, credentials).await?;
+        self.touch(&key);
         self.image(image, rec)
+    }
+
+    /// Mark an image used now (its manifest record's modification time),
+    /// for garbage collection's least-recently-used order.
+    fn touch(&self, key: &str) {
+        let digest = self
+            .refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(d) = digest {
+            if let Ok(f) = std::fs::File::options().write(true).open(self.blob(&d)) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+        }
+    }
+
+    /// Collect garbage: if the store's filesystem is at least `high` percent
+    /// full, remove images not in `in_use` (references as pods give them),
+    /// least recently used first, with the layers no remaining image holds,
+    /// until it is down to `low` percent. Returns the references removed.
+    pub fn gc(&self, in_use: &[String], high: u8, low: u8) -> std::io::Result<Vec<String>> {
+        let disk = disk_usage(&self.dir)?;
+        if disk.total == 0 || disk.used * 100 < disk.total * u64::from(high) {
+            return Ok(Vec::new());
+        }
+        let in_use: std::collections::BTreeSet<String> =
+            in_use.iter().filter_map(|r| normalise(r).ok()).collect();
+        let refs = self.refs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut images = Vec::new();
+        let mut sizes = BTreeMap::new();
+        for (reference, digest) in &refs {
+            let Some(rec) = self.record(reference) else {
+                continue;
+            };
+            let last_used = std::fs::metadata(self.blob(digest))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            for l in &rec.layers {
+                sizes
+                    .entry(l.clone())
+                    .or_insert_with(|| dir_bytes(&self.layer_dir(l)));
+            }
+            images.push(super::gc::Candidate {
+                reference: reference.clone(),
+                layers: rec.layers,
+                last_used,
+            });
+        }
+        let victims = super::gc::plan(&images, &in_use, &sizes, disk, high, low);
+        if victims.is_empty() {
+            return Ok(victims);
+        }
+        // forget the references first: a container created from now on
+        // pulls again rather than finding half an image
+        let remaining: BTreeMap<String, String> = {
+            let mut r = self.refs.lock().unwrap_or_else(|e| e.into_inner());
+            for v in &victims {
+                r.remove(v);
+            }
+            r.clone()
+        };
+        write_atomic(
+            &self.dir.join("refs.json"),
+            &serde_json::to_vec_pretty(&remaining).unwrap_or_default(),
+        )?;
+        let kept_layers: std::collections::BTreeSet<String> = images
+            .iter()
+            .filter(|i| !victims.contains(&i.reference))
+            .flat_map(|i| i.layers.clone())
+            .collect();
+        let kept_digests: std::collections::BTreeSet<&String> = remaining.values().collect();
+        for i in images.iter().filter(|i| victims.contains(&i.reference)) {
+            if let Some(d) = refs.get(&i.reference).filter(|d| !kept_digests.contains(d)) {
+                let _ = std::fs::remove_file(self.blob(d));
+            }
+            for l in i.layers.iter().filter(|l| !kept_layers.contains(*l)) {
+                // a pull of this layer under way keeps it
+                let lock = self.layer_lock(l);
+                let held = lock.try_lock();
+                if held.is_ok() {
+                    let _ = std::fs::remove_dir_all(self.layer_dir(l));
+                }
+                drop(held);
+            }
+        }
+        Ok(victims)
     }
 
     fn image(&self, image: &str, rec: Record) -> Result<Image, RuntimeError> {
@@ -608,6 +698,43 @@ pub fn host_arch() -> &'static str {
         "aarch64" => "arm64",
         other => other,
     }
+}
+
+/// Used and total bytes of the filesystem holding `dir`.
+fn disk_usage(dir: &Path) -> std::io::Result<super::gc::Disk> {
+    let p = cpath(dir)?;
+    // SAFETY: a zeroed statvfs is a valid value for statvfs(3) to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out pointer.
+    if unsafe { libc::statvfs(p.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let block = st.f_frsize as u64;
+    let total = st.f_blocks as u64 * block;
+    let free = st.f_bfree as u64 * block;
+    Ok(super::gc::Disk {
+        used: total.saturating_sub(free),
+        total,
+    })
+}
+
+/// Bytes of the files under `dir` (not following links).
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 fn file_digest(path: &Path) -> std::io::Result<String> {

@@ -10,6 +10,7 @@
 //! cgroup v1 hierarchy (runc's cgroupfs driver).
 
 pub mod bundle;
+pub mod gc;
 pub mod images;
 pub mod shim;
 
