@@ -195,9 +195,18 @@ impl std::fmt::Debug for NameLookup {
 pub struct ExecIo {
     /// The caller asked for a terminal (`kubectl exec -t`).
     pub tty: bool,
+    /// The caller's terminal size, first and on every change (with `tty`).
+    pub resize: Option<tokio::sync::mpsc::Receiver<TerminalSize>>,
     pub stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
     pub stdout: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
     pub stderr: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
 }
 
 /// What `create` prepared.

@@ -23,6 +23,15 @@ pub const ERROR: u8 = 3;
 pub const RESIZE: u8 = 4;
 pub const CLOSE: u8 = 255;
 
+/// A resize message's payload: `{"Width":80,"Height":24}`.
+fn parse_resize(payload: &[u8]) -> Option<wasmkube_runtime::TerminalSize> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    Some(wasmkube_runtime::TerminalSize {
+        width: u16::try_from(v["Width"].as_u64()?).ok()?,
+        height: u16::try_from(v["Height"].as_u64()?).ok()?,
+    })
+}
+
 /// A message on `channel`.
 pub fn frame(channel: u8, data: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(data.len() + 1);
@@ -90,10 +99,17 @@ pub async fn run(socket: WebSocket, s: Session) {
     let (stdin_r, mut stdin_w) = tokio::io::duplex(64 * 1024);
     let (out_r, out_w) = tokio::io::duplex(64 * 1024);
     let (err_r, err_w) = tokio::io::duplex(64 * 1024);
-    // the client's messages: stdin data, its close, resizes (ignored: no TTYs)
+    // the client's messages: stdin data, its close, terminal resizes
+    let (resize_tx, resize_rx) = tokio::sync::mpsc::channel(8);
     let reader = tokio::spawn(async move {
         while let Some(Ok(m)) = incoming.next().await {
             let stdin_data = match &m {
+                Message::Binary(b) if b.first() == Some(&RESIZE) => {
+                    if let Some(size) = parse_resize(&b[1..]) {
+                        let _ = resize_tx.try_send(size);
+                    }
+                    continue;
+                }
                 Message::Binary(b) if b.first() == Some(&STDIN) => &b[1..],
                 Message::Binary(b) if b.first() == Some(&CLOSE) && b.get(1) == Some(&STDIN) => {
                     break
@@ -127,6 +143,7 @@ pub async fn run(socket: WebSocket, s: Session) {
     };
     let io = ExecIo {
         tty: s.tty,
+        resize: s.tty.then_some(resize_rx),
         stdin: s
             .stdin
             .then(|| Box::new(stdin_r) as Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>),
@@ -163,6 +180,19 @@ mod tests {
             started_at: SystemTime::now(),
             finished_at: SystemTime::now(),
         })
+    }
+
+    #[test]
+    fn resize_messages_are_kubectls_json() {
+        assert_eq!(
+            parse_resize(br#"{"Width":123,"Height":45}"#),
+            Some(wasmkube_runtime::TerminalSize {
+                width: 123,
+                height: 45
+            })
+        );
+        assert_eq!(parse_resize(b"{}"), None);
+        assert_eq!(parse_resize(br#"{"Width":70000,"Height":1}"#), None);
     }
 
     #[test]

@@ -258,6 +258,7 @@ async fn check_once(action: &Action, target: &Target<'_>) -> Result<(), String> 
             use tokio::io::AsyncReadExt;
             let (mut out_r, out_w) = tokio::io::duplex(4096);
             let io = ExecIo {
+                resize: None,
                 tty: false,
                 stdin: None,
                 stdout: Box::new(out_w),

@@ -570,6 +570,7 @@ mod instantiate {
         let mut hist = Histogram::<u64>::new(3)?;
         for _ in 0..args.runs {
             let io = ExecIo {
+                resize: None,
                 tty: false,
                 stdin: None,
                 stdout: Box::new(tokio::io::sink()),

@@ -16,6 +16,7 @@ use crate::util::{eventually, example_image, stderr, stdout, wk, Server};
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "ls", "httpd", "wget", "id", "head", "tail", "true", "false",
     "env", "hostname", "ps", "kill", "mkdir", "touch", "date", "seq", "tty", "trap", "nslookup",
+    "stty",
 ];
 
 /// A root filesystem layer (tar) holding busybox-static, its applets, a
@@ -293,6 +294,20 @@ async fn busybox_httpd_serves_behind_a_service_with_logs_exec_and_a_shell() {
         text.contains("$ ") || text.contains("# "),
         "an interactive prompt: {text}"
     );
+
+    // the terminal has the size of the user's (kubectl sends it as a resize)
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty cols 123 rows 45; kubectl exec -it {name} -- stty size"),
+            "/dev/null",
+        ])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (bsdutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("45 123"), "{text}");
 
     // deleting the Deployment stops the containers (httpd ends on SIGTERM)
     let out = s.kubectl(&["delete", "deployment", "httpd", "--wait=true"]);

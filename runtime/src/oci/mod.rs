@@ -612,6 +612,7 @@ impl ContainerRuntime for OciRuntime {
         cmd.arg("exec").kill_on_drop(true);
         let ExecIo {
             tty,
+            resize,
             stdin,
             mut stdout,
             mut stderr,
@@ -646,6 +647,16 @@ impl ContainerRuntime for OciRuntime {
                 .spawn()
                 .map_err(|e| exec_err(format!("running runc exec: {e}")))?;
             drop(cmd); // our copies of the slave: the master reads EIO once runc is gone
+                       // the caller's size on our terminal: the kernel tells runc
+                       // (SIGWINCH), and runc sizes the container's terminal to match
+            let resizer = match (resize, master.try_clone()) {
+                (Some(mut sizes), Ok(m)) => Some(tokio::spawn(async move {
+                    while let Some(size) = sizes.recv().await {
+                        set_window_size(&m, size);
+                    }
+                })),
+                _ => None,
+            };
             let reader =
                 tokio::fs::File::from_std(master.try_clone().map_err(|e| exec_err(e.to_string()))?);
             let feed = stdin.map(|mut from| {
@@ -663,6 +674,9 @@ impl ContainerRuntime for OciRuntime {
             pump(Some(reader), &mut stdout).await;
             if let Some(f) = feed {
                 f.abort();
+            }
+            if let Some(r) = resizer {
+                r.abort();
             }
             child
         } else {
@@ -710,6 +724,19 @@ impl ContainerRuntime for OciRuntime {
             finished_at: SystemTime::now(),
         })
     }
+}
+
+/// Set a terminal's window size.
+fn set_window_size(tty: &std::fs::File, size: crate::TerminalSize) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: size.height,
+        ws_col: size.width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid terminal fd and a winsize the call only reads.
+    unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
 /// A new pseudo-terminal: (master, slave).

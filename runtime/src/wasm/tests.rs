@@ -311,6 +311,7 @@ async fn exec_runs_a_fresh_instance_with_the_callers_stdio() {
         let (stdin_r, stdin_w) = tokio::io::duplex(1024);
         let (out_r, out_w) = tokio::io::duplex(1024);
         let io = ExecIo {
+            resize: None,
             tty: false,
             stdin: Some(Box::new(stdin_r)),
             stdout: Box::new(out_w),
