@@ -1259,3 +1259,92 @@ async fn unused_images_are_collected_past_the_disk_threshold() {
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn oci_pods_run_on_through_an_agent_restart_with_no_control_plane() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let port = crate::util::free_port();
+    let mut s = Server::builder()
+        .arg("--disable-agent")
+        .arg("--listen")
+        .arg(&format!("127.0.0.1:{port}"))
+        .start()
+        .await;
+    let mut agent = crate::util::AgentProc::start(&s, "edge-oci");
+    s.node_name().await;
+    let host = tempfile::tempdir().unwrap();
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "forever"},
+            "spec": {"nodeName": "edge-oci", "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "data", "hostPath": {"path": host.path()}}],
+                "containers": [{"name": "c", "image": image,
+                    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do echo tick >> /data/ticks; sleep 0.1; done"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}),
+    );
+    let before = running(&s, "forever").await;
+    let ticks = || {
+        std::fs::read_to_string(host.path().join("ticks"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let runc_root = agent.dir.path().join("data/oci/runc");
+    let containers = || {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        stdout(&out).trim().to_string()
+    };
+    let id = containers();
+    assert_eq!(id.lines().count(), 1, "{id}");
+
+    // the control plane goes, the agent dies and comes back: the container
+    // never stopped, and the agent takes it over with no API server
+    s.kill9();
+    agent.restart();
+    let at_restart = ticks();
+    eventually(30, "the container keeps working", || async {
+        (ticks() > at_restart + 10).then_some(())
+    })
+    .await;
+    assert_eq!(containers(), id, "the same container, not a new one");
+
+    // the control plane returns: the same pod, not restarted
+    s.restart().await;
+    let after = s
+        .wait_pod("forever", "forever reported again", |p| {
+            p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+                && p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .await;
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(after["status"]["podIP"], before["status"]["podIP"]);
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{after}"
+    );
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["containerID"],
+        before["status"]["containerStatuses"][0]["containerID"]
+    );
+
+    // and a deletion through the API stops it
+    let out = s.kubectl(&["delete", "pod", "forever", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(30, "the container is gone", || async {
+        containers().is_empty().then_some(())
+    })
+    .await;
+    let stopped_at = ticks();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ticks(), stopped_at, "the container stopped with its pod");
+}
