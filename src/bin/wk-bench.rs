@@ -799,6 +799,37 @@ mod pods {
 
     /// A docker-archive of a one-layer busybox image tagged `tag`.
     fn busybox_archive(busybox: &Path, out: &Path, tag: &str) -> Result<()> {
+        let (layer, config) = busybox_image(busybox)?;
+        let header = |kind: tar::EntryType, mode: u32, size: u64| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(size);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h
+        };
+        let manifest =
+            json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]);
+        let mut b = tar::Builder::new(std::fs::File::create(out)?);
+        for (name, data) in [
+            ("manifest.json", manifest.to_string().into_bytes()),
+            ("config.json", config),
+            ("layer.tar", layer),
+        ] {
+            b.append_data(
+                &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
+                name,
+                &data[..],
+            )?;
+        }
+        b.finish()?;
+        Ok(())
+    }
+
+    /// A one-layer busybox image: its layer (tar) and config.
+    fn busybox_image(busybox: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
         let header = |kind: tar::EntryType, mode: u32, size: u64| {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(kind);
@@ -837,22 +868,120 @@ mod pods {
             "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
             "rootfs": {"type": "layers", "diff_ids": [wasmkube_runtime::image::digest(&layer)]}}),
         )?;
-        let manifest =
-            json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]);
-        let mut b = tar::Builder::new(std::fs::File::create(out)?);
-        for (name, data) in [
-            ("manifest.json", manifest.to_string().into_bytes()),
-            ("config.json", config),
-            ("layer.tar", layer),
-        ] {
-            b.append_data(
-                &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
-                name,
-                &data[..],
-            )?;
+        Ok((layer, config))
+    }
+
+    /// Push a one-layer image (gzip layer) to a plain-HTTP registry with the
+    /// distribution API: two monolithic blob uploads and the manifest.
+    async fn push_image(
+        registry: &str,
+        repo: &str,
+        tag: &str,
+        layer_gz: &[u8],
+        config: &[u8],
+    ) -> Result<()> {
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        for blob in [layer_gz, config] {
+            let digest = wasmkube_runtime::image::digest(blob);
+            let r = http
+                .post(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+                .send()
+                .await?
+                .error_for_status()?;
+            let loc = r
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .context("upload location")?
+                .to_string();
+            let url = if loc.starts_with("http") {
+                loc
+            } else {
+                format!("http://{registry}{loc}")
+            };
+            let sep = if url.contains('?') { '&' } else { '?' };
+            http.put(format!("{url}{sep}digest={digest}"))
+                .header("content-type", "application/octet-stream")
+                .body(blob.to_vec())
+                .send()
+                .await?
+                .error_for_status()?;
         }
-        b.finish()?;
+        let manifest = json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": wasmkube_runtime::image::digest(config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": wasmkube_runtime::image::digest(layer_gz), "size": layer_gz.len()}]});
+        http.put(format!("http://{registry}/v2/{repo}/manifests/{tag}"))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest.to_string())
+            .send()
+            .await?
+            .error_for_status()?;
         Ok(())
+    }
+
+    /// Pull and unpack time of the busybox image from a local
+    /// docker-registry (a fresh store each time); None without one.
+    async fn pull_times(busybox: &Path, runs: usize) -> Result<Option<(Histogram<u64>, usize)>> {
+        let tmp = tempfile_dir()?.join("registry");
+        std::fs::create_dir_all(&tmp)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        std::fs::write(
+            tmp.join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                tmp.join("data").display()
+            ),
+        )?;
+        let Ok(child) = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(tmp.join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return Ok(None);
+        };
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _registry = Kill(child);
+        let registry = format!("127.0.0.1:{port}");
+        let (layer, config) = busybox_image(busybox)?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &layer)?;
+        let layer_gz = gz.finish()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match push_image(&registry, "bench/busybox", "1", &layer_gz, &config).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let image = format!("{registry}/bench/busybox:1");
+        let mut h = Histogram::<u64>::new(3)?;
+        for i in 0..runs {
+            let store = wasmkube_runtime::oci::images::ImageStore::new(
+                tmp.join(format!("store-{i}")),
+                Vec::new(),
+            );
+            let t = Instant::now();
+            store
+                .get(&image, wasmkube_runtime::image::PullPolicy::Always, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            h.record(t.elapsed().as_micros() as u64)?;
+        }
+        Ok(Some((h, layer_gz.len())))
     }
 
     pub async fn run_oci(args: OciArgs) -> Result<()> {
@@ -957,6 +1086,15 @@ mod pods {
             std::fs::metadata(&archive)?.len() / 1024,
             import.as_secs_f64() * 1000.0
         );
+        match pull_times(&args.busybox, 10).await? {
+            Some((h, bytes)) => println!(
+                "- Pull and unpack of the busybox image from a local docker-registry ({} KiB gzip layer, fresh store, 10 runs): p50 {:.1} ms, max {:.1} ms",
+                bytes / 1024,
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.max() as f64 / 1000.0
+            ),
+            None => println!("- Pull: skipped (no docker-registry on this machine)"),
+        }
         println!(
             "- Shims: {n} running, {} KiB RSS each on average",
             shim_kib / n.max(1) as u64
