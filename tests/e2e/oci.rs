@@ -422,30 +422,39 @@ async fn sandboxed_pods_reach_services_pods_and_cluster_dns_and_the_ingress_reac
         .start()
         .await;
     let web = example_image("wasm32-wasip2", "webserver");
+    let logs = tempfile::tempdir().unwrap();
     // a Wasm server and a sandboxed busybox httpd, each behind a Service
     for (name, container) in [
         // (bound to its pod address: a Wasm guest on the unspecified address
-        // would hold the port on every address of the node)
+        // would hold the port on every address of the node; its preStop
+        // hook asks it for a page, which its access log keeps)
         (
             "web",
             json!({"name": "web", "image": web, "env": [{"name": "POD_NAME", "value": "web"},
-                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "ACCESS_LOG", "value": "/logs/access.log"}],
             "ports": [{"containerPort": 8080}],
+            "volumeMounts": [{"name": "logs", "mountPath": "/logs"}],
+            "lifecycle": {"preStop": {"httpGet": {"path": "/pre-stop", "port": 8080}}},
             "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}}),
         ),
+        // (an exec readiness probe runs in the Linux container)
         (
             "httpd",
             json!({"name": "httpd", "image": image,
             "command": ["httpd", "-f", "-p", "8080", "-h", "/var/www"],
             "ports": [{"containerPort": 8080}],
-            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}),
+            "volumeMounts": [{"name": "logs", "mountPath": "/logs"}],
+            "readinessProbe": {"exec": {"command": ["cat", "/var/www/index.html"]}, "periodSeconds": 1},
+            "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}),
         ),
     ] {
         apply(
             &s,
             &json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "labels": {"app": name}},
-                "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]}}),
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [container],
+                    "volumes": [{"name": "logs", "hostPath": {"path": logs.path().join(name)}}]}}),
         );
         apply(
             &s,
@@ -563,6 +572,23 @@ async fn sandboxed_pods_reach_services_pods_and_cluster_dns_and_the_ingress_reac
     let out = exec(&format!("wget -T 5 -qO- http://{web_ip}:8999/"));
     assert!(!out.status.success());
 
+    // a Wasm pod reaches the sandboxed httpd through its Service's name
+    let out = s.kubectl(&[
+        "exec",
+        "web",
+        "--",
+        "webserver",
+        "get",
+        "httpd.default.svc.cluster.local:80",
+        "/",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "hello from busybox httpd\n",
+        "{}",
+        stderr(&out)
+    );
+
     // and the Ingress reaches the sandboxed httpd
     let body = eventually(60, "the Ingress routes to httpd", || async {
         let r = reqwest::Client::builder()
@@ -579,6 +605,12 @@ async fn sandboxed_pods_reach_services_pods_and_cluster_dns_and_the_ingress_reac
     })
     .await;
     assert_eq!(body, "hello from busybox httpd\n");
+
+    // deleting the Wasm pod runs its preStop hook first
+    let out = s.kubectl(&["delete", "pod", "web", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let access = std::fs::read_to_string(logs.path().join("web/access.log")).unwrap_or_default();
+    assert!(access.contains("GET /pre-stop HTTP/1.1"), "{access}");
 }
 
 #[tokio::test]
@@ -1347,4 +1379,73 @@ async fn oci_pods_run_on_through_an_agent_restart_with_no_control_plane() {
     let stopped_at = ticks();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ticks(), stopped_at, "the container stopped with its pod");
+}
+
+#[tokio::test]
+async fn kubectl_top_and_the_autoscaler_see_linux_containers() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let s = Server::builder()
+        .arg("--horizontal-pod-autoscaler-sync-period")
+        .arg("1")
+        .start()
+        .await;
+    // one busy loop asks for a tenth of a core and uses a whole one
+    apply(
+        &s,
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "burn"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "burn"}},
+                "template": {"metadata": {"labels": {"app": "burn"}}, "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "c", "image": image,
+                        "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do :; done"],
+                        "resources": {"requests": {"cpu": "100m", "memory": "16Mi"},
+                                      "limits": {"cpu": "500m", "memory": "32Mi"}}}]}}}}),
+    );
+    let out = s.kubectl(&["rollout", "status", "deployment/burn", "--timeout=120s"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    // kubectl top reads metrics.k8s.io, which reads the container's cgroup
+    let top = eventually(60, "kubectl top shows the busy container", || async {
+        let out = s.kubectl(&["top", "pod", "-l", "app=burn", "--no-headers"]);
+        let text = stdout(&out);
+        let cpu: u64 = text
+            .split_whitespace()
+            .nth(1)?
+            .strip_suffix('m')?
+            .parse()
+            .ok()?;
+        // the CFS quota from the 500m limit holds it near half a core
+        (cpu >= 200).then_some((cpu, text))
+    })
+    .await;
+    assert!(top.0 <= 700, "the 500m limit holds: {}", top.1);
+    // an autoscaler on CPU utilisation (of the 100m request) adds replicas
+    apply(
+        &s,
+        &json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "burn"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+                "minReplicas": 1, "maxReplicas": 3,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 80}}}]}}),
+    );
+    eventually(90, "the autoscaler scales burn out", || async {
+        let out = s.kubectl(&[
+            "get",
+            "deployment",
+            "burn",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ]);
+        (stdout(&out).trim().parse::<u32>().ok()? >= 2).then_some(())
+    })
+    .await;
+    let out = s.kubectl(&["get", "hpa", "burn", "-o", "json"]);
+    let hpa: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let current = hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(current > 80, "{hpa}");
+    let out = s.kubectl(&["delete", "hpa,deployment", "burn", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
