@@ -135,6 +135,13 @@ pub struct LinuxOptions {
     pub hostname: String,
     /// The `/etc/resolv.conf` to give the container, if any.
     pub resolv_conf: Option<String>,
+    /// `stdin: true`: the container's stdin stays open, fed by `attach`;
+    /// with `stdin_once`, it ends when the first attach does.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    /// `tty: true`: the container's stdio is a terminal (input through
+    /// `attach`).
+    pub tty: bool,
 }
 
 /// How much an HTTP function may take on.
@@ -200,6 +207,13 @@ pub struct ExecIo {
     pub stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
     pub stdout: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
     pub stderr: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
+}
+
+/// An attached client's input (`kubectl attach -i`, `kubectl run -it`).
+pub struct AttachInput {
+    pub stdin: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>,
+    /// The client's terminal size, first and on every change.
+    pub resize: Option<tokio::sync::mpsc::Receiver<TerminalSize>>,
 }
 
 /// A terminal's size in characters.
@@ -290,6 +304,16 @@ pub trait ContainerRuntime: Send + Sync {
         command: Vec<String>,
         io: ExecIo,
     ) -> Result<Exit, RuntimeError>;
+    /// Feed an attached client's input to a running container whose stdin
+    /// is open (`stdin: true`), until the input ends. A runtime whose
+    /// containers' stdin cannot be reopened drops it.
+    async fn attach_input(
+        &self,
+        _id: &ContainerId,
+        _input: AttachInput,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     /// What the container uses now (None: unknown container).
     fn usage(&self, _id: &ContainerId) -> Option<ContainerUsage> {
         None

@@ -24,7 +24,7 @@ pub const RESIZE: u8 = 4;
 pub const CLOSE: u8 = 255;
 
 /// A resize message's payload: `{"Width":80,"Height":24}`.
-fn parse_resize(payload: &[u8]) -> Option<wasmkube_runtime::TerminalSize> {
+pub fn parse_resize(payload: &[u8]) -> Option<wasmkube_runtime::TerminalSize> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
     Some(wasmkube_runtime::TerminalSize {
         width: u16::try_from(v["Width"].as_u64()?).ok()?,

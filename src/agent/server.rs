@@ -216,8 +216,10 @@ async fn exec(
 /// Attach to a running container: what it writes from now on, stdout on
 /// channel 1 and stderr on channel 2 (from its CRI log, which keeps the
 /// streams apart), until it stops; then the final status on channel 3.
-/// A Wasm guest's stdin is its own (WASI gives no way to reopen it), so
-/// input sent by the client is dropped.
+/// Input (channel 0) and terminal sizes (channel 4) go to the runtime: a
+/// Linux container with `stdin: true` or `tty: true` reads them; a Wasm
+/// guest's stdin is its own (WASI gives no way to reopen it), so its
+/// runtime drops them.
 async fn attach(
     State(api): State<Arc<AgentApi>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
@@ -231,10 +233,15 @@ async fn attach(
             .iter()
             .any(|(key, v)| key == k && matches!(v.as_str(), "true" | "1"))
     };
-    let (want_out, want_err) = (flag("stdout"), flag("stderr"));
+    let (want_out, want_err, want_in) = (flag("stdout"), flag("stderr"), flag("stdin"));
     let ctx = match pod_here(&api, &ns, &pod) {
         Ok(c) => c,
         Err(r) => return *r,
+    };
+    let target = if want_in {
+        ctx.exec_target(&container).ok()
+    } else {
+        None
     };
     let (path, live) = match ctx.log_file(&container, false) {
         Ok(x) => x,
@@ -258,12 +265,43 @@ async fn attach(
             use axum::extract::ws::Message;
             use futures::{SinkExt, StreamExt};
             let (mut sink, mut incoming) = socket.split();
+            // the client's input, for the runtime to feed the container
+            let (mut stdin_w, stdin_r) = tokio::io::duplex(64 * 1024);
+            let (resize_tx, resize_rx) = tokio::sync::mpsc::channel(8);
+            let feeding = target.map(|(runtime, id)| {
+                tokio::spawn(async move {
+                    let input = wasmkube_runtime::AttachInput {
+                        stdin: Box::new(stdin_r),
+                        resize: Some(resize_rx),
+                    };
+                    let _ = runtime.attach_input(&id, input).await;
+                })
+            });
             let client_gone = async {
+                use tokio::io::AsyncWriteExt;
                 while let Some(Ok(m)) = incoming.next().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
+                    match &m {
+                        Message::Close(_) => break,
+                        Message::Binary(b) if b.first() == Some(&super::exec::STDIN) => {
+                            // a container that takes no input: it is dropped
+                            let _ = stdin_w.write_all(&b[1..]).await;
+                        }
+                        Message::Binary(b)
+                            if b.first() == Some(&super::exec::CLOSE)
+                                && b.get(1) == Some(&super::exec::STDIN) =>
+                        {
+                            // the client's input ended
+                            let _ = stdin_w.shutdown().await;
+                        }
+                        Message::Binary(b) if b.first() == Some(&super::exec::RESIZE) => {
+                            if let Some(size) = super::exec::parse_resize(&b[1..]) {
+                                let _ = resize_tx.try_send(size);
+                            }
+                        }
+                        _ => {}
                     }
                 }
+                drop(stdin_w);
             };
             let tail = async {
                 let (line_tx, mut lines) = tokio::sync::mpsc::channel(64);
@@ -306,6 +344,11 @@ async fn attach(
             tokio::select! {
                 _ = tail => {}
                 _ = client_gone => {}
+            }
+            // the input has ended (its writer is gone): let the runtime
+            // finish with it (a stdinOnce container's input closes)
+            if let Some(f) = feeding {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), f).await;
             }
         })
 }

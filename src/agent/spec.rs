@@ -349,6 +349,9 @@ pub fn container_spec(
                 .unwrap_or_default()
                 .to_string(),
             resolv_conf: None,
+            stdin: container["stdin"].as_bool().unwrap_or(false),
+            stdin_once: container["stdinOnce"].as_bool().unwrap_or(false),
+            tty: container["tty"].as_bool().unwrap_or(false),
         },
     })
 }

@@ -1449,3 +1449,204 @@ async fn kubectl_top_and_the_autoscaler_see_linux_containers() {
     let out = s.kubectl(&["delete", "hpa,deployment", "burn", "--wait=true"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn sandboxed_pods_get_their_volumes_the_host_network_and_pods_of_other_nodes() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let s = server().await;
+    let _b = crate::util::AgentProc::start(&s, "node-b");
+    eventually(60, "node-b registers", || async {
+        let out = s.kubectl(&["get", "node", "node-b"]);
+        out.status.success().then_some(())
+    })
+    .await;
+    let forever = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+    // a Wasm pod on the other node
+    let web = example_image("wasm32-wasip2", "webserver");
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "far"},
+            "spec": {"nodeName": "node-b", "containers": [{"name": "web", "image": web,
+                "env": [{"name": "POD_NAME", "value": "far"},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "ports": [{"containerPort": 8080}]}]}}),
+    );
+    // a sandboxed pod here, with a ConfigMap, a Secret and its ServiceAccount token
+    let local = s.node_name().await;
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},
+            "data": {"greeting": "hello from a ConfigMap"}}),
+    );
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sec"},
+            "stringData": {"password": "hunter2"}}),
+    );
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "near"},
+            "spec": {"nodeName": local, "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}],
+                "containers": [{"name": "c", "image": image, "command": ["sh", "-c", forever],
+                    "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}}],
+                    "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}]}}),
+    );
+    let far = running(&s, "far").await;
+    running(&s, "near").await;
+    assert_eq!(far["spec"]["nodeName"], "node-b");
+    let exec = |script: &str| stdout(&s.kubectl(&["exec", "near", "--", "sh", "-c", script]));
+    assert_eq!(exec("cat /etc/cfg/greeting"), "hello from a ConfigMap");
+    assert_eq!(exec("echo $PASSWORD"), "hunter2\n");
+    assert_eq!(
+        exec("cat /var/run/secrets/kubernetes.io/serviceaccount/namespace"),
+        "default"
+    );
+    assert!(exec("head -c 3 /var/run/secrets/kubernetes.io/serviceaccount/token") == "eyJ");
+
+    // the pod on the other node, by its address
+    let far_ip = far["status"]["podIP"].as_str().unwrap();
+    let body = eventually(30, "the pod on node-b answers", || async {
+        let out = exec(&format!("wget -qO- http://{far_ip}:8080/from-near"));
+        (!out.is_empty()).then_some(out)
+    })
+    .await;
+    assert_eq!(body, "hello from far at /from-near\n");
+
+    // hostNetwork: no sandbox; the node's localhost and resolv.conf
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut c, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).await;
+            let _ = c
+                .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 13\r\n\r\nnode loopback")
+                .await;
+        }
+    });
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "host"},
+            "spec": {"nodeName": local, "hostNetwork": true, "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": image, "command": ["sh", "-c",
+                    format!("wget -qO- http://127.0.0.1:{port}/; echo; cat /etc/resolv.conf")]}]}}),
+    );
+    s.wait_pod("host", "host succeeds", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    let log = logs(&s, &["host"]);
+    assert!(log.starts_with("node loopback\n"), "{log}");
+    assert!(
+        !log.contains("svc.cluster.local"),
+        "the node's resolv.conf: {log}"
+    );
+    // the same request from a sandboxed pod meets the pod's own localhost
+    let out = s.kubectl(&[
+        "exec",
+        "near",
+        "--",
+        "wget",
+        "-T",
+        "3",
+        "-qO-",
+        &format!("http://127.0.0.1:{port}/"),
+    ]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn attach_feeds_stdin_and_kubectl_run_it_gives_a_terminal() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let s = server().await;
+    // a container reading its stdin: kubectl attach -i feeds it
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader"},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": image,
+                "stdin": true,
+                "command": ["sh", "-c", "while read line; do echo \"got $line\"; done; echo stdin ended"]}]}}),
+    );
+    running(&s, "reader").await;
+    let mut attach = std::process::Command::new("kubectl")
+        .args(["attach", "-i", "reader"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = attach.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    input.write_all(b"first\nsecond\n").unwrap();
+    let log = eventually(30, "the container read its input", || async {
+        let l = logs(&s, &["reader"]);
+        l.contains("got second").then_some(l)
+    })
+    .await;
+    assert_eq!(log, "got first\ngot second\n");
+    drop(input);
+    let _ = attach.kill();
+    let out = attach.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        seen.contains("got first\ngot second\n"),
+        "attach shows the output: {seen}"
+    );
+    // stdin stays open for the next attach (no stdinOnce): no end of input
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!logs(&s, &["reader"]).contains("stdin ended"));
+
+    // stdinOnce: the input ends with the first attach
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "once"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": image,
+                "stdin": true, "stdinOnce": true,
+                "command": ["sh", "-c", "while read line; do echo \"got $line\"; done; echo stdin ended"]}]}}),
+    );
+    running(&s, "once").await;
+    let out =
+        crate::util::kubectl_stdin(&s.kubeconfig(), &["attach", "-i", "once"], Some("only\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.wait_pod("once", "once ends with its input", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(logs(&s, &["once"]), "got only\nstdin ended\n");
+
+    // kubectl run -it --rm: a pod with a terminal, a shell in it, then gone
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "kubectl run shell -it --rm --restart=Never --image={image} -- sh -c 'stty size; read x; echo answer $((x*7)); tty'"
+            ),
+            "/dev/null",
+        ])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            let mut i = c.stdin.take().unwrap();
+            std::thread::sleep(Duration::from_secs(6));
+            i.write_all(b"6\n")?;
+            std::thread::sleep(Duration::from_secs(2));
+            drop(i);
+            c.wait_with_output()
+        })
+        .expect("script (bsdutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("answer 42"), "{text}");
+    assert!(text.contains("/dev/pts/"), "a terminal: {text}");
+    eventually(60, "kubectl run --rm deletes the pod", || async {
+        (!s.kubectl(&["get", "pod", "shell"]).status.success()).then_some(())
+    })
+    .await;
+}

@@ -340,11 +340,16 @@ pub fn config(
             "syscalls": [{"names": SECCOMP_DENIED, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
         });
     }
+    let mut envs = env(image, &spec.env, &hostname);
+    if spec.linux.tty && !envs.iter().any(|e| e.starts_with("TERM=")) {
+        // as containerd gives a container with a terminal
+        envs.push("TERM=xterm".into());
+    }
     let mut process = json!({
-        "terminal": false,
+        "terminal": spec.linux.tty,
         "user": {"uid": uid, "gid": gid},
         "args": args,
-        "env": env(image, &spec.env, &hostname),
+        "env": envs,
         "cwd": cwd,
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
         "noNewPrivileges": no_new_privs,

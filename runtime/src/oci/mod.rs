@@ -459,6 +459,13 @@ impl ContainerRuntime for OciRuntime {
             dir: ctr.dir.clone(),
             log: ctr.spec.log_path.clone(),
             memory_cgroup: self.cgroup_dir("memory", &ctr.cgroup),
+            io: match &ctr.spec.linux {
+                l if l.tty => "tty",
+                l if l.stdin && l.stdin_once => "stdin-once",
+                l if l.stdin => "stdin",
+                _ => "-",
+            }
+            .into(),
         };
         let (program, lead) = cfg
             .shim
@@ -588,6 +595,53 @@ impl ContainerRuntime for OciRuntime {
             ContainerState::Exited(e) => Ok(e),
             _ => Err(RuntimeError::NotFound(id.clone())),
         }
+    }
+
+    async fn attach_input(
+        &self,
+        id: &ContainerId,
+        input: crate::AttachInput,
+    ) -> Result<(), RuntimeError> {
+        let ctr = self.container(id)?;
+        let linux = &ctr.spec.linux;
+        if !linux.stdin && !linux.tty {
+            // Kubernetes drops input for a container without stdin
+            return Ok(());
+        }
+        let err = |reason: String| RuntimeError::Exec {
+            id: id.clone(),
+            reason,
+        };
+        let open = |name: &str| {
+            tokio::net::unix::pipe::OpenOptions::new()
+                .open_sender(ctr.dir.join(name))
+                .map_err(|e| err(format!("the container's {name}: {e}")))
+        };
+        let mut to = open(shim::STDIN_FIFO)?;
+        let sizes = match (input.resize, linux.tty) {
+            (Some(mut sizes), true) => {
+                let mut resize = open(shim::RESIZE_FIFO)?;
+                Some(tokio::spawn(async move {
+                    while let Some(s) = sizes.recv().await {
+                        let line = format!("{} {}\n", s.width, s.height);
+                        if resize.write_all(line.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                }))
+            }
+            _ => None,
+        };
+        let mut from = input.stdin;
+        let _ = tokio::io::copy(&mut from, &mut to).await;
+        if let Some(t) = sizes {
+            t.abort();
+        }
+        if linux.stdin_once && !linux.tty {
+            // the first attach is over: the shim lets go of the input
+            let _ = tokio::fs::write(ctr.dir.join(shim::STDIN_DONE), b"").await;
+        }
+        Ok(())
     }
 
     async fn exec(

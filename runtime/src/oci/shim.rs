@@ -8,6 +8,13 @@
 //! kill from the memory cgroup, deletes the runc container and writes
 //! `exit.json` before it ends.
 //!
+//! A container with `stdin: true` reads a FIFO, `stdin` in its directory,
+//! that the shim holds open (until `stdin.done` appears, for `stdinOnce`);
+//! `attach` writes into it. A container with `tty: true` gets a terminal
+//! from runc (`--console-socket`): the shim keeps its master, copies what
+//! it shows to the log, writes what arrives on the `stdin` FIFO into it and
+//! applies the `WIDTH HEIGHT` lines of the `resize` FIFO.
+//!
 //! To the runtime that started it, it prints one line on stdout:
 //! `started <pid>` or `error <message>`.
 
@@ -46,7 +53,16 @@ pub struct ShimArgs {
     pub log: PathBuf,
     /// The memory cgroup directory, for OOM kills.
     pub memory_cgroup: PathBuf,
+    /// The container's stdio: `-`, `stdin`, `stdin-once` or `tty`.
+    pub io: String,
 }
+
+/// The FIFO an attach writes a container's input into.
+pub const STDIN_FIFO: &str = "stdin";
+/// The FIFO of terminal sizes (`WIDTH HEIGHT` lines).
+pub const RESIZE_FIFO: &str = "resize";
+/// Made by the runtime when the first attach of a `stdinOnce` container ends.
+pub const STDIN_DONE: &str = "stdin.done";
 
 impl ShimArgs {
     /// As command-line arguments (after the shim's own subcommand).
@@ -58,12 +74,13 @@ impl ShimArgs {
             self.dir.clone().into(),
             self.log.clone().into(),
             self.memory_cgroup.clone().into(),
+            self.io.clone().into(),
         ]
     }
 
     /// From command-line arguments.
     pub fn parse(args: &[std::ffi::OsString]) -> Option<Self> {
-        let [runc, root, id, dir, log, mem] = args else {
+        let [runc, root, id, dir, log, mem, io] = args else {
             return None;
         };
         Some(Self {
@@ -73,6 +90,7 @@ impl ShimArgs {
             dir: dir.into(),
             log: log.into(),
             memory_cgroup: mem.into(),
+            io: io.to_string_lossy().into_owned(),
         })
     }
 }
@@ -131,7 +149,32 @@ pub fn main(args: ShimArgs) -> i32 {
             return 1;
         }
     };
-    let (pid, stdout_r, stderr_r, started_at) = started;
+    let Started {
+        pid,
+        stdout: stdout_r,
+        stderr: stderr_r,
+        console,
+        stdin_keep,
+        started_at,
+    } = started;
+    // the input side: held for the container's life, or until the first
+    // attach ends (stdinOnce); a terminal gets its input and sizes here
+    let _stdin_keep = match (stdin_keep, args.io.as_str()) {
+        (Some(keep), "stdin-once") => {
+            let done = args.dir.join(STDIN_DONE);
+            std::thread::spawn(move || {
+                while !done.exists() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                drop(keep);
+            });
+            None
+        }
+        (keep, _) => keep,
+    };
+    if let Some(master) = &console {
+        terminal_input(&args.dir, master);
+    }
     report(&mut out, format!("started {pid}"));
     // nothing more to say: let the runtime's reader see the end
     // SAFETY: replacing fd 1 with /dev/null; both fds are valid.
@@ -151,6 +194,7 @@ pub fn main(args: ShimArgs) -> i32 {
         Err(_) => return 1,
     };
     let log_path = args.log.clone();
+    let console_out = console.as_ref().and_then(|m| m.try_clone().ok());
     let copier = std::thread::spawn(move || {
         rt.block_on(async move {
             let (sink, writer) = logs::open(log_path, logs::DEFAULT_MAX_BYTES);
@@ -163,9 +207,17 @@ pub fn main(args: ShimArgs) -> i32 {
                     let _ = tokio::io::copy(&mut r, &mut w).await;
                 }
             };
+            let terminal = async {
+                // a terminal's master reads EIO once the container is gone
+                let Some(master) = console_out else { return };
+                let mut r = tokio::fs::File::from_std(std::fs::File::from(master));
+                let mut w = sink.writer(Stream::Stdout);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            };
             tokio::join!(
                 copy(stdout_r, Stream::Stdout),
-                copy(stderr_r, Stream::Stderr)
+                copy(stderr_r, Stream::Stderr),
+                terminal
             );
             drop(sink);
             writer.finish().await;
@@ -219,21 +271,194 @@ pub fn main(args: ShimArgs) -> i32 {
     0
 }
 
-type Started = (i32, OwnedFd, OwnedFd, u64);
+struct Started {
+    pid: i32,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    /// The terminal's master (`tty`).
+    console: Option<OwnedFd>,
+    /// A write end of the stdin FIFO, so the container sees no end of input.
+    stdin_keep: Option<OwnedFd>,
+    started_at: u64,
+}
+
+fn cpath(p: &Path) -> Result<std::ffi::CString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string())
+}
+
+/// A fresh FIFO at `path`.
+fn mkfifo(path: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(path);
+    let c = cpath(path)?;
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(format!(
+            "mkfifo {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn open_fd(path: &Path, flags: i32) -> Result<OwnedFd, String> {
+    let c = cpath(path)?;
+    // SAFETY: a NUL-terminated path; the fd returned is ours.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "open {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: just opened, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The container's stdin FIFO: the read end for the container and a write
+/// end that keeps it from seeing the end of its input.
+fn stdin_fifo(dir: &Path) -> Result<(OwnedFd, OwnedFd), String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(STDIN_FIFO);
+    mkfifo(&path)?;
+    // a read end opens at once without a writer only when non-blocking
+    let read = open_fd(&path, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    let keep = open_fd(&path, libc::O_WRONLY)?;
+    // SAFETY: fcntl on a valid fd.
+    unsafe {
+        let flags = libc::fcntl(read.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(read.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok((read, keep))
+}
+
+/// Receive the terminal master runc sends over the console socket.
+fn recv_fd(conn: &std::os::unix::net::UnixStream) -> Result<OwnedFd, String> {
+    use std::os::fd::AsRawFd;
+    let mut data = [0u8; 4096];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    let mut control = [0u8; 64];
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    // SAFETY: a connected socket and a msghdr describing our buffers.
+    if unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) } < 0 {
+        return Err(format!(
+            "console socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the kernel filled the control buffer msg describes.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err("runc sent no terminal".into());
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32);
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Feed a terminal: the `stdin` FIFO's bytes into it, the `resize` FIFO's
+/// sizes onto it. The FIFOs are opened read-write so they never end.
+fn terminal_input(dir: &Path, master: &OwnedFd) {
+    use std::io::{BufRead, Read};
+    for name in [STDIN_FIFO, RESIZE_FIFO] {
+        let path = dir.join(name);
+        let (fifo, out) = match mkfifo(&path)
+            .and_then(|_| open_fd(&path, libc::O_RDWR))
+            .and_then(|f| {
+                master
+                    .try_clone()
+                    .map(|m| (f, m))
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let resize = name == RESIZE_FIFO;
+        std::thread::spawn(move || {
+            let mut from = std::fs::File::from(fifo);
+            let mut to = std::fs::File::from(out);
+            if resize {
+                for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+                    let mut it = line.split_whitespace().map(|n| n.parse::<u16>().ok());
+                    if let (Some(Some(w)), Some(Some(h))) = (it.next(), it.next()) {
+                        super::set_window_size(
+                            &to,
+                            crate::TerminalSize {
+                                width: w,
+                                height: h,
+                            },
+                        );
+                    }
+                }
+            } else {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 || to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
 
 fn start(args: &ShimArgs) -> Result<Started, String> {
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let pid_file = args.dir.join("init.pid");
     let _ = std::fs::remove_file(&pid_file);
-    let status = runc(args)
+    let mut create = runc(args);
+    create
         .arg("create")
         .arg("--bundle")
         .arg(args.dir.join("bundle"))
         .arg("--pid-file")
-        .arg(&pid_file)
+        .arg(&pid_file);
+    let mut stdin_keep = None;
+    let mut console_socket = None;
+    match args.io.as_str() {
+        "stdin" | "stdin-once" => {
+            let (read, keep) = stdin_fifo(&args.dir)?;
+            create.stdin(Stdio::from(read));
+            stdin_keep = Some(keep);
+        }
+        "tty" => {
+            let path = args.dir.join("console.sock");
+            let _ = std::fs::remove_file(&path);
+            let listener = std::os::unix::net::UnixListener::bind(&path)
+                .map_err(|e| format!("console socket {}: {e}", path.display()))?;
+            create
+                .arg("--console-socket")
+                .arg(&path)
+                .stdin(Stdio::null());
+            console_socket = Some(listener);
+        }
+        _ => {
+            create.stdin(Stdio::null());
+        }
+    }
+    // runc hands over the terminal while it creates the container
+    let console = console_socket.map(|l| {
+        std::thread::spawn(move || {
+            l.accept()
+                .map_err(|e| e.to_string())
+                .and_then(|(c, _)| recv_fd(&c))
+        })
+    });
+    let status = create
         .arg(&args.id)
-        .stdin(Stdio::null())
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .status()
@@ -242,6 +467,13 @@ fn start(args: &ShimArgs) -> Result<Started, String> {
         return Err(runc_error(&args.dir.join("runc.log"))
             .unwrap_or_else(|| format!("runc create failed ({status})")));
     }
+    let console = match console {
+        None => None,
+        Some(t) => Some(
+            t.join()
+                .map_err(|_| "receiving the terminal failed".to_string())??,
+        ),
+    };
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -258,7 +490,14 @@ fn start(args: &ShimArgs) -> Result<Started, String> {
         return Err(runc_error(&args.dir.join("runc.log"))
             .unwrap_or_else(|| format!("runc start failed ({status})")));
     }
-    Ok((pid, out_r, err_r, started_at))
+    Ok(Started {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+        console,
+        stdin_keep,
+        started_at,
+    })
 }
 
 /// Reap children until `pid` exits; its wait status.
