@@ -104,6 +104,11 @@ fn image_config(layer: &[u8]) -> Vec<u8> {
 
 /// Push the busybox image as `repo_tag`; returns its reference.
 async fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
+    push_busybox_with(reg, repo_tag, &RegistryAuth::Anonymous).await
+}
+
+/// [`push_busybox`] with credentials.
+async fn push_busybox_with(reg: &Registry, repo_tag: &str, auth: &RegistryAuth) -> String {
     let layer = busybox_layer();
     let client = oci_client::Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
@@ -121,13 +126,7 @@ async fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
         None,
     );
     client
-        .push(
-            &reference.parse().unwrap(),
-            &layers,
-            config,
-            &RegistryAuth::Anonymous,
-            None,
-        )
+        .push(&reference.parse().unwrap(), &layers, config, auth, None)
         .await
         .expect("push the busybox image");
     reference
@@ -1649,4 +1648,115 @@ async fn attach_feeds_stdin_and_kubectl_run_it_gives_a_terminal() {
         (!s.kubectl(&["get", "pod", "shell"]).status.success()).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn private_images_need_their_pull_secret() {
+    let reg = Registry::start(Some(("wk", "s3cret"))).await;
+    let image = push_busybox_with(
+        &reg,
+        "private/busybox:1",
+        &RegistryAuth::Basic("wk".into(), "s3cret".into()),
+    )
+    .await;
+    let s = server().await;
+    let pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": image,
+                "command": ["echo", "pulled with a secret"]}]}})
+    };
+    // no credentials: the registry refuses, the pod waits in ImagePullBackOff
+    apply(&s, &pod("without"));
+    let p = s
+        .wait_pod("without", "without backs off pulling", |p| {
+            matches!(
+                p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+        })
+        .await;
+    let message = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!message.is_empty(), "{p}");
+    // with a dockerconfigjson Secret named in imagePullSecrets, it runs
+    let dockerconfig = json!({"auths": {format!("127.0.0.1:{}", reg.port): {"username": "wk", "password": "s3cret"}}});
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": dockerconfig.to_string()}}),
+    );
+    let mut with = pod("with");
+    with["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    apply(&s, &with);
+    s.wait_pod("with", "with succeeds", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(logs(&s, &["with"]), "pulled with a secret\n");
+}
+
+#[tokio::test]
+async fn wasm_containers_have_native_sidecars_and_post_start_hooks() {
+    let s = server().await;
+    let web = example_image("wasm32-wasip2", "webserver");
+    let env = |name: &str, port: &str| {
+        json!([{"name": "POD_NAME", "value": name}, {"name": "PORT", "value": port},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}])
+    };
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wasm-sidecar"},
+            "spec": {
+                "initContainers": [{"name": "side", "image": web, "restartPolicy": "Always",
+                    "env": env("side", "9090"), "ports": [{"containerPort": 9090}]}],
+                "containers": [{"name": "main", "image": web, "env": env("main", "8080"),
+                    "ports": [{"containerPort": 8080}],
+                    // an exec hook runs a fresh instance of the module
+                    "lifecycle": {"postStart": {"exec": {"command": ["webserver", "check"]}}},
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}}]}}),
+    );
+    let p = running(&s, "wasm-sidecar").await;
+    let side = &p["status"]["initContainerStatuses"][0];
+    assert!(side["state"]["running"].is_object(), "{side}");
+    let ip = p["status"]["podIP"].as_str().unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (port, who) in [(9090, "side"), (8080, "main")] {
+        let body = http
+            .get(format!("http://{ip}:{port}/x"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, format!("hello from {who} at /x\n"));
+    }
+    // a failing postStart hook kills the container, which is restarted
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad-hook"},
+            "spec": {"containers": [{"name": "main", "image": web, "env": env("bad", "8080"),
+                "lifecycle": {"postStart": {"exec": {"command": ["webserver", "fail"]}}}}]}}),
+    );
+    s.wait_pod("bad-hook", "bad-hook restarts", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    let out = s.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=bad-hook",
+    ]);
+    assert!(
+        stdout(&out).contains("FailedPostStartHook"),
+        "{}",
+        stdout(&out)
+    );
 }
