@@ -93,9 +93,9 @@ fn sha256(data: &[u8]) -> String {
     wasmkube_runtime::image::digest(data)
 }
 
-fn image_config(layer: &[u8]) -> Vec<u8> {
+fn image_config(layer: &[u8], arch: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
-        "architecture": wasmkube_runtime::oci::images::host_arch(), "os": "linux",
+        "architecture": arch, "os": "linux",
         "config": {"Env": ["PATH=/bin", "FROM_IMAGE=yes"], "Cmd": ["sh"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}
     }))
@@ -109,6 +109,22 @@ async fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
 
 /// [`push_busybox`] with credentials.
 async fn push_busybox_with(reg: &Registry, repo_tag: &str, auth: &RegistryAuth) -> String {
+    push_busybox_for(
+        reg,
+        repo_tag,
+        auth,
+        wasmkube_runtime::oci::images::host_arch(),
+    )
+    .await
+}
+
+/// [`push_busybox`] with credentials, its config naming `arch`.
+async fn push_busybox_for(
+    reg: &Registry,
+    repo_tag: &str,
+    auth: &RegistryAuth,
+    arch: &str,
+) -> String {
     let layer = busybox_layer();
     let client = oci_client::Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
@@ -121,7 +137,7 @@ async fn push_busybox_with(reg: &Registry, repo_tag: &str, auth: &RegistryAuth) 
         None,
     )];
     let config = Config::new(
-        image_config(&layer),
+        image_config(&layer, arch),
         "application/vnd.oci.image.config.v1+json".into(),
         None,
     );
@@ -733,7 +749,7 @@ async fn p_uid(s: &Server, name: &str) -> String {
 /// A `docker save` style archive of the busybox image, tagged `tag`.
 fn docker_archive(path: &Path, tag: &str) {
     let layer = busybox_layer();
-    let config = image_config(&layer);
+    let config = image_config(&layer, wasmkube_runtime::oci::images::host_arch());
     let manifest =
         json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]);
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
@@ -1466,7 +1482,7 @@ async fn sandboxed_pods_get_their_volumes_the_host_network_and_pods_of_other_nod
     let web = example_image("wasm32-wasip2", "webserver");
     apply(
         &s,
-        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "far"},
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "far", "labels": {"app": "far"}},
             "spec": {"nodeName": "node-b", "containers": [{"name": "web", "image": web,
                 "env": [{"name": "POD_NAME", "value": "far"},
                     {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
@@ -1758,5 +1774,70 @@ async fn wasm_containers_have_native_sidecars_and_post_start_hooks() {
         stdout(&out).contains("FailedPostStartHook"),
         "{}",
         stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn an_image_index_gives_this_nodes_platform() {
+    let reg = Registry::start(None).await;
+    let anon = RegistryAuth::Anonymous;
+    let host = wasmkube_runtime::oci::images::host_arch();
+    let native = push_busybox(&reg, "multi/busybox:native").await;
+    let foreign = push_busybox_for(&reg, "multi/busybox:foreign", &anon, "s390x").await;
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let mut entries = Vec::new();
+    // the foreign platform first: taking the first entry would be wrong
+    for (image, arch) in [(&foreign, "s390x"), (&native, host)] {
+        let (raw, digest) = client
+            .pull_manifest_raw(
+                &image.parse().unwrap(),
+                &anon,
+                &["application/vnd.oci.image.manifest.v1+json"],
+            )
+            .await
+            .unwrap();
+        entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": raw.len(), "platform": {"architecture": arch, "os": "linux"}}));
+    }
+    let index: oci_client::manifest::OciImageIndex = serde_json::from_value(json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries}))
+    .unwrap();
+    let multi = format!("127.0.0.1:{}/multi/busybox:1", reg.port);
+    client
+        .push_manifest_list(&multi.parse().unwrap(), &anon, index)
+        .await
+        .unwrap();
+    let s = server().await;
+    let pod = |name: &str, image: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": image,
+                "command": ["echo", "this node's platform"]}]}})
+    };
+    apply(&s, &pod("multi", &multi));
+    s.wait_pod("multi", "multi succeeds", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(logs(&s, &["multi"]), "this node's platform\n");
+    // an image for another platform alone is refused, saying so
+    apply(&s, &pod("foreign", &foreign));
+    let p = s
+        .wait_pod("foreign", "foreign is refused", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("s390x"))
+        })
+        .await;
+    let message = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains(&format!("the image is for s390x, this node is {host}")),
+        "{message}"
     );
 }
