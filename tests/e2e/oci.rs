@@ -194,6 +194,25 @@ fn logs(s: &Server, args: &[&str]) -> String {
     stdout(&s.kubectl(&all))
 }
 
+/// GET `url` (no proxy) until it answers 2xx, for up to `secs`; the body.
+async fn get_ok(secs: u64, what: &str, url: String) -> String {
+    eventually(secs, what, || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(url)
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(r.text().await.ok()?)
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn busybox_httpd_serves_behind_a_service_with_logs_exec_and_a_shell() {
     let reg = Registry::start(None).await;
@@ -240,21 +259,7 @@ async fn busybox_httpd_serves_behind_a_service_with_logs_exec_and_a_shell() {
         )
         .await;
     let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
-    let body = eventually(30, "the Service answers", || {
-        let ip = ip.clone();
-        async move {
-            let r = reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .unwrap()
-                .get(format!("http://{ip}:80/"))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(r.text().await.ok()?)
-        }
-    })
-    .await;
+    let body = get_ok(30, "the Service answers", format!("http://{ip}:80/")).await;
     assert_eq!(body, "hello from busybox httpd\n");
 
     // logs in the CRI format, read back by kubectl
@@ -1177,20 +1182,11 @@ async fn the_oci_sidecar_example_ships_the_wasm_apps_log() {
         )
         .await;
     let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
-    let body = eventually(30, "the Service answers", || {
-        let ip = ip.clone();
-        async move {
-            let r = reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .unwrap()
-                .get(format!("http://{ip}/shipped-line"))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(r.text().await.ok()?)
-        }
-    })
+    let body = get_ok(
+        30,
+        "the Service answers",
+        format!("http://{ip}/shipped-line"),
+    )
     .await;
     assert!(body.starts_with("hello from shipped-"), "{body}");
     // the request's log line, written by the Wasm app, shipped by busybox

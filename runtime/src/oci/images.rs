@@ -161,14 +161,17 @@ impl ImageStore {
         self.dir.join("layers").join(file_name(digest))
     }
 
-    fn record(&self, reference: &str) -> Option<Record> {
-        let known = self
-            .refs
+    /// The manifest digest a reference names, as this store knows it.
+    fn known_digest(&self, reference: &str) -> Option<String> {
+        self.refs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(reference)
-            .cloned();
-        let digest = match known {
+            .cloned()
+    }
+
+    fn record(&self, reference: &str) -> Option<Record> {
+        let digest = match self.known_digest(reference) {
             Some(d) => d,
             // imported by `wk image import` since this store read its refs
             None => {
@@ -284,13 +287,7 @@ impl ImageStore {
     /// Mark an image used now (its manifest record's modification time),
     /// for garbage collection's least-recently-used order.
     fn touch(&self, key: &str) {
-        let digest = self
-            .refs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned();
-        if let Some(d) = digest {
+        if let Some(d) = self.known_digest(key) {
             if let Ok(f) = std::fs::File::options().write(true).open(self.blob(&d)) {
                 let _ = f.set_modified(std::time::SystemTime::now());
             }
