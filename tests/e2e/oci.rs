@@ -778,17 +778,9 @@ fn docker_archive(path: &Path, tag: &str) {
 async fn images_import_from_a_tarball_with_no_registry() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("busybox.tar");
     // a registry name that resolves nowhere: nothing may be pulled
-    docker_archive(&archive, "offline.invalid/tools/busybox:1");
+    let out = import_busybox(&s, "offline.invalid/tools/busybox:1");
     let data_dir = s.dir.join("agent");
-    let out = wk(&[
-        "image",
-        "import",
-        archive.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "imported offline.invalid/tools/busybox:1\n");
     let out = wk(&["image", "list", "--data-dir", data_dir.to_str().unwrap()]);
@@ -1086,18 +1078,24 @@ async fn a_stateful_set_keeps_its_claim_and_runs_hooks_and_a_native_sidecar() {
 /// Import busybox-static as `docker.io/library/busybox:1.36`, the name the
 /// example manifests use, from a tarball (no registry is reachable).
 fn import_example_busybox(s: &Server) {
+    let out = import_busybox(s, "docker.io/library/busybox:1.36");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `wk image import` of a busybox docker-archive tagged `tag` into the
+/// server's agent.
+fn import_busybox(s: &Server, tag: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("busybox.tar");
-    docker_archive(&archive, "docker.io/library/busybox:1.36");
+    docker_archive(&archive, tag);
     let data_dir = s.dir.join("agent");
-    let out = wk(&[
+    wk(&[
         "image",
         "import",
         archive.to_str().unwrap(),
         "--data-dir",
         data_dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ])
 }
 
 /// Apply `examples/manifests/NAME.yaml` with kubectl, as its header says.

@@ -355,12 +355,14 @@ impl ImageStore {
             }
             for l in i.layers.iter().filter(|l| !kept_layers.contains(*l)) {
                 // a pull of this layer under way keeps it
-                let lock = self.layer_lock(l);
-                let held = lock.try_lock();
-                if held.is_ok() {
+                let busy = self
+                    .layer_locks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(l);
+                if !busy {
                     let _ = std::fs::remove_dir_all(self.layer_dir(l));
                 }
-                drop(held);
             }
         }
         Ok(victims)
@@ -439,24 +441,38 @@ impl ImageStore {
         reference: &Reference,
         layer: &OciDescriptor,
     ) -> Result<(), RuntimeError> {
-        let dest = self.layer_dir(&layer.digest);
-        if dest.is_dir() {
+        self.once_per_layer(
+            &layer.digest,
+            self.download_and_unpack(image, client, reference, layer),
+        )
+        .await
+    }
+
+    /// Run `make` (which fills `layers/<digest>`) unless the layer is there,
+    /// once at a time per digest: a second pull or import of the layer waits
+    /// for the first and then finds it.
+    async fn once_per_layer(
+        &self,
+        digest: &str,
+        make: impl std::future::Future<Output = Result<(), RuntimeError>>,
+    ) -> Result<(), RuntimeError> {
+        if self.layer_dir(digest).is_dir() {
             return Ok(());
         }
-        let lock = self.layer_lock(&layer.digest);
-        let _held = lock.lock().await;
-        if dest.is_dir() {
-            // fetched while this pull waited
-            return Ok(());
-        }
-        let fetched = self
-            .download_and_unpack(image, client, reference, layer)
-            .await;
+        let lock = self.layer_lock(digest);
+        let made = {
+            let _held = lock.lock().await;
+            if self.layer_dir(digest).is_dir() {
+                Ok(())
+            } else {
+                make.await
+            }
+        };
         self.layer_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&layer.digest);
-        fetched
+            .remove(digest);
+        made
     }
 
     fn layer_lock(&self, digest: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
@@ -648,27 +664,22 @@ impl ImageStore {
         file: &Path,
         digest: &str,
     ) -> Result<(), RuntimeError> {
-        if self.layer_dir(digest).is_dir() {
-            return Ok(());
-        }
-        let lock = self.layer_lock(digest);
-        let _held = lock.lock().await;
-        if self.layer_dir(digest).is_dir() {
-            return Ok(());
-        }
-        let actual = file_digest(file).map_err(|e| fail(name, e))?;
-        if actual != digest {
-            return Err(fail(
-                name,
-                format!(
-                    "layer {} has digest {actual}, expected {digest}",
-                    file.display()
-                ),
-            ));
-        }
-        self.unpack_file(file, digest)
-            .await
-            .map_err(|e| fail(name, format!("unpacking layer {digest}: {e}")))
+        self.once_per_layer(digest, async {
+            let actual = file_digest(file).map_err(|e| fail(name, e))?;
+            if actual != digest {
+                return Err(fail(
+                    name,
+                    format!(
+                        "layer {} has digest {actual}, expected {digest}",
+                        file.display()
+                    ),
+                ));
+            }
+            self.unpack_file(file, digest)
+                .await
+                .map_err(|e| fail(name, format!("unpacking layer {digest}: {e}")))
+        })
+        .await
     }
 }
 
