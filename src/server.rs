@@ -584,6 +584,7 @@ pub async fn run(
         advertise: advertise.clone(),
         shutdown: stop_rx.clone(),
         kubelet: tls::http1_client(&security.server_ca.cert_pem, Some(&pki.kubelet_client))?,
+        stream_failures: Default::default(),
     });
     let app = apiserver::router(state);
     let tls_config = tls::server_config(

@@ -149,6 +149,9 @@ pub struct Agent {
     workers: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
     /// Running pod workers by `namespace/name`, for logs.
     pods: Mutex<HashMap<String, Arc<pod::PodCtx>>>,
+    /// Pods resumed from local state whose workers have not registered
+    /// yet (`namespace/name`): exec and attach wait for them.
+    resuming: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Agent {
@@ -215,6 +218,7 @@ impl Agent {
             ips: Mutex::default(),
             workers: Mutex::default(),
             pods: Mutex::default(),
+            resuming: Mutex::default(),
         }))
     }
 
@@ -340,6 +344,10 @@ impl Agent {
                 Ok(p) if p["spec"]["nodeName"] == self.config.node_name.as_str() => {
                     tracing::info!(pod = %meta::name(&p), "resuming pod from local state");
                     cache.seed(p.clone());
+                    self.resuming
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(format!("{}/{}", meta::namespace(&p), meta::name(&p)));
                     self.upsert(p);
                 }
                 Ok(_) => {}
@@ -351,6 +359,10 @@ impl Agent {
     }
 
     fn register_pod(&self, ns: &str, name: &str, ctx: Arc<pod::PodCtx>) {
+        self.resuming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("{ns}/{name}"));
         self.pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -412,6 +424,15 @@ impl Agent {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Whether pod `ns/name` was found in local state at start and its
+    /// worker has not registered yet.
+    pub fn resuming(&self, ns: &str, name: &str) -> bool {
+        self.resuming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&format!("{ns}/{name}"))
     }
 
     /// The worker of pod `ns/name`, if it runs here.

@@ -31,6 +31,10 @@ const STATUS_COALESCE: Duration = Duration::from_millis(5);
 /// Back-off is reset once a container has run this long.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
+/// How long after an agent restart exec and attach wait for a container
+/// left running by the earlier run to be adopted.
+pub const ADOPT_WAIT: Duration = Duration::from_secs(10);
+
 fn ts(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
         .format("%Y-%m-%dT%H:%M:%SZ")
@@ -76,6 +80,9 @@ pub struct PodCtx {
     /// stops them after the containers they serve.
     sidecars_stop: watch::Receiver<bool>,
     sandbox: Mutex<Option<Sandbox>>,
+    /// When this worker started, if an earlier run of the agent left
+    /// containers running for it to adopt.
+    resumed: Option<std::time::Instant>,
 }
 
 /// A pod's network namespace and the forwards into it.
@@ -134,6 +141,21 @@ impl PodCtx {
     /// The pod's IP address.
     pub fn pod_ip(&self) -> String {
         self.record().pod_ip
+    }
+
+    /// Whether `container` is one an earlier run of the agent left running
+    /// and this run has not adopted (or replaced) yet: a request for it
+    /// should wait a moment rather than fail.
+    pub fn adopting(&self, container: &str) -> bool {
+        if self.resumed.is_none_or(|at| at.elapsed() > ADOPT_WAIT) || self.stopping() {
+            return false;
+        }
+        let rec = self.record();
+        rec.containers
+            .iter()
+            .chain(rec.init.iter())
+            .find(|c| c.name == container)
+            .is_some_and(|c| matches!(c.state, CState::Waiting { .. }))
     }
 
     fn record(&self) -> PodRecord {
@@ -1220,6 +1242,12 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         }
     };
     let rec = resumed_record(&pod, ip);
+    let resumed = rec
+        .containers
+        .iter()
+        .chain(rec.init.iter())
+        .any(|c| !c.container_id.is_empty())
+        .then(std::time::Instant::now);
     let rec = PodRecord {
         host_ip: agent.config.advertise_ip.clone(),
         start_time: if rec.start_time.is_empty() {
@@ -1245,6 +1273,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         stop: stop_rx,
         sidecars_stop: sidecars_stop_rx,
         sandbox: Mutex::default(),
+        resumed,
     });
     // Deletion (a deletionTimestamp, or the object gone) stops the pod.
     let mut watcher = pod_rx.clone();

@@ -189,7 +189,7 @@ async fn exec(
             "you must specify at least 1 command".into(),
         );
     }
-    let ctx = match pod_here(&api, &ns, &pod) {
+    let ctx = match pod_settled(&api, &ns, &pod, &container).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -234,7 +234,7 @@ async fn attach(
             .any(|(key, v)| key == k && matches!(v.as_str(), "true" | "1"))
     };
     let (want_out, want_err, want_in) = (flag("stdout"), flag("stderr"), flag("stdin"));
-    let ctx = match pod_here(&api, &ns, &pod) {
+    let ctx = match pod_settled(&api, &ns, &pod, &container).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -400,6 +400,31 @@ async fn follow_log(
 }
 
 /// The pod `ns/pod` if it runs on this node, else a 404 saying so.
+/// The pod's worker, once it has taken back what an earlier run of the
+/// agent left running: right after a restart, exec and attach wait (up to
+/// [`super::pod::ADOPT_WAIT`]) for the worker to register and adopt
+/// `container`, as the kubelet serves them only once it knows the pod.
+async fn pod_settled(
+    api: &AgentApi,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<Arc<super::pod::PodCtx>, Box<Response>> {
+    let deadline = tokio::time::Instant::now() + super::pod::ADOPT_WAIT;
+    loop {
+        let waiting = match pod_here(api, ns, pod) {
+            Ok(ctx) if !ctx.adopting(container) => return Ok(ctx),
+            Ok(ctx) => Ok(ctx),
+            Err(r) if api.agent.resuming(ns, pod) => Err(r),
+            Err(r) => return Err(r),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn pod_here(api: &AgentApi, ns: &str, pod: &str) -> Result<Arc<super::pod::PodCtx>, Box<Response>> {
     api.agent.pod(ns, pod).ok_or_else(|| {
         Box::new(error(

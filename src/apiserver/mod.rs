@@ -66,6 +66,9 @@ pub struct ApiState {
     /// HTTPS client for the agents' kubelet API: trusts the server CA,
     /// presents the API server's client certificate.
     pub kubelet: reqwest::Client,
+    /// Why the last exec or attach of a container failed, kept briefly for
+    /// the client's retry in the other protocol (see `proxy::Failures`).
+    pub stream_failures: proxy::Failures,
     /// Turns true on shutdown: open watches end so the server can stop.
     pub shutdown: crate::controllers::CancelToken,
 }

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
 use crate::agent::server::LogParams;
 use crate::api::resources;
@@ -158,13 +159,22 @@ async fn pod_stream(
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let target = format!("{verb}/{ns}/{name}/{container}?{query}");
     if !upgrade {
-        return Err(ApiError::BadRequest("Upgrade request required".into()));
+        // kubectl tries WebSocket first and falls back to SPDY/3.1 on any
+        // failed upgrade, printing the second error: give it the first.
+        if let Some(failed) = state.stream_failures.take(&target) {
+            return Ok(failed);
+        }
+        return Err(ApiError::BadRequest(
+            "Upgrade request required: exec and attach are served over WebSocket (v5.channel.k8s.io)"
+                .into(),
+        ));
     }
-    let url = format!(
-        "{}/{verb}/{ns}/{name}/{container}?{query}",
-        agent_base(state, &pod, name)?
-    );
+    let base = agent_base(state, &pod, name).inspect_err(|e| {
+        state.stream_failures.put(&target, Failure::of(e));
+    })?;
+    let url = format!("{base}/{target}");
     let mut forward = state.kubelet.get(&url);
     for h in HANDSHAKE {
         if let Some(v) = req.headers().get(&h) {
@@ -172,17 +182,18 @@ async fn pod_stream(
         }
     }
     let resp = forward.send().await.map_err(|e| {
-        ApiError::Unavailable(format!(
+        let e = ApiError::Unavailable(format!(
             "the agent of pod {name}'s node is unreachable: {e}"
-        ))
+        ));
+        state.stream_failures.put(&target, Failure::of(&e));
+        e
     })?;
     if resp.status().as_u16() != 101 {
         let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        return Response::builder()
-            .status(code)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from_stream(resp.bytes_stream()))
-            .map_err(|e| ApiError::Internal(e.to_string()));
+        let body = resp.bytes().await.unwrap_or_default();
+        let failed = Failure { code, body };
+        state.stream_failures.put(&target, failed.clone());
+        return Ok(failed.response());
     }
     let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     for h in [
@@ -210,4 +221,56 @@ async fn pod_stream(
     });
     out.body(Body::empty())
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A failed exec or attach, as answered.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    code: StatusCode,
+    body: bytes::Bytes,
+}
+
+impl Failure {
+    fn of(e: &ApiError) -> Self {
+        Failure {
+            code: StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body: serde_json::to_vec(&e.to_status())
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+
+    fn response(self) -> Response {
+        let mut r = Response::new(Body::from(self.body));
+        *r.status_mut() = self.code;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+}
+
+/// The last failures of exec and attach, by target (verb, pod, container
+/// and query), for [`FAILURE_TTL`]. A client that falls back from WebSocket
+/// to SPDY/3.1 (which this server does not speak) is answered with why the
+/// WebSocket attempt failed, as kube-apiserver's SPDY path would fail too.
+#[derive(Debug, Default)]
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, (Instant, Failure)>>);
+
+/// How long a failure is kept for the retry.
+pub const FAILURE_TTL: Duration = Duration::from_secs(10);
+
+impl Failures {
+    fn put(&self, target: &str, failure: Failure) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (at, _)| at.elapsed() < FAILURE_TTL);
+        map.insert(target.to_string(), (Instant::now(), failure));
+    }
+
+    fn take(&self, target: &str) -> Option<Response> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, failure) = map.remove(target)?;
+        (at.elapsed() < FAILURE_TTL).then(|| failure.response())
+    }
 }

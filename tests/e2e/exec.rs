@@ -112,3 +112,30 @@ async fn kube_rs_exec_works_against_the_api() {
     let cause = &status.details.unwrap().causes.unwrap()[0];
     assert_eq!(cause.message.as_deref(), Some("1"));
 }
+
+#[tokio::test]
+async fn kubectl_exec_into_a_container_that_is_not_running_names_why() {
+    let s = Server::start().await;
+    let node = s.node_name().await;
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crashy"}, "spec": {
+        "nodeName": node,
+        "containers": [{"name": "crash", "image": crate::util::example_image("wasm32-wasip1", "crashloop")}]}});
+    let (code, body) = s.call(Method::POST, PODS, Some(pod)).await;
+    assert_eq!(code, 201, "{body}");
+    // in back-off after its second exit: 20 s before the next start
+    s.wait_pod("crashy", "crashy in CrashLoopBackOff twice", |p| {
+        let c = &p["status"]["containerStatuses"][0];
+        c["restartCount"].as_u64() >= Some(2)
+            && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    // kubectl tries a WebSocket, then SPDY/3.1 on any failed upgrade, and
+    // prints the second answer: it must carry the agent's reason
+    let out = s.kubectl(&["exec", "crashy", "--", "crashloop"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("container not found (\"crash\")") && !err.contains("Upgrade request"),
+        "{err}"
+    );
+}

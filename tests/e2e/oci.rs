@@ -691,7 +691,7 @@ async fn oci_containers_keep_running_through_an_agent_kill_9() {
         &s,
         &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "steady"},
             "spec": {"terminationGracePeriodSeconds": 5, "containers": [{"name": "main", "image": image,
-                "command": ["sh", "-c", "trap 'echo bye; exit 0' TERM; date +%s%N > /tmp/started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"]}]}}),
+                "command": ["sh", "-c", "trap 'echo bye; exit 0' TERM; cat /proc/sys/kernel/random/uuid > /tmp/started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"]}]}}),
     );
     running(&s, "steady").await;
     let started = eventually(30, "the start time is written", || async {
@@ -719,7 +719,12 @@ async fn oci_containers_keep_running_through_an_agent_kill_9() {
         "{p}"
     );
     let out = s.kubectl(&["exec", "steady", "--", "cat", "/tmp/started"]);
-    assert_eq!(stdout(&out), started, "the same container, never restarted");
+    assert_eq!(
+        stdout(&out),
+        started,
+        "the same container, never restarted: {}",
+        stderr(&out)
+    );
     // its log went on while the agent was away, and goes on now
     let before = logs(&s, &["steady"]).lines().count();
     tokio::time::sleep(Duration::from_secs(2)).await;
