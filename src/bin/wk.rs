@@ -288,9 +288,11 @@ struct AgentArgs {
     /// The node's address, as pods and the API server see it.
     #[arg(long, default_value = "127.0.0.1")]
     advertise_address: String,
-    /// Where the agent serves logs to the API server.
-    #[arg(long, default_value = "127.0.0.1:10250")]
-    listen: SocketAddr,
+    /// Where the agent serves logs, exec and attach to the API server
+    /// (default: the advertised address, port 10250, which is where the API
+    /// server looks for it).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     #[command(flatten)]
     agent: AgentTuning,
 }
@@ -423,6 +425,18 @@ async fn async_main() -> Result<()> {
             let mut config = a
                 .agent
                 .apply(wasmkube::agent::AgentConfig::new(node_name, data_dir));
+            let listen = match a.listen {
+                Some(l) => l,
+                None => SocketAddr::new(
+                    a.advertise_address.parse().map_err(|e| {
+                        anyhow::anyhow!(
+                            "--advertise-address {:?} is not an IP address: {e}",
+                            a.advertise_address
+                        )
+                    })?,
+                    10250,
+                ),
+            };
             config.advertise_ip = a.advertise_address;
             a.agent.ingress(&mut config);
             let identity = agent_identity(&a.server, a.token.as_deref(), &config).await?;
@@ -435,7 +449,6 @@ async fn async_main() -> Result<()> {
             )?;
             let agent = wasmkube::agent::Agent::new(config, client.with_name("wk-agent"))?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let listen = a.listen;
             let mut run = tokio::spawn(async move { agent.run(listen, &identity, stop_rx).await });
             tokio::select! {
                 _ = shutdown_signal() => {

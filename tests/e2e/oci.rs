@@ -1840,3 +1840,78 @@ async fn an_image_index_gives_this_nodes_platform() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn sandboxed_pods_reach_node_ports_by_node_address() {
+    let reg = Registry::start(None).await;
+    let image = push_busybox(&reg, "tools/busybox:1").await;
+    let s = server().await;
+    // a node whose address is not the machine's 127.0.0.1 (which inside
+    // a sandbox is the pod's own localhost)
+    let _b = crate::util::AgentProc::start_with(
+        &s,
+        "node-b",
+        &[
+            "--advertise-address",
+            "127.0.0.5",
+            "--listen",
+            "127.0.0.5:0",
+        ],
+    );
+    eventually(60, "node-b registers", || async {
+        let out = s.kubectl(&["get", "node", "node-b", "-o", "wide"]);
+        (out.status.success() && stdout(&out).contains("127.0.0.5")).then_some(())
+    })
+    .await;
+    let web = example_image("wasm32-wasip2", "webserver");
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": web,
+                "env": [{"name": "POD_NAME", "value": "web"},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "ports": [{"containerPort": 8080}]}]}}),
+    );
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "selector": {"app": "web"},
+                "ports": [{"port": 80, "targetPort": 8080}]}}),
+    );
+    let forever = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    let local = s.node_name().await;
+    for (name, node) in [("on-b", "node-b"), ("on-local", local.as_str())] {
+        apply(
+            &s,
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "c", "image": image, "command": ["sh", "-c", forever]}]}}),
+        );
+    }
+    running(&s, "web").await;
+    running(&s, "on-b").await;
+    running(&s, "on-local").await;
+    let out = s.kubectl(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let node_port = stdout(&out);
+    assert!(
+        node_port.parse::<u16>().is_ok_and(|p| p >= 30000),
+        "{node_port}"
+    );
+    let url = format!("http://127.0.0.5:{node_port}");
+    // its own node's node port, from a sandbox on node-b; then node-b's
+    // node port from a sandbox on the other node
+    for (pod, path) in [("on-b", "own-node"), ("on-local", "other-node")] {
+        let body = eventually(30, "the node port answers from the sandbox", || async {
+            let out = s.kubectl(&["exec", pod, "--", "wget", "-qO-", &format!("{url}/{path}")]);
+            out.status.success().then(|| stdout(&out))
+        })
+        .await;
+        assert_eq!(body, format!("hello from web at /{path}\n"), "from {pod}");
+    }
+}

@@ -398,16 +398,9 @@ impl AgentProc {
                 )
                 .arg("--data-dir")
                 .arg(self.dir.path().join("data"))
-                .args([
-                    "--backoff-base-ms",
-                    "200",
-                    "--heartbeat-ms",
-                    "500",
-                    "--listen",
-                    "127.0.0.1:0",
-                ])
+                .args(["--backoff-base-ms", "200", "--heartbeat-ms", "500"])
                 .args(
-                    ["--ingress-listen", "--ingress-tls-listen"]
+                    ["--listen", "--ingress-listen", "--ingress-tls-listen"]
                         .into_iter()
                         .filter(|f| !self.extra.iter().any(|e| e == f))
                         .flat_map(|f| [f, "127.0.0.1:0"]),
