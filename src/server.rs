@@ -79,6 +79,21 @@ pub enum ServerError {
     Join(crate::api::ApiError),
     #[error("secrets encryption: {0}")]
     Encryption(#[from] crate::store::encryption::EncryptionError),
+    #[error("joining the cluster at {url}: {detail}")]
+    JoinCluster { url: String, detail: String },
+    #[error(
+        "this server (id {0}) was removed from the cluster; wipe its data directory to join again"
+    )]
+    Removed(crate::store::NodeId),
+}
+
+/// `--join URL --token TOKEN`: become a member of an existing cluster.
+#[derive(Debug, Clone)]
+pub struct JoinSpec {
+    /// Any server of the cluster, `https://HOST:PORT`.
+    pub url: String,
+    /// Its server join token (`K10<CA hash>::server:<secret>`).
+    pub token: String,
 }
 
 /// How to run a server.
@@ -93,6 +108,11 @@ pub struct ServerConfig {
     pub bookmark_interval: Duration,
     /// Raft log entries between snapshots.
     pub snapshot_logs: u64,
+    /// Join an existing cluster (only on first start: afterwards the
+    /// stored membership is used).
+    pub join: Option<JoinSpec>,
+    /// Raft heartbeat and election timeouts.
+    pub raft_timing: crate::store::Timing,
     /// The embedded node agent (`None`: `--disable-agent`).
     pub agent: Option<crate::agent::AgentConfig>,
     /// The scheduler and controllers.
@@ -379,11 +399,12 @@ async fn bootstrap(store: &Store, advertise: &str) -> Result<(), ServerError> {
         "subsets": [{"addresses": [{"ip": host.trim_matches(['[', ']'])}],
             "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
     let ep = resources::lookup("endpoints").expect("endpoints are served");
+    let desired = api_endpoints(&store.addresses(), &endpoints["subsets"]);
     match store.cache().get(&ep.key("default", "kubernetes")) {
-        Some(cur) if cur.get("subsets") == endpoints.get("subsets") => {}
+        Some(cur) if cur.get("subsets") == Some(&desired) => {}
         Some(cur) => {
             let mut next = (*cur).clone();
-            next["subsets"] = endpoints["subsets"].clone();
+            next["subsets"] = desired;
             let _ = handlers::update(
                 store,
                 ep,
@@ -420,6 +441,37 @@ async fn bootstrap(store: &Store, advertise: &str) -> Result<(), ServerError> {
     )
     .await?;
     Ok(())
+}
+
+/// The `default/kubernetes` Endpoints subsets: every server of the
+/// cluster (by its Raft address), one subset per port; `own` (this
+/// server's subset) when there is only this one.
+fn api_endpoints(servers: &std::collections::BTreeMap<u64, String>, own: &Value) -> Value {
+    let mut by_port: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for addr in servers.values() {
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        by_port
+            .entry(port)
+            .or_default()
+            .push(host.trim_matches(['[', ']']).to_string());
+    }
+    if servers.len() <= 1 || by_port.is_empty() {
+        return own.clone();
+    }
+    Value::Array(
+        by_port
+            .into_iter()
+            .map(|(port, hosts)| {
+                json!({"addresses": hosts.iter().map(|h| json!({"ip": h})).collect::<Vec<_>>(),
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
+            })
+            .collect(),
+    )
 }
 
 /// A bearer token source for ServiceAccount `kube-system/NAME`, minted
@@ -498,6 +550,204 @@ async fn embedded_agent_identity(
     Ok(id)
 }
 
+/// This server's Raft id, kept in `DATA_DIR/raft/node-id`: 1 for the
+/// server that starts a cluster, a random one for a server joining (so a
+/// wiped server rejoins under a new id).
+fn node_id(dir: &Path, joining: bool) -> Result<crate::store::NodeId, ServerError> {
+    let raft = dir.join("raft");
+    let path = raft.join("node-id");
+    let io = |source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text.trim().parse().map_err(|e| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a node id: {e}"),
+            ))
+        });
+    }
+    // a store made before ids were kept is server 1's
+    let id = if joining && !raft.join("raft-log.redb").exists() {
+        use rand::Rng;
+        rand::rng().random_range(2..(1u64 << 53))
+    } else {
+        1
+    };
+    std::fs::create_dir_all(&raft).map_err(io)?;
+    std::fs::write(&path, format!("{id}\n")).map_err(io)?;
+    Ok(id)
+}
+
+/// Fetch the cluster's keys from a server of it (see
+/// `apiserver::cluster::bundle`), after checking its CA against the token.
+async fn fetch_bundle(dir: &Path, join: &JoinSpec) -> Result<(), ServerError> {
+    use crate::auth::join::{Credential, JoinToken};
+    let fail = |detail: String| ServerError::JoinCluster {
+        url: join.url.clone(),
+        detail,
+    };
+    let token: JoinToken = join
+        .token
+        .parse()
+        .map_err(|e: crate::auth::join::TokenFormatError| fail(e.to_string()))?;
+    let Credential::Server(secret) = &token.credential else {
+        return Err(fail(
+            "a server joins with the server token (DATA_DIR/token of a server), not a bootstrap token"
+                .into(),
+        ));
+    };
+    let base = join.url.trim_end_matches('/');
+    let insecure = tls::insecure_http_client().map_err(|e| fail(e.to_string()))?;
+    let ca = insecure
+        .get(format!("{base}/cacerts"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| fail(e.to_string()))?
+        .text()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let actual = tls::pki::sha256_hex(ca.as_bytes());
+    if actual != token.ca_hash {
+        return Err(fail(format!(
+            "the server's CA does not match the hash in the token (token says {}, the server has {actual}): refusing to send the token",
+            token.ca_hash
+        )));
+    }
+    let http = tls::http_client(&ca, None).map_err(|e| fail(e.to_string()))?;
+    let resp = http
+        .post(format!("{base}/v1-wk/join-server"))
+        .bearer_auth(format!("server:{secret}"))
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !resp.status().is_success() {
+        let code = resp.status();
+        let body: Value = resp.json().await.unwrap_or_default();
+        return Err(fail(format!(
+            "{code}: {}",
+            body["message"].as_str().unwrap_or("refused")
+        )));
+    }
+    let bundle: apiserver::cluster::Bundle = resp.json().await.map_err(|e| fail(e.to_string()))?;
+    for f in apiserver::cluster::BUNDLE_FILES {
+        let text = bundle
+            .files
+            .get(f)
+            .ok_or_else(|| fail(format!("the answer lacks {f}")))?;
+        let path = dir.join(f);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| ServerError::DataDir {
+                path: parent.into(),
+                source,
+            })?;
+        }
+        tls::pki::write_private(&path, text.as_bytes()).map_err(|source| ServerError::Pki {
+            dir: dir.into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Ask the cluster (through any server) to add this one, until it is a
+/// member: learner, caught up, voter.
+async fn join_cluster(
+    store: &Store,
+    peer: &reqwest::Client,
+    join: &JoinSpec,
+    advertise: &str,
+) -> Result<(), ServerError> {
+    let req = crate::store::cluster::JoinRequest {
+        node_id: store.node_id(),
+        address: advertise.to_string(),
+    };
+    let url = format!("{}/raft/join", join.url.trim_end_matches('/'));
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let sent = peer
+            .post(&url)
+            .timeout(Duration::from_secs(300))
+            .json(&req)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => break,
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(%url, retry_in = ?backoff, "the cluster has no leader yet");
+            }
+            Ok(r) => {
+                let code = r.status();
+                let body: Value = r.json().await.unwrap_or_default();
+                return Err(ServerError::JoinCluster {
+                    url,
+                    detail: format!("{code}: {}", body["message"].as_str().unwrap_or("refused")),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(%url, error = %e, retry_in = ?backoff, "cannot reach the cluster")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+    store
+        .raft()
+        .wait(Some(Duration::from_secs(120)))
+        .metrics(
+            |m| {
+                m.current_leader.is_some()
+                    && m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == req.node_id)
+            },
+            "this server is a voter",
+        )
+        .await
+        .map_err(|e| ServerError::JoinCluster {
+            url: url.clone(),
+            detail: e.to_string(),
+        })?;
+    store.linearize().await?;
+    tracing::info!(id = req.node_id, "joined the cluster as a voter");
+    Ok(())
+}
+
+/// Run `task` while this server leads the Raft cluster, stopping it when
+/// leadership moves (the scheduler and controllers run on one server at a
+/// time, as kube-controller-manager's leader election has them).
+async fn while_leader<F, Fut>(store: Store, mut stop: crate::controllers::CancelToken, task: F)
+where
+    F: Fn(crate::controllers::CancelToken) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut metrics = store.raft().metrics();
+    let me = store.node_id();
+    loop {
+        tokio::select! {
+            r = metrics.wait_for(|m| m.current_leader == Some(me)) => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tracing::info!(id = me, "leading: the scheduler and controllers run here");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(task(rx));
+        tokio::select! {
+            _ = metrics.wait_for(|m| m.current_leader != Some(me)) => {
+                tracing::info!(id = me, "no longer leading: the scheduler and controllers stop here");
+            }
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        let _ = tx.send(true);
+        let _ = running.await;
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
 /// Run the server until `shutdown` resolves, then stop cleanly: in-flight
 /// requests finish, and every acknowledged write is already on disk.
 pub async fn run(
@@ -532,25 +782,38 @@ pub async fn run(
             bound.to_string()
         }
     });
+    let id = node_id(dir, config.join.is_some())?;
+    let fresh = !dir.join("tls").join("server-ca.crt").exists();
+    if let (Some(join), true) = (&config.join, fresh) {
+        fetch_bundle(dir, join).await?;
+    }
     let pki = load_pki(&config, &advertise)?;
     let join_secret = join_token(dir, &pki.server_ca)?;
     let keyring = Arc::new(crate::store::encryption::Keyring::load_or_create(
         &encryption_config_path(dir),
     )?);
 
+    let peer_http = tls::http_client(&pki.server_ca.cert_pem, Some(&pki.peer))?;
     let store = Store::open(
         &dir.join("raft"),
         &StoreConfig {
-            node_id: 1,
+            node_id: id,
             advertise: advertise.clone(),
             history: config.watch_history,
-            peer_http: tls::http_client(&pki.server_ca.cert_pem, Some(&pki.peer))?,
+            peer_http: peer_http.clone(),
             snapshot_logs: config.snapshot_logs,
             keyring,
+            bootstrap: config.join.is_none(),
+            timing: config.raft_timing,
         },
     )
     .await?;
-    bootstrap(&store, &advertise).await?;
+    // a server that is not a member yet serves (its peers must reach its
+    // Raft endpoints) before it asks to join
+    let joining = !store.is_member();
+    if !joining {
+        bootstrap(&store, &advertise).await?;
+    }
 
     let security = Arc::new(Security::new(
         token::Signer::from_pem(&pki.service_account_key, token::DEFAULT_ISSUER)?,
@@ -585,6 +848,7 @@ pub async fn run(
         shutdown: stop_rx.clone(),
         kubelet: tls::http1_client(&security.server_ca.cert_pem, Some(&pki.kubelet_client))?,
         stream_failures: Default::default(),
+        data_dir: dir.clone(),
     });
     let app = apiserver::router(state);
     let tls_config = tls::server_config(
@@ -605,6 +869,23 @@ pub async fn run(
     }
     .write(&kubeconfig)?;
 
+    let mut serving = None;
+    let mut listener = Some(listener);
+    if joining {
+        let join = config.join.as_ref().ok_or_else(|| {
+            ServerError::Store(StoreError::Raft(
+                "this store belongs to no cluster and no --join was given".into(),
+            ))
+        })?;
+        serving = Some(tokio::spawn(tls::serve::serve(
+            listener.take().expect("not served yet"),
+            tls_config.clone(),
+            app.clone(),
+            stop_rx.clone(),
+        )));
+        join_cluster(&store, &peer_http, join, &advertise).await?;
+        bootstrap(&store, &advertise).await?;
+    }
     let agent = match config.agent.clone() {
         Some(mut agent_config) => {
             let identity = embedded_agent_identity(&security, &store, &agent_config).await?;
@@ -643,18 +924,25 @@ pub async fn run(
         ))
         .with_name(name)
     });
-    let controllers = tokio::spawn(crate::controllers::run(
-        client_for,
-        crate::controllers::Config {
-            root_ca: ca.clone(),
-            ..config.controllers.clone()
-        },
-        stop_rx.clone(),
-    ));
+    let controller_config = crate::controllers::Config {
+        root_ca: ca.clone(),
+        ..config.controllers.clone()
+    };
+    let controllers = tokio::spawn(while_leader(store.clone(), stop_rx.clone(), move |stop| {
+        crate::controllers::run(client_for.clone(), controller_config.clone(), stop)
+    }));
+    let membership = tokio::spawn(watch_membership(store.clone(), stop_rx.clone()));
 
-    tracing::info!(listen = %bound, node = %config.node_name, kubeconfig = %kubeconfig.display(), "wk server ready");
-    let serving = tokio::spawn(tls::serve::serve(listener, tls_config, app, stop_rx));
-    shutdown.await;
+    tracing::info!(listen = %bound, node = %config.node_name, id, kubeconfig = %kubeconfig.display(), "wk server ready");
+    let serving = match (serving, listener) {
+        (Some(s), _) => s,
+        (None, Some(l)) => tokio::spawn(tls::serve::serve(l, tls_config, app, stop_rx)),
+        (None, None) => unreachable!("the listener is served once"),
+    };
+    let removed = tokio::select! {
+        _ = shutdown => false,
+        r = membership => r.unwrap_or(false),
+    };
     let _ = stop_tx.send(true);
     let _ = serving.await;
     let _ = controllers.await;
@@ -663,5 +951,33 @@ pub async fn run(
     }
     store.shutdown().await;
     tracing::info!("wk server stopped");
+    if removed {
+        return Err(ServerError::Removed(id));
+    }
     Ok(())
+}
+
+/// On the leader, finish interrupted membership changes and promote
+/// caught-up learners; on every server, notice its own removal. Returns
+/// true once this server was removed, false on shutdown.
+async fn watch_membership(store: Store, mut stop: crate::controllers::CancelToken) -> bool {
+    let mut was_member = store.is_member();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+        if let Err(e) = store.reconcile_membership().await {
+            tracing::warn!(error = %e, "membership reconcile");
+        }
+        let member = store.is_member();
+        if was_member && !member {
+            tracing::error!(
+                id = store.node_id(),
+                "this server was removed from the cluster: stopping"
+            );
+            return true;
+        }
+        was_member |= member;
+    }
 }

@@ -59,9 +59,15 @@ pub fn store_error(res: &Resource, namespace: Option<&str>, name: &str, e: Store
             name: name.into(),
             detail: "an address or port it was given was taken meanwhile; please try again".into(),
         },
-        StoreError::NotLeader { leader } => ApiError::Unavailable(format!(
+        StoreError::NotLeader { leader, .. } => ApiError::Unavailable(format!(
             "this server is not the leader; retry at {}",
             leader.unwrap_or_else(|| "the leader once one is elected".into())
+        )),
+        StoreError::NoLeader(m) => ApiError::Unavailable(format!(
+            "the store has no leader to write to; retry later ({m})"
+        )),
+        StoreError::Indeterminate(m) => ApiError::Timeout(format!(
+            "request did not complete; the write may or may not have been applied ({m})"
         )),
         other => ApiError::Internal(format!("storage: {other}")),
     }

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod customresources;
 pub mod discovery;
 pub mod encryption;
@@ -69,6 +70,8 @@ pub struct ApiState {
     /// Why the last exec or attach of a container failed, kept briefly for
     /// the client's retry in the other protocol (see `proxy::Failures`).
     pub stream_failures: proxy::Failures,
+    /// The server's data directory (the cluster's keys, for joining servers).
+    pub data_dir: std::path::PathBuf,
     /// Turns true on shutdown: open watches end so the server can stop.
     pub shutdown: crate::controllers::CancelToken,
 }
@@ -85,7 +88,13 @@ impl From<ApiError> for Failure {
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.0.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, Json(self.0.to_status())).into_response()
+        let mut r = (code, Json(self.0.to_status())).into_response();
+        if code == StatusCode::SERVICE_UNAVAILABLE {
+            // as kube-apiserver says when its storage is unavailable
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 
@@ -141,6 +150,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/raft/append", post(raft_append))
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
+        .route("/raft/write", post(cluster::forwarded_write))
+        .route("/raft/read-index", post(cluster::read_index))
+        .route("/raft/join", post(cluster::join))
+        .route("/raft/remove/{id}", post(cluster::remove_here))
+        .route("/wk/v1/cluster/members", get(cluster::members))
+        .route(
+            "/wk/v1/cluster/members/{id}",
+            axum::routing::delete(cluster::remove),
+        )
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*gv}", get(openapi_v3))
@@ -159,6 +177,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(ready))
         .route("/cacerts", get(join::cacerts))
         .route("/v1-wk/join", post(join::join))
+        .route("/v1-wk/join-server", post(cluster::bundle))
         .merge(authed)
         .with_state(state)
 }
@@ -216,22 +235,34 @@ async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
 
 async fn raft_append(
     State(state): State<Arc<ApiState>>,
+    target: axum::extract::Query<cluster::Target>,
     Json(req): Json<openraft::raft::AppendEntriesRequest<crate::store::TypeConfig>>,
 ) -> Response {
+    if let Err(r) = cluster::check_target(&state, &target) {
+        return *r;
+    }
     Json(state.store.raft().append_entries(req).await).into_response()
 }
 
 async fn raft_vote(
     State(state): State<Arc<ApiState>>,
+    target: axum::extract::Query<cluster::Target>,
     Json(req): Json<openraft::raft::VoteRequest<crate::store::NodeId>>,
 ) -> Response {
+    if let Err(r) = cluster::check_target(&state, &target) {
+        return *r;
+    }
     Json(state.store.raft().vote(req).await).into_response()
 }
 
 async fn raft_snapshot(
     State(state): State<Arc<ApiState>>,
+    target: axum::extract::Query<cluster::Target>,
     Json(req): Json<openraft::raft::InstallSnapshotRequest<crate::store::TypeConfig>>,
 ) -> Response {
+    if let Err(r) = cluster::check_target(&state, &target) {
+        return *r;
+    }
     Json(state.store.raft().install_snapshot(req).await).into_response()
 }
 
@@ -398,6 +429,18 @@ async fn serve(
     };
     let p = Params::parse(query)?;
     let store = &state.store;
+    // reads without a resourceVersion (and the reads behind every write)
+    // see every write acknowledged before them, on whichever server: the
+    // leader's commit index by ReadIndex, applied here. `resourceVersion`
+    // given (e.g. 0): served from this server's cache as it is.
+    let is_watch = *method == Method::GET && (p.is_watch() || watch_path);
+    let rv_given = p.resource_version.as_deref().is_some_and(|v| !v.is_empty());
+    let from_cache = is_watch || (*method == Method::GET && rv_given);
+    if !from_cache {
+        store.linearize().await.map_err(|e| {
+            ApiError::Unavailable(format!("no consistent read is possible now: {e}"))
+        })?;
+    }
     let ns = namespace.as_deref();
     let ns_str = if res.namespaced {
         ns.unwrap_or("default")

@@ -37,6 +37,25 @@ enum Command {
     /// Linux container images on this node (air-gapped import, list).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The servers of the control plane's Raft cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the servers: id, address, voter or learner, which one leads.
+    Members {
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Remove a server (by id, from `wk cluster members`); it stops. To
+    /// replace a dead server, remove it and join a new one.
+    Remove {
+        id: u64,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +141,22 @@ struct ServerArgs {
     /// Raft log entries between store snapshots (the log behind a snapshot is purged).
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
+    /// Join the cluster of this server (`https://HOST:PORT`, any server of
+    /// it) instead of starting a new one. Used on first start only: a
+    /// restarted server uses its stored membership.
+    #[arg(long, requires = "token")]
+    join: Option<String>,
+    /// The cluster's server token (its DATA_DIR/token), for --join.
+    #[arg(long, env = "WK_TOKEN")]
+    token: Option<String>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    raft_heartbeat_ms: u64,
+    /// Raft election timeout in milliseconds: a follower that hears no
+    /// leader for a random time between this and twice this stands for
+    /// election. Must exceed the heartbeat interval.
+    #[arg(long, default_value_t = 300)]
+    raft_election_timeout_ms: u64,
     /// Do not run the embedded node agent.
     #[arg(long)]
     disable_agent: bool,
@@ -392,6 +427,24 @@ async fn async_main() -> Result<()> {
                 watch_history: a.watch_history,
                 bookmark_interval: Duration::from_secs_f64(a.bookmark_interval.max(0.05)),
                 snapshot_logs: a.snapshot_logs,
+                join: match (a.join, a.token) {
+                    (Some(url), Some(token)) => Some(server::JoinSpec { url, token }),
+                    _ => None,
+                },
+                raft_timing: {
+                    if a.raft_election_timeout_ms <= a.raft_heartbeat_ms {
+                        bail!(
+                            "--raft-election-timeout-ms ({}) must be greater than --raft-heartbeat-ms ({})",
+                            a.raft_election_timeout_ms,
+                            a.raft_heartbeat_ms
+                        );
+                    }
+                    wasmkube::store::Timing {
+                        heartbeat_ms: a.raft_heartbeat_ms.max(1),
+                        election_timeout_min_ms: a.raft_election_timeout_ms,
+                        election_timeout_max_ms: a.raft_election_timeout_ms * 2,
+                    }
+                },
                 agent,
                 tls_sans: a.tls_san,
                 audit: a
@@ -515,6 +568,7 @@ async fn async_main() -> Result<()> {
             );
         }
         Command::Token(cmd) => token_command(cmd).await?,
+        Command::Cluster(cmd) => cluster_command(cmd).await?,
         Command::Image(cmd) => {
             let dir =
                 |d: Option<PathBuf>| d.unwrap_or_else(|| server::default_data_dir().join("agent"));
@@ -619,6 +673,54 @@ async fn agent_identity(
     id.save(&config.data_dir)?;
     tracing::info!(node = %config.node_name, %server, "joined the cluster");
     Ok(id)
+}
+
+async fn cluster_command(cmd: ClusterCommand) -> Result<()> {
+    let (kubeconfig, method, path) = match &cmd {
+        ClusterCommand::Members { kubeconfig } => (
+            kubeconfig.clone(),
+            reqwest::Method::GET,
+            "/wk/v1/cluster/members".to_string(),
+        ),
+        ClusterCommand::Remove { id, kubeconfig } => (
+            kubeconfig.clone(),
+            reqwest::Method::DELETE,
+            format!("/wk/v1/cluster/members/{id}"),
+        ),
+    };
+    let client = wasmkube::client::Client::from_kubeconfig(&kubeconfig_path(kubeconfig))?;
+    let resp = client
+        .request_builder(method, &path)
+        .send()
+        .await
+        .with_context(|| format!("connecting to {}", client.server()))?;
+    if !resp.status().is_success() {
+        let code = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        bail!(
+            "server answered {code}: {}",
+            body["message"].as_str().unwrap_or("refused")
+        );
+    }
+    let m: wasmkube::store::cluster::Members = resp.json().await.context("decoding members")?;
+    if let ClusterCommand::Remove { id, .. } = cmd {
+        println!("server {id} removed");
+    }
+    println!(
+        "{:<18} {:<24} {:<8} {:<7} MATCHED",
+        "ID", "ADDRESS", "ROLE", "LEADER"
+    );
+    for s in &m.members {
+        println!(
+            "{:<18} {:<24} {:<8} {:<7} {}",
+            s.id,
+            s.address,
+            s.role,
+            if s.leader { "*" } else { "" },
+            s.matched.map_or_else(|| "-".to_string(), |i| i.to_string())
+        );
+    }
+    Ok(())
 }
 
 /// A TTL such as `30m`, `24h`, `7d` or `0`.

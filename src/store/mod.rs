@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cache;
+pub mod cluster;
 pub mod encryption;
 pub mod log_store;
 pub mod network;
@@ -63,7 +64,18 @@ pub enum StoreError {
     Rejected(Rejection),
     /// This server is not the leader; `leader` is the address to retry at, if known.
     #[error("this server is not the raft leader (leader: {leader:?})")]
-    NotLeader { leader: Option<String> },
+    NotLeader {
+        leader: Option<String>,
+        leader_id: Option<NodeId>,
+    },
+    /// No leader could be reached within the retry time: nothing was
+    /// written; the client may retry later.
+    #[error("no raft leader is reachable: {0}")]
+    NoLeader(String),
+    /// The write was sent but its outcome is unknown (the leader did not
+    /// answer in time): it may or may not have been applied.
+    #[error("the write's outcome is unknown: {0}")]
+    Indeterminate(String),
     /// Opening a redb file failed.
     #[error("failed to open {path}")]
     Open {
@@ -96,6 +108,11 @@ pub struct StoreConfig {
     pub peer_http: reqwest::Client,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_logs: u64,
+    /// A pristine store initializes a one-voter cluster of itself (true),
+    /// or waits to be added to an existing cluster (false: `--join`).
+    pub bootstrap: bool,
+    /// Raft timing.
+    pub timing: Timing,
     /// The keys Secrets are sealed with before they enter the log.
     pub keyring: Arc<encryption::Keyring>,
 }
@@ -103,7 +120,12 @@ pub struct StoreConfig {
 /// An open store: the Raft node plus the watch cache it applies into.
 #[derive(Clone)]
 pub struct Store {
+    node_id: NodeId,
+    /// The address peers reach this server at.
+    advertise: String,
     raft: RaftHandle,
+    /// Peer HTTPS client: forwards writes and read-index requests to the leader.
+    peer_http: reqwest::Client,
     cache: Arc<Cache>,
     /// Writes waiting for the batcher.
     writes: mpsc::Sender<Pending>,
@@ -115,13 +137,16 @@ pub struct Store {
 /// A write waiting to be replicated, and where its result goes.
 struct Pending {
     req: Request,
-    reply: oneshot::Sender<Result<Value, StoreError>>,
+    reply: oneshot::Sender<Result<(Response, u64), StoreError>>,
 }
 
 fn raft_failure(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> StoreError {
     match e {
+        // openraft answers this only for entries never appended, or
+        // appended and then truncated: never applied, safe to retry
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
             leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
+            leader_id: f.leader_id,
         },
         other => StoreError::Raft(other.to_string()),
     }
@@ -158,12 +183,13 @@ async fn batcher(raft: RaftHandle, mut rx: mpsc::Receiver<Pending>) {
         };
         match raft.client_write(req).await {
             Ok(resp) => {
+                let index = resp.log_id.index;
                 let responses = match resp.data {
                     Response::Batch(v) => v,
                     single => vec![single],
                 };
                 for (reply, r) in replies.into_iter().zip(responses) {
-                    let _ = reply.send(outcome(r));
+                    let _ = reply.send(Ok((r, index)));
                 }
             }
             Err(e) => {
@@ -175,13 +201,33 @@ async fn batcher(raft: RaftHandle, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
-fn raft_config(snapshot_logs: u64) -> Result<Arc<Config>, StoreError> {
+/// Raft timing, in milliseconds. The defaults suit 2-core machines that
+/// fsync every entry: a heartbeat every 100 ms, an election after 300 to
+/// 600 ms without one.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+        }
+    }
+}
+
+fn raft_config(snapshot_logs: u64, timing: Timing) -> Result<Arc<Config>, StoreError> {
     let snapshot_logs = snapshot_logs.max(1);
     let config = Config {
         cluster_name: "wasmkube".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_timeout_min_ms,
+        election_timeout_max: timing.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: (snapshot_logs / 10).min(1_000),
         replication_lag_threshold: snapshot_logs.max(5_000),
@@ -215,31 +261,49 @@ impl Store {
         let db = sm.database();
         let raft = Raft::new(
             config.node_id,
-            raft_config(config.snapshot_logs)?,
+            raft_config(config.snapshot_logs, config.timing)?,
             network::Network::new(config.peer_http.clone()),
             log,
             sm,
         )
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))?;
-        if !raft
+        let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| StoreError::Raft(e.to_string()))?
-        {
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        if !initialized && config.bootstrap {
             let mut members = BTreeMap::new();
             members.insert(config.node_id, BasicNode::new(&config.advertise));
             raft.initialize(members)
                 .await
                 .map_err(|e| StoreError::Raft(e.to_string()))?;
         }
-        raft.wait(Some(Duration::from_secs(30)))
-            .metrics(|m| m.current_leader.is_some(), "a leader is known")
-            .await
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        if initialized || config.bootstrap {
+            let one_voter = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count()
+                <= 1;
+            // one voter elects itself at once; a member of a bigger cluster
+            // may start while the others are down, and serves once they are
+            // back (reads and writes wait for a leader, or answer 503)
+            if one_voter {
+                raft.wait(Some(Duration::from_secs(30)))
+                    .metrics(|m| m.current_leader.is_some(), "a leader is known")
+                    .await
+                    .map_err(|e| StoreError::Raft(e.to_string()))?;
+            }
+        }
         let (writes, rx) = mpsc::channel(4 * types::MAX_BATCH);
         tokio::spawn(batcher(raft.clone(), rx));
         Ok(Self {
+            node_id: config.node_id,
+            advertise: config.advertise.clone(),
+            peer_http: config.peer_http.clone(),
             raft,
             cache,
             writes,
@@ -308,30 +372,55 @@ impl Store {
     /// Replicate `req`, wait until it is committed, fsynced and applied, and
     /// return the object as stored. Concurrent writes are grouped into one
     /// log entry (one fsync) by the batcher.
+    /// On any server: a write on a follower is forwarded to the leader (one
+    /// hop), and returns once this server has applied it too.
     pub async fn write(&self, req: Request) -> Result<Value, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let req = self.seal(req);
-        self.writes
-            .send(Pending { req, reply })
-            .await
-            .map_err(|_| StoreError::Raft("the store is shut down".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Raft("the store is shut down".into()))?
+        outcome(self.submit(self.seal(req)).await?)
     }
 
     /// Replicate the writes as one all-or-nothing transaction (its own log
     /// entry) and return each object as stored. If one write is refused,
     /// nothing is applied and the error is [`Rejection::InTxn`].
     pub async fn txn(&self, reqs: Vec<Request>) -> Result<Vec<Value>, StoreError> {
-        let resp = self
-            .raft
-            .client_write(self.seal(Request::Txn(reqs)))
-            .await
-            .map_err(|e| raft_failure(&e))?;
-        match resp.data {
+        match self.submit(self.seal(Request::Txn(reqs))).await? {
             Response::Batch(rs) => rs.into_iter().map(outcome).collect(),
             other => outcome(other).map(|v| vec![v]),
         }
+    }
+
+    /// Apply a sealed write here, if this server leads: a transaction as its
+    /// own entry, anything else through the batcher. Returns the result and
+    /// the entry's log index.
+    pub(crate) async fn write_here(&self, req: Request) -> Result<(Response, u64), StoreError> {
+        let write = async {
+            if matches!(req, Request::Txn(_)) {
+                let resp = self
+                    .raft
+                    .client_write(req)
+                    .await
+                    .map_err(|e| raft_failure(&e))?;
+                return Ok((resp.data, resp.log_id.index));
+            }
+            let (reply, rx) = oneshot::channel();
+            self.writes
+                .send(Pending { req, reply })
+                .await
+                .map_err(|_| StoreError::Raft("the store is shut down".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Raft("the store is shut down".into()))?
+        };
+        match tokio::time::timeout(cluster::WRITE_TIMEOUT, write).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Indeterminate(format!(
+                "not committed within {:?} (is a quorum of servers reachable?)",
+                cluster::WRITE_TIMEOUT
+            ))),
+        }
+    }
+
+    /// This server's Raft id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
     }
 
     /// Stop Raft; every acknowledged write is already durable.

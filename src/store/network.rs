@@ -2,8 +2,9 @@
 //! API address under `/raft/*` with mutual TLS: the peer's serving
 //! certificate is checked against the server CA, and this server presents
 //! its `system:wk-servers` client certificate, the only identity the peer
-//! lets into `/raft/*`. A single-node cluster never sends any; adding voters
-//! is a membership change that starts using this.
+//! lets into `/raft/*`. Every RPC names its target's node id (`?target=`),
+//! and a server refuses RPCs meant for another id (a wiped server that
+//! came back at an old address under a new id, or a misrouted request).
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -63,7 +64,7 @@ impl Connection {
     {
         let res = self
             .http
-            .post(format!("{}/{path}", self.base))
+            .post(format!("{}/{path}?target={}", self.base, self.target))
             .timeout(option.hard_ttl())
             .json(req)
             .send()

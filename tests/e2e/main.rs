@@ -12,6 +12,7 @@ mod durability;
 mod examples;
 mod exec;
 mod functions;
+mod ha;
 mod ingress;
 mod join;
 mod kube_client;

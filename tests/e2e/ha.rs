@@ -1,0 +1,316 @@
+//! High availability: three `wk server`s in one Raft cluster. Servers join
+//! with the first one's token; any server takes writes (forwarded to the
+//! leader) and serves linearizable reads; the cluster keeps going when its
+//! leader is killed; a restarted server uses its stored membership; a
+//! removed server stops. Everything through the real kubectl with each
+//! server's own kubeconfig, and `wk cluster`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::util::{eventually, free_port, stderr, stdout, wk, Server};
+
+/// Flags every server of one cluster shares: a fixed address (the Raft
+/// address must survive restarts), the same Service and pod ranges, no
+/// embedded agent (three on one machine would share its host name).
+fn flags(port: u16, cidrs: &[String]) -> Vec<String> {
+    let mut f = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--disable-agent".into(),
+    ];
+    f.extend(cidrs.iter().cloned());
+    f
+}
+
+async fn start(port: u16, cidrs: &[String], join: Option<&Server>) -> Server {
+    let mut b = Server::builder();
+    for f in flags(port, cidrs) {
+        b = b.arg(&f);
+    }
+    if let Some(first) = join {
+        b = b
+            .arg("--join")
+            .arg(&first.url)
+            .arg("--token")
+            .arg(&first.join_token);
+    }
+    b.start().await
+}
+
+fn members(s: &Server) -> Value {
+    let out = wk(&[
+        "cluster",
+        "members",
+        "--kubeconfig",
+        s.kubeconfig().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<Value> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            json!({"id": cols[0], "address": cols[1], "role": cols[2], "leader": cols.get(3) == Some(&"*")})
+        })
+        .collect();
+    json!(rows)
+}
+
+fn kubectl_ok(s: &Server, args: &[&str]) -> String {
+    let out = s.kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} on {}: {}",
+        s.url,
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+fn configmap(name: &str, value: &str) -> String {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": value}})
+        .to_string()
+}
+
+fn create(s: &Server, name: &str) -> std::process::Output {
+    crate::util::kubectl_stdin(
+        &s.kubeconfig(),
+        &["create", "-f", "-"],
+        Some(&configmap(name, name)),
+    )
+}
+
+#[tokio::test]
+async fn three_servers_take_writes_anywhere_and_survive_losing_the_leader() {
+    let r: u32 = rand::random_range(0..512);
+    let svc =
+        std::net::Ipv4Addr::from_bits(std::net::Ipv4Addr::new(127, 32, 0, 0).to_bits() + (r << 12));
+    let pods = std::net::Ipv4Addr::from_bits(
+        std::net::Ipv4Addr::new(127, 64, 0, 0).to_bits() + ((r % 256) << 14),
+    );
+    let cidrs = vec![
+        "--service-cidr".to_string(),
+        format!("{svc}/20"),
+        "--cluster-cidr".into(),
+        format!("{pods}/18"),
+        "--node-cidr-mask-size".into(),
+        "22".into(),
+    ];
+    let ports = [free_port(), free_port(), free_port()];
+    let a = start(ports[0], &cidrs, None).await;
+    let out = create(&a, "before-join");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = start(ports[1], &cidrs, Some(&a)).await;
+    let c = start(ports[2], &cidrs, Some(&a)).await;
+    let mut servers = vec![a, b, c];
+
+    // three voters, one leader, the same view from every server
+    let m = eventually(60, "three voters", || async {
+        let m = members(&servers[2]);
+        let voters = m
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["role"] == "voter")
+            .count();
+        (voters == 3).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m.as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["leader"] == true)
+            .count(),
+        1,
+        "{m}"
+    );
+
+    // what was written before the join is on the joiners; a write on a
+    // follower is forwarded, and read back at once on another server
+    for s in &servers {
+        let v = kubectl_ok(
+            s,
+            &[
+                "get",
+                "configmap",
+                "before-join",
+                "-o",
+                "jsonpath={.data.v}",
+            ],
+        );
+        assert_eq!(v, "before-join");
+    }
+    for (i, s) in servers.iter().enumerate() {
+        let name = format!("written-on-{i}");
+        let out = create(s, &name);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let next = &servers[(i + 1) % 3];
+        let v = kubectl_ok(
+            next,
+            &["get", "configmap", &name, "-o", "jsonpath={.data.v}"],
+        );
+        assert_eq!(v, name, "read on another server right after the write");
+    }
+    // resourceVersions are the same on every replica
+    let rvs: Vec<String> = servers
+        .iter()
+        .map(|s| {
+            kubectl_ok(
+                s,
+                &[
+                    "get",
+                    "configmap",
+                    "written-on-1",
+                    "-o",
+                    "jsonpath={.metadata.resourceVersion}",
+                ],
+            )
+        })
+        .collect();
+    assert!(rvs.iter().all(|r| r == &rvs[0]), "{rvs:?}");
+
+    // an optimistic-concurrency conflict is decided once, in log order
+    let cm: Value = serde_json::from_str(&kubectl_ok(
+        &servers[0],
+        &["get", "configmap", "written-on-0", "-o", "json"],
+    ))
+    .unwrap();
+    let with = |v: &str| {
+        let mut c = cm.clone();
+        c["data"]["v"] = json!(v);
+        c.to_string()
+    };
+    let out = crate::util::kubectl_stdin(
+        &servers[1].kubeconfig(),
+        &["replace", "-f", "-"],
+        Some(&with("first")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = crate::util::kubectl_stdin(
+        &servers[2].kubeconfig(),
+        &["replace", "-f", "-"],
+        Some(&with("second")),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the object has been modified"),
+        "{}",
+        stderr(&out)
+    );
+
+    // the controllers run once: a Deployment gets one ReplicaSet and
+    // exactly its replicas, whichever server took it
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "example.test/web:1"}]}}}});
+    let out = crate::util::kubectl_stdin(
+        &servers[1].kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&deploy.to_string()),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let count = |s: &Server, what: &str| -> usize {
+        kubectl_ok(s, &["get", what, "-l", "app=web", "-o", "name"])
+            .lines()
+            .count()
+    };
+    eventually(60, "three pods", || async {
+        (count(&servers[2], "pods") == 3).then_some(())
+    })
+    .await;
+
+    // kill -9 the leader: the others elect one and take writes again
+    let leader_addr = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["leader"] == true)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let li = servers
+        .iter()
+        .position(|s| s.url.ends_with(&leader_addr))
+        .expect("the leader is one of ours");
+    servers[li].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    let mut acknowledged = vec!["before-join".to_string()];
+    acknowledged.extend((0..3).map(|i| format!("written-on-{i}")));
+    for (n, i) in survivors.iter().enumerate() {
+        let name = format!("after-failover-{n}");
+        eventually(60, "a survivor takes writes", || async {
+            let out = create(&servers[*i], &name);
+            let err = stderr(&out);
+            (out.status.success() || err.contains("already exists")).then_some(())
+        })
+        .await;
+        acknowledged.push(name);
+    }
+    for i in &survivors {
+        for name in &acknowledged {
+            kubectl_ok(&servers[*i], &["get", "configmap", name]);
+        }
+    }
+    // the scheduler and controllers moved with the leadership
+    let out = servers[survivors[0]].kubectl(&["scale", "deployment", "web", "--replicas", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(60, "four pods", || async {
+        (count(&servers[survivors[1]], "pods") == 4).then_some(())
+    })
+    .await;
+    assert_eq!(count(&servers[survivors[1]], "replicasets"), 1);
+
+    // the killed server comes back with its stored membership (its --join
+    // flag is ignored) and catches up
+    servers[li].restart().await;
+    eventually(60, "the restarted server caught up", || async {
+        let out = servers[li].kubectl(&["get", "configmap", "after-failover-1"]);
+        out.status.success().then_some(())
+    })
+    .await;
+    let m = members(&servers[li]);
+    assert_eq!(m.as_array().unwrap().len(), 3, "{m}");
+
+    // removing a server stops it; the other two go on
+    let gone = survivors[1];
+    let gone_id = members(&servers[gone])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| servers[gone].url.ends_with(x["address"].as_str().unwrap()))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = wk(&[
+        "cluster",
+        "remove",
+        &gone_id,
+        "--kubeconfig",
+        servers[li].kubeconfig().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = servers[gone].exited() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed server stops"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    assert!(servers[gone].log().contains("removed from the cluster"));
+    let m = members(&servers[li]);
+    assert_eq!(m.as_array().unwrap().len(), 2, "{m}");
+    let out = create(&servers[li], "after-removal");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
