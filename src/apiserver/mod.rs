@@ -493,6 +493,13 @@ async fn serve(
 
     match (method.clone(), name.as_deref(), sub.as_deref()) {
         (Method::GET, None, None) if p.is_watch() || watch_path => {
+            // a version this server has not applied yet (the client came
+            // from a server further ahead): wait for it, about 3 s
+            if let Some(rv) = p.revision()? {
+                if rv > store.cache().revision() {
+                    handlers::wait_for_revision(store, rv).await?;
+                }
+            }
             let body = watch::watch(
                 store,
                 res,

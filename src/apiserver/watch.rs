@@ -45,6 +45,12 @@ fn frame(protobuf: bool, event_type: &str, object: &Value) -> Bytes {
 
 /// Start a watch and return the streaming body. With a Table rendering each
 /// event's object is a one-row Table (bookmarks and errors stay as they are).
+/// How often a watch checks that its server still has a Raft leader.
+const LEADER_CHECK: Duration = Duration::from_millis(500);
+/// Checks without a leader after which a watch ends (about 1.5 s: a few
+/// election timeouts at the defaults).
+const LEADERLESS_CHECKS: u32 = 3;
+
 pub fn watch(
     store: &Store,
     res: &'static Resource,
@@ -78,6 +84,7 @@ pub fn watch(
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_TIMEOUT);
     let cache = store.cache().clone();
+    let store = store.clone();
 
     // Without a resourceVersion: the current state as ADDED events, then changes.
     let (initial, mut cursor) = match start {
@@ -102,6 +109,12 @@ pub fn watch(
         let mut revisions = cache.subscribe();
         let mut bookmark = tokio::time::interval(bookmark_interval);
         bookmark.tick().await;
+        // a server cut off from the leader gets no more changes: after a
+        // few election timeouts without a leader its watches end, and
+        // clients watch again (on another server, or here once healed)
+        let mut leader_check = tokio::time::interval(LEADER_CHECK);
+        leader_check.tick().await;
+        let mut leaderless = 0;
         loop {
             let (changes, current) = match cache.changes_after(cursor, BATCH) {
                 Ok(x) => x,
@@ -144,6 +157,13 @@ pub fn watch(
                             if tx.send(Ok(line("BOOKMARK", &obj))).await.is_err() {
                                 return;
                             }
+                        }
+                    }
+                    _ = leader_check.tick() => {
+                        leaderless = if store.has_leader() { 0 } else { leaderless + 1 };
+                        if leaderless >= LEADERLESS_CHECKS {
+                            tracing::info!("ending a watch: this server has had no leader for a while");
+                            return;
                         }
                     }
                     _ = &mut deadline => return,

@@ -327,6 +327,12 @@ impl Store {
         }
     }
 
+    /// Whether this server knows a leader (it is not cut off, or
+    /// electing).
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
     /// Whether this server leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)

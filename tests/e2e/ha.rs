@@ -224,6 +224,23 @@ async fn three_servers_take_writes_anywhere_and_survive_losing_the_leader() {
     })
     .await;
 
+    // a watch from a version no server has reached waits, then says so
+    let (code, body) = servers[1]
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=999999999999",
+            None,
+        )
+        .await;
+    assert_eq!(code, 504, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Too large resource version"),
+        "{body}"
+    );
+
     // kill -9 the leader: the others elect one and take writes again
     let leader_addr = m
         .as_array()
@@ -238,8 +255,21 @@ async fn three_servers_take_writes_anywhere_and_survive_losing_the_leader() {
         .iter()
         .position(|s| s.url.ends_with(&leader_addr))
         .expect("the leader is one of ours");
-    servers[li].kill9();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    // a watch on a survivor, open across the failover
+    let from = kubectl_ok(
+        &servers[survivors[0]],
+        &[
+            "get",
+            "configmap",
+            "written-on-2",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ],
+    );
+    let mut watch =
+        crate::watch::Watch::open(&servers[survivors[0]], &format!("resourceVersion={from}")).await;
+    servers[li].kill9();
     let mut acknowledged = vec!["before-join".to_string()];
     acknowledged.extend((0..3).map(|i| format!("written-on-{i}")));
     for (n, i) in survivors.iter().enumerate() {
@@ -257,6 +287,42 @@ async fn three_servers_take_writes_anywhere_and_survive_losing_the_leader() {
             kubectl_ok(&servers[*i], &["get", "configmap", name]);
         }
     }
+    // the watch saw both, in order, no gaps or doubles; if the server had
+    // no leader for a while the stream ended and resumes from the last
+    // delivered version, as clients do
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut last: u64 = from.parse().unwrap();
+    while !["after-failover-0", "after-failover-1"]
+        .iter()
+        .all(|n| seen.iter().any(|(_, s)| s == n))
+    {
+        match watch.next(20).await {
+            Some((t, o)) => {
+                let rv: u64 = o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(rv > last, "{t} at {rv} after {last}");
+                last = rv;
+                seen.push((rv, o["metadata"]["name"].as_str().unwrap().to_string()));
+            }
+            None => {
+                assert!(
+                    seen.len() < 20,
+                    "the watch ended without the writes: {seen:?}"
+                );
+                watch = crate::watch::Watch::open(
+                    &servers[survivors[0]],
+                    &format!("resourceVersion={last}"),
+                )
+                .await;
+            }
+        }
+    }
+    let names: Vec<&String> = seen.iter().map(|(_, n)| n).collect();
+    let unique: std::collections::BTreeSet<&String> = names.iter().copied().collect();
+    assert_eq!(names.len(), unique.len(), "no event twice: {names:?}");
     // the scheduler and controllers moved with the leadership
     let out = servers[survivors[0]].kubectl(&["scale", "deployment", "web", "--replicas", "4"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -12,13 +12,13 @@ use crate::util::{configmap, Server};
 const CM: &str = "/api/v1/namespaces/default/configmaps";
 
 /// An open watch stream yielding parsed events.
-struct Watch {
+pub(crate) struct Watch {
     resp: reqwest::Response,
     buf: Vec<u8>,
 }
 
 impl Watch {
-    async fn open(s: &Server, query: &str) -> Watch {
+    pub(crate) async fn open(s: &Server, query: &str) -> Watch {
         let resp = s
             .http
             .get(format!("{}{CM}?watch=true&{query}", s.url))
@@ -33,7 +33,7 @@ impl Watch {
     }
 
     /// The next event, or None when the stream ends or `secs` pass.
-    async fn next(&mut self, secs: u64) -> Option<(String, Value)> {
+    pub(crate) async fn next(&mut self, secs: u64) -> Option<(String, Value)> {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
