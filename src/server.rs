@@ -381,7 +381,7 @@ async fn bootstrap(store: &Store, advertise: &str) -> Result<(), ServerError> {
     }
     let net = crate::network::config();
     // the API servers, for clients in pods (KUBERNETES_SERVICE_HOST)
-    let (host, port) = advertise.rsplit_once(':').unwrap_or((advertise, "6443"));
+    let (_, port) = advertise.rsplit_once(':').unwrap_or((advertise, "6443"));
     let port: u16 = port.parse().unwrap_or(6443);
     ensure(
         store,
@@ -393,31 +393,7 @@ async fn bootstrap(store: &Store, advertise: &str) -> Result<(), ServerError> {
             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}}),
     )
     .await?;
-    let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "kubernetes", "namespace": "default",
-            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": host.trim_matches(['[', ']'])}],
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
-    let ep = resources::lookup("endpoints").expect("endpoints are served");
-    let desired = api_endpoints(&store.addresses(), &endpoints["subsets"]);
-    match store.cache().get(&ep.key("default", "kubernetes")) {
-        Some(cur) if cur.get("subsets") == Some(&desired) => {}
-        Some(cur) => {
-            let mut next = (*cur).clone();
-            next["subsets"] = desired;
-            let _ = handlers::update(
-                store,
-                ep,
-                "default",
-                "kubernetes",
-                next,
-                handlers::Part::Main,
-                &Params::default(),
-            )
-            .await;
-        }
-        None => ensure(store, "endpoints", endpoints).await?,
-    }
+    reconcile_api_endpoints(store, advertise).await?;
     // the cluster DNS: no selector, every agent answers on its address (agent::dns)
     ensure(
         store,
@@ -472,6 +448,39 @@ fn api_endpoints(servers: &std::collections::BTreeMap<u64, String>, own: &Value)
             })
             .collect(),
     )
+}
+
+/// The `default/kubernetes` Endpoints: the API servers (all of the
+/// cluster's, from its Raft membership), which agents fail over between.
+async fn reconcile_api_endpoints(store: &Store, advertise: &str) -> Result<(), ServerError> {
+    let (host, port) = advertise.rsplit_once(':').unwrap_or((advertise, "6443"));
+    let port: u16 = port.parse().unwrap_or(6443);
+    let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": host.trim_matches(['[', ']'])}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
+    let ep = resources::lookup("endpoints").expect("endpoints are served");
+    let desired = api_endpoints(&store.addresses(), &endpoints["subsets"]);
+    match store.cache().get(&ep.key("default", "kubernetes")) {
+        Some(cur) if cur.get("subsets") == Some(&desired) => {}
+        Some(cur) => {
+            let mut next = (*cur).clone();
+            next["subsets"] = desired;
+            let _ = handlers::update(
+                store,
+                ep,
+                "default",
+                "kubernetes",
+                next,
+                handlers::Part::Main,
+                &Params::default(),
+            )
+            .await;
+        }
+        None => ensure(store, "endpoints", endpoints).await?,
+    }
+    Ok(())
 }
 
 /// A bearer token source for ServiceAccount `kube-system/NAME`, minted
@@ -931,7 +940,11 @@ pub async fn run(
     let controllers = tokio::spawn(while_leader(store.clone(), stop_rx.clone(), move |stop| {
         crate::controllers::run(client_for.clone(), controller_config.clone(), stop)
     }));
-    let membership = tokio::spawn(watch_membership(store.clone(), stop_rx.clone()));
+    let membership = tokio::spawn(watch_membership(
+        store.clone(),
+        advertise.clone(),
+        stop_rx.clone(),
+    ));
 
     tracing::info!(listen = %bound, node = %config.node_name, id, kubeconfig = %kubeconfig.display(), "wk server ready");
     let serving = match (serving, listener) {
@@ -960,15 +973,32 @@ pub async fn run(
 /// On the leader, finish interrupted membership changes and promote
 /// caught-up learners; on every server, notice its own removal. Returns
 /// true once this server was removed, false on shutdown.
-async fn watch_membership(store: Store, mut stop: crate::controllers::CancelToken) -> bool {
+async fn watch_membership(
+    store: Store,
+    advertise: String,
+    mut stop: crate::controllers::CancelToken,
+) -> bool {
     let mut was_member = store.is_member();
+    let mut addresses = store.addresses();
+    let mut removed = store.removed();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stop.wait_for(|s| *s) => return false,
+            _ = removed.wait_for(|r| *r) => {
+                tracing::error!(id = store.node_id(), "this server was removed from the cluster: stopping");
+                return true;
+            }
         }
         if let Err(e) = store.reconcile_membership().await {
             tracing::warn!(error = %e, "membership reconcile");
+        }
+        let now = store.addresses();
+        if now != addresses && store.is_leader() {
+            match reconcile_api_endpoints(&store, &advertise).await {
+                Ok(()) => addresses = now,
+                Err(e) => tracing::warn!(error = %e, "updating the API servers' Endpoints"),
+            }
         }
         let member = store.is_member();
         if was_member && !member {

@@ -416,6 +416,29 @@ impl Agent {
         }
     }
 
+    /// Learn every API server of the cluster from the `default/kubernetes`
+    /// Endpoints (each server adds itself when it joins), so the client
+    /// fails over between them; again every 30 seconds.
+    async fn follow_api_servers(self: Arc<Self>, mut cancel: CancelToken) {
+        let endpoints = resources::lookup("endpoints").expect("endpoints are served");
+        loop {
+            if let Ok(ep) = self
+                .client
+                .get(endpoints, Some("default"), "kubernetes")
+                .await
+            {
+                let servers = api_server_urls(&ep);
+                if !servers.is_empty() {
+                    self.client.set_servers(servers);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                _ = cancel.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
     /// Every pod worker, by `namespace/name`.
     pub fn pods_snapshot(&self) -> Vec<(String, Arc<pod::PodCtx>)> {
         self.pods
@@ -591,6 +614,7 @@ impl Agent {
         let dns = tokio::spawn(self.clone().serve_dns(cancel.clone()));
         let sampler = tokio::spawn(metrics::run(self.clone(), cancel.clone()));
         let image_gc = tokio::spawn(self.clone().image_gc_loop(cancel.clone()));
+        let servers = tokio::spawn(self.clone().follow_api_servers(cancel.clone()));
         let gateway = ingress::Gateway::new(self.proxy.clone(), self.functions.clone());
         let gateway = tokio::spawn(gateway.run(
             self.client.clone(),
@@ -607,8 +631,56 @@ impl Agent {
         let _ = dns.await;
         let _ = sampler.await;
         let _ = image_gc.await;
+        let _ = servers.await;
         let _ = gateway.await;
         let _ = http.await;
         Ok(())
+    }
+}
+
+/// `https://ADDRESS:PORT` of every API server in the `default/kubernetes`
+/// Endpoints.
+fn api_server_urls(ep: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for subset in ep["subsets"].as_array().into_iter().flatten() {
+        let Some(port) = subset["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find_map(|p| p["port"].as_u64()))
+        else {
+            continue;
+        };
+        for a in subset["addresses"].as_array().into_iter().flatten() {
+            if let Some(ip) = a["ip"].as_str() {
+                let host = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_string()
+                };
+                out.push(format!("https://{host}:{port}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod api_server_tests {
+    use super::api_server_urls;
+    use serde_json::json;
+
+    #[test]
+    fn every_address_of_every_subset_is_a_server() {
+        let ep = json!({"subsets": [
+            {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}], "ports": [{"name": "https", "port": 6443}]},
+            {"addresses": [{"ip": "fd00::3"}], "ports": [{"name": "https", "port": 7443}]}]});
+        assert_eq!(
+            api_server_urls(&ep),
+            [
+                "https://10.0.0.1:6443",
+                "https://10.0.0.2:6443",
+                "https://[fd00::3]:7443"
+            ]
+        );
+        assert!(api_server_urls(&json!({})).is_empty());
     }
 }

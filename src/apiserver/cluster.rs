@@ -127,6 +127,15 @@ pub async fn remove_here(
     }
 }
 
+/// `POST /raft/removed?target=ID`: the leader removed this server.
+pub async fn removed(State(state): State<Arc<ApiState>>, target: Query<Target>) -> Response {
+    if let Err(r) = check_target(&state, &target) {
+        return *r;
+    }
+    state.store.mark_removed();
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// What a joining server gets: file contents by path under its data
 /// directory.
 #[derive(Debug, Serialize, Deserialize)]

@@ -154,6 +154,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/raft/read-index", post(cluster::read_index))
         .route("/raft/join", post(cluster::join))
         .route("/raft/remove/{id}", post(cluster::remove_here))
+        .route("/raft/removed", post(cluster::removed))
         .route("/wk/v1/cluster/members", get(cluster::members))
         .route(
             "/wk/v1/cluster/members/{id}",

@@ -104,12 +104,66 @@ impl Credentials {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    server: String,
+    servers: Arc<Servers>,
     credentials: Credentials,
     /// The TLS configuration of `http`, for connections made by hand (exec).
     tls: Arc<rustls::ClientConfig>,
     /// `User-Agent`: the server names this client's field manager after it.
     user_agent: Arc<str>,
+}
+
+/// The API servers a client (and its clones) may use: requests go to the
+/// current one; when it cannot be reached, the next request goes to the
+/// next one, as an agent fails over between the servers of an HA cluster.
+#[derive(Debug)]
+struct Servers {
+    list: std::sync::RwLock<Vec<String>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Servers {
+    fn new(server: String) -> Self {
+        Servers {
+            list: std::sync::RwLock::new(vec![server]),
+            current: Default::default(),
+        }
+    }
+
+    fn current(&self) -> String {
+        let list = self.list.read().unwrap_or_else(|e| e.into_inner());
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % list.len().max(1);
+        list.get(i).cloned().unwrap_or_default()
+    }
+
+    /// `failed` could not be reached: move on (unless another request
+    /// already did).
+    fn failed(&self, failed: &str) {
+        let list = self.list.read().unwrap_or_else(|e| e.into_inner());
+        if list.len() < 2 {
+            return;
+        }
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % list.len();
+        if list[i] == failed {
+            let next = (i + 1) % list.len();
+            self.current
+                .store(next, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(from = %failed, to = %list[next], "API server unreachable: using another");
+        }
+    }
+
+    fn set(&self, servers: Vec<String>) {
+        if servers.is_empty() {
+            return;
+        }
+        let now = self.current();
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        if *list == servers {
+            return;
+        }
+        let i = servers.iter().position(|s| *s == now).unwrap_or(0);
+        *list = servers;
+        self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Client {
@@ -139,7 +193,9 @@ impl Client {
             crate::tls::build_http(multiplexed).map_err(|e| ClientError::Tls(e.to_string()))?;
         Ok(Self {
             http,
-            server: server.into().trim_end_matches('/').to_string(),
+            servers: Arc::new(Servers::new(
+                server.into().trim_end_matches('/').to_string(),
+            )),
             credentials,
             tls: Arc::new(tls),
             user_agent: format!("wasmkube/{}", env!("CARGO_PKG_VERSION")).into(),
@@ -188,9 +244,16 @@ impl Client {
         }
     }
 
-    /// The server URL.
-    pub fn server(&self) -> &str {
-        &self.server
+    /// The server URL in use.
+    pub fn server(&self) -> String {
+        self.servers.current()
+    }
+
+    /// Every API server this client may use (`https://HOST:PORT`), e.g.
+    /// from the `default/kubernetes` Endpoints; the one in use stays if
+    /// it is listed.
+    pub fn set_servers(&self, servers: Vec<String>) {
+        self.servers.set(servers);
     }
 
     /// The `Authorization` header value, for connections this client does
@@ -209,8 +272,9 @@ impl Client {
     pub async fn connect(
         &self,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
-        let fail = |e: String| ClientError::Tls(format!("connecting to {}: {e}", self.server));
-        let url = reqwest::Url::parse(&self.server).map_err(|e| fail(e.to_string()))?;
+        let server = self.server();
+        let fail = |e: String| ClientError::Tls(format!("connecting to {server}: {e}"));
+        let url = reqwest::Url::parse(&server).map_err(|e| fail(e.to_string()))?;
         let host = url
             .host_str()
             .ok_or_else(|| fail("no host".into()))?
@@ -232,7 +296,7 @@ impl Client {
     pub fn request_builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let req = self
             .http
-            .request(method, format!("{}{path}", self.server))
+            .request(method, format!("{}{path}", self.server()))
             .header(reqwest::header::USER_AGENT, &*self.user_agent);
         match self.credentials.header() {
             Some(h) => req.header(reqwest::header::AUTHORIZATION, h),
@@ -241,10 +305,11 @@ impl Client {
     }
 
     fn connect_err(&self, source: reqwest::Error) -> ClientError {
-        ClientError::Connect {
-            server: self.server.clone(),
-            source,
+        let server = self.server();
+        if source.is_connect() || source.is_timeout() {
+            self.servers.failed(&server);
         }
+        ClientError::Connect { server, source }
     }
 
     async fn send(
@@ -433,7 +498,7 @@ impl Client {
         let resp = self
             .send_accepting(Method::GET, &path, None, tables.then_some(TABLE))
             .await?;
-        let server = self.server.clone();
+        let server = self.server();
         let bytes = resp.bytes_stream();
         Ok(lines(bytes).map(move |line| {
             let line = line.map_err(|source| ClientError::Connect {

@@ -361,19 +361,27 @@ impl Store {
                 m.id, m.id
             )));
         }
-        let fail = |e: &dyn std::fmt::Display| StoreError::Raft(e.to_string());
+        let mut node = BTreeMap::new();
+        node.insert(id, BasicNode::new(address));
+        if !members.members.iter().any(|m| m.id == id) {
+            self.change_membership(ChangeMembers::AddNodes(node))
+                .await?;
+        }
+        // caught up (a far-behind server gets a snapshot) before it votes
         self.raft
-            .add_learner(id, BasicNode::new(address), true)
+            .wait(Some(Duration::from_secs(300)))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index.unwrap_or(0);
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|l| l.index + 100 >= last)
+                },
+                "the new server caught up",
+            )
             .await
-            .map_err(|e| match e {
-                RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)) => {
-                    StoreError::NotLeader {
-                        leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
-                        leader_id: f.leader_id,
-                    }
-                }
-                other => fail(&other),
-            })?;
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
         let mut ids = BTreeSet::new();
         ids.insert(id);
         self.change_membership(ChangeMembers::AddVoterIds(ids))
@@ -409,6 +417,16 @@ impl Store {
         }
     }
 
+    /// The leader removed this server.
+    pub fn mark_removed(&self) {
+        self.removed.send_replace(true);
+    }
+
+    /// Turns true once the leader says this server was removed.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
+    }
+
     /// On the leader: remove server `id` (voter or learner).
     pub async fn remove_member(&self, id: NodeId) -> Result<Members, StoreError> {
         let members = self.members();
@@ -440,6 +458,20 @@ impl Store {
                 .await?;
         }
         tracing::info!(id, "server removed from the cluster");
+        // tell it, so it stops now (it may never see the entry that
+        // removed it: the leader stops replicating to it)
+        if let Some(m) = members.members.iter().find(|m| m.id == id) {
+            let url = format!("https://{}/raft/removed?target={id}", m.address);
+            if let Err(e) = self
+                .peer_http
+                .post(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+            {
+                tracing::info!(id, error = %e, "the removed server was not told (it is down?)");
+            }
+        }
         Ok(self.members())
     }
 

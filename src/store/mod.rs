@@ -126,6 +126,8 @@ pub struct Store {
     raft: RaftHandle,
     /// Peer HTTPS client: forwards writes and read-index requests to the leader.
     peer_http: reqwest::Client,
+    /// Turns true when the leader says this server was removed.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
     cache: Arc<Cache>,
     /// Writes waiting for the batcher.
     writes: mpsc::Sender<Pending>,
@@ -303,6 +305,7 @@ impl Store {
         Ok(Self {
             node_id: config.node_id,
             advertise: config.advertise.clone(),
+            removed: Arc::new(tokio::sync::watch::channel(false).0),
             peer_http: config.peer_http.clone(),
             raft,
             cache,

@@ -6,7 +6,9 @@
 //! and a server refuses RPCs meant for another id (a wiped server that
 //! came back at an old address under a new id, or a misrouted request).
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -69,7 +71,15 @@ impl Connection {
             .json(req)
             .send()
             .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            .map_err(|e| {
+                // a server that is down: openraft backs off (see `backoff`)
+                // instead of retrying in a tight loop
+                if e.is_connect() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
         let body: Result<Resp, RaftError<NodeId, E>> = res
             .json()
             .await
@@ -79,6 +89,17 @@ impl Connection {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    /// Between retries to an unreachable server: soon at first (a restart
+    /// is back within a second), then every 500 ms.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(
+            [50, 100, 200]
+                .into_iter()
+                .chain(std::iter::repeat(500))
+                .map(std::time::Duration::from_millis),
+        )
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -256,6 +256,42 @@ async fn three_servers_take_writes_anywhere_and_survive_losing_the_leader() {
         .position(|s| s.url.ends_with(&leader_addr))
         .expect("the leader is one of ours");
     let survivors: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    // an agent that joined through the leader learns every server from the
+    // `default/kubernetes` Endpoints
+    let eps = kubectl_ok(
+        &servers[0],
+        &[
+            "get",
+            "endpoints",
+            "kubernetes",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}:{.subsets[*].ports[*].port}",
+        ],
+    );
+    assert!(!eps.is_empty());
+    let _agent = crate::util::AgentProc::start(&servers[li], "edge-1");
+    let renewed = |s: &Server| {
+        kubectl_ok(
+            s,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                "edge-1",
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ],
+        )
+    };
+    eventually(60, "the agent's lease", || async {
+        let out =
+            servers[survivors[0]].kubectl(&["get", "lease", "-n", "kube-node-lease", "edge-1"]);
+        out.status.success().then_some(())
+    })
+    .await;
+    // it has read the Endpoints (at start) before its server goes
+    tokio::time::sleep(Duration::from_secs(2)).await;
     // a watch on a survivor, open across the failover
     let from = kubectl_ok(
         &servers[survivors[0]],
@@ -323,6 +359,17 @@ async fn three_servers_take_writes_anywhere_and_survive_losing_the_leader() {
     let names: Vec<&String> = seen.iter().map(|(_, n)| n).collect();
     let unique: std::collections::BTreeSet<&String> = names.iter().copied().collect();
     assert_eq!(names.len(), unique.len(), "no event twice: {names:?}");
+    // the agent lost its server and renews its Lease through another one
+    let before = renewed(&servers[survivors[0]]);
+    eventually(60, "the agent renews through a survivor", || async {
+        (renewed(&servers[survivors[0]]) != before).then_some(())
+    })
+    .await;
+    let before = renewed(&servers[survivors[1]]);
+    eventually(30, "and goes on renewing", || async {
+        (renewed(&servers[survivors[1]]) != before).then_some(())
+    })
+    .await;
     // the scheduler and controllers moved with the leadership
     let out = servers[survivors[0]].kubectl(&["scale", "deployment", "web", "--replicas", "4"]);
     assert!(out.status.success(), "{}", stderr(&out));
