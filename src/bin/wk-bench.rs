@@ -41,6 +41,22 @@ enum Bench {
     /// Linux (runc) pods beside Wasm pods: apply → Running, mixed pods,
     /// image import, idle footprint.
     Oci(pods::OciArgs),
+    /// HA: three servers; kill -9 the leader, time until a survivor
+    /// accepts a write again.
+    Failover(FailoverArgs),
+}
+
+#[derive(Parser)]
+struct FailoverArgs {
+    /// The wk binary to benchmark.
+    #[arg(long, default_value = "target/release/wk")]
+    wk: PathBuf,
+    /// Leader kills (a fresh three-server cluster each).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Extra `wk server` flags for every server (e.g. Raft timing).
+    #[arg(long, allow_hyphen_values = true)]
+    server_flag: Vec<String>,
 }
 
 #[derive(Parser)]
@@ -1277,7 +1293,112 @@ async fn main() -> Result<()> {
         Bench::Http(args) => http::run(args).await,
         Bench::Lists(args) => lists::run(args).await,
         Bench::Oci(args) => pods::run_oci(args).await,
+        Bench::Failover(args) => failover(args).await,
     }
+}
+
+/// One three-server cluster: start, kill -9 its leader, write to a
+/// survivor until a write is accepted. Returns the time from the kill.
+async fn failover_once(args: &FailoverArgs, dir: &Path) -> Result<Duration> {
+    let flags: Vec<&str> = args.server_flag.iter().map(String::as_str).collect();
+    let mut base = vec!["--disable-agent"];
+    base.extend(&flags);
+    let (a, first) = start_wk(&args.wk, &dir.join("a"), &base).await?;
+    let Target::Wk { url, http } = &first else {
+        bail!("not a wk target")
+    };
+    let token = std::fs::read_to_string(dir.join("a/token"))?;
+    let mut joined = base.clone();
+    joined.extend(["--join", url.as_str(), "--token", token.trim()]);
+    let (b, tb) = start_wk(&args.wk, &dir.join("b"), &joined).await?;
+    let (c, tc) = start_wk(&args.wk, &dir.join("c"), &joined).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        let m: Value = http
+            .get(format!("{url}/wk/v1/cluster/members"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let members = m["members"].as_array().cloned().unwrap_or_default();
+        let voters = members.iter().filter(|x| x["role"] == "voter").count();
+        if voters == 3 {
+            if let Some(l) = members.iter().find(|x| x["leader"] == true) {
+                break l["address"].as_str().unwrap_or_default().to_string();
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no three-voter cluster: {m}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut procs = vec![(first, a), (tb, b), (tc, c)];
+    let li = procs
+        .iter()
+        .position(|(t, _)| matches!(t, Target::Wk { url, .. } if url.ends_with(&leader)))
+        .context("the leader is one of the three")?;
+    let (_, mut killed) = procs.remove(li);
+    let (survivor, _) = &procs[0];
+    let Target::Wk { url, http } = survivor else {
+        bail!("not a wk target")
+    };
+    let write = |i: usize| {
+        http.post(format!("{url}/api/v1/namespaces/default/configmaps"))
+            .timeout(Duration::from_secs(2))
+            .json(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("failover-{i}")}, "data": {"v": "x"}}))
+            .send()
+    };
+    // warm: the survivor's connections to the leader are open
+    write(0).await?.error_for_status()?;
+    let t0 = Instant::now();
+    killed.0.kill()?;
+    let _ = killed.0.wait();
+    let mut i = 1;
+    loop {
+        if let Ok(r) = write(i).await {
+            if r.status().is_success() {
+                return Ok(t0.elapsed());
+            }
+        }
+        i += 1;
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("no write accepted within 60 s of the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn failover(args: FailoverArgs) -> Result<()> {
+    let tmp = tempfile_dir()?;
+    let mut times = Vec::new();
+    for run in 0..args.runs {
+        let dir = tmp.join(format!("run-{run}"));
+        let t = failover_once(&args, &dir).await?;
+        eprintln!("run {run}: {:.0} ms", t.as_secs_f64() * 1000.0);
+        times.push(t);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("Machine: {}", machine());
+    println!(
+        "Leader kill -9 → first accepted write on a survivor, {} runs, three servers on loopback{}",
+        times.len(),
+        if args.server_flag.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", args.server_flag.join(" "))
+        }
+    );
+    println!(
+        "p50 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1])
+    );
+    Ok(())
 }
 
 async fn store_main(args: Args) -> Result<()> {

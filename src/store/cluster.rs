@@ -35,6 +35,9 @@ use super::{Store, StoreError};
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writes and reads retry while no leader can be reached.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// The longest pause between retries while there is no leader: short, so
+/// a write goes through soon after an election (about one election timeout).
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// How long a server waits to apply what the leader committed for it.
 pub const APPLY_WAIT: Duration = Duration::from_secs(5);
 
@@ -151,7 +154,7 @@ impl Store {
                 return Err(StoreError::NoLeader(err.to_string()));
             }
             tokio::time::sleep(jitter(delay)).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
     }
 
@@ -215,6 +218,11 @@ impl Store {
     /// commit index by ReadIndex (the leader confirms its leadership with a
     /// quorum) and wait until this server has applied that far.
     pub async fn linearize(&self) -> Result<(), StoreError> {
+        if self.sole_voter() {
+            // every write went through this server and was applied before
+            // it was acknowledged: the cache is already current
+            return Ok(());
+        }
         let deadline = Instant::now() + LEADER_WAIT;
         let mut delay = Duration::from_millis(25);
         loop {
@@ -234,7 +242,7 @@ impl Store {
                 return Err(StoreError::NoLeader(err.to_string()));
             }
             tokio::time::sleep(jitter(delay)).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
     }
 
@@ -325,6 +333,16 @@ impl Store {
             joint: membership.get_joint_config().len() > 1,
             members,
         }
+    }
+
+    /// Whether this server is the cluster's only voter (the default
+    /// one-server cluster).
+    fn sole_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let mut voters = membership.voter_ids();
+        voters.next() == Some(self.node_id) && voters.next().is_none()
     }
 
     /// Whether this server knows a leader (it is not cut off, or
