@@ -65,6 +65,14 @@ pub async fn rotate_keys(State(state): State<Arc<ApiState>>) -> Response {
 async fn rotate(state: &ApiState) -> Result<Value, ApiError> {
     static ROTATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one_at_a_time = ROTATING.lock().await;
+    let servers = state.store.members().members.len();
+    if servers > 1 {
+        // the new key would exist on this server only, and the others
+        // could not open what it seals
+        return Err(ApiError::BadRequest(format!(
+            "key rotation is not supported yet on a cluster of {servers} servers: the new key would be on this server only"
+        )));
+    }
     let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
     let keyring = state.store.keyring();
     let key = keyring.rotate().map_err(|e| internal(&e))?;

@@ -390,6 +390,20 @@ async fn three_servers_take_writes_anywhere_and_survive_losing_the_leader() {
     let m = members(&servers[li]);
     assert_eq!(m.as_array().unwrap().len(), 3, "{m}");
 
+    // a key rotation would leave the new key on one server: refused
+    let out = wk(&[
+        "secrets-encrypt",
+        "rotate-keys",
+        "--kubeconfig",
+        servers[li].kubeconfig().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not supported yet on a cluster of 3 servers"),
+        "{}",
+        stderr(&out)
+    );
+
     // removing a server stops it; the other two go on
     let gone = survivors[1];
     let gone_id = members(&servers[gone])
