@@ -1011,3 +1011,33 @@ async fn watch_membership(
         was_member |= member;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::api_endpoints;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_api_endpoints_list_every_server_by_port() {
+        let own = json!([{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}]);
+        // one server: its own subset, as written at start
+        let one = BTreeMap::from([(1, "10.0.0.1:6443".to_string())]);
+        assert_eq!(api_endpoints(&one, &own), own);
+        // three servers, two ports: one subset per port
+        let three = BTreeMap::from([
+            (1, "10.0.0.1:6443".to_string()),
+            (7, "10.0.0.2:6443".to_string()),
+            (9, "[fd00::3]:7443".to_string()),
+        ]);
+        assert_eq!(
+            api_endpoints(&three, &own),
+            json!([
+                {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}],
+                 "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]},
+                {"addresses": [{"ip": "fd00::3"}],
+                 "ports": [{"name": "https", "port": 7443, "protocol": "TCP"}]}
+            ])
+        );
+    }
+}

@@ -642,3 +642,64 @@ impl Store {
             .map_err(|e| StoreError::Raft(format!("the answer from {addr}: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::Rejection;
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_delay() {
+        for ms in [1u64, 25, 100, 500] {
+            let d = Duration::from_millis(ms);
+            for _ in 0..100 {
+                let j = jitter(d);
+                assert!(j >= d / 2 && j <= d, "{j:?} for {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_writes_that_never_reached_a_leader_are_retried() {
+        assert!(retryable(&StoreError::NotLeader {
+            leader: None,
+            leader_id: None
+        }));
+        assert!(retryable(&StoreError::NoLeader("refused".into())));
+        assert!(!retryable(&StoreError::Indeterminate("timed out".into())));
+        assert!(!retryable(&StoreError::Rejected(Rejection::AlreadyExists)));
+    }
+
+    #[test]
+    fn a_forwarded_result_keeps_its_meaning() {
+        let done = ForwardReply::from(Ok((Response::None, 7)));
+        assert!(matches!(done, ForwardReply::Done { index: 7, .. }));
+        let moved = ForwardReply::from(Err(StoreError::NotLeader {
+            leader: Some("10.0.0.2:6443".into()),
+            leader_id: Some(3),
+        }));
+        assert!(matches!(
+            moved,
+            ForwardReply::NotLeader {
+                leader_id: Some(3),
+                ..
+            }
+        ));
+        let unknown = ForwardReply::from(Err(StoreError::Indeterminate("x".into())));
+        assert!(matches!(unknown, ForwardReply::Indeterminate(_)));
+        // the wire form round-trips
+        let text = serde_json::to_string(&ForwardReply::Done {
+            response: Response::Rejected(Rejection::Conflict { current: 5 }),
+            index: 9,
+        })
+        .unwrap();
+        let back: ForwardReply = serde_json::from_str(&text).unwrap();
+        assert!(matches!(
+            back,
+            ForwardReply::Done {
+                response: Response::Rejected(Rejection::Conflict { current: 5 }),
+                index: 9
+            }
+        ));
+    }
+}
