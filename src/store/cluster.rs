@@ -578,7 +578,7 @@ impl Store {
                 leader: Some(addr),
                 leader_id: Some(id),
             }) if id != self.node_id => {
-                self.peer_call(&addr, &format!("raft/join?target={id}"), Some(req), "POST")
+                self.peer_call(&addr, &format!("raft/join?target={id}"), Some(req))
                     .await
             }
             other => other,
@@ -600,13 +600,8 @@ impl Store {
             .get_node(&leader)
             .map(|n| n.addr.clone())
             .ok_or_else(|| StoreError::NoLeader(format!("leader {leader} has no address")))?;
-        self.peer_call::<()>(
-            &addr,
-            &format!("raft/remove/{id}?target={leader}"),
-            None,
-            "POST",
-        )
-        .await
+        self.peer_call::<()>(&addr, &format!("raft/remove/{id}?target={leader}"), None)
+            .await
     }
 
     async fn peer_call<B: Serialize>(
@@ -614,7 +609,6 @@ impl Store {
         addr: &str,
         path: &str,
         body: Option<&B>,
-        _method: &str,
     ) -> Result<Members, StoreError> {
         let mut req = self
             .peer_http
