@@ -466,6 +466,15 @@ fn status(
             false,
         )
     };
+    // As Kubernetes' syncRolloutStatus: a complete Deployment that is only
+    // scaled (every pod is already of the new ReplicaSet) is not a rollout, so
+    // its progress is not estimated and no deadline applies.
+    let scaling_complete = total == updated
+        && previous["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Progressing" && c["reason"] == "NewReplicaSetAvailable");
     let progressing = if paused {
         condition(
             "Progressing",
@@ -476,7 +485,7 @@ fn status(
             &now_s,
             false,
         )
-    } else if complete {
+    } else if complete || scaling_complete {
         condition(
             "Progressing",
             "True",
@@ -853,6 +862,55 @@ mod tests {
             "{progressing}"
         );
         assert_eq!(progressing["status"], "False");
+    }
+
+    #[test]
+    fn scaling_a_complete_deployment_has_no_deadline() {
+        // complete at 1 replica long ago, then scaled to 50: 20 pods exist,
+        // 10 available, no change since the last status
+        let mut d = deployment(50, "v1", 1, 0);
+        d["spec"]["progressDeadlineSeconds"] = json!(5);
+        let mut rs = (*rs_for(&d, 50, 10, 1)).clone();
+        rs["status"]["replicas"] = json!(20);
+        let then = (now() - chrono::Duration::seconds(60))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        d["status"] = json!({"observedGeneration": 1, "replicas": 20, "updatedReplicas": 20,
+            "readyReplicas": 10, "availableReplicas": 10, "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "lastUpdateTime": then, "lastTransitionTime": then}]});
+        let p = plan(&d, &[Arc::new(rs)], now());
+        let progressing = p.status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Progressing")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            progressing["reason"], "NewReplicaSetAvailable",
+            "{progressing}"
+        );
+        assert_eq!(progressing["lastUpdateTime"], then.as_str());
+
+        // a rollout (pods of an older ReplicaSet remain) is timed again
+        let v2 = {
+            let mut v2 = deployment(50, "v2", 1, 0);
+            v2["spec"]["progressDeadlineSeconds"] = json!(5);
+            v2["status"] = d["status"].clone();
+            v2["status"]["updatedReplicas"] = json!(0);
+            v2
+        };
+        let sets = vec![rs_for(&d, 50, 50, 1), rs_for(&v2, 1, 0, 2)];
+        let p = plan(&v2, &sets, now());
+        let reason = p.status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Progressing")
+            .unwrap()["reason"]
+            .clone();
+        assert_ne!(reason, "NewReplicaSetAvailable");
     }
 
     #[test]
