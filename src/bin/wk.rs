@@ -149,12 +149,15 @@ struct ServerArgs {
     /// The cluster's server token (its DATA_DIR/token), for --join.
     #[arg(long, env = "WK_TOKEN")]
     token: Option<String>,
-    /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    /// Raft heartbeat interval in milliseconds. It is also how long the
+    /// leader waits for a follower's answer to an append (openraft uses one
+    /// setting for both), so it must cover a follower's fsync under load.
+    #[arg(long, default_value_t = 250)]
     raft_heartbeat_ms: u64,
     /// Raft election timeout in milliseconds: a follower that hears no
-    /// leader for a random time between this and twice this stands for
-    /// election. Must exceed the heartbeat interval.
+    /// leader for the old leader's lease (1.5× this) plus a random time
+    /// between this and 1.5× this stands for election. Must exceed the
+    /// heartbeat interval.
     #[arg(long, default_value_t = 300)]
     raft_election_timeout_ms: u64,
     /// Do not run the embedded node agent.
@@ -442,7 +445,7 @@ async fn async_main() -> Result<()> {
                     wasmkube::store::Timing {
                         heartbeat_ms: a.raft_heartbeat_ms.max(1),
                         election_timeout_min_ms: a.raft_election_timeout_ms,
-                        election_timeout_max_ms: a.raft_election_timeout_ms * 2,
+                        election_timeout_max_ms: a.raft_election_timeout_ms * 3 / 2,
                     }
                 },
                 agent,

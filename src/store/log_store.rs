@@ -19,6 +19,8 @@ use super::types::{LogId, NodeId, StorageError, TypeConfig};
 
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// A log write slower than this is logged (see `append`).
+const SLOW_LOG_WRITE: std::time::Duration = std::time::Duration::from_millis(50);
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -206,6 +208,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             rows.push((e.log_id.index, serde_json::to_vec(&e).map_err(write_err)?));
         }
         let db = self.db.clone();
+        let started = std::time::Instant::now();
+        let count = rows.len();
         let res = blocking(move || {
             let mut tx = db.begin_write().map_err(write_err)?;
             tx.set_durability(Durability::Immediate)
@@ -219,6 +223,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tx.commit().map_err(write_err)
         })
         .await;
+        let took = started.elapsed();
+        if took > SLOW_LOG_WRITE {
+            // as etcd's "slow fdatasync": a disk this slow delays every
+            // commit, and a follower this slow misses the leader's
+            // replication deadline
+            tracing::warn!(?took, entries = count, "slow Raft log write (fsync)");
+        }
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

@@ -204,8 +204,14 @@ async fn batcher(raft: RaftHandle, mut rx: mpsc::Receiver<Pending>) {
 }
 
 /// Raft timing, in milliseconds. The defaults suit 2-core machines that
-/// fsync every entry: a heartbeat every 100 ms, an election after 300 to
-/// 600 ms without one.
+/// fsync every entry: a heartbeat every 250 ms, an election after 300 to
+/// 450 ms without one (plus the old leader's lease of the maximum).
+///
+/// openraft (0.9) also uses the heartbeat interval as the deadline for
+/// every append the leader sends. With 100 ms, a loaded follower whose
+/// fsync took longer never acknowledged an append: each retry carried new
+/// entries and timed out again, so it never caught up and membership
+/// changes that needed it hung.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     pub heartbeat_ms: u64,
@@ -216,9 +222,9 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            heartbeat_ms: 100,
+            heartbeat_ms: 250,
             election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_max_ms: 450,
         }
     }
 }
