@@ -449,13 +449,29 @@ impl Drop for Server {
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
-            let events = self.kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
+            // bounded: a test may fail because the cluster hangs
+            let events = self.kubectl(&[
+                "get",
+                "events",
+                "-A",
+                "--sort-by=.lastTimestamp",
+                "--request-timeout=10s",
+            ]);
             eprintln!(
                 "--- events ---\n{}",
                 String::from_utf8_lossy(&events.stdout)
             );
         }
         self.kill9();
+        // WK_TEST_KEEP_LOGS=DIR keeps every server's whole log for debugging
+        if let Ok(keep) = std::env::var("WK_TEST_KEEP_LOGS") {
+            let name = self.url.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(
+                self.dir.join("server.log"),
+                Path::new(&keep).join(format!("{name}.log")),
+            );
+        }
         cleanup_containers(&self.dir);
     }
 }
