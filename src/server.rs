@@ -947,17 +947,18 @@ pub async fn run(
     ));
 
     tracing::info!(listen = %bound, node = %config.node_name, id, kubeconfig = %kubeconfig.display(), "wk server ready");
-    let serving = match (serving, listener) {
-        (Some(s), _) => s,
-        (None, Some(l)) => tokio::spawn(tls::serve::serve(l, tls_config, app, stop_rx)),
-        (None, None) => unreachable!("the listener is served once"),
-    };
+    // a joiner has served since before it joined
+    if let Some(l) = listener {
+        serving = Some(tokio::spawn(tls::serve::serve(l, tls_config, app, stop_rx)));
+    }
     let removed = tokio::select! {
         _ = shutdown => false,
         r = membership => r.unwrap_or(false),
     };
     let _ = stop_tx.send(true);
-    let _ = serving.await;
+    if let Some(s) = serving {
+        let _ = s.await;
+    }
     let _ = controllers.await;
     if let Some(a) = agent {
         let _ = a.await;

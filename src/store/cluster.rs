@@ -128,34 +128,49 @@ fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::NotLeader { .. } | StoreError::NoLeader(_))
 }
 
+/// Run `attempt` until it succeeds or fails for good. Refusals that mean
+/// "not applied, ask again" (no leader yet, a leader that moved) are
+/// retried with jitter, backing off to [`MAX_RETRY_DELAY`], for up to
+/// [`LEADER_WAIT`]; then the last one is answered as [`StoreError::NoLeader`].
+async fn with_leader_retries<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + LEADER_WAIT;
+    let mut delay = Duration::from_millis(25);
+    loop {
+        match attempt().await {
+            Err(e) if retryable(&e) => {
+                if Instant::now() + delay > deadline {
+                    return Err(StoreError::NoLeader(e.to_string()));
+                }
+                tokio::time::sleep(jitter(delay)).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+            done => return done,
+        }
+    }
+}
+
 impl Store {
     /// Write `req` (sealed) on whichever server leads: here, or forwarded.
     pub(crate) async fn submit(&self, req: Request) -> Result<Response, StoreError> {
-        let deadline = Instant::now() + LEADER_WAIT;
-        let mut delay = Duration::from_millis(25);
-        loop {
-            let err = match self.write_here(req.clone()).await {
-                Ok((resp, _)) => return Ok(resp),
+        with_leader_retries(|| async {
+            match self.write_here(req.clone()).await {
+                Ok((resp, _)) => Ok(resp),
                 Err(StoreError::NotLeader {
                     leader: Some(addr),
                     leader_id: Some(id),
-                }) if id != self.node_id => match self.forward(id, &addr, &req).await {
-                    Ok((resp, index)) => {
-                        self.applied_at_least(index).await;
-                        return Ok(resp);
-                    }
-                    Err(e) if retryable(&e) => e,
-                    Err(e) => return Err(e),
-                },
-                Err(e) if retryable(&e) => e,
-                Err(e) => return Err(e),
-            };
-            if Instant::now() + delay > deadline {
-                return Err(StoreError::NoLeader(err.to_string()));
+                }) if id != self.node_id => {
+                    let (resp, index) = self.forward(id, &addr, &req).await?;
+                    self.applied_at_least(index).await;
+                    Ok(resp)
+                }
+                Err(e) => Err(e),
             }
-            tokio::time::sleep(jitter(delay)).await;
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
-        }
+        })
+        .await
     }
 
     async fn forward(
@@ -223,27 +238,17 @@ impl Store {
             // it was acknowledged: the cache is already current
             return Ok(());
         }
-        let deadline = Instant::now() + LEADER_WAIT;
-        let mut delay = Duration::from_millis(25);
-        loop {
-            let err = match self.read_index().await {
-                Ok(index) => {
-                    if index == 0 || self.applied_at_least(index).await {
-                        return Ok(());
-                    }
-                    return Err(StoreError::NoLeader(format!(
-                        "this server did not apply up to index {index} within {APPLY_WAIT:?}"
-                    )));
-                }
-                Err(e) if retryable(&e) => e,
-                Err(e) => return Err(e),
-            };
-            if Instant::now() + delay > deadline {
-                return Err(StoreError::NoLeader(err.to_string()));
+        with_leader_retries(|| async {
+            let index = self.read_index().await?;
+            if index == 0 || self.applied_at_least(index).await {
+                Ok(())
+            } else {
+                Err(StoreError::NoLeader(format!(
+                    "this server did not apply up to index {index} within {APPLY_WAIT:?}"
+                )))
             }
-            tokio::time::sleep(jitter(delay)).await;
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
-        }
+        })
+        .await
     }
 
     /// The log index a linearizable read must wait for: the leader's own
