@@ -21,6 +21,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod controllers;
+pub mod lincheck;
 pub mod network;
 pub mod server;
 pub mod store;
