@@ -82,6 +82,11 @@ struct Args {
     /// Writes observed by the watchers.
     #[arg(long, default_value_t = 200)]
     watch_events: usize,
+    /// Servers (wasmkube) and members (etcd) per cluster: 1, 3 or 5. With
+    /// more than one, client `i` talks to server `i mod N`, as clients
+    /// spread over a cluster do.
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
 }
 
 /// A system under test.
@@ -231,7 +236,7 @@ struct Measurement {
 }
 
 async fn run_writes(
-    target: &Target,
+    targets: &[Target],
     clients: usize,
     seconds: f64,
     size: usize,
@@ -243,7 +248,7 @@ async fn run_writes(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let target = target.clone();
+        let target = targets[c % targets.len()].clone();
         let stop = stop.clone();
         let total = total.clone();
         let prefix = prefix.to_string();
@@ -400,6 +405,113 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
     bail!("wk server did not start")
 }
 
+/// A wasmkube cluster of `n` servers: the first bootstraps, the others
+/// join it with its token. Waits until all are voters.
+async fn start_wk_cluster(
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    extra: &[&str],
+) -> Result<(Vec<Proc>, Vec<Target>)> {
+    let (first_proc, first) = start_wk(bin, &dir.join("s0"), extra).await?;
+    let Target::Wk { url, http } = first.clone() else {
+        bail!("not a wk target")
+    };
+    let token = std::fs::read_to_string(dir.join("s0/token"))?;
+    let mut joined: Vec<&str> = extra.to_vec();
+    joined.extend(["--join", url.as_str(), "--token", token.trim()]);
+    let (mut procs, mut targets) = (vec![first_proc], vec![first]);
+    for i in 1..n {
+        let (p, t) = start_wk(bin, &dir.join(format!("s{i}")), &joined).await?;
+        procs.push(p);
+        targets.push(t);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m: Value = http
+            .get(format!("{url}/wk/v1/cluster/members"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let members = m["members"].as_array().cloned().unwrap_or_default();
+        if members.iter().filter(|x| x["role"] == "voter").count() == n {
+            return Ok((procs, targets));
+        }
+        if Instant::now() > deadline {
+            bail!("no {n}-voter cluster: {m}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An etcd cluster of `n` members on loopback, formed statically.
+async fn start_etcd_cluster(bin: &str, dir: &Path, n: usize) -> Result<(Vec<Proc>, Vec<Target>)> {
+    if n == 1 {
+        let (p, t) = start_etcd(bin, dir).await?;
+        return Ok((vec![p], vec![t]));
+    }
+    let ports: Vec<(u16, u16)> = (0..n)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_>>()?;
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs = Vec::new();
+    let mut targets = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let child = Command::new(bin)
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(dir.join(format!("m{i}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", "new"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        procs.push(Proc(child));
+        targets.push(Target::Etcd {
+            url: format!("http://127.0.0.1:{client}"),
+        });
+    }
+    for t in &targets {
+        let Target::Etcd { url } = t else {
+            unreachable!("built above as etcd targets")
+        };
+        let mut healthy = false;
+        for _ in 0..600 {
+            if reqwest::get(format!("{url}/health"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                healthy = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !healthy {
+            bail!("etcd member at {url} did not become healthy");
+        }
+    }
+    Ok((procs, targets))
+}
+
 async fn start_etcd(bin: &str, dir: &Path) -> Result<(Proc, Target)> {
     let (client, peer) = (free_port()?, free_port()?);
     let child = Command::new(bin)
@@ -444,7 +556,8 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
-async fn bench(target: &Target, args: &Args, rows: &mut Vec<String>) -> Result<()> {
+async fn bench(targets: &[Target], args: &Args, rows: &mut Vec<String>) -> Result<()> {
+    let target = &targets[0];
     for &c in &args.clients {
         for update in [false, true] {
             let prefix = format!("b{c}-");
@@ -453,16 +566,17 @@ async fn bench(target: &Target, args: &Args, rows: &mut Vec<String>) -> Result<(
                 let http = reqwest::Client::new();
                 for client in 0..c {
                     for i in 0..64 {
-                        let _ = target
+                        let _ = targets[client % targets.len()]
                             .write(&http, &prefix, &format!("c{client}-{i}"), "x", false)
                             .await;
                     }
                 }
             }
-            let m = run_writes(target, c, args.seconds, args.value_size, update, &prefix).await?;
+            let m = run_writes(targets, c, args.seconds, args.value_size, update, &prefix).await?;
             rows.push(format!(
-                "| {} | {} | {c} | {:.0} | {} | {} |",
+                "| {} ×{} | {} | {c} | {:.0} | {} | {} |",
                 target.name(),
+                targets.len(),
                 if update { "update" } else { "create" },
                 m.ops as f64 / m.elapsed.as_secs_f64(),
                 ms(m.hist.value_at_quantile(0.5)),
@@ -473,8 +587,9 @@ async fn bench(target: &Target, args: &Args, rows: &mut Vec<String>) -> Result<(
     }
     let h = run_watch(target, args.watchers, args.watch_events, args.value_size).await?;
     rows.push(format!(
-        "| {} | watch delivery ({} watchers, {} events) | 1 writer | {} deliveries | {} | {} |",
+        "| {} ×{} | watch delivery ({} watchers, {} events) | 1 writer | {} deliveries | {} | {} |",
         target.name(),
+        targets.len(),
         args.watchers,
         args.watch_events,
         h.len(),
@@ -1404,13 +1519,22 @@ async fn failover(args: FailoverArgs) -> Result<()> {
 async fn store_main(args: Args) -> Result<()> {
     let tmp = tempfile_dir()?;
     let mut rows = Vec::new();
+    if ![1, 3, 5].contains(&args.servers) {
+        bail!("--servers must be 1, 3 or 5");
+    }
     {
-        let (_p, target) = start_wk(&args.wk, &tmp.join("wk"), &["--disable-agent"]).await?;
-        bench(&target, &args, &mut rows).await?;
+        let (_p, targets) = start_wk_cluster(
+            &args.wk,
+            &tmp.join("wk"),
+            args.servers,
+            &["--disable-agent"],
+        )
+        .await?;
+        bench(&targets, &args, &mut rows).await?;
     }
     if args.etcd != "none" {
-        let (_p, target) = start_etcd(&args.etcd, &tmp.join("etcd")).await?;
-        bench(&target, &args, &mut rows).await?;
+        let (_p, targets) = start_etcd_cluster(&args.etcd, &tmp.join("etcd"), args.servers).await?;
+        bench(&targets, &args, &mut rows).await?;
     }
     let _ = std::fs::remove_dir_all(&tmp);
     println!("Machine: {}", machine());
