@@ -47,9 +47,28 @@ pub struct Operation<I, O> {
 
 /// Whether `history` is linearizable with respect to `model`.
 pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>]) -> bool {
+    check_within(model, history, u64::MAX) == Verdict::Linearizable
+}
+
+/// What [`check_within`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Linearizable,
+    NotLinearizable,
+    /// The search took more than the steps allowed. Proving a long
+    /// history wrong means trying every order, which can take very long.
+    Undecided,
+}
+
+/// [`check`] with at most `max_steps` search steps.
+pub fn check_within<M: Model>(
+    model: &M,
+    history: &[Operation<M::Input, M::Output>],
+    max_steps: u64,
+) -> Verdict {
     let n = history.len();
     if n == 0 {
-        return true;
+        return Verdict::Linearizable;
     }
     // the events in time order; at equal times calls come first, so
     // operations that touch in time count as concurrent
@@ -102,14 +121,19 @@ pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>]) ->
     let mut stack: Vec<(usize, M::State)> = Vec::new();
     let mut state = model.init();
     let mut entry = next[head];
+    let mut steps = 0u64;
     loop {
         if next[head] == usize::MAX {
-            return true;
+            return Verdict::Linearizable;
+        }
+        steps += 1;
+        if steps > max_steps {
+            return Verdict::Undecided;
         }
         if entry == usize::MAX {
             // every remaining call was tried here: undo the last choice
             let Some((i, before)) = stack.pop() else {
-                return false;
+                return Verdict::NotLinearizable;
             };
             state = before;
             linearized[i / 64] &= !(1 << (i % 64));
@@ -315,6 +339,16 @@ mod tests {
             ),
         ];
         assert!(!check(&Object, &h));
+    }
+
+    #[test]
+    fn a_search_can_be_bounded() {
+        let h = vec![
+            op(0, Some((1, Out::Ok)), Create(1)),
+            op(2, Some((3, Out::NotFound)), Read),
+        ];
+        assert_eq!(check_within(&Object, &h, 1_000), Verdict::NotLinearizable);
+        assert_eq!(check_within(&Object, &h, 1), Verdict::Undecided);
     }
 
     #[test]

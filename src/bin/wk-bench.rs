@@ -44,6 +44,9 @@ enum Bench {
     /// HA: three servers; kill -9 the leader, time until a survivor
     /// accepts a write again.
     Failover(FailoverArgs),
+    /// HA under faults: kill -9 and SIGSTOP servers while clients write and
+    /// read; check every key's history for linearizability.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Parser)]
@@ -1409,6 +1412,7 @@ async fn main() -> Result<()> {
         Bench::Lists(args) => lists::run(args).await,
         Bench::Oci(args) => pods::run_oci(args).await,
         Bench::Failover(args) => failover(args).await,
+        Bench::Chaos(args) => chaos::run(args).await,
     }
 }
 
@@ -1966,6 +1970,521 @@ mod lists {
                 q(0.5).as_secs_f64() * 1e3,
                 q(0.99).as_secs_f64() * 1e3
             );
+        }
+        Ok(())
+    }
+}
+
+mod chaos {
+    //! HA under faults: three `wk server`s on fixed loopback ports, clients
+    //! that create, update (with a resourceVersion precondition) and read a
+    //! few ConfigMaps through random servers while servers are killed with
+    //! SIGKILL and restarted, or paused with SIGSTOP and resumed. Every
+    //! operation is recorded with its call and return time; at the end each
+    //! key's history is checked for linearizability with
+    //! [`wasmkube::lincheck`], and every acknowledged create must still be
+    //! there.
+
+    use super::*;
+    use rand::Rng;
+    use std::collections::HashMap;
+    use tokio::sync::Mutex;
+    use wasmkube::lincheck::{self, Object, ObjectInput, ObjectOutput, Operation, Verdict};
+
+    /// Search steps per key before a history is called undecided.
+    const CHECK_STEPS: u64 = 20_000_000;
+
+    #[derive(Parser)]
+    pub struct ChaosArgs {
+        /// The wk binary under test.
+        #[arg(long, default_value = "target/release/wk")]
+        wk: PathBuf,
+        /// Fault runs (a fresh three-server cluster each).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Seconds of workload and faults per run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 6)]
+        clients: usize,
+        /// ConfigMaps the clients share.
+        #[arg(long, default_value_t = 4)]
+        keys: usize,
+        /// Read with `resourceVersion=0` (any server's cache, which
+        /// Kubernetes allows to be stale): shows the checker finds stale
+        /// reads. Final reads stay linearizable.
+        #[arg(long)]
+        cache_reads: bool,
+    }
+
+    const SERVERS: usize = 3;
+    const CM: &str = "/api/v1/namespaces/default/configmaps";
+
+    struct Cluster {
+        bin: PathBuf,
+        dir: PathBuf,
+        ports: Vec<u16>,
+        join: Vec<Vec<String>>,
+        procs: Vec<Option<Child>>,
+        http: reqwest::Client,
+    }
+
+    impl Cluster {
+        fn url(&self, i: usize) -> String {
+            format!("https://127.0.0.1:{}", self.ports[i])
+        }
+
+        fn spawn(&mut self, i: usize) -> Result<()> {
+            let dir = self.dir.join(format!("s{i}"));
+            std::fs::create_dir_all(&dir)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("server.log"))?;
+            let child = Command::new(&self.bin)
+                .args(["server", "--disable-agent", "--data-dir"])
+                .arg(&dir)
+                .args(["--listen", &format!("127.0.0.1:{}", self.ports[i])])
+                .args(&self.join[i])
+                .env("WK_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", self.bin.display()))?;
+            self.procs[i] = Some(child);
+            Ok(())
+        }
+
+        async fn ready(&self, i: usize) -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if self
+                    .http
+                    .get(format!("{}/readyz", self.url(i)))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bail!("server {i} did not become ready")
+        }
+
+        async fn start(bin: &Path, dir: &Path) -> Result<Cluster> {
+            let ports = (0..SERVERS)
+                .map(|_| free_port())
+                .collect::<Result<Vec<_>>>()?;
+            let mut c = Cluster {
+                bin: bin.to_path_buf(),
+                dir: dir.to_path_buf(),
+                ports,
+                join: vec![Vec::new(); SERVERS],
+                procs: (0..SERVERS).map(|_| None).collect(),
+                http: reqwest::Client::new(),
+            };
+            c.spawn(0)?;
+            let kubeconfig = dir.join("s0/kubeconfig.yaml");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let kc = loop {
+                if let Ok(kc) = wasmkube::client::Kubeconfig::load(&kubeconfig) {
+                    break kc;
+                }
+                if Instant::now() > deadline {
+                    bail!("the first server wrote no kubeconfig");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            // every server's certificate comes from the same CA, and the
+            // admin identity is good on all of them
+            c.http = wasmkube::tls::http_client(
+                kc.ca.as_deref().context("kubeconfig without a CA")?,
+                kc.client_cert.as_ref(),
+            )?;
+            c.ready(0).await?;
+            let token = std::fs::read_to_string(dir.join("s0/token"))?;
+            for i in 1..SERVERS {
+                c.join[i] = vec![
+                    "--join".into(),
+                    c.url(0),
+                    "--token".into(),
+                    token.trim().to_string(),
+                ];
+                c.spawn(i)?;
+                c.ready(i).await?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let m: Value = c
+                    .http
+                    .get(format!("{}/wk/v1/cluster/members", c.url(0)))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let voters = m["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["role"] == "voter")
+                    .count();
+                if voters == SERVERS {
+                    return Ok(c);
+                }
+                if Instant::now() > deadline {
+                    bail!("no {SERVERS}-voter cluster: {m}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        fn signal(&self, i: usize, sig: i32) {
+            if let Some(p) = &self.procs[i] {
+                // SAFETY: kill(2) on a child we spawned and have not reaped
+                unsafe {
+                    libc::kill(p.id() as i32, sig);
+                }
+            }
+        }
+
+        fn kill(&mut self, i: usize) {
+            if let Some(mut p) = self.procs[i].take() {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            for i in 0..SERVERS {
+                self.signal(i, libc::SIGCONT);
+                self.kill(i);
+            }
+        }
+    }
+
+    /// One recorded operation on key `key`.
+    struct Record {
+        key: usize,
+        op: Operation<ObjectInput, ObjectOutput>,
+    }
+
+    fn value_of(o: &Value) -> Option<(u64, String)> {
+        let v = o["data"]["v"].as_str()?.parse().ok()?;
+        let rv = o["metadata"]["resourceVersion"].as_str()?.to_string();
+        Some((v, rv))
+    }
+
+    /// What a client learned: per key, the last value it saw and its
+    /// resourceVersion.
+    type Known = HashMap<usize, (u64, String)>;
+
+    /// Send one operation; returns its record, or None when it certainly
+    /// had no effect (a 503 before any leader took it, a failed read).
+    async fn one(
+        http: &reqwest::Client,
+        url: &str,
+        key: usize,
+        input: ObjectInput,
+        known: &mut Known,
+        t0: Instant,
+        cache_read: bool,
+    ) -> Option<Record> {
+        let name = format!("k{key}");
+        let now = || t0.elapsed().as_nanos() as u64;
+        let call = now();
+        let req = match &input {
+            ObjectInput::Create(v) => http.post(format!("{url}{CM}")).json(&json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name}, "data": {"v": v.to_string()}})),
+            ObjectInput::Update { value, .. } => {
+                let rv = known
+                    .get(&key)
+                    .map(|(_, rv)| rv.clone())
+                    .unwrap_or_default();
+                http.put(format!("{url}{CM}/{name}")).json(&json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "resourceVersion": rv},
+                    "data": {"v": value.to_string()}}))
+            }
+            ObjectInput::Read if cache_read => {
+                http.get(format!("{url}{CM}/{name}?resourceVersion=0"))
+            }
+            ObjectInput::Read => http.get(format!("{url}{CM}/{name}")),
+        };
+        let resp = req.timeout(Duration::from_secs(5)).send().await;
+        let (code, body) = match resp {
+            Ok(r) => {
+                let code = r.status().as_u16();
+                (Some(code), r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (None, Value::Null),
+        };
+        let ret = now();
+        let reason = body["reason"].as_str().unwrap_or_default();
+        let output = match (&input, code) {
+            (ObjectInput::Read, Some(200)) => value_of(&body).map(|(v, rv)| {
+                known.insert(key, (v, rv));
+                ObjectOutput::Value(v)
+            }),
+            (ObjectInput::Read, Some(404)) => Some(ObjectOutput::NotFound),
+            // a failed read changed nothing: leave it out
+            (ObjectInput::Read, _) => return None,
+            (_, Some(503)) => return None,
+            (_, Some(200 | 201)) => {
+                if let Some(seen) = value_of(&body) {
+                    known.insert(key, seen);
+                }
+                Some(ObjectOutput::Ok)
+            }
+            (ObjectInput::Create(_), Some(409)) if reason == "AlreadyExists" => {
+                Some(ObjectOutput::AlreadyExists)
+            }
+            (ObjectInput::Update { .. }, Some(409)) if reason == "Conflict" => {
+                known.remove(&key);
+                Some(ObjectOutput::Conflict)
+            }
+            (ObjectInput::Update { .. }, Some(404)) => Some(ObjectOutput::NotFound),
+            // 504, a timeout, a broken connection: may or may not have happened
+            _ => None,
+        };
+        Some(Record {
+            key,
+            op: Operation {
+                call,
+                ret: output.map(|o| (ret, o)),
+                input,
+            },
+        })
+    }
+
+    struct Outcome {
+        ops: usize,
+        unknown: usize,
+        faults: usize,
+        anomalies: Vec<usize>,
+        undecided: Vec<usize>,
+        lost_creates: usize,
+    }
+
+    async fn run_once(args: &ChaosArgs, dir: &Path, run: usize) -> Result<Outcome> {
+        let cluster = Arc::new(Mutex::new(Cluster::start(&args.wk, dir).await?));
+        let (http, urls) = {
+            let c = cluster.lock().await;
+            (
+                c.http.clone(),
+                (0..SERVERS).map(|i| c.url(i)).collect::<Vec<_>>(),
+            )
+        };
+        let t0 = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for client in 0..args.clients {
+            let (http, urls, stop, keys) = (http.clone(), urls.clone(), stop.clone(), args.keys);
+            let cache_reads = args.cache_reads;
+            clients.push(tokio::spawn(async move {
+                let mut known = Known::new();
+                let mut records = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (key, server, pick) = {
+                        let mut rng = rand::rng();
+                        (
+                            rng.random_range(0..keys),
+                            rng.random_range(0..SERVERS),
+                            rng.random_range(0..10),
+                        )
+                    };
+                    n += 1;
+                    let fresh = ((client as u64 + 1) << 32) | n;
+                    let input = match known.get(&key) {
+                        Some((v, _)) if pick < 4 => ObjectInput::Update {
+                            expect: *v,
+                            value: fresh,
+                        },
+                        _ if pick < 7 => ObjectInput::Read,
+                        _ => ObjectInput::Create(fresh),
+                    };
+                    if let Some(r) = one(
+                        &http,
+                        &urls[server],
+                        key,
+                        input,
+                        &mut known,
+                        t0,
+                        cache_reads,
+                    )
+                    .await
+                    {
+                        records.push(r);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                records
+            }));
+        }
+        // one fault at a time, so a quorum is usually up
+        let faults = {
+            let (cluster, stop) = (cluster.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut count = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let (wait, victim, kind, hold) = {
+                        let mut rng = rand::rng();
+                        (
+                            rng.random_range(1000..3000),
+                            rng.random_range(0..SERVERS),
+                            rng.random_range(0..2),
+                            rng.random_range(500..3000),
+                        )
+                    };
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    count += 1;
+                    if kind == 0 {
+                        cluster.lock().await.kill(victim);
+                        tokio::time::sleep(Duration::from_millis(hold)).await;
+                        let mut c = cluster.lock().await;
+                        c.spawn(victim)?;
+                    } else {
+                        cluster.lock().await.signal(victim, libc::SIGSTOP);
+                        tokio::time::sleep(Duration::from_millis(hold)).await;
+                        cluster.lock().await.signal(victim, libc::SIGCONT);
+                    }
+                }
+                anyhow::Ok(count)
+            })
+        };
+        eprintln!(
+            "run {run}: cluster up, workload and faults for {} s",
+            args.seconds
+        );
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let faults = faults.await??;
+        let mut records = Vec::new();
+        for c in clients {
+            records.extend(c.await?);
+        }
+        // heal: every server running and ready, then read every key on
+        // every server (linearizable reads) as part of the history
+        {
+            let mut c = cluster.lock().await;
+            for i in 0..SERVERS {
+                c.signal(i, libc::SIGCONT);
+                let exited = c.procs[i]
+                    .as_mut()
+                    .map(|p| p.try_wait().ok().flatten().is_some())
+                    .unwrap_or(true);
+                if exited {
+                    c.procs[i] = None;
+                    c.spawn(i)?;
+                }
+            }
+            for i in 0..SERVERS {
+                c.ready(i).await?;
+            }
+        }
+        let mut known = Known::new();
+        for key in 0..args.keys {
+            for url in &urls {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Some(r) =
+                        one(&http, url, key, ObjectInput::Read, &mut known, t0, false).await
+                    {
+                        if r.op.ret.is_some() {
+                            records.push(r);
+                            break;
+                        }
+                    }
+                    if Instant::now() > deadline {
+                        bail!("run {run}: no final read of k{key} on {url}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        eprintln!("run {run}: healed, final reads done, checking");
+        let ops = records.len();
+        let unknown = records.iter().filter(|r| r.op.ret.is_none()).count();
+        let mut by_key: Vec<Vec<Operation<ObjectInput, ObjectOutput>>> =
+            (0..args.keys).map(|_| Vec::new()).collect();
+        for r in records {
+            by_key[r.key].push(r.op);
+        }
+        let mut anomalies = Vec::new();
+        let mut undecided = Vec::new();
+        let mut lost_creates = 0;
+        for (key, ops) in by_key.iter().enumerate() {
+            match lincheck::check_within(&Object, ops, CHECK_STEPS) {
+                Verdict::Linearizable => {}
+                Verdict::NotLinearizable => anomalies.push(key),
+                Verdict::Undecided => undecided.push(key),
+            }
+            let acked = ops.iter().any(|o| {
+                matches!(o.input, ObjectInput::Create(_))
+                    && matches!(o.ret, Some((_, ObjectOutput::Ok)))
+            });
+            let gone = !known.contains_key(&key);
+            if acked && gone {
+                lost_creates += 1;
+            }
+        }
+        if !anomalies.is_empty() || !undecided.is_empty() {
+            // keep the logs of a run that found something
+            let keep = std::env::temp_dir().join(format!("wk-chaos-run-{run}"));
+            let _ = std::fs::remove_dir_all(&keep);
+            let _ = std::fs::rename(dir, &keep);
+            eprintln!("run {run}: logs kept in {}", keep.display());
+        }
+        Ok(Outcome {
+            ops,
+            unknown,
+            faults,
+            anomalies,
+            undecided,
+            lost_creates,
+        })
+    }
+
+    pub async fn run(args: ChaosArgs) -> Result<()> {
+        let tmp = tempfile_dir()?;
+        let (mut ops, mut unknown, mut faults, mut anomalies, mut lost) = (0, 0, 0, 0, 0);
+        let mut undecided = 0;
+        for run in 0..args.runs {
+            let dir = tmp.join(format!("run-{run}"));
+            let o = run_once(&args, &dir, run).await?;
+            eprintln!(
+                "run {run}: {} operations ({} of unknown outcome), {} faults, anomalous keys {:?}, undecided keys {:?}, acknowledged creates lost {}",
+                o.ops, o.unknown, o.faults, o.anomalies, o.undecided, o.lost_creates
+            );
+            undecided += o.undecided.len();
+            ops += o.ops;
+            unknown += o.unknown;
+            faults += o.faults;
+            anomalies += o.anomalies.len();
+            lost += o.lost_creates;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        println!("Machine: {}", machine());
+        println!(
+            "{} runs of {} s, three servers, {} clients on {} keys; faults: kill -9 + restart, SIGSTOP/SIGCONT",
+            args.runs, args.seconds, args.clients, args.keys
+        );
+        println!(
+            "operations {ops} ({unknown} of unknown outcome), faults {faults}, non-linearizable keys {anomalies}, undecided keys {undecided}, acknowledged creates lost {lost}"
+        );
+        if anomalies > 0 || undecided > 0 || lost > 0 {
+            bail!("anomalies found");
         }
         Ok(())
     }
