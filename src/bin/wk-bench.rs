@@ -448,12 +448,9 @@ async fn start_wk_cluster(
     }
 }
 
-/// An etcd cluster of `n` members on loopback, formed statically.
+/// An etcd cluster of `n` members (1 is a lone etcd) on loopback, formed
+/// statically.
 async fn start_etcd_cluster(bin: &str, dir: &Path, n: usize) -> Result<(Vec<Proc>, Vec<Target>)> {
-    if n == 1 {
-        let (p, t) = start_etcd(bin, dir).await?;
-        return Ok((vec![p], vec![t]));
-    }
     let ports: Vec<(u16, u16)> = (0..n)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Result<_>>()?;
@@ -513,46 +510,6 @@ async fn start_etcd_cluster(bin: &str, dir: &Path, n: usize) -> Result<(Vec<Proc
         }
     }
     Ok((procs, targets))
-}
-
-async fn start_etcd(bin: &str, dir: &Path) -> Result<(Proc, Target)> {
-    let (client, peer) = (free_port()?, free_port()?);
-    let child = Command::new(bin)
-        .args(["--name", "bench", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-        ])
-        .args([
-            "--advertise-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("bench=http://127.0.0.1:{peer}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {bin}"))?;
-    let proc = Proc(child);
-    let url = format!("http://127.0.0.1:{client}");
-    for _ in 0..600 {
-        if reqwest::get(format!("{url}/health"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok((proc, Target::Etcd { url }));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("etcd did not start")
 }
 
 fn ms(us: u64) -> String {

@@ -666,6 +666,17 @@ mod tests {
         chrono::Utc::now()
     }
 
+    /// The Progressing condition of a planned status.
+    fn progressing_of(status: &Value) -> Value {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Progressing")
+            .unwrap()
+            .clone()
+    }
+
     #[test]
     fn a_new_deployment_creates_its_replicaset_at_full_size() {
         let d = deployment(3, "v1", 1, 0);
@@ -850,13 +861,7 @@ mod tests {
             {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
              "lastUpdateTime": then.format("%Y-%m-%dT%H:%M:%SZ").to_string(), "lastTransitionTime": "x"}]});
         let p = plan(&v2, &sets, now());
-        let progressing = p.status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Progressing")
-            .unwrap()
-            .clone();
+        let progressing = progressing_of(&p.status);
         assert_eq!(
             progressing["reason"], "ProgressDeadlineExceeded",
             "{progressing}"
@@ -880,13 +885,7 @@ mod tests {
             {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
              "lastUpdateTime": then, "lastTransitionTime": then}]});
         let p = plan(&d, &[Arc::new(rs)], now());
-        let progressing = p.status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Progressing")
-            .unwrap()
-            .clone();
+        let progressing = progressing_of(&p.status);
         assert_eq!(
             progressing["reason"], "NewReplicaSetAvailable",
             "{progressing}"
@@ -903,14 +902,10 @@ mod tests {
         };
         let sets = vec![rs_for(&d, 50, 50, 1), rs_for(&v2, 1, 0, 2)];
         let p = plan(&v2, &sets, now());
-        let reason = p.status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Progressing")
-            .unwrap()["reason"]
-            .clone();
-        assert_ne!(reason, "NewReplicaSetAvailable");
+        assert_ne!(
+            progressing_of(&p.status)["reason"],
+            "NewReplicaSetAvailable"
+        );
     }
 
     #[test]
