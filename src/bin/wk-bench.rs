@@ -408,6 +408,16 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
     bail!("wk server did not start")
 }
 
+/// `GET /wk/v1/cluster/members` on the server at `url`.
+async fn members(http: &reqwest::Client, url: &str) -> Result<Value> {
+    Ok(http
+        .get(format!("{url}/wk/v1/cluster/members"))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 /// A wasmkube cluster of `n` servers: the first bootstraps, the others
 /// join it with its token. Waits until all are voters.
 async fn start_wk_cluster(
@@ -431,12 +441,7 @@ async fn start_wk_cluster(
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let m: Value = http
-            .get(format!("{url}/wk/v1/cluster/members"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let m = members(&http, &url).await?;
         let members = m["members"].as_array().cloned().unwrap_or_default();
         if members.iter().filter(|x| x["role"] == "voter").count() == n {
             return Ok((procs, targets));
@@ -1384,12 +1389,7 @@ async fn failover_once(args: &FailoverArgs, dir: &Path) -> Result<Duration> {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let leader = loop {
-        let m: Value = http
-            .get(format!("{url}/wk/v1/cluster/members"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let m = members(http, url).await?;
         let members = m["members"].as_array().cloned().unwrap_or_default();
         if let Some(l) = members.iter().find(|x| x["leader"] == true) {
             break l["address"].as_str().unwrap_or_default().to_string();
@@ -2066,13 +2066,7 @@ mod chaos {
             }
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
-                let m: Value = c
-                    .http
-                    .get(format!("{}/wk/v1/cluster/members", c.url(0)))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
+                let m = members(&c.http, &c.url(0)).await?;
                 let voters = m["members"]
                     .as_array()
                     .into_iter()
