@@ -802,7 +802,8 @@ pub async fn run(
         &encryption_config_path(dir),
     )?);
 
-    let peer_http = tls::http_client(&pki.server_ca.cert_pem, Some(&pki.peer))?;
+    let local = Some(bound.ip()).filter(|ip| !ip.is_unspecified());
+    let peer_http = tls::peer_http_client(&pki.server_ca.cert_pem, &pki.peer, local)?;
     let store = Store::open(
         &dir.join("raft"),
         &StoreConfig {

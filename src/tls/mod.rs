@@ -157,6 +157,26 @@ pub fn http_client(
     build_http(config)
 }
 
+/// The client one server uses to reach the others (Raft RPCs, forwarded
+/// writes, joins): [`http_client`] whose connections leave from `local`
+/// when the server listens on one address, so peers (and firewall rules)
+/// see the server's own address as the source, not the host's default.
+pub fn peer_http_client(
+    ca_pem: &str,
+    identity: &KeyPairPem,
+    local: Option<std::net::IpAddr>,
+) -> Result<reqwest::Client, TlsError> {
+    let mut config = client_config(ca_pem, Some(identity))?;
+    config.alpn_protocols = Alpn::H2AndHttp11.protocols();
+    install_default_provider();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .no_proxy()
+        .local_address(local)
+        .build()
+        .map_err(|e| TlsError::Client(e.to_string()))
+}
+
 /// An HTTP/1.1-only client (for requests that upgrade the connection:
 /// the API server passing exec through to an agent).
 pub fn http1_client(
