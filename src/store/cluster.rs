@@ -40,6 +40,10 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// How long a server waits to apply what the leader committed for it.
 pub const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// Election timeouts (the longest) after which a leader no quorum has
+/// acknowledged counts as cut off: about 1.8 s at the defaults, past the
+/// slow fsyncs of a loaded 2-core follower.
+const QUORUM_ACK_WINDOW: u64 = 4;
 
 /// What `/raft/write` answers.
 #[derive(Debug, Serialize, Deserialize)]
@@ -352,8 +356,22 @@ impl Store {
 
     /// Whether this server knows a leader (it is not cut off, or
     /// electing).
+    ///
+    /// A leader cut off from its followers still believes it leads (Raft
+    /// has it step down only when it hears a higher term), so the leader
+    /// counts itself only while a quorum has acknowledged it within
+    /// [`QUORUM_ACK_WINDOW`] election timeouts.
     pub fn has_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            None => false,
+            Some(leader) if leader == self.node_id => {
+                let window = self.raft.config().election_timeout_max * QUORUM_ACK_WINDOW;
+                m.millis_since_quorum_ack.is_some_and(|ms| ms <= window)
+            }
+            Some(_) => true,
+        }
     }
 
     /// Whether this server leads.
