@@ -13,6 +13,8 @@
 //! create, update with a resourceVersion precondition, read. Histories are
 //! checked per key; keys are independent.
 
+pub mod watch;
+
 use std::collections::HashSet;
 use std::hash::Hash;
 
