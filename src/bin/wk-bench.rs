@@ -1924,19 +1924,27 @@ mod lists {
 }
 
 mod chaos {
-    //! HA under faults: three `wk server`s on fixed loopback ports, clients
-    //! that create, update (with a resourceVersion precondition) and read a
-    //! few ConfigMaps through random servers while servers are killed with
-    //! SIGKILL and restarted, or paused with SIGSTOP and resumed. Every
-    //! operation is recorded with its call and return time; at the end each
-    //! key's history is checked for linearizability with
-    //! [`wasmkube::lincheck`], and every acknowledged create must still be
-    //! there.
+    //! HA under faults: three or five `wk server`s, each on its own
+    //! loopback address, clients that create, update (with a
+    //! resourceVersion precondition) and read a few ConfigMaps through
+    //! random servers, and watchers that follow every change, while faults
+    //! hit the servers: SIGKILL and restart (sometimes long enough that the
+    //! server needs a snapshot), SIGSTOP and SIGCONT, and network
+    //! partitions made with nftables between the servers' addresses
+    //! (isolating one server or the leader, one-way drops, and a split of
+    //! five into two and three). Every operation is recorded with its call
+    //! and return time; at the end each key's history is checked for
+    //! linearizability with [`wasmkube::lincheck`], every acknowledged
+    //! create must still be there, and the watch logs are checked with
+    //! [`wasmkube::lincheck::watch`].
 
     use super::*;
+    use rand::seq::SliceRandom;
     use rand::Rng;
     use std::collections::HashMap;
+    use std::net::Ipv4Addr;
     use tokio::sync::Mutex;
+    use wasmkube::lincheck::watch::{self as watchcheck, Acknowledged, WatchItem};
     use wasmkube::lincheck::{self, Object, ObjectInput, ObjectOutput, Operation, Verdict};
 
     /// Search steps per key before a history is called undecided.
@@ -1947,9 +1955,12 @@ mod chaos {
         /// The wk binary under test.
         #[arg(long, default_value = "target/release/wk")]
         wk: PathBuf,
-        /// Fault runs (a fresh three-server cluster each).
+        /// Fault runs (a fresh cluster each).
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// Servers per cluster: 3 or 5.
+        #[arg(long, default_value_t = 3)]
+        servers: usize,
         /// Seconds of workload and faults per run.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
@@ -1959,6 +1970,12 @@ mod chaos {
         /// ConfigMaps the clients share.
         #[arg(long, default_value_t = 4)]
         keys: usize,
+        /// Watchers following every change (reconnecting to random servers).
+        #[arg(long, default_value_t = 3)]
+        watchers: usize,
+        /// No network partitions (they need root and nftables).
+        #[arg(long)]
+        no_partitions: bool,
         /// Read with `resourceVersion=0` (any server's cache, which
         /// Kubernetes allows to be stale): shows the checker finds stale
         /// reads. Final reads stay linearizable.
@@ -1966,12 +1983,73 @@ mod chaos {
         cache_reads: bool,
     }
 
-    const SERVERS: usize = 3;
     const CM: &str = "/api/v1/namespaces/default/configmaps";
+
+    /// nftables rules that drop packets between the servers' addresses, in
+    /// a table of this process's own (removed on drop).
+    struct Net {
+        table: String,
+    }
+
+    impl Net {
+        fn nft(script: &str) -> Result<()> {
+            use std::io::Write;
+            let mut child = Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("running nft (partitions need nftables and root; or --no-partitions)")?;
+            child
+                .stdin
+                .take()
+                .context("nft stdin")?
+                .write_all(script.as_bytes())?;
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!(
+                    "nft failed: {}\n{script}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        }
+
+        fn new() -> Result<Net> {
+            let table = format!("wk_chaos_{}", std::process::id());
+            Self::nft(&format!(
+                "table ip {table} {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n }}\n}}\n"
+            ))?;
+            Ok(Net { table })
+        }
+
+        /// Drop every packet from `from` to `to`.
+        fn drop_between(&self, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> Result<()> {
+            let mut script = String::new();
+            for (from, to) in pairs {
+                script.push_str(&format!(
+                    "add rule ip {} input ip saddr {from} ip daddr {to} drop\n",
+                    self.table
+                ));
+            }
+            Self::nft(&script)
+        }
+
+        fn heal(&self) -> Result<()> {
+            Self::nft(&format!("flush chain ip {} input\n", self.table))
+        }
+    }
+
+    impl Drop for Net {
+        fn drop(&mut self) {
+            let _ = Self::nft(&format!("delete table ip {}\n", self.table));
+        }
+    }
 
     struct Cluster {
         bin: PathBuf,
         dir: PathBuf,
+        addrs: Vec<Ipv4Addr>,
         ports: Vec<u16>,
         join: Vec<Vec<String>>,
         procs: Vec<Option<Child>>,
@@ -1979,8 +2057,12 @@ mod chaos {
     }
 
     impl Cluster {
+        fn n(&self) -> usize {
+            self.addrs.len()
+        }
+
         fn url(&self, i: usize) -> String {
-            format!("https://127.0.0.1:{}", self.ports[i])
+            format!("https://{}:{}", self.addrs[i], self.ports[i])
         }
 
         fn spawn(&mut self, i: usize) -> Result<()> {
@@ -1990,10 +2072,13 @@ mod chaos {
                 .create(true)
                 .append(true)
                 .open(dir.join("server.log"))?;
+            // frequent snapshots, so a server down for a few seconds
+            // catches up by installing one
             let child = Command::new(&self.bin)
                 .args(["server", "--disable-agent", "--data-dir"])
                 .arg(&dir)
-                .args(["--listen", &format!("127.0.0.1:{}", self.ports[i])])
+                .args(["--listen", &format!("{}:{}", self.addrs[i], self.ports[i])])
+                .args(["--snapshot-logs", "300", "--bookmark-interval", "1"])
                 .args(&self.join[i])
                 .env("WK_LOG", "warn")
                 .stdout(Stdio::null())
@@ -2022,16 +2107,24 @@ mod chaos {
             bail!("server {i} did not become ready")
         }
 
-        async fn start(bin: &Path, dir: &Path) -> Result<Cluster> {
-            let ports = (0..SERVERS)
-                .map(|_| free_port())
+        async fn start(bin: &Path, dir: &Path, n: usize) -> Result<Cluster> {
+            // addresses of this process's own, so concurrent runs never
+            // partition each other
+            let block = (std::process::id() % 250) as u8 + 1;
+            let addrs: Vec<Ipv4Addr> = (0..n)
+                .map(|i| Ipv4Addr::new(127, 77, block, i as u8 + 1))
+                .collect();
+            let ports = addrs
+                .iter()
+                .map(|a| Ok(std::net::TcpListener::bind((*a, 0))?.local_addr()?.port()))
                 .collect::<Result<Vec<_>>>()?;
             let mut c = Cluster {
                 bin: bin.to_path_buf(),
                 dir: dir.to_path_buf(),
+                addrs,
                 ports,
-                join: vec![Vec::new(); SERVERS],
-                procs: (0..SERVERS).map(|_| None).collect(),
+                join: vec![Vec::new(); n],
+                procs: (0..n).map(|_| None).collect(),
                 http: reqwest::Client::new(),
             };
             c.spawn(0)?;
@@ -2054,7 +2147,7 @@ mod chaos {
             )?;
             c.ready(0).await?;
             let token = std::fs::read_to_string(dir.join("s0/token"))?;
-            for i in 1..SERVERS {
+            for i in 1..n {
                 c.join[i] = vec![
                     "--join".into(),
                     c.url(0),
@@ -2073,14 +2166,38 @@ mod chaos {
                     .flatten()
                     .filter(|x| x["role"] == "voter")
                     .count();
-                if voters == SERVERS {
+                if voters == n {
                     return Ok(c);
                 }
                 if Instant::now() > deadline {
-                    bail!("no {SERVERS}-voter cluster: {m}");
+                    bail!("no {n}-voter cluster: {m}");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+
+        /// The server the first answering server names as leader.
+        async fn leader(&self) -> Option<usize> {
+            for i in 0..self.n() {
+                let Ok(Ok(m)) =
+                    tokio::time::timeout(Duration::from_secs(1), members(&self.http, &self.url(i)))
+                        .await
+                else {
+                    continue;
+                };
+                let Some(id) = m["leader"].as_u64() else {
+                    continue;
+                };
+                let addr = m["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|x| x["id"].as_u64() == Some(id))
+                    .and_then(|x| x["address"].as_str().map(str::to_string))?;
+                return (0..self.n())
+                    .find(|&j| format!("{}:{}", self.addrs[j], self.ports[j]) == addr);
+            }
+            None
         }
 
         fn signal(&self, i: usize, sig: i32) {
@@ -2102,17 +2219,109 @@ mod chaos {
 
     impl Drop for Cluster {
         fn drop(&mut self) {
-            for i in 0..SERVERS {
+            for i in 0..self.n() {
                 self.signal(i, libc::SIGCONT);
                 self.kill(i);
             }
         }
     }
 
+    /// One fault, held for a while and then undone.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    enum Fault {
+        Kill,
+        /// Killed for long enough to need a snapshot on restart.
+        KillLong,
+        Pause,
+        /// One server cut off from all others, both ways.
+        Isolate,
+        /// The current leader cut off from all others.
+        IsolateLeader,
+        /// Packets from one server to another dropped (only that way).
+        OneWay,
+        /// Five servers split into two and three.
+        Split,
+    }
+
+    impl Fault {
+        fn name(self) -> &'static str {
+            match self {
+                Fault::Kill => "kill -9",
+                Fault::KillLong => "kill -9 (long)",
+                Fault::Pause => "SIGSTOP",
+                Fault::Isolate => "isolate a server",
+                Fault::IsolateLeader => "isolate the leader",
+                Fault::OneWay => "one-way drop",
+                Fault::Split => "split 2/3",
+            }
+        }
+    }
+
+    /// Inject one fault into `cluster`, hold it for `hold`, undo it.
+    async fn inject(
+        cluster: &Mutex<Cluster>,
+        net: Option<&Net>,
+        fault: Fault,
+        hold: Duration,
+    ) -> Result<()> {
+        let (n, addrs) = {
+            let c = cluster.lock().await;
+            (c.n(), c.addrs.clone())
+        };
+        let victim = rand::rng().random_range(0..n);
+        let cut = |group: &[usize]| -> Vec<(Ipv4Addr, Ipv4Addr)> {
+            let mut pairs = Vec::new();
+            for &a in group {
+                for b in (0..n).filter(|b| !group.contains(b)) {
+                    pairs.push((addrs[a], addrs[b]));
+                    pairs.push((addrs[b], addrs[a]));
+                }
+            }
+            pairs
+        };
+        match fault {
+            Fault::Kill | Fault::KillLong => {
+                cluster.lock().await.kill(victim);
+                tokio::time::sleep(hold).await;
+                cluster.lock().await.spawn(victim)?;
+            }
+            Fault::Pause => {
+                cluster.lock().await.signal(victim, libc::SIGSTOP);
+                tokio::time::sleep(hold).await;
+                cluster.lock().await.signal(victim, libc::SIGCONT);
+            }
+            Fault::Isolate | Fault::IsolateLeader | Fault::OneWay | Fault::Split => {
+                let net = net.context("a partition without nftables")?;
+                let pairs = match fault {
+                    Fault::Isolate => cut(&[victim]),
+                    Fault::IsolateLeader => {
+                        let leader = cluster.lock().await.leader().await.unwrap_or(victim);
+                        cut(&[leader])
+                    }
+                    Fault::OneWay => {
+                        let other = (victim + rand::rng().random_range(1..n)) % n;
+                        vec![(addrs[victim], addrs[other])]
+                    }
+                    _ => {
+                        let mut order: Vec<usize> = (0..n).collect();
+                        order.shuffle(&mut rand::rng());
+                        cut(&order[..n / 2])
+                    }
+                };
+                net.drop_between(&pairs)?;
+                tokio::time::sleep(hold).await;
+                net.heal()?;
+            }
+        }
+        Ok(())
+    }
+
     /// One recorded operation on key `key`.
     struct Record {
         key: usize,
         op: Operation<ObjectInput, ObjectOutput>,
+        /// A write's acknowledgement, with the version its answer carried.
+        ack: Option<Acknowledged>,
     }
 
     fn value_of(o: &Value) -> Option<(u64, String)> {
@@ -2168,6 +2377,7 @@ mod chaos {
         };
         let ret = now();
         let reason = body["reason"].as_str().unwrap_or_default();
+        let mut ack = None;
         let output = match (&input, code) {
             (ObjectInput::Read, Some(200)) => value_of(&body).map(|(v, rv)| {
                 known.insert(key, (v, rv));
@@ -2178,8 +2388,19 @@ mod chaos {
             (ObjectInput::Read, _) => return None,
             (_, Some(503)) => return None,
             (_, Some(200 | 201)) => {
-                if let Some(seen) = value_of(&body) {
-                    known.insert(key, seen);
+                if let Some((v, rv)) = value_of(&body) {
+                    ack = rv.parse().ok().map(|revision| Acknowledged {
+                        revision,
+                        kind: if code == Some(201) {
+                            "ADDED"
+                        } else {
+                            "MODIFIED"
+                        }
+                        .into(),
+                        key: name.clone(),
+                        value: Some(v.to_string()),
+                    });
+                    known.insert(key, (v, rv));
                 }
                 Some(ObjectOutput::Ok)
             }
@@ -2201,29 +2422,154 @@ mod chaos {
                 ret: output.map(|o| (ret, o)),
                 input,
             },
+            ack,
         })
+    }
+
+    /// The resourceVersion of a list of the ConfigMaps on `url`
+    /// (linearizable: the cluster's revision when it was served).
+    async fn list_revision(http: &reqwest::Client, url: &str) -> Option<u64> {
+        let list: Value = http
+            .get(format!("{url}{CM}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())?
+            .json()
+            .await
+            .ok()?;
+        list["metadata"]["resourceVersion"].as_str()?.parse().ok()
+    }
+
+    /// Follow every ConfigMap change, as a reflector does: list, then watch
+    /// from the list's version; when a watch ends or stalls, watch again
+    /// from the last delivered version on a random server; after a 410,
+    /// list again. Stops once `stop` is set and it has reached `target`.
+    async fn watcher(
+        http: reqwest::Client,
+        urls: Vec<String>,
+        stop: Arc<AtomicBool>,
+        target: Arc<AtomicU64>,
+    ) -> Vec<WatchItem> {
+        let mut log = Vec::new();
+        let mut from: Option<u64> = None;
+        loop {
+            if stop.load(Ordering::Relaxed)
+                && from.is_some_and(|f| f >= target.load(Ordering::Relaxed))
+            {
+                return log;
+            }
+            let url = urls[rand::rng().random_range(0..urls.len())].clone();
+            let Some(rv) = from else {
+                match list_revision(&http, &url).await {
+                    Some(rv) => {
+                        log.push(WatchItem::Start(rv));
+                        from = Some(rv);
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+                continue;
+            };
+            let timeout = rand::rng().random_range(3..15);
+            let resp = http
+                .get(format!(
+                    "{url}{CM}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds={timeout}"
+                ))
+                .send()
+                .await;
+            let Ok(resp) = resp
+                .map_err(|_| ())
+                .and_then(|r| r.error_for_status().map_err(|_| ()))
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let mut stream = resp.bytes_stream();
+            let mut buf = Vec::new();
+            // bookmarks come every second: a longer silence is a stall
+            while let Ok(Some(Ok(chunk))) =
+                tokio::time::timeout(Duration::from_secs(3), stream.next()).await
+            {
+                buf.extend_from_slice(&chunk);
+                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                        continue;
+                    };
+                    let o = &event["object"];
+                    let version = o["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|v| v.parse::<u64>().ok());
+                    match (event["type"].as_str().unwrap_or_default(), version) {
+                        // 410 Gone: list again (a new segment)
+                        ("ERROR", _) if o["code"] == 410 => from = None,
+                        ("BOOKMARK", Some(v)) => {
+                            log.push(WatchItem::Bookmark(v));
+                            from = Some(v);
+                        }
+                        (kind, Some(v)) => {
+                            log.push(WatchItem::Event(watchcheck::Event {
+                                revision: v,
+                                kind: kind.to_string(),
+                                key: o["metadata"]["name"].as_str().unwrap_or_default().into(),
+                                value: o["data"]["v"].as_str().map(str::to_string),
+                            }));
+                            from = Some(v);
+                        }
+                        _ => {}
+                    }
+                }
+                if stop.load(Ordering::Relaxed)
+                    && from.is_some_and(|f| f >= target.load(Ordering::Relaxed))
+                {
+                    return log;
+                }
+            }
+        }
     }
 
     struct Outcome {
         ops: usize,
         unknown: usize,
-        faults: usize,
+        faults: HashMap<Fault, usize>,
         anomalies: Vec<usize>,
         undecided: Vec<usize>,
         lost_creates: usize,
+        watch_events: usize,
+        watch_problems: Vec<String>,
     }
 
     async fn run_once(args: &ChaosArgs, dir: &Path, run: usize) -> Result<Outcome> {
-        let cluster = Arc::new(Mutex::new(Cluster::start(&args.wk, dir).await?));
+        let cluster = Arc::new(Mutex::new(
+            Cluster::start(&args.wk, dir, args.servers).await?,
+        ));
+        let net = if args.no_partitions {
+            None
+        } else {
+            Some(Arc::new(Net::new()?))
+        };
         let (http, urls) = {
             let c = cluster.lock().await;
             (
                 c.http.clone(),
-                (0..SERVERS).map(|i| c.url(i)).collect::<Vec<_>>(),
+                (0..c.n()).map(|i| c.url(i)).collect::<Vec<_>>(),
             )
         };
         let t0 = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
+        let watch_stop = Arc::new(AtomicBool::new(false));
+        let watch_target = Arc::new(AtomicU64::new(u64::MAX));
+        let watchers: Vec<_> = (0..args.watchers)
+            .map(|_| {
+                tokio::spawn(watcher(
+                    http.clone(),
+                    urls.clone(),
+                    watch_stop.clone(),
+                    watch_target.clone(),
+                ))
+            })
+            .collect();
         let mut clients = Vec::new();
         for client in 0..args.clients {
             let (http, urls, stop, keys) = (http.clone(), urls.clone(), stop.clone(), args.keys);
@@ -2237,7 +2583,7 @@ mod chaos {
                         let mut rng = rand::rng();
                         (
                             rng.random_range(0..keys),
-                            rng.random_range(0..SERVERS),
+                            rng.random_range(0..urls.len()),
                             rng.random_range(0..10),
                         )
                     };
@@ -2271,42 +2617,41 @@ mod chaos {
             }));
         }
         // one fault at a time, so a quorum is usually up
+        let mut kinds = vec![Fault::Kill, Fault::KillLong, Fault::Pause];
+        if net.is_some() {
+            kinds.extend([Fault::Isolate, Fault::IsolateLeader, Fault::OneWay]);
+            if args.servers >= 5 {
+                kinds.push(Fault::Split);
+            }
+        }
         let faults = {
-            let (cluster, stop) = (cluster.clone(), stop.clone());
+            let (cluster, stop, net) = (cluster.clone(), stop.clone(), net.clone());
             tokio::spawn(async move {
-                let mut count = 0usize;
+                let mut count: HashMap<Fault, usize> = HashMap::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let (wait, victim, kind, hold) = {
+                    let (wait, fault, hold) = {
                         let mut rng = rand::rng();
-                        (
-                            rng.random_range(1000..3000),
-                            rng.random_range(0..SERVERS),
-                            rng.random_range(0..2),
-                            rng.random_range(500..3000),
-                        )
+                        let fault = kinds[rng.random_range(0..kinds.len())];
+                        let hold = if fault == Fault::KillLong {
+                            rng.random_range(4000..8000)
+                        } else {
+                            rng.random_range(500..3000)
+                        };
+                        (rng.random_range(1000..3000), fault, hold)
                     };
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    count += 1;
-                    if kind == 0 {
-                        cluster.lock().await.kill(victim);
-                        tokio::time::sleep(Duration::from_millis(hold)).await;
-                        let mut c = cluster.lock().await;
-                        c.spawn(victim)?;
-                    } else {
-                        cluster.lock().await.signal(victim, libc::SIGSTOP);
-                        tokio::time::sleep(Duration::from_millis(hold)).await;
-                        cluster.lock().await.signal(victim, libc::SIGCONT);
-                    }
+                    *count.entry(fault).or_default() += 1;
+                    inject(&cluster, net.as_deref(), fault, Duration::from_millis(hold)).await?;
                 }
                 anyhow::Ok(count)
             })
         };
         eprintln!(
-            "run {run}: cluster up, workload and faults for {} s",
-            args.seconds
+            "run {run}: {} servers up, workload and faults for {} s",
+            args.servers, args.seconds
         );
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
         stop.store(true, Ordering::Relaxed);
@@ -2315,11 +2660,15 @@ mod chaos {
         for c in clients {
             records.extend(c.await?);
         }
-        // heal: every server running and ready, then read every key on
-        // every server (linearizable reads) as part of the history
+        // heal: no partition, every server running and ready, then read
+        // every key on every server (linearizable reads) as part of the
+        // history
+        if let Some(net) = &net {
+            net.heal()?;
+        }
         {
             let mut c = cluster.lock().await;
-            for i in 0..SERVERS {
+            for i in 0..c.n() {
                 c.signal(i, libc::SIGCONT);
                 let exited = c.procs[i]
                     .as_mut()
@@ -2330,7 +2679,7 @@ mod chaos {
                     c.spawn(i)?;
                 }
             }
-            for i in 0..SERVERS {
+            for i in 0..c.n() {
                 c.ready(i).await?;
             }
         }
@@ -2354,7 +2703,31 @@ mod chaos {
                 }
             }
         }
+        // every watcher must catch up with the cluster's revision now
+        let mut target = 0;
+        for url in &urls {
+            target = target.max(list_revision(&http, url).await.unwrap_or(0));
+        }
+        watch_target.store(target, Ordering::Relaxed);
+        watch_stop.store(true, Ordering::Relaxed);
+        let mut watch_logs = Vec::new();
+        let mut watch_problems = Vec::new();
+        for (w, handle) in watchers.into_iter().enumerate() {
+            match tokio::time::timeout(Duration::from_secs(60), handle).await {
+                Ok(log) => watch_logs.push(log?),
+                Err(_) => watch_problems.push(format!(
+                    "watcher {w} did not reach resourceVersion {target} within 60 s of healing"
+                )),
+            }
+        }
         eprintln!("run {run}: healed, final reads done, checking");
+        let acked: Vec<Acknowledged> = records.iter().filter_map(|r| r.ack.clone()).collect();
+        watch_problems.extend(watchcheck::check(&watch_logs, &acked));
+        let watch_events = watch_logs
+            .iter()
+            .flatten()
+            .filter(|i| matches!(i, WatchItem::Event(_)))
+            .count();
         let ops = records.len();
         let unknown = records.iter().filter(|r| r.op.ret.is_none()).count();
         let mut by_key: Vec<Vec<Operation<ObjectInput, ObjectOutput>>> =
@@ -2380,7 +2753,10 @@ mod chaos {
                 lost_creates += 1;
             }
         }
-        if !anomalies.is_empty() || !undecided.is_empty() {
+        for p in watch_problems.iter().take(20) {
+            eprintln!("run {run}: watch: {p}");
+        }
+        if !anomalies.is_empty() || !undecided.is_empty() || !watch_problems.is_empty() {
             // keep the logs of a run that found something
             let keep = std::env::temp_dir().join(format!("wk-chaos-run-{run}"));
             let _ = std::fs::remove_dir_all(&keep);
@@ -2394,38 +2770,56 @@ mod chaos {
             anomalies,
             undecided,
             lost_creates,
+            watch_events,
+            watch_problems,
         })
     }
 
     pub async fn run(args: ChaosArgs) -> Result<()> {
+        if args.servers != 3 && args.servers != 5 {
+            bail!("--servers must be 3 or 5");
+        }
         let tmp = tempfile_dir()?;
-        let (mut ops, mut unknown, mut faults, mut anomalies, mut lost) = (0, 0, 0, 0, 0);
-        let mut undecided = 0;
+        let (mut ops, mut unknown, mut anomalies, mut lost) = (0, 0, 0, 0);
+        let (mut undecided, mut watch_events, mut watch_problems) = (0, 0, 0);
+        let mut faults: HashMap<Fault, usize> = HashMap::new();
         for run in 0..args.runs {
             let dir = tmp.join(format!("run-{run}"));
             let o = run_once(&args, &dir, run).await?;
+            let nfaults: usize = o.faults.values().sum();
             eprintln!(
-                "run {run}: {} operations ({} of unknown outcome), {} faults, anomalous keys {:?}, undecided keys {:?}, acknowledged creates lost {}",
-                o.ops, o.unknown, o.faults, o.anomalies, o.undecided, o.lost_creates
+                "run {run}: {} operations ({} of unknown outcome), {nfaults} faults, anomalous keys {:?}, undecided keys {:?}, acknowledged creates lost {}, watch events {}, watch problems {}",
+                o.ops, o.unknown, o.anomalies, o.undecided, o.lost_creates, o.watch_events, o.watch_problems.len()
             );
             undecided += o.undecided.len();
             ops += o.ops;
             unknown += o.unknown;
-            faults += o.faults;
+            for (f, n) in o.faults {
+                *faults.entry(f).or_default() += n;
+            }
             anomalies += o.anomalies.len();
             lost += o.lost_creates;
+            watch_events += o.watch_events;
+            watch_problems += o.watch_problems.len();
             let _ = std::fs::remove_dir_all(&dir);
         }
         let _ = std::fs::remove_dir_all(&tmp);
+        let mut kinds: Vec<_> = faults.into_iter().collect();
+        kinds.sort_by_key(|(f, _)| f.name());
+        let kinds: Vec<String> = kinds
+            .iter()
+            .map(|(f, n)| format!("{} {n}", f.name()))
+            .collect();
         println!("Machine: {}", machine());
         println!(
-            "{} runs of {} s, three servers, {} clients on {} keys; faults: kill -9 + restart, SIGSTOP/SIGCONT",
-            args.runs, args.seconds, args.clients, args.keys
+            "{} runs of {} s, {} servers, {} clients on {} keys, {} watchers",
+            args.runs, args.seconds, args.servers, args.clients, args.keys, args.watchers
         );
+        println!("faults: {}", kinds.join(", "));
         println!(
-            "operations {ops} ({unknown} of unknown outcome), faults {faults}, non-linearizable keys {anomalies}, undecided keys {undecided}, acknowledged creates lost {lost}"
+            "operations {ops} ({unknown} of unknown outcome), non-linearizable keys {anomalies}, undecided keys {undecided}, acknowledged creates lost {lost}, watch events {watch_events}, watch problems {watch_problems}"
         );
-        if anomalies > 0 || undecided > 0 || lost > 0 {
+        if anomalies > 0 || undecided > 0 || lost > 0 || watch_problems > 0 {
             bail!("anomalies found");
         }
         Ok(())
