@@ -85,6 +85,10 @@ pub enum ServerError {
         "this server (id {0}) was removed from the cluster; wipe its data directory to join again"
     )]
     Removed(crate::store::NodeId),
+    #[error(
+        "the store stopped: {0}; exiting so that the server starts again from what is on disk"
+    )]
+    StoreStopped(String),
 }
 
 /// `--join URL --token TOKEN`: become a member of an existing cluster.
@@ -952,9 +956,15 @@ pub async fn run(
     if let Some(l) = listener {
         serving = Some(tokio::spawn(tls::serve::serve(l, tls_config, app, stop_rx)));
     }
+    let mut stopped = None;
     let removed = tokio::select! {
         _ = shutdown => false,
         r = membership => r.unwrap_or(false),
+        e = store.stopped() => {
+            tracing::error!(error = %e, "the store stopped: exiting");
+            stopped = Some(e);
+            false
+        }
     };
     let _ = stop_tx.send(true);
     if let Some(s) = serving {
@@ -968,6 +978,9 @@ pub async fn run(
     tracing::info!("wk server stopped");
     if removed {
         return Err(ServerError::Removed(id));
+    }
+    if let Some(e) = stopped {
+        return Err(ServerError::StoreStopped(e));
     }
     Ok(())
 }

@@ -10,8 +10,9 @@ rustup target add wasm32-wasip1 wasm32-wasip2
 # Debian packages the tests use: a real OCI registry for image pulls,
 # curl (what a user runs against `kubectl port-forward`), runc and
 # busybox-static (Linux containers and their test images), nftables and
-# iproute2 (the rules and route of pod sandboxes).
-PACKAGES=(docker-registry curl runc busybox-static nftables iproute2)
+# iproute2 (the rules and route of pod sandboxes, and the partitions of
+# the HA fault runs), fiu-utils (fsync failures in the fault runs).
+PACKAGES=(docker-registry curl runc busybox-static nftables iproute2 fiu-utils)
 if [ ${#PACKAGES[@]} -gt 0 ]; then
   echo "==> apt packages: ${PACKAGES[*]}"
   missing=()

@@ -1976,6 +1976,10 @@ mod chaos {
         /// No network partitions (they need root and nftables).
         #[arg(long)]
         no_partitions: bool,
+        /// No fsync failures (they need Debian's fiu-utils: the servers run
+        /// under `fiu-run`, and `fiu-ctrl` makes fsync and fdatasync fail).
+        #[arg(long)]
+        no_fsync_faults: bool,
         /// Read with `resourceVersion=0` (any server's cache, which
         /// Kubernetes allows to be stale): shows the checker finds stale
         /// reads. Final reads stay linearizable.
@@ -2054,6 +2058,8 @@ mod chaos {
         join: Vec<Vec<String>>,
         procs: Vec<Option<Child>>,
         http: reqwest::Client,
+        /// Servers run under `fiu-run`, for fsync failures.
+        fiu: bool,
     }
 
     impl Cluster {
@@ -2074,7 +2080,14 @@ mod chaos {
                 .open(dir.join("server.log"))?;
             // frequent snapshots, so a server down for a few seconds
             // catches up by installing one
-            let child = Command::new(&self.bin)
+            let mut cmd = if self.fiu {
+                let mut c = Command::new("fiu-run");
+                c.arg("-x").arg("-f").arg(self.fiu_fifo(i)).arg(&self.bin);
+                c
+            } else {
+                Command::new(&self.bin)
+            };
+            let child = cmd
                 .args(["server", "--disable-agent", "--data-dir"])
                 .arg(&dir)
                 .args(["--listen", &format!("{}:{}", self.addrs[i], self.ports[i])])
@@ -2086,6 +2099,51 @@ mod chaos {
                 .spawn()
                 .with_context(|| format!("starting {}", self.bin.display()))?;
             self.procs[i] = Some(child);
+            Ok(())
+        }
+
+        /// Where `fiu-run` puts server `i`'s control pipes.
+        fn fiu_fifo(&self, i: usize) -> PathBuf {
+            self.dir.join(format!("s{i}")).join("fiu")
+        }
+
+        /// Make fsync and fdatasync fail (or work again) in server `i`.
+        fn fsync_failures(&self, i: usize, on: bool) -> Result<()> {
+            let Some(p) = &self.procs[i] else {
+                return Ok(());
+            };
+            let verb = if on { "enable" } else { "disable" };
+            let status = Command::new("fiu-ctrl")
+                .arg("-c")
+                .arg(format!("{verb} name=posix/io/sync/fdatasync"))
+                .arg("-c")
+                .arg(format!("{verb} name=posix/io/sync/fsync"))
+                .arg("-f")
+                .arg(self.fiu_fifo(i))
+                .arg(p.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .context("running fiu-ctrl (fsync faults need fiu-utils; or --no-fsync-faults)")?;
+            // a server that already exited has no pipe left: nothing to do
+            if !status.success() && on {
+                eprintln!("fiu-ctrl {verb} on server {i}: {status}");
+            }
+            Ok(())
+        }
+
+        /// Start again every server that exited (as a supervisor would):
+        /// a server whose store failed stops on purpose.
+        fn respawn_exited(&mut self) -> Result<()> {
+            for i in 0..self.n() {
+                let exited = self.procs[i]
+                    .as_mut()
+                    .is_some_and(|p| p.try_wait().ok().flatten().is_some());
+                if exited {
+                    self.procs[i] = None;
+                    self.spawn(i)?;
+                }
+            }
             Ok(())
         }
 
@@ -2107,7 +2165,7 @@ mod chaos {
             bail!("server {i} did not become ready")
         }
 
-        async fn start(bin: &Path, dir: &Path, n: usize) -> Result<Cluster> {
+        async fn start(bin: &Path, dir: &Path, n: usize, fiu: bool) -> Result<Cluster> {
             // addresses of this process's own, so concurrent runs never
             // partition each other
             let block = (std::process::id() % 250) as u8 + 1;
@@ -2126,6 +2184,7 @@ mod chaos {
                 join: vec![Vec::new(); n],
                 procs: (0..n).map(|_| None).collect(),
                 http: reqwest::Client::new(),
+                fiu,
             };
             c.spawn(0)?;
             let kubeconfig = dir.join("s0/kubeconfig.yaml");
@@ -2241,6 +2300,9 @@ mod chaos {
         OneWay,
         /// Five servers split into two and three.
         Split,
+        /// fsync and fdatasync fail in one server (which then exits, and
+        /// is started again).
+        FsyncFail,
     }
 
     impl Fault {
@@ -2253,6 +2315,7 @@ mod chaos {
                 Fault::IsolateLeader => "isolate the leader",
                 Fault::OneWay => "one-way drop",
                 Fault::Split => "split 2/3",
+                Fault::FsyncFail => "fsync failure",
             }
         }
     }
@@ -2290,6 +2353,11 @@ mod chaos {
                 tokio::time::sleep(hold).await;
                 cluster.lock().await.signal(victim, libc::SIGCONT);
             }
+            Fault::FsyncFail => {
+                cluster.lock().await.fsync_failures(victim, true)?;
+                tokio::time::sleep(hold).await;
+                cluster.lock().await.fsync_failures(victim, false)?;
+            }
             Fault::Isolate | Fault::IsolateLeader | Fault::OneWay | Fault::Split => {
                 let net = net.context("a partition without nftables")?;
                 let pairs = match fault {
@@ -2313,7 +2381,7 @@ mod chaos {
                 net.heal()?;
             }
         }
-        Ok(())
+        cluster.lock().await.respawn_exited()
     }
 
     /// One recorded operation on key `key`.
@@ -2538,11 +2606,24 @@ mod chaos {
         lost_creates: usize,
         watch_events: usize,
         watch_problems: Vec<String>,
+        /// Snapshots servers installed from the leader.
+        snapshot_installs: usize,
+        /// Servers that exited because their store stopped (a failed fsync).
+        store_stops: usize,
+    }
+
+    /// Lines of every server log of the run that contain `needle`.
+    fn count_in_logs(dir: &Path, n: usize, needle: &str) -> usize {
+        (0..n)
+            .filter_map(|i| std::fs::read_to_string(dir.join(format!("s{i}/server.log"))).ok())
+            .map(|log| log.lines().filter(|l| l.contains(needle)).count())
+            .sum()
     }
 
     async fn run_once(args: &ChaosArgs, dir: &Path, run: usize) -> Result<Outcome> {
+        let fiu = !args.no_fsync_faults;
         let cluster = Arc::new(Mutex::new(
-            Cluster::start(&args.wk, dir, args.servers).await?,
+            Cluster::start(&args.wk, dir, args.servers, fiu).await?,
         ));
         let net = if args.no_partitions {
             None
@@ -2618,6 +2699,9 @@ mod chaos {
         }
         // one fault at a time, so a quorum is usually up
         let mut kinds = vec![Fault::Kill, Fault::KillLong, Fault::Pause];
+        if fiu {
+            kinds.push(Fault::FsyncFail);
+        }
         if net.is_some() {
             kinds.extend([Fault::Isolate, Fault::IsolateLeader, Fault::OneWay]);
             if args.servers >= 5 {
@@ -2670,15 +2754,12 @@ mod chaos {
             let mut c = cluster.lock().await;
             for i in 0..c.n() {
                 c.signal(i, libc::SIGCONT);
-                let exited = c.procs[i]
-                    .as_mut()
-                    .map(|p| p.try_wait().ok().flatten().is_some())
-                    .unwrap_or(true);
-                if exited {
-                    c.procs[i] = None;
+                c.fsync_failures(i, false)?;
+                if c.procs[i].is_none() {
                     c.spawn(i)?;
                 }
             }
+            c.respawn_exited()?;
             for i in 0..c.n() {
                 c.ready(i).await?;
             }
@@ -2753,6 +2834,9 @@ mod chaos {
                 lost_creates += 1;
             }
         }
+        let snapshot_installs =
+            count_in_logs(dir, args.servers, "installing a snapshot from the leader");
+        let store_stops = count_in_logs(dir, args.servers, "the store stopped: exiting");
         for p in watch_problems.iter().take(20) {
             eprintln!("run {run}: watch: {p}");
         }
@@ -2772,6 +2856,8 @@ mod chaos {
             lost_creates,
             watch_events,
             watch_problems,
+            snapshot_installs,
+            store_stops,
         })
     }
 
@@ -2782,14 +2868,15 @@ mod chaos {
         let tmp = tempfile_dir()?;
         let (mut ops, mut unknown, mut anomalies, mut lost) = (0, 0, 0, 0);
         let (mut undecided, mut watch_events, mut watch_problems) = (0, 0, 0);
+        let (mut snapshot_installs, mut store_stops) = (0, 0);
         let mut faults: HashMap<Fault, usize> = HashMap::new();
         for run in 0..args.runs {
             let dir = tmp.join(format!("run-{run}"));
             let o = run_once(&args, &dir, run).await?;
             let nfaults: usize = o.faults.values().sum();
             eprintln!(
-                "run {run}: {} operations ({} of unknown outcome), {nfaults} faults, anomalous keys {:?}, undecided keys {:?}, acknowledged creates lost {}, watch events {}, watch problems {}",
-                o.ops, o.unknown, o.anomalies, o.undecided, o.lost_creates, o.watch_events, o.watch_problems.len()
+                "run {run}: {} operations ({} of unknown outcome), {nfaults} faults, anomalous keys {:?}, undecided keys {:?}, acknowledged creates lost {}, watch events {}, watch problems {}, snapshots installed {}, store stops {}",
+                o.ops, o.unknown, o.anomalies, o.undecided, o.lost_creates, o.watch_events, o.watch_problems.len(), o.snapshot_installs, o.store_stops
             );
             undecided += o.undecided.len();
             ops += o.ops;
@@ -2801,6 +2888,8 @@ mod chaos {
             lost += o.lost_creates;
             watch_events += o.watch_events;
             watch_problems += o.watch_problems.len();
+            snapshot_installs += o.snapshot_installs;
+            store_stops += o.store_stops;
             let _ = std::fs::remove_dir_all(&dir);
         }
         let _ = std::fs::remove_dir_all(&tmp);
@@ -2816,6 +2905,9 @@ mod chaos {
             args.runs, args.seconds, args.servers, args.clients, args.keys, args.watchers
         );
         println!("faults: {}", kinds.join(", "));
+        println!(
+            "snapshots installed by restarted or cut-off servers {snapshot_installs}, servers that exited on a failed fsync {store_stops}"
+        );
         println!(
             "operations {ops} ({unknown} of unknown outcome), non-linearizable keys {anomalies}, undecided keys {undecided}, acknowledged creates lost {lost}, watch events {watch_events}, watch problems {watch_problems}"
         );

@@ -433,6 +433,24 @@ impl Store {
     }
 
     /// Stop Raft; every acknowledged write is already durable.
+    /// Resolves when the Raft core has stopped on its own: a fatal error,
+    /// such as a failed fsync of the log. Nothing can be written after it,
+    /// and retrying an fsync after a failure may report success for data
+    /// the kernel already dropped, so the server must exit and start again
+    /// from what is on disk (as etcd and PostgreSQL do). Returns the error.
+    pub async fn stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        let failed = metrics
+            .wait_for(|m| m.running_state.is_err())
+            .await
+            .ok()
+            .and_then(|m| m.running_state.clone().err());
+        match failed {
+            Some(fatal) => fatal.to_string(),
+            None => "the Raft core stopped".to_string(),
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");

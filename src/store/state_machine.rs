@@ -477,6 +477,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &Meta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        // worth an operator's notice: this server fell behind the log the
+        // leader keeps (it was down or cut off for a while)
+        tracing::warn!(
+            upto = ?meta.last_log_id,
+            bytes = snapshot.get_ref().len(),
+            "installing a snapshot from the leader"
+        );
         self.write_snapshot(meta, snapshot.get_ref())
     }
 
