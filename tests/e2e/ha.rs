@@ -618,3 +618,146 @@ fn fault_runs_find_no_anomalies() {
     let faults = report.lines().find_map(|l| l.strip_prefix("faults: "));
     assert!(faults.is_some_and(|f| !f.is_empty()), "{report}");
 }
+
+/// Run `nft -f -` with `script`.
+fn nft(script: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (nftables)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft failed on {script}");
+}
+
+/// Drops packets between servers' addresses; the table goes on drop.
+struct Partition(String);
+
+impl Partition {
+    fn new() -> Partition {
+        let table = format!("wk_test_{}", std::process::id());
+        nft(&format!(
+            "table ip {table} {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n }}\n}}\n"
+        ));
+        Partition(table)
+    }
+
+    fn isolate(&self, addr: &str, others: &[&str]) {
+        let mut script = String::new();
+        for o in others {
+            script.push_str(&format!(
+                "add rule ip {t} input ip saddr {addr} ip daddr {o} drop\nadd rule ip {t} input ip saddr {o} ip daddr {addr} drop\n",
+                t = self.0
+            ));
+        }
+        nft(&script);
+    }
+
+    fn heal(&self) {
+        nft(&format!("flush chain ip {} input\n", self.0));
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &self.0])
+            .status();
+    }
+}
+
+/// A leader cut off from its followers (nftables drops the packets between
+/// the servers' own loopback addresses) still believes it leads; its
+/// watches end within a few election timeouts, as a cut-off follower's do,
+/// so clients watch again elsewhere. Healed, it rejoins and serves again.
+#[tokio::test]
+async fn a_cut_off_leader_ends_its_watches() {
+    let cidrs = cluster_cidrs();
+    let block = std::process::id() % 250 + 1;
+    let addrs: Vec<String> = (1..=3).map(|i| format!("127.78.{block}.{i}")).collect();
+    let mut servers: Vec<Server> = Vec::new();
+    for a in &addrs {
+        let port = std::net::TcpListener::bind((a.as_str(), 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = Server::builder()
+            .arg("--listen")
+            .arg(&format!("{a}:{port}"))
+            .arg("--disable-agent");
+        for f in &cidrs {
+            b = b.arg(f);
+        }
+        if let Some(first) = servers.first() {
+            b = b
+                .arg("--join")
+                .arg(&first.url)
+                .arg("--token")
+                .arg(&first.join_token);
+        }
+        servers.push(b.start().await);
+    }
+    let m = eventually(60, "three voters", || async {
+        let m = members(&servers[2]);
+        (voters(&m) == 3).then_some(m)
+    })
+    .await;
+    let li = leader_of(&m, &servers);
+    let mut watch = servers[li]
+        .http
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=300",
+            servers[li].url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status().as_u16(), 200);
+
+    let partition = Partition::new();
+    let others: Vec<&str> = (0..3)
+        .filter(|i| *i != li)
+        .map(|i| addrs[i].as_str())
+        .collect();
+    partition.isolate(&addrs[li], &others);
+    let cut = std::time::Instant::now();
+    // drain the initial events; the stream must then end on its own
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(_)) = watch.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the cut-off leader's watch was still open after 30 s"
+    );
+    eprintln!("the watch ended {:?} after the cut", cut.elapsed());
+    // the other two elect a leader and take writes
+    let survivor = (li + 1) % 3;
+    eventually(60, "the majority takes writes", || async {
+        let out = create(&servers[survivor], "while-cut-off");
+        (out.status.success() || stderr(&out).contains("already exists")).then_some(())
+    })
+    .await;
+
+    // healed, the old leader follows the new one and serves the write
+    partition.heal();
+    let v = eventually(60, "the old leader catches up", || async {
+        let out = servers[li].kubectl(&[
+            "get",
+            "configmap",
+            "while-cut-off",
+            "-o",
+            "jsonpath={.data.v}",
+        ]);
+        out.status.success().then(|| stdout(&out))
+    })
+    .await;
+    assert_eq!(v, "while-cut-off");
+}
