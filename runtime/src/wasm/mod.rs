@@ -126,6 +126,10 @@ struct Inner {
     /// Engine compatibility hash, part of every cache file name.
     compat: String,
     compiled: Mutex<HashMap<String, Compiled>>,
+    /// One lock per digest being compiled: pods of one new image started
+    /// together wait for a single compilation (one copy of the code and
+    /// of its memory image) instead of each compiling their own.
+    compiling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     containers: Mutex<HashMap<ContainerId, Arc<Container>>>,
     ticker_stop: Arc<AtomicBool>,
     /// Pulled registry images.
@@ -227,6 +231,7 @@ impl WasmRuntime {
                 cache_dir: config.cache_dir,
                 compat: format!("{:016x}", h.finish()),
                 compiled: Mutex::default(),
+                compiling: Mutex::default(),
                 containers: Mutex::default(),
                 ticker_stop,
                 images: crate::image::ImageStore::new(config.image_dir),
@@ -265,6 +270,25 @@ impl WasmRuntime {
 
     /// Compile `bytes` (or load them from the caches).
     pub async fn compile(&self, bytes: Vec<u8>, digest: &str) -> Result<Compiled, String> {
+        if let Some(c) = lock(&self.inner.compiled).get(digest) {
+            return Ok(c.clone());
+        }
+        let gate = lock(&self.inner.compiling)
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let _compiling = gate.lock().await;
+        let result = self.compile_once(bytes, digest).await;
+        // the last one through removes the gate (a failed compile leaves
+        // nothing behind; the next pod tries again)
+        let mut gates = lock(&self.inner.compiling);
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(digest);
+        }
+        result
+    }
+
+    async fn compile_once(&self, bytes: Vec<u8>, digest: &str) -> Result<Compiled, String> {
         if let Some(c) = lock(&self.inner.compiled).get(digest) {
             return Ok(c.clone());
         }

@@ -212,6 +212,31 @@ async fn compiled_artifacts_are_reused_from_memory_and_disk() {
 }
 
 #[tokio::test]
+async fn pods_of_one_new_module_started_together_compile_it_once() {
+    let f = Fixture::new();
+    let bytes = wat::parse_str(p1_print("together", None)).unwrap();
+    let digest = crate::image::digest(&bytes);
+    let starts: Vec<_> = (0..8)
+        .map(|_| {
+            let (rt, bytes, digest) = (f.rt.clone(), bytes.clone(), digest.clone());
+            tokio::spawn(async move { rt.compile(bytes, &digest).await.map(|_| ()) })
+        })
+        .collect();
+    for s in starts {
+        s.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        f.rt.compile_stats(),
+        (1, 0),
+        "one compilation for eight starts"
+    );
+    assert!(
+        lock(&f.rt.inner.compiling).is_empty(),
+        "no gate left behind"
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_module_is_a_create_error_with_wasmtimes_reason() {
     let f = Fixture::new();
     let mut spec = f.spec("bad", TRAP);
