@@ -967,6 +967,11 @@ pub async fn run(
         }
     };
     let _ = stop_tx.send(true);
+    if let Some(e) = stopped {
+        // nothing can be written any more and requests in flight may wait
+        // on the store for ever: exit now, without a graceful drain
+        return Err(ServerError::StoreStopped(e));
+    }
     if let Some(s) = serving {
         let _ = s.await;
     }
@@ -978,9 +983,6 @@ pub async fn run(
     tracing::info!("wk server stopped");
     if removed {
         return Err(ServerError::Removed(id));
-    }
-    if let Some(e) = stopped {
-        return Err(ServerError::StoreStopped(e));
     }
     Ok(())
 }

@@ -61,6 +61,31 @@ pub enum AgentError {
 /// Where the agent keeps its node's pod range.
 const POD_CIDR_FILE: &str = "pod-cidr";
 
+/// Raise this process's soft limit on open files to its hard limit, as
+/// container runtimes do at start: every running Wasm pod holds a few
+/// descriptors (its log, its preopened directories), and the usual soft
+/// limit of 1024 would stop a node at a few hundred pods. Returns the limit
+/// now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to a local rlimit
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// The `wk` subcommand that runs a container's shim.
 pub const SHIM_SUBCOMMAND: &str = "__oci-shim";
 

@@ -387,10 +387,13 @@ fn main() -> Result<()> {
         };
         std::process::exit(wasmkube_runtime::oci::shim::main(shim));
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(async_main())
+        .build()?;
+    let result = runtime.block_on(async_main());
+    // a blocking task stuck on a failed disk must not keep the process up
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 async fn async_main() -> Result<()> {
@@ -402,7 +405,14 @@ async fn async_main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Server(_) | Command::Agent(_)) {
+        match wasmkube::agent::raise_open_file_limit() {
+            Ok(n) => tracing::debug!(limit = n, "open files"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
+    match cli.command {
         Command::Server(a) => {
             a.agent.check()?;
             let network = wasmkube::network::NetworkConfig {
