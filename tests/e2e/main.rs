@@ -20,6 +20,7 @@ mod kubectl;
 mod nodes;
 mod oci;
 mod registry;
+mod scale;
 mod scheduler;
 mod security;
 mod services;

@@ -23,6 +23,8 @@ pub struct Server {
     /// The server's join token (`DATA_DIR/token`).
     pub join_token: String,
     args: Vec<String>,
+    /// A soft open-file limit to start the process with.
+    open_files: Option<u64>,
 }
 
 /// Configures a server before it starts.
@@ -30,11 +32,19 @@ pub struct Server {
 pub struct ServerBuilder {
     args: Vec<String>,
     dir: Option<PathBuf>,
+    open_files: Option<u64>,
 }
 
 impl ServerBuilder {
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
+        self
+    }
+
+    /// Start the server with this soft limit on open files (the hard limit
+    /// stays), as a shell or service manager would give it.
+    pub fn open_files(mut self, soft: u64) -> Self {
+        self.open_files = Some(soft);
         self
     }
 
@@ -85,6 +95,7 @@ impl ServerBuilder {
             http: reqwest::Client::new(),
             join_token: String::new(),
             args: self.args,
+            open_files: self.open_files,
         };
         s.spawn().await;
         s
@@ -117,7 +128,28 @@ impl Server {
         } else {
             &["--listen", "127.0.0.1:0"]
         };
-        let child = Command::new(WK)
+        let mut cmd = Command::new(WK);
+        if let Some(soft) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["server", "--data-dir"])
             .arg(&self.dir)
             .args(listen)
@@ -200,6 +232,11 @@ impl Server {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGKILL: no chance to flush anything.
