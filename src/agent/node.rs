@@ -134,8 +134,20 @@ pub async fn register(
     Ok(())
 }
 
-/// Renew the Lease and the Ready condition's heartbeat.
-pub async fn heartbeat(client: &Client, cfg: &AgentConfig) -> Result<(), ClientError> {
+/// How often the node's Ready condition is written when nothing changed,
+/// as the kubelet's `--node-status-report-frequency` (5 minutes): the
+/// Lease is the heartbeat. Each write is a Raft entry fsynced on every
+/// server, and on an edge device's flash that adds up.
+pub const NODE_STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(300);
+
+/// Renew the Lease; write the Ready condition when it is not what this
+/// agent reports, or when `report` (its report frequency has passed).
+/// Returns whether the node status was written.
+pub async fn heartbeat(
+    client: &Client,
+    cfg: &AgentConfig,
+    report: bool,
+) -> Result<bool, ClientError> {
     let lease_path = format!(
         "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{}",
         cfg.node_name
@@ -173,6 +185,15 @@ pub async fn heartbeat(client: &Client, cfg: &AgentConfig) -> Result<(), ClientE
         .as_array()
         .cloned()
         .unwrap_or_default();
+    let current = conditions.iter().any(|c| {
+        c["type"] == "Ready"
+            && c["status"] == "True"
+            && c["reason"] == "KubeletReady"
+            && c["message"] == READY_MESSAGE
+    });
+    if current && !report {
+        return Ok(false);
+    }
     let mut found = false;
     for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
         found = true;
@@ -181,11 +202,11 @@ pub async fn heartbeat(client: &Client, cfg: &AgentConfig) -> Result<(), ClientE
         }
         c["status"] = json!("True");
         c["reason"] = json!("KubeletReady");
-        c["message"] = json!("wasmkube agent is posting ready status");
+        c["message"] = json!(READY_MESSAGE);
         c["lastHeartbeatTime"] = json!(now);
     }
     if !found {
-        conditions.push(json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "wasmkube agent is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}));
+        conditions.push(json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": READY_MESSAGE, "lastHeartbeatTime": now, "lastTransitionTime": now}));
     }
     client
         .request_as(
@@ -195,8 +216,10 @@ pub async fn heartbeat(client: &Client, cfg: &AgentConfig) -> Result<(), ClientE
             "application/merge-patch+json",
         )
         .await?;
-    Ok(())
+    Ok(true)
 }
+
+const READY_MESSAGE: &str = "wasmkube agent is posting ready status";
 
 /// Register, then heartbeat every `cfg.heartbeat` until cancelled; failures
 /// are retried (the control plane may be away: the node keeps running).
@@ -210,6 +233,7 @@ pub async fn run(agent: Arc<Agent>, port: u16, mut cancel: crate::controllers::C
     let mut registered = false;
     let mut have_cidr = false;
     let mut last_beat: Option<std::time::Instant> = None;
+    let mut last_report: Option<std::time::Instant> = None;
     loop {
         if !registered {
             match register(client, cfg, port, &runtimes).await {
@@ -219,8 +243,11 @@ pub async fn run(agent: Arc<Agent>, port: u16, mut cancel: crate::controllers::C
         }
         if registered && last_beat.is_none_or(|t| t.elapsed() >= cfg.heartbeat) {
             last_beat = Some(std::time::Instant::now());
-            if let Err(e) = heartbeat(client, cfg).await {
-                tracing::debug!(error = %e, "node heartbeat");
+            let report = last_report.is_none_or(|t| t.elapsed() >= NODE_STATUS_REPORT_FREQUENCY);
+            match heartbeat(client, cfg, report).await {
+                Ok(true) => last_report = Some(std::time::Instant::now()),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "node heartbeat"),
             }
         }
         if registered && !have_cidr {

@@ -249,3 +249,55 @@ async fn a_daemonset_follows_a_node_joining_and_rolls_out_a_new_template() {
     .await;
     assert_eq!(ds["status"]["desiredNumberScheduled"], 2);
 }
+
+/// The Lease is the heartbeat; the Node's status is written only when it
+/// changes or every five minutes, as the kubelet does
+/// (`--node-status-report-frequency`): on flash, every write counts.
+#[tokio::test]
+async fn an_idle_node_renews_its_lease_without_rewriting_its_status() {
+    let s = Server::start().await;
+    let _agent = AgentProc::start(&s, "quiet"); // heartbeat every 500 ms
+    let get = |what: &[&str]| {
+        let out = s.kubectl(what);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    // settled: Ready, with its pod range (the IPAM controller's write)
+    eventually(30, "the node is Ready", || async {
+        let out = s.kubectl(&[
+            "get",
+            "node",
+            "quiet",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.spec.podCIDR}",
+        ]);
+        let text = stdout(&out);
+        (text.starts_with("True ") && text.len() > 5).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let node_rv = || {
+        get(&[
+            "get",
+            "node",
+            "quiet",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+    };
+    let renewed = || {
+        get(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "quiet",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+    };
+    let (rv, lease) = (node_rv(), renewed());
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_ne!(renewed(), lease, "the Lease was renewed");
+    assert_eq!(node_rv(), rv, "the Node was not rewritten");
+}
