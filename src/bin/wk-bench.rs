@@ -47,6 +47,9 @@ enum Bench {
     /// HA under faults: kill -9 and SIGSTOP servers while clients write and
     /// read; check every key's history for linearizability.
     Chaos(chaos::ChaosArgs),
+    /// Flash wear: bytes written to disk idle and per pod, by the server
+    /// and by an agent.
+    Wear(wear::WearArgs),
 }
 
 #[derive(Parser)]
@@ -1375,6 +1378,7 @@ async fn main() -> Result<()> {
         Bench::Oci(args) => pods::run_oci(args).await,
         Bench::Failover(args) => failover(args).await,
         Bench::Chaos(args) => chaos::run(args).await,
+        Bench::Wear(args) => wear::run(args).await,
     }
 }
 
@@ -2913,6 +2917,268 @@ mod chaos {
         );
         if anomalies > 0 || undecided > 0 || lost > 0 || watch_problems > 0 {
             bail!("anomalies found");
+        }
+        Ok(())
+    }
+}
+
+mod wear {
+    //! Flash wear: bytes a `wk server` (with its embedded agent) and a
+    //! separate `wk agent` write to disk, from `/proc/PID/io`: idle (Lease
+    //! renewals, node status, the store's own housekeeping), and per Wasm
+    //! pod created, started and deleted.
+
+    use super::*;
+
+    #[derive(Parser)]
+    pub struct WearArgs {
+        /// The wk binary.
+        #[arg(long, default_value = "target/release/wk")]
+        wk: PathBuf,
+        /// A long-running, mostly idle guest.
+        #[arg(
+            long,
+            default_value = "examples/target/wasm32-wasip1/release/worker.wasm"
+        )]
+        module: PathBuf,
+        /// Seconds of idle measurement (scaled to an hour).
+        #[arg(long, default_value_t = 300)]
+        idle_seconds: u64,
+        /// Pods per create/start/delete round.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+    }
+
+    /// `write_bytes` (what reached the block layer) and `wchar` (what was
+    /// passed to write calls) of a process.
+    #[derive(Clone, Copy, Default)]
+    struct Io {
+        write_bytes: u64,
+        wchar: u64,
+    }
+
+    fn io(pid: u32) -> Result<Io> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .with_context(|| format!("reading /proc/{pid}/io"))?;
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Io {
+            write_bytes: field("write_bytes:"),
+            wchar: field("wchar:"),
+        })
+    }
+
+    fn delta(a: Io, b: Io) -> Io {
+        Io {
+            write_bytes: b.write_bytes.saturating_sub(a.write_bytes),
+            wchar: b.wchar.saturating_sub(a.wchar),
+        }
+    }
+
+    fn kib(bytes: f64) -> String {
+        format!("{:.1}", bytes / 1024.0)
+    }
+
+    /// A server, and optionally a separate agent joined to it.
+    struct Setup {
+        server: Proc,
+        agent: Option<Proc>,
+        url: String,
+        http: reqwest::Client,
+        node: String,
+    }
+
+    async fn start(args: &WearArgs, dir: &Path, separate_agent: bool) -> Result<Setup> {
+        let flags: &[&str] = if separate_agent {
+            &["--disable-agent"]
+        } else {
+            &[]
+        };
+        let (server, target) = start_wk(&args.wk, &dir.join("server"), flags).await?;
+        let Target::Wk { url, http } = target else {
+            bail!("not a wk target")
+        };
+        let agent = if separate_agent {
+            let token = std::fs::read_to_string(dir.join("server/token"))?;
+            let child = Command::new(&args.wk)
+                .args(["agent", "--server", &url, "--token", token.trim()])
+                .args(["--node-name", "wear-agent", "--data-dir"])
+                .arg(dir.join("agent"))
+                .args(["--listen", "127.0.0.1:0"])
+                .args(["--ingress-listen", "off", "--ingress-tls-listen", "off"])
+                .env("WK_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            Some(Proc(child))
+        } else {
+            None
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let node = loop {
+            let l: Value = http
+                .get(format!("{url}/api/v1/nodes"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let ready = l["items"].as_array().into_iter().flatten().find(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if let Some(n) = ready.and_then(|n| n["metadata"]["name"].as_str()) {
+                break n.to_string();
+            }
+            if Instant::now() > deadline {
+                bail!("no node became Ready");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        Ok(Setup {
+            server,
+            agent,
+            url,
+            http,
+            node,
+        })
+    }
+
+    impl Setup {
+        fn pids(&self) -> Vec<(&'static str, u32)> {
+            let mut p = vec![("wk server", self.server.0.id())];
+            if let Some(a) = &self.agent {
+                p.push(("wk agent", a.0.id()));
+            }
+            p
+        }
+
+        fn io(&self) -> Result<Vec<Io>> {
+            self.pids().into_iter().map(|(_, pid)| io(pid)).collect()
+        }
+
+        async fn count(&self, phase: Option<&str>) -> Result<usize> {
+            let l: Value = self
+                .http
+                .get(format!("{}/api/v1/namespaces/default/pods", self.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok(l["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| phase.is_none_or(|ph| p["status"]["phase"] == ph))
+                .count())
+        }
+
+        /// Create `n` pods, wait until all run, delete them, wait until
+        /// they are gone.
+        async fn pod_round(&self, image: &str, n: usize) -> Result<()> {
+            let pods = format!("{}/api/v1/namespaces/default/pods", self.url);
+            for i in 0..n {
+                let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("wear-{i}")},
+                    "spec": {"nodeName": self.node, "containers": [{"name": "w", "image": image, "args": ["0", "3600000"]}]}});
+                let r = self.http.post(&pods).json(&pod).send().await?;
+                if !r.status().is_success() {
+                    bail!("creating a pod: {}", r.text().await.unwrap_or_default());
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while self.count(Some("Running")).await? < n {
+                if Instant::now() > deadline {
+                    bail!("pods did not start");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            for i in 0..n {
+                self.http.delete(format!("{pods}/wear-{i}")).send().await?;
+            }
+            while self.count(None).await? > 0 {
+                if Instant::now() > deadline {
+                    bail!("pods were not deleted");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            // let the last status writes and log files settle
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        }
+    }
+
+    pub async fn run(args: WearArgs) -> Result<()> {
+        let module = std::fs::read(&args.module).with_context(|| {
+            format!(
+                "reading {} (build the examples first)",
+                args.module.display()
+            )
+        })?;
+        let tmp = tempfile_dir()?;
+        let image = tmp.join("worker.wasm");
+        std::fs::write(&image, &module)?;
+        let image = format!("file://{}", image.display());
+        let mut rows = Vec::new();
+        let setups = [
+            ("`wk server` (embedded agent)", false),
+            ("`wk server --disable-agent` + `wk agent`", true),
+        ];
+        let mut started = Vec::new();
+        for (i, (label, separate)) in setups.iter().enumerate() {
+            started.push((
+                *label,
+                start(&args, &tmp.join(format!("s{i}")), *separate).await?,
+            ));
+        }
+        // settle: start-up writes (certificates, first snapshot) are not idle
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let before: Vec<Vec<Io>> = started.iter().map(|(_, s)| s.io()).collect::<Result<_>>()?;
+        eprintln!("idle for {} s", args.idle_seconds);
+        tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+        let scale = 3600.0 / args.idle_seconds as f64;
+        for ((label, s), before) in started.iter().zip(&before) {
+            let after = s.io()?;
+            for (((name, _), a), b) in s.pids().iter().zip(before).zip(&after) {
+                let d = delta(*a, *b);
+                rows.push(format!(
+                    "| {label} | {name} | idle, per hour | {} | {} |",
+                    kib(d.write_bytes as f64 * scale),
+                    kib(d.wchar as f64 * scale)
+                ));
+            }
+        }
+        for (label, s) in &started {
+            // a first round compiles the module and warms the caches
+            s.pod_round(&image, 5).await?;
+            let a = s.io()?;
+            s.pod_round(&image, args.pods).await?;
+            let b = s.io()?;
+            for (((name, _), a), b) in s.pids().iter().zip(&a).zip(&b) {
+                let d = delta(*a, *b);
+                rows.push(format!(
+                    "| {label} | {name} | per pod created, started and deleted | {} | {} |",
+                    kib(d.write_bytes as f64 / args.pods as f64),
+                    kib(d.wchar as f64 / args.pods as f64)
+                ));
+            }
+        }
+        drop(started);
+        let _ = std::fs::remove_dir_all(&tmp);
+        println!("Machine: {}", machine());
+        println!(
+            "Idle window {} s (scaled to an hour), {} pods per round, heartbeat and Lease renewal every 10 s (the default)\n",
+            args.idle_seconds, args.pods
+        );
+        println!("| setup | process | what | KiB written to disk (write_bytes) | KiB passed to write() (wchar) |");
+        println!("|---|---|---|---|---|");
+        for r in rows {
+            println!("{r}");
         }
         Ok(())
     }
