@@ -17,9 +17,12 @@
 //! Retries: a write that never reached a leader (no leader yet, connection
 //! refused, openraft's ForwardToLeader: never appended or truncated) is
 //! retried with jittered back-off for [`LEADER_WAIT`], then refused with
-//! [`StoreError::NoLeader`] (503). A write that reached the leader but got
-//! no answer is never retried: it is [`StoreError::Indeterminate`] (504),
-//! as etcd reports a timed-out request, so no write is applied twice.
+//! [`StoreError::NoLeader`] (503). With several voters every single write
+//! carries a request id ([`Request::Once`]): a forwarded write whose answer
+//! was lost is sent again under that id, and the state machine applies an
+//! id at most once. When the retries run out after such a loss the outcome
+//! is unknown: [`StoreError::Indeterminate`] (504), as etcd reports a
+//! timed-out request.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -159,22 +162,56 @@ where
 
 impl Store {
     /// Write `req` (sealed) on whichever server leads: here, or forwarded.
+    ///
+    /// With more than one voter a single write gets a request id
+    /// ([`Request::Once`]): a forwarded write whose answer was lost (the
+    /// leader died or the connection broke after sending) is sent again
+    /// under the same id, to whichever server leads by then, and the state
+    /// machine applies it at most once. Only when the retries run out is
+    /// the outcome unknown (504).
     pub(crate) async fn submit(&self, req: Request) -> Result<Response, StoreError> {
-        with_leader_retries(|| async {
+        let req =
+            if self.sole_voter() || !matches!(req, Request::Put { .. } | Request::Delete { .. }) {
+                req
+            } else {
+                Request::Once {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    request: Box::new(req),
+                }
+            };
+        let resendable = matches!(req, Request::Once { .. });
+        let maybe_applied = std::sync::atomic::AtomicBool::new(false);
+        let result = with_leader_retries(|| async {
             match self.write_here(req.clone()).await {
                 Ok((resp, _)) => Ok(resp),
                 Err(StoreError::NotLeader {
                     leader: Some(addr),
                     leader_id: Some(id),
-                }) if id != self.node_id => {
-                    let (resp, index) = self.forward(id, &addr, &req).await?;
-                    self.applied_at_least(index).await;
-                    Ok(resp)
-                }
+                }) if id != self.node_id => match self.forward(id, &addr, &req).await {
+                    Ok((resp, index)) => {
+                        self.applied_at_least(index).await;
+                        Ok(resp)
+                    }
+                    Err(StoreError::Indeterminate(m)) if resendable => {
+                        tracing::debug!(error = %m, "resending a forwarded write under its request id");
+                        maybe_applied.store(true, std::sync::atomic::Ordering::Relaxed);
+                        Err(StoreError::NoLeader(m))
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             }
         })
-        .await
+        .await;
+        match result {
+            // it may have been applied by an attempt whose answer was lost
+            Err(StoreError::NoLeader(m))
+                if maybe_applied.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Err(StoreError::Indeterminate(m))
+            }
+            other => other,
+        }
     }
 
     async fn forward(

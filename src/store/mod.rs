@@ -342,6 +342,10 @@ impl Store {
                 Request::Batch(reqs.into_iter().map(|r| self.seal(r)).collect())
             }
             Request::Txn(reqs) => Request::Txn(reqs.into_iter().map(|r| self.seal(r)).collect()),
+            Request::Once { id, request } => Request::Once {
+                id,
+                request: Box::new(self.seal(*request)),
+            },
             other => other,
         }
     }
@@ -402,7 +406,7 @@ impl Store {
     /// the entry's log index.
     pub(crate) async fn write_here(&self, req: Request) -> Result<(Response, u64), StoreError> {
         let write = async {
-            if matches!(req, Request::Txn(_)) {
+            if req.is_txn() {
                 let resp = self
                     .raft
                     .client_write(req)
@@ -432,7 +436,6 @@ impl Store {
         self.node_id
     }
 
-    /// Stop Raft; every acknowledged write is already durable.
     /// Resolves when the Raft core has stopped on its own: a fatal error,
     /// such as a failed fsync of the log. Nothing can be written after it,
     /// and retrying an fsync after a failure may report success for data
@@ -451,6 +454,7 @@ impl Store {
         }
     }
 
+    /// Stop Raft; every acknowledged write is already durable.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -470,6 +474,7 @@ impl Store {
                     (k, stored)
                 })
                 .collect(),
+            requests: Vec::new(),
         }
     }
 }

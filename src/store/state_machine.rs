@@ -3,7 +3,7 @@
 //! durable record); snapshot builds and installs are committed with fsync. Preconditions (create-if-absent, resourceVersion match,
 //! namespace present) are decided here, in log order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,12 +20,26 @@ use super::cache::{Cache, Change, ChangeKind};
 use super::encryption::Keyring;
 use super::types::{
     revision, revision_after, revision_of, stamp_revision, LogId, NodeId, Precondition, Rejection,
-    Request, Response, StorageError, StoredMembership, TypeConfig, REVISIONS_PER_ENTRY,
+    Request, Response, StorageError, StoredMembership, TypeConfig, REMEMBERED_REQUESTS,
+    REVISIONS_PER_ENTRY,
 };
 
 pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+/// Request id → [`Remembered`]: the answers to the last writes that came
+/// with an id ([`Request::Once`]).
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+
+/// The answer to a write with a request id, as stored: an applied object in
+/// its stored form (sealed when it is a Secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Remembered {
+    /// Order of arrival; the oldest are forgotten first.
+    pub seq: u64,
+    pub key: String,
+    pub response: Response,
+}
 
 type Entry = openraft::Entry<TypeConfig>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -40,6 +54,10 @@ pub struct SnapshotData {
     pub revision: u64,
     /// Every stored object, by key.
     pub objects: Vec<(String, Value)>,
+    /// The answers remembered for request ids (Raft snapshots only; a
+    /// saved snapshot starts a new cluster, which has seen no request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<(String, Remembered)>,
 }
 
 /// The format marker of [`SnapshotData`].
@@ -70,6 +88,10 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     snapshot_seq: u64,
+    /// The answers to recent writes with request ids, opened.
+    remembered: HashMap<String, Response>,
+    /// Their ids, oldest first, with their `seq`.
+    remembered_order: VecDeque<(u64, String)>,
 }
 
 fn get_json<T: for<'de> Deserialize<'de>>(
@@ -94,6 +116,7 @@ impl StateMachine {
         tx.open_table(OBJECTS).map_err(w)?;
         tx.open_table(META).map_err(w)?;
         tx.open_table(SNAPSHOT).map_err(w)?;
+        tx.open_table(REQUESTS).map_err(w)?;
         tx.commit().map_err(w)?;
 
         let tx = db.begin_read().map_err(r)?;
@@ -108,16 +131,62 @@ impl StateMachine {
             let value = keyring.from_stored(k.value(), stored).map_err(r)?;
             objects.insert(k.value().to_string(), Arc::new(value));
         }
+        let mut stored = Vec::new();
+        for item in tx.open_table(REQUESTS).map_err(r)?.iter().map_err(r)? {
+            let (k, v) = item.map_err(r)?;
+            let rem: Remembered = serde_json::from_slice(v.value()).map_err(r)?;
+            stored.push((k.value().to_string(), rem));
+        }
         drop(tx);
         cache.reset(objects, revision_after(last_applied));
-        Ok(Self {
+        let mut sm = Self {
             db: Arc::new(db),
             cache,
             keyring,
             last_applied,
             membership,
             snapshot_seq: 0,
+            remembered: HashMap::new(),
+            remembered_order: VecDeque::new(),
+        };
+        sm.load_remembered(stored)?;
+        Ok(sm)
+    }
+
+    /// Replace the remembered answers with `stored` (as the table holds them).
+    fn load_remembered(
+        &mut self,
+        mut stored: Vec<(String, Remembered)>,
+    ) -> Result<(), StorageError> {
+        stored.sort_by_key(|(_, rem)| rem.seq);
+        self.remembered.clear();
+        self.remembered_order.clear();
+        for (id, rem) in stored {
+            let response = self.opened(&rem.key, rem.response).map_err(r)?;
+            self.remembered_order.push_back((rem.seq, id.clone()));
+            self.remembered.insert(id, response);
+        }
+        Ok(())
+    }
+
+    /// A response with its object opened (the stored form may be sealed).
+    fn opened(&self, key: &str, response: Response) -> Result<Response, String> {
+        Ok(match response {
+            Response::Applied(v) => Response::Applied(
+                self.keyring
+                    .from_stored(key, v)
+                    .map_err(|e| e.to_string())?,
+            ),
+            other => other,
         })
+    }
+
+    /// A response in its stored form (Secrets sealed).
+    fn stored(&self, key: &str, response: &Response) -> Response {
+        match response {
+            Response::Applied(v) => Response::Applied(self.keyring.to_stored(key, v)),
+            other => other.clone(),
+        }
     }
 
     /// The watch cache this state machine publishes to.
@@ -153,8 +222,85 @@ impl StateMachine {
                     .map(|q| self.open_sealed(q))
                     .collect::<Result<_, _>>()?,
             ),
+            Request::Once { id, request } => Request::Once {
+                id,
+                request: Box::new(self.open_sealed(*request)?),
+            },
             other => other,
         })
+    }
+
+    /// Apply one write of log entry `index` at position `pos`: a put or a
+    /// delete, a transaction (only as a whole entry, `whole`), or a write
+    /// with a request id, answered from memory when the id was seen.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_write(
+        &self,
+        req: Request,
+        index: u64,
+        pos: u64,
+        whole: bool,
+        batch: &mut HashMap<String, Option<Arc<Value>>>,
+        changes: &mut Vec<Change>,
+        fresh: &mut Vec<(String, String, Response)>,
+    ) -> Response {
+        match req {
+            Request::Txn(reqs) if whole => self.apply_txn(reqs, index, batch, changes),
+            Request::Once { id, request } => {
+                let seen = self.remembered.get(&id).or_else(|| {
+                    fresh
+                        .iter()
+                        .find(|(i, _, _)| *i == id)
+                        .map(|(_, _, resp)| resp)
+                });
+                if let Some(resp) = seen {
+                    return resp.clone();
+                }
+                let key = match request.as_ref() {
+                    Request::Put { key, .. } | Request::Delete { key, .. } => key.clone(),
+                    // ids are given to single writes only
+                    _ => return Response::Rejected(Rejection::NestedBatch),
+                };
+                let resp = self.apply_one(*request, revision(index, pos), batch, changes);
+                fresh.push((id, key, resp.clone()));
+                resp
+            }
+            req => self.apply_one(req, revision(index, pos), batch, changes),
+        }
+    }
+
+    /// Remember the answers of this apply's writes with request ids (in
+    /// `tx`, and in memory), forgetting the oldest beyond
+    /// [`REMEMBERED_REQUESTS`].
+    fn remember(
+        &mut self,
+        tx: &redb::WriteTransaction,
+        fresh: Vec<(String, String, Response)>,
+    ) -> Result<(), StorageError> {
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let mut table = tx.open_table(REQUESTS).map_err(w)?;
+        let next = self.remembered_order.back().map_or(0, |(s, _)| s + 1);
+        for (seq, (id, key, response)) in (next..).zip(fresh) {
+            let rem = Remembered {
+                seq,
+                key: key.clone(),
+                response: self.stored(&key, &response),
+            };
+            table
+                .insert(id.as_str(), serde_json::to_vec(&rem).map_err(w)?.as_slice())
+                .map_err(w)?;
+            self.remembered_order.push_back((seq, id.clone()));
+            self.remembered.insert(id, response);
+        }
+        while self.remembered_order.len() > REMEMBERED_REQUESTS {
+            if let Some((_, old)) = self.remembered_order.pop_front() {
+                table.remove(old.as_str()).map_err(w)?;
+                self.remembered.remove(&old);
+            }
+        }
+        Ok(())
     }
 
     /// Check `pre` against the current object (as seen by this batch).
@@ -216,7 +362,7 @@ impl StateMachine {
                 key, precondition, ..
             }
             | Request::Delete { key, precondition } => (key.clone(), precondition.clone()),
-            Request::Batch(_) | Request::Txn(_) => {
+            Request::Batch(_) | Request::Txn(_) | Request::Once { .. } => {
                 return Response::Rejected(Rejection::NestedBatch)
             }
         };
@@ -244,7 +390,7 @@ impl StateMachine {
                 (ChangeKind::Deleted, Arc::new(gone))
             }
             (Request::Delete { .. }, None) => return Response::Rejected(Rejection::NotFound),
-            (Request::Batch(_) | Request::Txn(_), _) => {
+            (Request::Batch(_) | Request::Txn(_) | Request::Once { .. }, _) => {
                 return Response::Rejected(Rejection::NestedBatch)
             }
         };
@@ -329,8 +475,16 @@ impl StateMachine {
             s.insert("meta", serde_json::to_vec(meta).map_err(w)?.as_slice())
                 .map_err(w)?;
             s.insert("data", data).map_err(w)?;
+            let mut requests = tx.open_table(REQUESTS).map_err(w)?;
+            requests.retain(|_, _| false).map_err(w)?;
+            for (id, rem) in &snap.requests {
+                requests
+                    .insert(id.as_str(), serde_json::to_vec(rem).map_err(w)?.as_slice())
+                    .map_err(w)?;
+            }
         }
         tx.commit().map_err(w)?;
+        self.load_remembered(snap.requests)?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         let mut objects = BTreeMap::new();
@@ -387,6 +541,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         let mut last = self.last_applied;
         let mut membership_changed = false;
+        let mut fresh = Vec::new();
         for entry in entries {
             last = Some(entry.log_id);
             let index = entry.log_id.index;
@@ -401,20 +556,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     membership_changed = true;
                     Response::None
                 }
-                EntryPayload::Normal(Request::Batch(reqs)) => Response::Batch(
-                    reqs.into_iter()
-                        .enumerate()
-                        .map(|(pos, req)| {
-                            let rev = revision(index, pos as u64);
-                            self.apply_one(req, rev, &mut batch, &mut changes)
-                        })
-                        .collect(),
-                ),
-                EntryPayload::Normal(Request::Txn(reqs)) => {
-                    self.apply_txn(reqs, index, &mut batch, &mut changes)
+                EntryPayload::Normal(Request::Batch(reqs)) => {
+                    let mut out = Vec::with_capacity(reqs.len());
+                    for (pos, req) in reqs.into_iter().enumerate() {
+                        out.push(self.apply_write(
+                            req,
+                            index,
+                            pos as u64,
+                            false,
+                            &mut batch,
+                            &mut changes,
+                            &mut fresh,
+                        ));
+                    }
+                    Response::Batch(out)
                 }
                 EntryPayload::Normal(req) => {
-                    self.apply_one(req, revision(index, 0), &mut batch, &mut changes)
+                    self.apply_write(req, index, 0, true, &mut batch, &mut changes, &mut fresh)
                 }
             };
             responses.push(response);
@@ -454,6 +612,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(w)?;
             }
         }
+        self.remember(&tx, fresh)?;
         tx.commit().map_err(w)?;
         self.last_applied = last;
         self.cache.apply(changes, revision_after(last));
@@ -529,11 +688,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     serde_json::from_slice(v.value()).map_err(r)?,
                 ));
             }
+            let mut requests = Vec::new();
+            for item in tx.open_table(REQUESTS).map_err(r)?.iter().map_err(r)? {
+                let (k, v) = item.map_err(r)?;
+                let rem: Remembered = serde_json::from_slice(v.value()).map_err(r)?;
+                requests.push((k.value().to_string(), rem));
+            }
+            requests.sort_by_key(|(_, rem)| rem.seq);
             drop(tx);
             let data = serde_json::to_vec(&SnapshotData {
                 format: SNAPSHOT_FORMAT.to_string(),
                 revision: revision_after(last_applied),
                 objects,
+                requests,
             })
             .map_err(w)?;
             let snapshot_id = match last_applied {
@@ -686,5 +853,98 @@ mod tests {
             out[0],
             Response::Batch(vec![Response::Rejected(Rejection::NestedBatch)])
         );
+    }
+
+    fn once(id: &str, req: Request) -> Request {
+        Request::Once {
+            id: id.into(),
+            request: Box::new(req),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_resent_under_its_request_id_is_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = test_keyring(&dir);
+        let cache = Arc::new(Cache::new(100));
+        let path = dir.path().join("s.redb");
+        let mut sm = StateMachine::open(&path, cache.clone(), keyring.clone()).unwrap();
+        let first = sm
+            .apply([entry(1, once("r1", put("a", Some(false))))])
+            .await
+            .unwrap();
+        assert!(matches!(&first[0], Response::Applied(v) if revision_of(v) == 1000));
+        // the resend (a later entry, or inside a batch) gets the first answer
+        let again = sm
+            .apply([
+                entry(2, once("r1", put("a", Some(false)))),
+                entry(
+                    3,
+                    Request::Batch(vec![put("b", None), once("r1", put("a", Some(false)))]),
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(again[0], first[0]);
+        let Response::Batch(rs) = &again[1] else {
+            panic!("{again:?}")
+        };
+        assert_eq!(rs[1], first[0]);
+        // a rejection is remembered too; a new id is a new write
+        let out = sm
+            .apply([entry(4, once("r2", put("a", Some(false))))])
+            .await
+            .unwrap();
+        assert_eq!(out[0], Response::Rejected(Rejection::AlreadyExists));
+        let out = sm
+            .apply([entry(5, once("r2", put("c", None)))])
+            .await
+            .unwrap();
+        assert_eq!(out[0], Response::Rejected(Rejection::AlreadyExists));
+        assert!(cache.get("c").is_none());
+        let (changes, _) = cache.changes_after(0, 10).unwrap();
+        assert_eq!(
+            changes
+                .iter()
+                .map(|c| (c.key.as_str(), c.revision))
+                .collect::<Vec<_>>(),
+            vec![("a", 1000), ("b", 3000)],
+            "r1 applied once"
+        );
+
+        // a restart remembers (the table is written with the objects)
+        drop(sm);
+        let mut sm = StateMachine::open(&path, Arc::new(Cache::new(100)), keyring.clone()).unwrap();
+        let out = sm
+            .apply([entry(6, once("r1", put("a", Some(false))))])
+            .await
+            .unwrap();
+        assert_eq!(out[0], first[0]);
+
+        // and so does a server that installs a snapshot
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        let cache2 = Arc::new(Cache::new(100));
+        let mut other =
+            StateMachine::open(&dir2.path().join("s.redb"), cache2.clone(), keyring).unwrap();
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let out = other
+            .apply([entry(7, once("r1", put("a", Some(false))))])
+            .await
+            .unwrap();
+        assert_eq!(out[0], first[0]);
+        let out = other
+            .apply([entry(8, once("r3", put("d", None)))])
+            .await
+            .unwrap();
+        assert!(matches!(&out[0], Response::Applied(v) if revision_of(v) == 8000));
     }
 }

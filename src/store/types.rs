@@ -62,7 +62,16 @@ pub enum Request {
     /// against the state the earlier ones leave, and if any is refused none
     /// is applied. Always its own log entry (never inside a batch).
     Txn(Vec<Request>),
+    /// A write with a request id, applied at most once: the state machine
+    /// remembers the answer to each id (the last [`REMEMBERED_REQUESTS`]),
+    /// and a repeat of an id gets that answer without being applied again.
+    /// A server forwarding a write resends it under the same id when the
+    /// leader's answer was lost.
+    Once { id: String, request: Box<Request> },
 }
+
+/// Request ids the state machine remembers (a resend comes within seconds).
+pub const REMEMBERED_REQUESTS: usize = 10_000;
 
 /// Revisions each log entry spans: the writes of entry `i` get revisions
 /// `i * 1000 + position`, so one entry (one fsync) can carry many writes
@@ -84,6 +93,17 @@ pub fn revision_after(last: Option<LogId>) -> u64 {
         .unwrap_or(0)
 }
 
+impl Request {
+    /// A transaction, with or without a request id: always its own entry.
+    pub fn is_txn(&self) -> bool {
+        match self {
+            Request::Txn(_) => true,
+            Request::Once { request, .. } => request.is_txn(),
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -91,6 +111,7 @@ impl std::fmt::Display for Request {
             Request::Delete { key, .. } => write!(f, "delete {key}"),
             Request::Batch(reqs) => write!(f, "batch of {}", reqs.len()),
             Request::Txn(reqs) => write!(f, "transaction of {}", reqs.len()),
+            Request::Once { id, request } => write!(f, "{request} (request {id})"),
         }
     }
 }
