@@ -50,6 +50,9 @@ enum Bench {
     /// Flash wear: bytes written to disk idle and per pod, by the server
     /// and by an agent.
     Wear(wear::WearArgs),
+    /// The control plane at many nodes: hollow nodes that hold Leases and
+    /// heartbeat, then pods scheduled through the API.
+    Hollow(hollow::HollowArgs),
 }
 
 #[derive(Parser)]
@@ -1379,6 +1382,7 @@ async fn main() -> Result<()> {
         Bench::Failover(args) => failover(args).await,
         Bench::Chaos(args) => chaos::run(args).await,
         Bench::Wear(args) => wear::run(args).await,
+        Bench::Hollow(args) => hollow::run(args).await,
     }
 }
 
@@ -3063,7 +3067,7 @@ mod wear {
             self.pids().into_iter().map(|(_, pid)| io(pid)).collect()
         }
 
-        async fn count(&self, phase: Option<&str>) -> Result<usize> {
+        async fn count(&self) -> Result<usize> {
             let l: Value = self
                 .http
                 .get(format!("{}/api/v1/namespaces/default/pods", self.url))
@@ -3071,12 +3075,32 @@ mod wear {
                 .await?
                 .json()
                 .await?;
-            Ok(l["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| phase.is_none_or(|ph| p["status"]["phase"] == ph))
-                .count())
+            Ok(l["items"].as_array().into_iter().flatten().count())
+        }
+
+        /// Pods whose containers all run (not waiting in a back-off).
+        async fn running(&self) -> Result<usize> {
+            let l: Value = self
+                .http
+                .get(format!("{}/api/v1/namespaces/default/pods", self.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let mut n = 0;
+            for p in l["items"].as_array().into_iter().flatten() {
+                let statuses = p["status"]["containerStatuses"].as_array();
+                if statuses.is_some_and(|s| s.iter().any(|c| c["restartCount"].as_u64() > Some(0)))
+                {
+                    bail!("a pod's container restarted: {}", p["status"]);
+                }
+                if statuses.is_some_and(|s| {
+                    !s.is_empty() && s.iter().all(|c| c["state"]["running"].is_object())
+                }) {
+                    n += 1;
+                }
+            }
+            Ok(n)
         }
 
         /// Create `n` pods, wait until all run, delete them, wait until
@@ -3085,14 +3109,16 @@ mod wear {
             let pods = format!("{}/api/v1/namespaces/default/pods", self.url);
             for i in 0..n {
                 let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("wear-{i}")},
-                    "spec": {"nodeName": self.node, "containers": [{"name": "w", "image": image, "args": ["0", "3600000"]}]}});
+                    "spec": {"nodeName": self.node, "volumes": [{"name": "data", "emptyDir": {}}],
+                        "containers": [{"name": "w", "image": image, "args": ["0", "3600000"],
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}});
                 let r = self.http.post(&pods).json(&pod).send().await?;
                 if !r.status().is_success() {
                     bail!("creating a pod: {}", r.text().await.unwrap_or_default());
                 }
             }
             let deadline = Instant::now() + Duration::from_secs(600);
-            while self.count(Some("Running")).await? < n {
+            while self.running().await? < n {
                 if Instant::now() > deadline {
                     bail!("pods did not start");
                 }
@@ -3101,7 +3127,7 @@ mod wear {
             for i in 0..n {
                 self.http.delete(format!("{pods}/wear-{i}")).send().await?;
             }
-            while self.count(None).await? > 0 {
+            while self.count().await? > 0 {
                 if Instant::now() > deadline {
                     bail!("pods were not deleted");
                 }
@@ -3181,5 +3207,288 @@ mod wear {
             println!("{r}");
         }
         Ok(())
+    }
+}
+
+mod hollow {
+    //! The control plane at many nodes, as kubemark measures it: hollow
+    //! nodes (in this process) register, hold Leases and renew them every
+    //! 10 s like agents, but run nothing. Then pods are created through the
+    //! API and the time until the scheduler has bound every one is
+    //! measured; then a list of every pod, and the server's memory.
+
+    use super::*;
+
+    #[derive(Parser)]
+    pub struct HollowArgs {
+        /// The wk binary.
+        #[arg(long, default_value = "target/release/wk")]
+        wk: PathBuf,
+        /// Hollow nodes.
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Pods to schedule.
+        #[arg(long, default_value_t = 10000)]
+        pods: usize,
+        /// Concurrent API clients creating nodes and pods.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    }
+
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+
+    fn micro_now() -> String {
+        chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    }
+
+    fn rss_mib(pid: u32) -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+
+    pub async fn run(args: HollowArgs) -> Result<()> {
+        let tmp = tempfile_dir()?;
+        let (server, target) = start_wk(
+            &args.wk,
+            &tmp.join("server"),
+            &["--disable-agent", "--max-pods", "110"],
+        )
+        .await?;
+        let Target::Wk { url, http } = target else {
+            bail!("not a wk target")
+        };
+        let pid = server.0.id();
+        let mut out = Vec::new();
+
+        // register the hollow nodes and their Leases
+        let t = Instant::now();
+        let results = futures::stream::iter(0..args.nodes)
+            .map(|i| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let name = format!("hollow-{i}");
+                    let node = json!({"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+                        "status": {"capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                "lastHeartbeatTime": meta_now(), "lastTransitionTime": meta_now()}]}});
+                    let r = http.post(format!("{url}/api/v1/nodes")).json(&node).send().await?;
+                    if !r.status().is_success() {
+                        bail!("registering {name}: {}", r.text().await.unwrap_or_default());
+                    }
+                    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name},
+                        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": micro_now()}});
+                    let r = http.post(format!("{url}{LEASES}")).json(&lease).send().await?;
+                    if !r.status().is_success() {
+                        bail!("lease of {name}: {}", r.text().await.unwrap_or_default());
+                    }
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(args.clients)
+            .collect::<Vec<_>>()
+            .await;
+        for r in results {
+            r?;
+        }
+        out.push(format!(
+            "- registered {} hollow nodes with Leases in {:.1} s",
+            args.nodes,
+            t.elapsed().as_secs_f64()
+        ));
+
+        // heartbeats: every node renews its Lease every 10 s, spread evenly
+        let stop = Arc::new(AtomicBool::new(false));
+        let renewals = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
+        let late = Arc::new(AtomicU64::new(0));
+        let beats = {
+            let (http, url, stop, renewals, late) = (
+                http.clone(),
+                url.clone(),
+                stop.clone(),
+                renewals.clone(),
+                late.clone(),
+            );
+            let nodes = args.nodes;
+            tokio::spawn(async move {
+                let period = Duration::from_secs(10);
+                let gap = period / nodes as u32;
+                let mut tick = tokio::time::interval(gap);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let inflight = Arc::new(tokio::sync::Semaphore::new(256));
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                        // the server is not keeping up: this renewal is late
+                        late.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let (http, url, renewals) = (http.clone(), url.clone(), renewals.clone());
+                    let name = format!("hollow-{}", i % nodes);
+                    i += 1;
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        let r = http
+                            .patch(format!("{url}{LEASES}/{name}"))
+                            .header("content-type", "application/merge-patch+json")
+                            .body(json!({"spec": {"renewTime": micro_now()}}).to_string())
+                            .send()
+                            .await;
+                        if r.is_ok_and(|r| r.status().is_success()) {
+                            let _ = renewals
+                                .lock()
+                                .unwrap()
+                                .record(t.elapsed().as_micros() as u64);
+                        }
+                        drop(permit);
+                    });
+                }
+            })
+        };
+
+        // let the heartbeat load settle, then schedule the pods
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let list: Value = http
+            .get(format!("{url}/api/v1/namespaces/default/pods"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string();
+        let resp = http
+            .get(format!(
+                "{url}/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}"
+            ))
+            .send()
+            .await?;
+        let bound = Arc::new(AtomicU64::new(0));
+        let all_bound = Arc::new(tokio::sync::Notify::new());
+        {
+            let (bound, all_bound, n) = (bound.clone(), all_bound.clone(), args.pods as u64);
+            tokio::spawn(async move {
+                let mut seen = std::collections::HashSet::new();
+                let mut stream = resp.bytes_stream();
+                let mut buf = Vec::new();
+                while let Some(Ok(chunk)) = stream.next().await {
+                    buf.extend_from_slice(&chunk);
+                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
+                            continue;
+                        };
+                        let o = &ev["object"];
+                        if o["spec"]["nodeName"].is_string() {
+                            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                            if seen.insert(name.to_string()) {
+                                let b = bound.fetch_add(1, Ordering::Relaxed) + 1;
+                                if b == n {
+                                    all_bound.notify_one();
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let t = Instant::now();
+        let created = futures::stream::iter(0..args.pods)
+            .map(|i| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p-{i}")},
+                        "spec": {"containers": [{"name": "c", "image": "example.test/app:1",
+                            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}});
+                    let r = http
+                        .post(format!("{url}/api/v1/namespaces/default/pods"))
+                        .json(&pod)
+                        .send()
+                        .await?;
+                    anyhow::ensure!(r.status().is_success(), "creating a pod: {}", r.status());
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(args.clients)
+            .collect::<Vec<_>>()
+            .await;
+        for r in created {
+            r?;
+        }
+        let create_s = t.elapsed().as_secs_f64();
+        if tokio::time::timeout(Duration::from_secs(1800), all_bound.notified())
+            .await
+            .is_err()
+        {
+            bail!(
+                "only {} of {} pods were bound within 30 minutes",
+                bound.load(Ordering::Relaxed),
+                args.pods
+            );
+        }
+        let all_s = t.elapsed().as_secs_f64();
+        out.push(format!(
+            "- {} pods created in {create_s:.1} s ({:.0}/s); all bound {all_s:.1} s after the first create: **{:.0} pods/s** end to end",
+            args.pods,
+            args.pods as f64 / create_s,
+            args.pods as f64 / all_s
+        ));
+        stop.store(true, Ordering::Relaxed);
+        beats.await?;
+        {
+            let h = renewals.lock().unwrap();
+            out.push(format!(
+                "- Lease renewals while scheduling: {} done at {:.0}/s (target {:.0}/s), {} skipped as late, p50 {} p99 {}",
+                h.len(),
+                h.len() as f64 / (all_s + 15.0),
+                args.nodes as f64 / 10.0,
+                late.load(Ordering::Relaxed),
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+            ));
+        }
+        let t = Instant::now();
+        let list = http
+            .get(format!("{url}/api/v1/pods"))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        out.push(format!(
+            "- list of all {} pods: {:.0} ms, {:.1} MiB of JSON",
+            args.pods,
+            t.elapsed().as_secs_f64() * 1000.0,
+            list.len() as f64 / 1048576.0
+        ));
+        out.push(format!(
+            "- wk server RSS with {} nodes and {} pods: {:.0} MiB",
+            args.nodes,
+            args.pods,
+            rss_mib(pid)
+        ));
+        drop(server);
+        let _ = std::fs::remove_dir_all(&tmp);
+        println!("Machine: {}", machine());
+        for l in out {
+            println!("{l}");
+        }
+        Ok(())
+    }
+
+    fn meta_now() -> String {
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
     }
 }
