@@ -14,7 +14,7 @@
 //! seeing the ones before), and "assumed" placements so a pod bound a
 //! moment ago counts before the watch reports it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -304,6 +304,7 @@ fn filter(
     node: &NodeInfo,
     nodes: &HashMap<&str, &NodeInfo>,
     placed: &[Placed],
+    on_node: &[&Placed],
 ) -> Vec<String> {
     if node.unschedulable {
         return vec!["node(s) were unschedulable".into()];
@@ -325,7 +326,6 @@ fn filter(
             t["value"].as_str().unwrap_or("")
         )];
     }
-    let on_node: Vec<&Placed> = placed.iter().filter(|p| p.node == node.name).collect();
     let used = on_node
         .iter()
         .fold(Resources::default(), |acc, p| acc + pod_requests(&p.pod));
@@ -383,18 +383,24 @@ fn owner_uid(pod: &Value) -> Option<&str> {
         .as_str()
 }
 
-fn scores(pod: &Value, feasible: &[&NodeInfo], placed: &[Placed], strategy: Strategy) -> Vec<i64> {
+fn scores(
+    pod: &Value,
+    feasible: &[&NodeInfo],
+    by_node: &HashMap<&str, Vec<&Placed>>,
+    strategy: Strategy,
+) -> Vec<i64> {
+    let on = |n: &NodeInfo| {
+        by_node
+            .get(n.name.as_str())
+            .map_or(&[][..], |v| v.as_slice())
+    };
     let want = requests_with(pod, true);
     let allocation: Vec<i64> = feasible
         .iter()
         .map(|n| {
-            let used = placed
-                .iter()
-                .filter(|p| p.node == n.name)
-                .fold(Resources::default(), |acc, p| {
-                    acc + requests_with(&p.pod, true)
-                })
-                + want;
+            let used = on(n).iter().fold(Resources::default(), |acc, p| {
+                acc + requests_with(&p.pod, true)
+            }) + want;
             let frac = |used: u64, alloc: u64| -> i64 {
                 if alloc == 0 {
                     return 0;
@@ -430,9 +436,9 @@ fn scores(pod: &Value, feasible: &[&NodeInfo], placed: &[Placed], strategy: Stra
     let siblings: Vec<i64> = feasible
         .iter()
         .map(|n| {
-            placed
+            on(n)
                 .iter()
-                .filter(|p| p.node == n.name && owner.is_some() && owner_uid(&p.pod) == owner)
+                .filter(|p| owner.is_some() && owner_uid(&p.pod) == owner)
                 .count() as i64
         })
         .collect();
@@ -538,9 +544,17 @@ fn schedule_on(
             volume_conflicts,
         );
     }
+    // the pods on each node, grouped once (not once per node)
+    let mut by_node: HashMap<&str, Vec<&Placed>> = HashMap::new();
+    for p in placed {
+        by_node.entry(p.node.as_str()).or_default().push(p);
+    }
     let mut feasible = Vec::new();
     for n in nodes {
-        let why = filter(pod, n, &by_name, placed);
+        let on_node = by_node
+            .get(n.name.as_str())
+            .map_or(&[][..], |v| v.as_slice());
+        let why = filter(pod, n, &by_name, placed, on_node);
         if why.is_empty() {
             feasible.push(n);
         }
@@ -558,7 +572,7 @@ fn schedule_on(
         };
         return Err(format!("0/{total} nodes are available{detail}."));
     }
-    let s = scores(pod, &feasible, placed, strategy);
+    let s = scores(pod, &feasible, &by_node, strategy);
     let best = (0..feasible.len())
         .max_by(|&a, &b| {
             s[a].cmp(&s[b])
@@ -590,10 +604,47 @@ struct Scheduler {
     /// Claims bound by us that the cache may not show yet: `ns/claim` → node.
     bound_claims: Mutex<HashMap<String, String>>,
     /// Pods bound by us that the cache may not show bound yet: uid → node.
-    assumed: Mutex<HashMap<String, Placed>>,
+    /// A pod is assumed as soon as it is placed, before its binding is
+    /// written, so the next pod sees it.
+    assumed: Arc<Mutex<HashMap<String, Placed>>>,
+    /// Pods no node could take: tried again when pods or nodes change.
+    unschedulable: Arc<Mutex<HashSet<String>>>,
+    queue: Arc<WorkQueue>,
+    /// Bindings written at once, as kube-scheduler's binding cycles run
+    /// beside its scheduling cycle: the store commits them together.
+    binds: Arc<tokio::sync::Semaphore>,
+    /// Bumped on every node change; `node_infos` is rebuilt when it moved.
+    node_generation: Arc<std::sync::atomic::AtomicU64>,
+    node_infos: Mutex<(u64, Arc<Vec<NodeInfo>>)>,
+}
+
+/// Bindings in flight at once.
+const PARALLEL_BINDS: usize = 32;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Scheduler {
+    /// Every node as the scheduler sees it, parsed once per node change
+    /// rather than once per pod.
+    fn node_infos(&self) -> Arc<Vec<NodeInfo>> {
+        let generation = self
+            .node_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mut cached = lock(&self.node_infos);
+        if cached.0 != generation || cached.1.is_empty() {
+            let infos: Vec<NodeInfo> = self
+                .nodes
+                .all()
+                .iter()
+                .map(|n| NodeInfo::from_node(n))
+                .collect();
+            *cached = (generation, Arc::new(infos));
+        }
+        cached.1.clone()
+    }
+
     /// Every claim and the node its volume lives on (the local-path
     /// provisioner binds a claim to the node of its first pod).
     fn claims_map(&self) -> Claims {
@@ -667,9 +718,13 @@ impl Scheduler {
 impl Reconcile for Scheduler {
     async fn reconcile(&self, key: String) -> Result<Next, ClientError> {
         let Some(pod) = self.pods.get(&key) else {
+            lock(&self.unschedulable).remove(&key);
             return Ok(Next::Done);
         };
         let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        if !wants(&pod) {
+            lock(&self.unschedulable).remove(&key);
+        }
         if !wants(&pod)
             || self
                 .assumed
@@ -679,18 +734,60 @@ impl Reconcile for Scheduler {
         {
             return Ok(Next::Done);
         }
-        let nodes: Vec<NodeInfo> = self
-            .nodes
-            .all()
-            .iter()
-            .map(|n| NodeInfo::from_node(n))
-            .collect();
+        let nodes = self.node_infos();
         let (ns, name) = (
             meta::namespace(&pod).to_string(),
             meta::name(&pod).to_string(),
         );
         let claims = self.claims_map();
         match schedule_with_claims(&pod, &nodes, &self.placed(), self.strategy, &claims) {
+            Ok(node) if claims_of(&pod).is_empty() => {
+                lock(&self.unschedulable).remove(&key);
+                lock(&self.assumed).insert(
+                    uid.clone(),
+                    Placed {
+                        node: node.clone(),
+                        pod: pod.clone(),
+                    },
+                );
+                let permit = self
+                    .binds
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let (client, recorder) = (self.client.clone(), self.recorder.clone());
+                let (assumed, queue) = (self.assumed.clone(), self.queue.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                        "metadata": {"name": name, "namespace": ns, "uid": uid},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                    let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
+                    match client.request(Method::POST, &path, Some(&binding)).await {
+                        Ok(_) => {
+                            let _ = recorder
+                                .record(
+                                    &pod,
+                                    "Normal",
+                                    "Scheduled",
+                                    &format!("Successfully assigned {ns}/{name} to {node}"),
+                                )
+                                .await;
+                        }
+                        // deleted meanwhile, or bound by someone else
+                        Err(e) if e.is_not_found() || e.code() == Some(409) => {
+                            lock(&assumed).remove(&uid);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, pod = %key, "binding");
+                            lock(&assumed).remove(&uid);
+                            queue.add_rate_limited(&key);
+                        }
+                    }
+                });
+                Ok(Next::Done)
+            }
             Ok(node) => {
                 let binding = json!({"apiVersion": "v1", "kind": "Binding",
                     "metadata": {"name": name, "namespace": ns, "uid": uid},
@@ -733,6 +830,7 @@ impl Reconcile for Scheduler {
                 Ok(Next::Done)
             }
             Err(message) => {
+                lock(&self.unschedulable).insert(key.clone());
                 let current = pod["status"]["conditions"]
                     .as_array()
                     .into_iter()
@@ -775,11 +873,14 @@ impl Reconcile for Scheduler {
 pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
     let (pods, nodes) = (Cache::new(), Cache::new());
     let queue = WorkQueue::new();
+    let unschedulable: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // pods not tried yet are queued already: only the ones no node could
+    // take need another look when something changes
     let requeue_pending = {
-        let (pods, queue) = (pods.clone(), queue.clone());
+        let (unschedulable, queue) = (unschedulable.clone(), queue.clone());
         move || {
-            for p in pods.all().iter().filter(|p| wants(p)) {
-                queue.add(&runtime::key_of(p));
+            for key in lock(&unschedulable).iter() {
+                queue.add(key);
             }
         }
     };
@@ -792,7 +893,15 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
         }
     };
     let requeue_claims = requeue_pending.clone();
-    let on_node = move |_c: Change| requeue_pending();
+    let node_generation = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let on_node = {
+        let generation = node_generation.clone();
+        move |_c: Change| {
+            // the cache holds the change already
+            generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+            requeue_pending()
+        }
+    };
     let claims = Cache::new();
     let watches = vec![
         Watch::new("pods", &pods, on_pod),
@@ -809,7 +918,12 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
         claims,
         strategy,
         bound_claims: Mutex::default(),
-        assumed: Mutex::default(),
+        assumed: Arc::default(),
+        unschedulable,
+        queue: queue.clone(),
+        binds: Arc::new(tokio::sync::Semaphore::new(PARALLEL_BINDS)),
+        node_generation,
+        node_infos: Mutex::new((0, Arc::new(Vec::new()))),
     });
     // one worker: each pod is placed seeing the ones placed before it
     runtime::run_controller("scheduler", &client, watches, queue, 1, scheduler, cancel).await;
