@@ -3308,13 +3308,21 @@ mod hollow {
             t.elapsed().as_secs_f64()
         ));
 
-        // heartbeats: every node renews its Lease every 10 s, spread evenly
+        // heartbeats: every node renews its Lease every 10 s, spread evenly,
+        // over HTTP/1.1 connections of their own (as separate agents would
+        // be: hundreds of renewals on the one HTTP/2 connection of the pod
+        // creators ended it with "too_many_internal_resets")
+        let kc = wasmkube::client::Kubeconfig::load(&tmp.join("server/kubeconfig.yaml"))?;
+        let beat_http = wasmkube::tls::http1_client(
+            kc.ca.as_deref().context("kubeconfig without a CA")?,
+            kc.client_cert.as_ref(),
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         let renewals = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
         let late = Arc::new(AtomicU64::new(0));
         let beats = {
             let (http, url, stop, renewals, late) = (
-                http.clone(),
+                beat_http,
                 url.clone(),
                 stop.clone(),
                 renewals.clone(),
