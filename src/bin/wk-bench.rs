@@ -754,7 +754,7 @@ mod pods {
         out
     }
 
-    fn rss_kib(pid: u32) -> u64 {
+    pub(super) fn rss_kib(pid: u32) -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|s| {
@@ -3244,16 +3244,7 @@ mod hollow {
     }
 
     fn rss_mib(pid: u32) -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|n| n.parse::<f64>().ok())
-            })
-            .unwrap_or(0.0)
-            / 1024.0
+        super::pods::rss_kib(pid) as f64 / 1024.0
     }
 
     pub async fn run(args: HollowArgs) -> Result<()> {

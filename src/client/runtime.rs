@@ -22,7 +22,8 @@ use super::Client;
 use crate::api::meta;
 use crate::api::resources::Resource;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Lock `m`, taking the data of a poisoned lock as it is.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

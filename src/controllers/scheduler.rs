@@ -25,7 +25,7 @@ use super::CancelToken;
 use crate::api::selector::{labels_of, LabelSelector};
 use crate::api::{meta, quantity, resources};
 use crate::client::events::Recorder;
-use crate::client::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
+use crate::client::runtime::{self, lock, Cache, Change, Next, Reconcile, Watch, WorkQueue};
 use crate::client::{Client, ClientError};
 
 /// The annotation naming the node a claim's local volume lives on.
@@ -620,10 +620,6 @@ struct Scheduler {
 
 /// Bindings in flight at once.
 const PARALLEL_BINDS: usize = 32;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Scheduler {
     /// Every node as the scheduler sees it, parsed once per node change
