@@ -414,6 +414,44 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
     bail!("wk server did not start")
 }
 
+/// List `path` on the server at `url`, then watch it from the list's
+/// version in a task that calls `on_object` with each event's object.
+async fn watch_objects(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    mut on_object: impl FnMut(&Value) + Send + 'static,
+) -> Result<()> {
+    let list: Value = http
+        .get(format!("{url}{path}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let resp = http
+        .get(format!("{url}{path}?watch=true&resourceVersion={rv}"))
+        .send()
+        .await?;
+    tokio::spawn(async move {
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if let Ok(ev) = serde_json::from_slice::<Value>(&line) {
+                    on_object(&ev["object"]);
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// `GET /wk/v1/cluster/members` on the server at `url`.
 async fn members(http: &reqwest::Client, url: &str) -> Result<Value> {
     Ok(http
@@ -797,43 +835,18 @@ mod pods {
             let waiting: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<Instant>>>> =
                 Arc::default();
             // one watch tells every waiter when its pod is Running
-            let list: Value = http
-                .get(format!("{url}/api/v1/pods"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let rv = list["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or("0")
-                .to_string();
-            let resp = http
-                .get(format!("{url}/api/v1/pods?watch=true&resourceVersion={rv}"))
-                .send()
-                .await?;
             let w = waiting.clone();
-            tokio::spawn(async move {
-                let mut stream = resp.bytes_stream();
-                let mut buf = Vec::new();
-                while let Some(Ok(chunk)) = stream.next().await {
-                    buf.extend_from_slice(&chunk);
-                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
-                        let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                            continue;
-                        };
-                        let o = &ev["object"];
-                        if o["status"]["phase"] == "Running"
-                            && o["status"]["containerStatuses"][0]["state"]["running"].is_object()
-                        {
-                            let name = o["metadata"]["name"].as_str().unwrap_or_default();
-                            if let Some(tx) = w.lock().unwrap().remove(name) {
-                                let _ = tx.send(Instant::now());
-                            }
-                        }
+            watch_objects(&http, &url, "/api/v1/pods", move |o| {
+                if o["status"]["phase"] == "Running"
+                    && o["status"]["containerStatuses"][0]["state"]["running"].is_object()
+                {
+                    let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                    if let Some(tx) = w.lock().unwrap().remove(name) {
+                        let _ = tx.send(Instant::now());
                     }
                 }
-            });
+            })
+            .await?;
             Ok(Self {
                 proc,
                 url,
@@ -3359,50 +3372,22 @@ mod hollow {
 
         // let the heartbeat load settle, then schedule the pods
         tokio::time::sleep(Duration::from_secs(15)).await;
-        let list: Value = http
-            .get(format!("{url}/api/v1/namespaces/default/pods"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let rv = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("0")
-            .to_string();
-        let resp = http
-            .get(format!(
-                "{url}/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}"
-            ))
-            .send()
-            .await?;
         let bound = Arc::new(AtomicU64::new(0));
         let all_bound = Arc::new(tokio::sync::Notify::new());
         {
             let (bound, all_bound, n) = (bound.clone(), all_bound.clone(), args.pods as u64);
-            tokio::spawn(async move {
-                let mut seen = std::collections::HashSet::new();
-                let mut stream = resp.bytes_stream();
-                let mut buf = Vec::new();
-                while let Some(Ok(chunk)) = stream.next().await {
-                    buf.extend_from_slice(&chunk);
-                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
-                        let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                            continue;
-                        };
-                        let o = &ev["object"];
-                        if o["spec"]["nodeName"].is_string() {
-                            let name = o["metadata"]["name"].as_str().unwrap_or_default();
-                            if seen.insert(name.to_string()) {
-                                let b = bound.fetch_add(1, Ordering::Relaxed) + 1;
-                                if b == n {
-                                    all_bound.notify_one();
-                                }
-                            }
-                        }
+            let mut seen = std::collections::HashSet::new();
+            watch_objects(&http, &url, "/api/v1/namespaces/default/pods", move |o| {
+                if o["spec"]["nodeName"].is_string() {
+                    let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                    if seen.insert(name.to_string())
+                        && bound.fetch_add(1, Ordering::Relaxed) + 1 == n
+                    {
+                        all_bound.notify_one();
                     }
                 }
-            });
+            })
+            .await?;
         }
         let t = Instant::now();
         let created = futures::stream::iter(0..args.pods)

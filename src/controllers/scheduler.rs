@@ -621,6 +621,30 @@ struct Scheduler {
 /// Bindings in flight at once.
 const PARALLEL_BINDS: usize = 32;
 
+/// Write `pod`'s binding to `node` (`pods/{name}/binding`).
+async fn bind(client: &Client, pod: &Value, node: &str) -> Result<(), ClientError> {
+    let (ns, name) = (meta::namespace(pod), meta::name(pod));
+    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns, "uid": pod["metadata"]["uid"]},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
+    client.request(Method::POST, &path, Some(&binding)).await?;
+    Ok(())
+}
+
+/// The Scheduled event of a pod bound to `node` (best effort).
+async fn scheduled(recorder: &Recorder, pod: &Value, node: &str) {
+    let (ns, name) = (meta::namespace(pod), meta::name(pod));
+    let _ = recorder
+        .record(
+            pod,
+            "Normal",
+            "Scheduled",
+            &format!("Successfully assigned {ns}/{name} to {node}"),
+        )
+        .await;
+}
+
 impl Scheduler {
     /// Every node as the scheduler sees it, parsed once per node change
     /// rather than once per pod.
@@ -756,21 +780,8 @@ impl Reconcile for Scheduler {
                 let (assumed, queue) = (self.assumed.clone(), self.queue.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let binding = json!({"apiVersion": "v1", "kind": "Binding",
-                        "metadata": {"name": name, "namespace": ns, "uid": uid},
-                        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                    let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
-                    match client.request(Method::POST, &path, Some(&binding)).await {
-                        Ok(_) => {
-                            let _ = recorder
-                                .record(
-                                    &pod,
-                                    "Normal",
-                                    "Scheduled",
-                                    &format!("Successfully assigned {ns}/{name} to {node}"),
-                                )
-                                .await;
-                        }
+                    match bind(&client, &pod, &node).await {
+                        Ok(()) => scheduled(&recorder, &pod, &node).await,
                         // deleted meanwhile, or bound by someone else
                         Err(e) if e.is_not_found() || e.code() == Some(409) => {
                             lock(&assumed).remove(&uid);
@@ -785,15 +796,7 @@ impl Reconcile for Scheduler {
                 Ok(Next::Done)
             }
             Ok(node) => {
-                let binding = json!({"apiVersion": "v1", "kind": "Binding",
-                    "metadata": {"name": name, "namespace": ns, "uid": uid},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
-                match self
-                    .client
-                    .request(Method::POST, &path, Some(&binding))
-                    .await
-                {
+                match bind(&self.client, &pod, &node).await {
                     Ok(_) => {}
                     // deleted meanwhile, or bound by someone else: nothing to do
                     Err(e) if e.is_not_found() || e.code() == Some(409) => return Ok(Next::Done),
@@ -814,15 +817,7 @@ impl Reconcile for Scheduler {
                             pod: pod.clone(),
                         },
                     );
-                let _ = self
-                    .recorder
-                    .record(
-                        &pod,
-                        "Normal",
-                        "Scheduled",
-                        &format!("Successfully assigned {ns}/{name} to {node}"),
-                    )
-                    .await;
+                scheduled(&self.recorder, &pod, &node).await;
                 Ok(Next::Done)
             }
             Err(message) => {

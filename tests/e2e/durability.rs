@@ -193,13 +193,7 @@ async fn snapshot_save_and_restore_round_trip() {
     assert!(!restored_dir.join("raft").exists(), "nothing half-made");
     // as docs/security.md says: carry the cluster's keys with the snapshot
     // (cred/ to decrypt Secrets, tls/ to keep the cluster's identity)
-    for sub in ["cred", "tls"] {
-        std::fs::create_dir_all(restored_dir.join(sub)).unwrap();
-        for f in std::fs::read_dir(s.dir.join(sub)).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), restored_dir.join(sub).join(f.file_name())).unwrap();
-        }
-    }
+    crate::util::copy_cluster_keys(&s.dir, &restored_dir);
     let out = wk(&[
         "snapshot",
         "restore",

@@ -203,13 +203,7 @@ async fn a_restored_snapshot_starts_a_cluster_others_can_join() {
     // the old cluster is gone; its keys and identity go with the snapshot
     assert!(old.terminate());
     let restored = work.path().join("restored");
-    for sub in ["cred", "tls"] {
-        std::fs::create_dir_all(restored.join(sub)).unwrap();
-        for f in std::fs::read_dir(old.dir.join(sub)).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), restored.join(sub).join(f.file_name())).unwrap();
-        }
-    }
+    crate::util::copy_cluster_keys(&old.dir, &restored);
     let out = wk(&[
         "snapshot",
         "restore",

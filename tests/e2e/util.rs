@@ -565,6 +565,19 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// A loopback port that was free a moment ago.
+/// Copy a server's keys and identity (`cred/` to decrypt Secrets, `tls/`
+/// to keep the cluster's identity) into the data directory `to`, as
+/// docs/security.md says to carry them with a snapshot.
+pub fn copy_cluster_keys(from: &Path, to: &Path) {
+    for sub in ["cred", "tls"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for f in std::fs::read_dir(from.join(sub)).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(sub).join(f.file_name())).unwrap();
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
