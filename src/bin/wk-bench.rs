@@ -167,23 +167,7 @@ impl Target {
     async fn watch(&self, http: &reqwest::Client, prefix: &str) -> Result<reqwest::Response> {
         let resp = match self {
             Target::Wk { url, http } => {
-                let list: Value = http
-                    .get(format!(
-                        "{url}/api/v1/namespaces/default/configmaps?limit=1"
-                    ))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                let rv = list["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("0")
-                    .to_string();
-                http.get(format!(
-                    "{url}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}"
-                ))
-                .send()
-                .await?
+                open_watch(http, url, "/api/v1/namespaces/default/configmaps").await?
             }
             Target::Etcd { url } => {
                 let key = format!("/registry/configmaps/default/{prefix}");
@@ -414,16 +398,11 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
     bail!("wk server did not start")
 }
 
-/// List `path` on the server at `url`, then watch it from the list's
-/// version in a task that calls `on_object` with each event's object.
-async fn watch_objects(
-    http: &reqwest::Client,
-    url: &str,
-    path: &str,
-    mut on_object: impl FnMut(&Value) + Send + 'static,
-) -> Result<()> {
+/// Watch `path` on the server at `url` from now: the version of a one-item
+/// list (the store's current revision), then a watch from it.
+async fn open_watch(http: &reqwest::Client, url: &str, path: &str) -> Result<reqwest::Response> {
     let list: Value = http
-        .get(format!("{url}{path}"))
+        .get(format!("{url}{path}?limit=1"))
         .send()
         .await?
         .json()
@@ -432,10 +411,21 @@ async fn watch_objects(
         .as_str()
         .unwrap_or("0")
         .to_string();
-    let resp = http
+    Ok(http
         .get(format!("{url}{path}?watch=true&resourceVersion={rv}"))
         .send()
-        .await?;
+        .await?)
+}
+
+/// Watch `path` on the server at `url` from now, in a task that calls
+/// `on_object` with each event's object.
+async fn watch_objects(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    mut on_object: impl FnMut(&Value) + Send + 'static,
+) -> Result<()> {
+    let resp = open_watch(http, url, path).await?;
     tokio::spawn(async move {
         let mut stream = resp.bytes_stream();
         let mut buf = Vec::new();
