@@ -127,6 +127,8 @@ pub struct AgentConfig {
     /// `--image-gc-high-threshold` and `--image-gc-low-threshold`.
     pub image_gc_high: u8,
     pub image_gc_low: u8,
+    /// Start new Wasm modules on Winch code while Cranelift compiles them.
+    pub wasm_baseline_compiler: bool,
 }
 
 impl AgentConfig {
@@ -147,6 +149,7 @@ impl AgentConfig {
             cluster_ca: String::new(),
             image_gc_high: wasmkube_runtime::oci::gc::DEFAULT_HIGH_PERCENT,
             image_gc_low: wasmkube_runtime::oci::gc::DEFAULT_LOW_PERCENT,
+            wasm_baseline_compiler: true,
         }
     }
 }
@@ -192,6 +195,7 @@ impl Agent {
                 .into_iter()
                 .map(|c| c.to_vec())
                 .collect(),
+            baseline_compiler: config.wasm_baseline_compiler,
         })?;
         let recorder = Recorder::new(client.clone(), format!("agent/{}", config.node_name));
         let proxy = services::ServiceProxy::new(

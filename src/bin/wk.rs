@@ -244,6 +244,11 @@ struct AgentTuning {
     /// ... down to this percent.
     #[arg(long, default_value_t = wasmkube_runtime::oci::gc::DEFAULT_LOW_PERCENT)]
     image_gc_low_threshold: u8,
+    /// Start a module never seen before on Winch code (fast to compile)
+    /// while Cranelift compiles it in the background (x86-64). `false`:
+    /// every new module waits for Cranelift.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    wasm_baseline_compiler: bool,
 }
 
 /// A listen address flag: `off` (or empty) disables; `node:PORT` is the
@@ -295,6 +300,7 @@ impl AgentTuning {
         c.memory = self.memory.clone();
         c.image_gc_high = self.image_gc_high_threshold;
         c.image_gc_low = self.image_gc_low_threshold;
+        c.wasm_baseline_compiler = self.wasm_baseline_compiler;
         c
     }
 

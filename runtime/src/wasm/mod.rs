@@ -7,6 +7,13 @@
 //! - Compiled artifacts are cached on disk under `sha256-<digest>-<engine
 //!   compatibility hash>.cwasm` and in memory, so a restart or a second pod
 //!   with the same module skips compilation.
+//! - Tiered compilation: a module never seen before is compiled first by
+//!   Winch, wasmtime's baseline compiler (several times faster to compile,
+//!   slower code), so its first pod starts at once; Cranelift compiles it
+//!   again in the background, one module at a time, and pods started after
+//!   that (and the disk cache) get the optimised code. A guest keeps the
+//!   code it started with. Modules Winch cannot compile (tail calls, GC,
+//!   exceptions) wait for Cranelift.
 //! - WASI preview 1 core modules run `_start`; preview 2 components run
 //!   `wasi:cli/run`. Components exporting `wasi:http/incoming-handler` are
 //!   recognised (served by the agent's HTTP function support).
@@ -68,6 +75,9 @@ pub struct WasmConfig {
     /// CA certificates (DER) that guests' outbound HTTPS trusts besides the
     /// public roots: the cluster's server CA, so functions can call the API.
     pub extra_roots: Vec<Vec<u8>>,
+    /// Start new modules on Winch code while Cranelift compiles them in the
+    /// background (x86-64 only; elsewhere every module waits for Cranelift).
+    pub baseline_compiler: bool,
 }
 
 /// A compiled image.
@@ -78,26 +88,50 @@ pub enum Compiled {
 }
 
 impl Compiled {
+    /// The engine that compiled it, which its stores must use: the node's
+    /// Cranelift engine, or its Winch engine for baseline code.
+    pub fn engine(&self) -> &Engine {
+        match self {
+            Compiled::Module(m) => m.engine(),
+            Compiled::Component(c) => c.engine(),
+        }
+    }
+
     /// Whether the guest imports `wasmkube:pod/lifecycle` (and so can be
     /// asked to shut down).
-    pub fn imports_lifecycle(&self, engine: &Engine) -> bool {
+    pub fn imports_lifecycle(&self) -> bool {
         match self {
             Compiled::Module(m) => m.imports().any(|i| i.module() == LIFECYCLE),
             Compiled::Component(c) => c
                 .component_type()
-                .imports(engine)
+                .imports(c.engine())
                 .any(|(name, _)| name == LIFECYCLE),
         }
     }
 
     /// Whether this is a component exporting `wasi:http/incoming-handler`.
-    pub fn is_http_handler(&self, engine: &Engine) -> bool {
+    pub fn is_http_handler(&self) -> bool {
         match self {
             Compiled::Module(_) => false,
             Compiled::Component(c) => c
                 .component_type()
-                .exports(engine)
+                .exports(c.engine())
                 .any(|(name, _)| name.starts_with("wasi:http/incoming-handler")),
+        }
+    }
+
+    fn compile(engine: &Engine, bytes: &[u8], component: bool) -> wasmtime::Result<Self> {
+        Ok(if component {
+            Compiled::Component(Component::new(engine, bytes)?)
+        } else {
+            Compiled::Module(Module::new(engine, bytes)?)
+        })
+    }
+
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Compiled::Module(m) => m.serialize(),
+            Compiled::Component(c) => c.serialize(),
         }
     }
 }
@@ -122,6 +156,12 @@ struct Container {
 
 struct Inner {
     engine: Engine,
+    /// Winch: the first code of a module never seen before.
+    baseline: Option<Engine>,
+    /// Cranelift recompiles of baseline modules, one at a time (an edge
+    /// node's cores are for its pods), and how many are pending.
+    tier_up: tokio::sync::Semaphore,
+    tiering: watch::Sender<usize>,
     cache_dir: PathBuf,
     /// Engine compatibility hash, part of every cache file name.
     compat: String,
@@ -145,8 +185,11 @@ struct Inner {
 /// Counters of how compiled artifacts were obtained.
 #[derive(Debug, Default)]
 pub struct CompileStats {
+    /// Cranelift compiles (first compiles and tier-ups).
     pub compiled: std::sync::atomic::AtomicU64,
     pub loaded_from_disk: std::sync::atomic::AtomicU64,
+    /// Winch compiles.
+    pub baseline: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -163,6 +206,7 @@ pub struct WasmRuntime {
 
 fn engine_config(pooling: Option<u32>) -> Config {
     let mut c = Config::new();
+    c.strategy(wasmtime::Strategy::Cranelift);
     c.epoch_interruption(true);
     c.memory_init_cow(true);
     if let Some(n) = pooling {
@@ -175,6 +219,27 @@ fn engine_config(pooling: Option<u32>) -> Config {
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
+}
+
+/// Compile with Cranelift and write the artifact to the disk cache at `path`.
+fn optimize(
+    inner: &Inner,
+    bytes: &[u8],
+    component: bool,
+    path: &std::path::Path,
+) -> Result<Compiled, String> {
+    let compiled =
+        Compiled::compile(&inner.engine, bytes, component).map_err(|e| format!("{e:#}"))?;
+    let artifact = compiled.serialize().map_err(|e| format!("{e:#}"))?;
+    inner.stats.compiled.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, &artifact)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .is_err()
+    {
+        tracing::warn!(path = %path.display(), "could not write the compile cache");
+    }
+    Ok(compiled)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,22 +269,41 @@ impl WasmRuntime {
             }
             Err(e) => return Err(err(e.to_string())),
         };
+        let baseline = if config.baseline_compiler && cfg!(target_arch = "x86_64") {
+            // no pool: baseline code serves a module's first pods only
+            let mut c = engine_config(None);
+            c.strategy(wasmtime::Strategy::Winch);
+            match Engine::new(&c) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Winch unavailable; new modules wait for Cranelift");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         std::fs::create_dir_all(&config.cache_dir)
             .map_err(|e| err(format!("cache dir {}: {e}", config.cache_dir.display())))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
-            let engine = engine.weak();
+            let engines: Vec<_> = std::iter::once(&engine)
+                .chain(&baseline)
+                .map(Engine::weak)
+                .collect();
             let stop = ticker_stop.clone();
             std::thread::Builder::new()
                 .name("wasm-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(TICK);
-                        match engine.upgrade() {
-                            Some(e) => e.increment_epoch(),
-                            None => return,
+                        for engine in &engines {
+                            match engine.upgrade() {
+                                Some(e) => e.increment_epoch(),
+                                None => return,
+                            }
                         }
                     }
                 })
@@ -228,6 +312,9 @@ impl WasmRuntime {
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
+                baseline,
+                tier_up: tokio::sync::Semaphore::new(1),
+                tiering: watch::Sender::new(0),
                 cache_dir: config.cache_dir,
                 compat: format!("{:016x}", h.finish()),
                 compiled: Mutex::default(),
@@ -260,12 +347,24 @@ impl WasmRuntime {
         &self.inner.engine
     }
 
-    /// How many artifacts were compiled, and how many loaded from the disk cache.
+    /// How many artifacts Cranelift compiled, and how many were loaded from
+    /// the disk cache.
     pub fn compile_stats(&self) -> (u64, u64) {
         (
             self.inner.stats.compiled.load(Ordering::Relaxed),
             self.inner.stats.loaded_from_disk.load(Ordering::Relaxed),
         )
+    }
+
+    /// How many modules Winch compiled (started on baseline code).
+    pub fn baseline_compiles(&self) -> u64 {
+        self.inner.stats.baseline.load(Ordering::Relaxed)
+    }
+
+    /// Wait until no Cranelift recompile is pending.
+    pub async fn tiered_up(&self) {
+        let mut rx = self.inner.tiering.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Compile `bytes` (or load them from the caches).
@@ -288,59 +387,88 @@ impl WasmRuntime {
         result
     }
 
+    fn cache_path(&self, digest: &str) -> PathBuf {
+        self.inner.cache_dir.join(format!(
+            "{}-{}.cwasm",
+            digest.replace(':', "-"),
+            self.inner.compat
+        ))
+    }
+
     async fn compile_once(&self, bytes: Vec<u8>, digest: &str) -> Result<Compiled, String> {
         if let Some(c) = lock(&self.inner.compiled).get(digest) {
             return Ok(c.clone());
         }
         let component = is_component(&bytes)
             .ok_or_else(|| "not a WebAssembly binary (bad magic number)".to_string())?;
-        let engine = self.inner.engine.clone();
         let inner = self.inner.clone();
-        let path = self.inner.cache_dir.join(format!(
-            "{}-{}.cwasm",
-            digest.replace(':', "-"),
-            self.inner.compat
-        ));
-        let compiled = tokio::task::spawn_blocking(move || -> Result<Compiled, String> {
+        let path = self.cache_path(digest);
+        // baseline code comes back with the bytes, for Cranelift
+        let (compiled, baseline) = tokio::task::spawn_blocking(move || {
             if path.exists() {
                 // SAFETY: the file was written by `serialize` of this same engine
                 // configuration (its compatibility hash is in the name) into the
                 // node's private cache directory.
                 let loaded = unsafe {
                     if component {
-                        Component::deserialize_file(&engine, &path).map(Compiled::Component)
+                        Component::deserialize_file(&inner.engine, &path).map(Compiled::Component)
                     } else {
-                        Module::deserialize_file(&engine, &path).map(Compiled::Module)
+                        Module::deserialize_file(&inner.engine, &path).map(Compiled::Module)
                     }
                 };
                 match loaded {
                     Ok(c) => {
                         inner.stats.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
-                        return Ok(c);
+                        return Ok((c, None));
                     }
                     Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unusable cache entry"),
                 }
             }
-            let (compiled, artifact) = if component {
-                let c = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
-                let a = c.serialize().map_err(|e| format!("{e:#}"))?;
-                (Compiled::Component(c), a)
-            } else {
-                let m = Module::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
-                let a = m.serialize().map_err(|e| format!("{e:#}"))?;
-                (Compiled::Module(m), a)
-            };
-            inner.stats.compiled.fetch_add(1, Ordering::Relaxed);
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, &artifact).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
-                tracing::warn!(path = %path.display(), "could not write the compile cache");
+            if let Some(winch) = &inner.baseline {
+                match Compiled::compile(winch, &bytes, component) {
+                    Ok(c) => {
+                        inner.stats.baseline.fetch_add(1, Ordering::Relaxed);
+                        return Ok((c, Some(bytes)));
+                    }
+                    // Cranelift may still take it (or give the reason)
+                    Err(e) => tracing::debug!(error = %format!("{e:#}"), "Winch declined the module"),
+                }
             }
-            Ok(compiled)
+            optimize(&inner, &bytes, component, &path).map(|c| (c, None))
         })
         .await
         .map_err(|e| format!("compile task: {e}"))??;
         lock(&self.inner.compiled).insert(digest.to_string(), compiled.clone());
+        if let Some(bytes) = baseline {
+            self.tier_up(bytes, digest.to_string(), component);
+        }
         Ok(compiled)
+    }
+
+    /// Recompile a baseline module with Cranelift in the background; later
+    /// starts (and the disk cache) get the optimised code.
+    fn tier_up(&self, bytes: Vec<u8>, digest: String, component: bool) {
+        let inner = self.inner.clone();
+        let path = self.cache_path(&digest);
+        inner.tiering.send_modify(|n| *n += 1);
+        tokio::spawn(async move {
+            let permit = inner.tier_up.acquire().await;
+            let task = inner.clone();
+            let optimised =
+                tokio::task::spawn_blocking(move || optimize(&task, &bytes, component, &path))
+                    .await;
+            drop(permit);
+            match optimised {
+                Ok(Ok(c)) => {
+                    lock(&inner.compiled).insert(digest, c);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%digest, error = %e, "Cranelift could not compile a module Winch compiled; it stays on baseline code")
+                }
+                Err(e) => tracing::warn!(%digest, error = %e, "tier-up task"),
+            }
+            inner.tiering.send_modify(|n| *n -= 1);
+        });
     }
 
     fn container(&self, id: &ContainerId) -> Result<Arc<Container>, RuntimeError> {
@@ -927,25 +1055,18 @@ impl ContainerRuntime for WasmRuntime {
         };
         let (state, _) = watch::channel(ContainerState::Created);
         let function = match &compiled {
-            Compiled::Component(c) if compiled.is_http_handler(&self.inner.engine) => {
-                Some(Arc::new(
-                    http::Function::new(
-                        &self.inner.engine,
-                        c,
-                        spec.http,
-                        self.inner.outgoing_tls.clone(),
-                    )
+            Compiled::Component(c) if compiled.is_http_handler() => Some(Arc::new(
+                http::Function::new(c.engine(), c, spec.http, self.inner.outgoing_tls.clone())
                     .map_err(|e| RuntimeError::Create {
                         id: spec.id.clone(),
                         reason: format!("preparing the HTTP function: {e:#}"),
                     })?,
-                ))
-            }
+            )),
             _ => None,
         };
         // an HTTP function hears the ask as the end of new requests, and
         // gets the grace period to finish those in flight
-        let listens = compiled.imports_lifecycle(&self.inner.engine) || function.is_some();
+        let listens = compiled.imports_lifecycle() || function.is_some();
         let container = Arc::new(Container {
             spec: spec.clone(),
             compiled,
@@ -985,7 +1106,7 @@ impl ContainerRuntime for WasmRuntime {
         if c.function.is_some() {
             spawner.spawn(run_function(c, started_at));
         } else {
-            spawner.spawn(run(self.inner.engine.clone(), c, started_at));
+            spawner.spawn(run(c.compiled.engine().clone(), c, started_at));
         }
         Ok(())
     }
@@ -1012,7 +1133,7 @@ impl ContainerRuntime for WasmRuntime {
             ));
         }
         Ok(http::handle(
-            &self.inner.engine,
+            c.compiled.engine(),
             &c.spec,
             c.shutdown.clone(),
             c.usage.clone(),
@@ -1111,7 +1232,7 @@ impl ContainerRuntime for WasmRuntime {
         }
         let (stdio, outputs) = Stdio::exec(io);
         let exit = launch(
-            &self.inner.engine,
+            c.compiled.engine(),
             &c.compiled,
             Launch {
                 spec: &c.spec,

@@ -64,6 +64,7 @@ impl Fixture {
             image_dir: dir.path().join("images"),
             pooling_instances: Some(16),
             extra_roots: Vec::new(),
+            baseline_compiler: true,
         })
         .unwrap();
         Self { rt, dir }
@@ -191,17 +192,19 @@ async fn compiled_artifacts_are_reused_from_memory_and_disk() {
     let wat = p1_print("cached", None);
     f.run(f.spec("a", &wat)).await;
     f.run(f.spec("b", &wat)).await;
+    f.rt.tiered_up().await;
     assert_eq!(
-        f.rt.compile_stats(),
-        (1, 0),
-        "the second container reused the compiled module"
+        (f.rt.baseline_compiles(), f.rt.compile_stats()),
+        (1, (1, 0)),
+        "the second container reused the compiled module (one Winch compile, one tier-up)"
     );
-    // a new engine (a restarted agent) finds it on disk
+    // a new engine (a restarted agent) finds the Cranelift code on disk
     let rt2 = WasmRuntime::new(WasmConfig {
         cache_dir: f.dir.path().join("cache"),
         image_dir: f.dir.path().join("images"),
         pooling_instances: None,
         extra_roots: Vec::new(),
+        baseline_compiler: true,
     })
     .unwrap();
     let bytes = wat::parse_str(&wat).unwrap();
@@ -209,6 +212,65 @@ async fn compiled_artifacts_are_reused_from_memory_and_disk() {
         .await
         .unwrap();
     assert_eq!(rt2.compile_stats(), (0, 1));
+}
+
+#[tokio::test]
+async fn a_new_module_starts_on_winch_code_and_later_pods_get_cranelift_code() {
+    let f = Fixture::new();
+    let winch = f.rt.inner.baseline.clone().expect("Winch engine on x86-64");
+    let wat = p1_print("tiered", None);
+    // the first pod runs (and finishes) on baseline code
+    let exit = f.run(f.spec("first", &wat)).await;
+    assert_eq!(exit.reason, "Completed");
+    let bytes = wat::parse_str(&wat).unwrap();
+    let digest = crate::image::digest(&bytes);
+    f.rt.tiered_up().await;
+    let later = f.rt.compile(bytes, &digest).await.unwrap();
+    assert!(
+        Engine::same(later.engine(), f.rt.engine()),
+        "after the tier-up, new starts get the Cranelift code"
+    );
+    assert!(!Engine::same(later.engine(), &winch));
+    assert!(
+        f.rt.cache_path(&digest).exists(),
+        "the Cranelift code is in the disk cache"
+    );
+    let exit = f.run(f.spec("second", &wat)).await;
+    assert_eq!(exit.reason, "Completed");
+    assert_eq!(
+        (f.rt.baseline_compiles(), f.rt.compile_stats()),
+        (1, (1, 0))
+    );
+}
+
+#[tokio::test]
+async fn a_module_winch_cannot_compile_waits_for_cranelift() {
+    let f = Fixture::new();
+    // tail calls: Cranelift compiles them, Winch does not
+    let wat = r#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 1)
+        (func $count (param i32) (result i32)
+          local.get 0
+          i32.eqz
+          if (result i32)
+            i32.const 7
+          else
+            local.get 0
+            i32.const 1
+            i32.sub
+            return_call $count
+          end)
+        (func (export "_start")
+          i32.const 100000
+          call $count
+          call $exit))"#;
+    let exit = f.run(f.spec("tail", wat)).await;
+    assert_eq!(exit.exit_code, 7, "{exit:?}");
+    assert_eq!(
+        (f.rt.baseline_compiles(), f.rt.compile_stats()),
+        (0, (1, 0))
+    );
 }
 
 #[tokio::test]
@@ -225,10 +287,11 @@ async fn pods_of_one_new_module_started_together_compile_it_once() {
     for s in starts {
         s.await.unwrap().unwrap();
     }
+    f.rt.tiered_up().await;
     assert_eq!(
-        f.rt.compile_stats(),
-        (1, 0),
-        "one compilation for eight starts"
+        (f.rt.baseline_compiles(), f.rt.compile_stats()),
+        (1, (1, 0)),
+        "one compilation (and one tier-up) for eight starts"
     );
     assert!(
         lock(&f.rt.inner.compiling).is_empty(),
