@@ -14,6 +14,10 @@
 //! - [`controllers`]: the scheduler and controllers `wk server` runs.
 //! - [`agent`]: the node agent (kubelet).
 //! - [`cli`]: the `wkctl` command line.
+//!
+//! [`agent`] and [`server`] (and with them wasmtime) are in the default
+//! `node` feature; `wkctl` builds without it.
+#[cfg(feature = "node")]
 pub mod agent;
 pub mod api;
 pub mod apiserver;
@@ -23,6 +27,7 @@ pub mod client;
 pub mod controllers;
 pub mod lincheck;
 pub mod network;
+#[cfg(feature = "node")]
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -13,6 +13,7 @@ use crate::api::resources;
 use crate::apiserver::auth::Security;
 use crate::apiserver::{self, handlers, request::Params, ApiState};
 use crate::auth::{policy, token};
+pub use crate::client::kubeconfig::{default_data_dir, kubeconfig_path};
 use crate::client::{Client, Credentials, Kubeconfig};
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::tls::{self, Ca, KeyPairPem, LeafSpec};
@@ -27,8 +28,7 @@ impl From<crate::client::ClientError> for ServerError {
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Namespaces that cannot be deleted, as in Kubernetes.
-pub const UNDELETABLE_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+pub use crate::api::validation::UNDELETABLE_NAMESPACES;
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -127,33 +127,9 @@ pub struct ServerConfig {
     pub audit: Option<apiserver::audit::AuditConfig>,
 }
 
-/// The default data directory: `$WK_DATA_DIR`, else `/var/lib/wasmkube` for
-/// root, else `~/.local/share/wasmkube`.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("WK_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let is_root = std::fs::metadata("/proc/self").map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid() == 0
-    });
-    if is_root.unwrap_or(false) {
-        return PathBuf::from("/var/lib/wasmkube");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local/share/wasmkube")
-}
-
 /// Where a server keeps the keys Secrets are encrypted with.
 pub fn encryption_config_path(data_dir: &Path) -> PathBuf {
     data_dir.join("cred").join("encryption-config.json")
-}
-
-/// The kubeconfig a server writes into its data directory.
-pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("kubeconfig.yaml")
 }
 
 /// The server's join token, `K10<CA hash>::server:<secret>`, in
@@ -415,9 +391,9 @@ async fn bootstrap(store: &Store, advertise: &str) -> Result<(), ServerError> {
         store,
         "ingressclasses",
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-        "metadata": {"name": crate::agent::ingress::CLASS,
+        "metadata": {"name": crate::api::ingress::CLASS,
             "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
-        "spec": {"controller": crate::agent::ingress::CONTROLLER}}),
+        "spec": {"controller": crate::api::ingress::CONTROLLER}}),
     )
     .await?;
     Ok(())

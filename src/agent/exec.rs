@@ -13,15 +13,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmkube_runtime::{ContainerId, ContainerRuntime, ExecIo, Exit, RuntimeError};
 
-pub const V5: &str = "v5.channel.k8s.io";
-pub const V4: &str = "v4.channel.k8s.io";
-
-pub const STDIN: u8 = 0;
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
-pub const ERROR: u8 = 3;
-pub const RESIZE: u8 = 4;
-pub const CLOSE: u8 = 255;
+pub use crate::api::kubelet::{CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT, V4, V5};
 
 /// A resize message's payload: `{"Width":80,"Height":24}`.
 pub fn parse_resize(payload: &[u8]) -> Option<wasmkube_runtime::TerminalSize> {

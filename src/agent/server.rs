@@ -25,16 +25,7 @@ struct AgentApi {
     agent: Arc<Agent>,
 }
 
-/// Query parameters of a log request (those of `pods/log`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LogParams {
-    pub container: Option<String>,
-    pub follow: Option<bool>,
-    pub previous: Option<bool>,
-    pub tail_lines: Option<usize>,
-    pub timestamps: Option<bool>,
-}
+pub use crate::api::kubelet::LogParams;
 
 /// The agent API router.
 pub fn router(agent: Arc<Agent>) -> Router {
@@ -91,10 +82,7 @@ async fn stats(State(api): State<Arc<AgentApi>>) -> Response {
     axum::Json(api.agent.metrics.document(&api.agent.config.node_name)).into_response()
 }
 
-/// `exec`: the query is that of `pods/exec` (`command` repeated, `stdin`,
-/// `stdout`, `stderr`, `tty`).
-/// The `Upgrade` of a connection to a pod's port (`/portForward`).
-pub const PORT_FORWARD_UPGRADE: &str = "wk-portforward";
+pub use crate::api::kubelet::PORT_FORWARD_UPGRADE;
 
 #[derive(Debug, Deserialize)]
 struct PortParam {

@@ -4,6 +4,8 @@
 pub mod crd;
 pub mod error;
 pub mod fields;
+pub mod ingress;
+pub mod kubelet;
 pub mod managed;
 pub mod meta;
 pub mod pb;

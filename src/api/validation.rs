@@ -8,6 +8,9 @@
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Map, Value};
 
+/// Namespaces that cannot be deleted, as in Kubernetes.
+pub const UNDELETABLE_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
 use super::error::{ApiError, FieldError};
 use super::resources::Resource;
 use super::selector::{check_label_key, check_label_value, LabelSelector};

@@ -914,7 +914,7 @@ pub async fn delete(
 ) -> Result<Value, ApiError> {
     let key = res.key(ns, name);
     let ns_opt = res.namespaced.then_some(ns);
-    if res.kind == "Namespace" && crate::server::UNDELETABLE_NAMESPACES.contains(&name) {
+    if res.kind == "Namespace" && crate::api::validation::UNDELETABLE_NAMESPACES.contains(&name) {
         return Err(ApiError::Forbidden {
             resource: "namespaces".into(),
             name: name.into(),

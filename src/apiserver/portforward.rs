@@ -34,7 +34,7 @@ pub const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 /// The channel protocols of the WebSocket port-forward.
 const CHANNEL_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "portforward.k8s.io"];
 
-use crate::agent::server::PORT_FORWARD_UPGRADE as AGENT_UPGRADE;
+use crate::api::kubelet::PORT_FORWARD_UPGRADE as AGENT_UPGRADE;
 
 /// An opener of connections to `pod`'s ports through its agent.
 fn opener(state: &ApiState, ns: &str, name: &str, agent: String) -> Opener {

@@ -9,7 +9,7 @@ use axum::response::Response;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-use crate::agent::server::LogParams;
+use crate::api::kubelet::LogParams;
 use crate::api::resources;
 use crate::api::ApiError;
 

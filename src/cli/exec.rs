@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{resource, CliError, Context};
-use crate::agent::exec::{CLOSE, ERROR, STDERR, STDIN, STDOUT, V4, V5};
+use crate::api::kubelet::{CLOSE, ERROR, STDERR, STDIN, STDOUT, V4, V5};
 
 #[derive(clap::Args)]
 pub struct Exec {

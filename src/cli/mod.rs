@@ -114,7 +114,11 @@ impl Context {
             .kubeconfig
             .clone()
             .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-            .unwrap_or_else(|| crate::server::kubeconfig_path(&crate::server::default_data_dir()));
+            .unwrap_or_else(|| {
+                crate::client::kubeconfig::kubeconfig_path(
+                    &crate::client::kubeconfig::default_data_dir(),
+                )
+            });
         let kc = Kubeconfig::load(&path).map_err(ClientError::from)?;
         let namespace = cli
             .namespace

@@ -196,6 +196,30 @@ impl Kubeconfig {
     }
 }
 
+/// The default data directory: `$WK_DATA_DIR`, else `/var/lib/wasmkube` for
+/// root, else `~/.local/share/wasmkube`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("WK_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let is_root = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    if is_root.unwrap_or(false) {
+        return PathBuf::from("/var/lib/wasmkube");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/wasmkube")
+}
+
+/// The kubeconfig a server writes into its data directory.
+pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("kubeconfig.yaml")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

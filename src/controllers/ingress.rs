@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::CancelToken;
-use crate::agent::ingress::is_ours;
+use crate::api::ingress::is_ours;
 use crate::api::{meta, resources};
 use crate::client::events::Recorder;
 use crate::client::runtime::{self, Cache, Change, Next, Reconcile, Watch, WorkQueue};
@@ -44,7 +44,7 @@ pub fn problems(ing: &Value, services: &Cache, secrets: &Cache) -> Vec<(&'static
                 format!("backend service {ns}/{name} not found"),
             )),
             Some(svc) => {
-                if crate::agent::ingress::service_port(&svc, b).is_none() {
+                if crate::api::ingress::service_port(&svc, b).is_none() {
                     out.push((
                         "ServicePortNotFound",
                         format!("service {ns}/{name} has no port {}", b["service"]["port"]),
