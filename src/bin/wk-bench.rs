@@ -3238,7 +3238,14 @@ mod wear {
         eprintln!("idle for {} s", args.idle_seconds);
         tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
         let scale = 3600.0 / args.idle_seconds as f64;
+        let mut memory = Vec::new();
         for ((label, s), before) in started.iter().zip(&before) {
+            for (name, pid) in s.pids() {
+                memory.push(format!(
+                    "| {label} | {name} | {:.1} |",
+                    super::pods::rss_kib(pid) as f64 / 1024.0
+                ));
+            }
             let after = s.io()?;
             for (((name, _), a), b) in s.pids().iter().zip(before).zip(&after) {
                 let d = delta(*a, *b);
@@ -3274,6 +3281,11 @@ mod wear {
         println!("| setup | process | what | KiB written to disk (write_bytes) | KiB passed to write() (wchar) |");
         println!("|---|---|---|---|---|");
         for r in rows {
+            println!("{r}");
+        }
+        println!("\nIdle RSS at the end of the idle window (no pods):\n");
+        println!("| setup | process | RSS MiB |\n|---|---|---|");
+        for r in memory {
             println!("{r}");
         }
         Ok(())
