@@ -820,6 +820,10 @@ mod pods {
         max_pods: usize,
     }
 
+    /// Between cold starts: a new module arrives on an otherwise idle node
+    /// (its background Cranelift compile done), not in a burst of hundreds.
+    const COLD_PAUSE: Duration = Duration::from_millis(500);
+
     /// Append a custom section so each copy has its own digest (a cold compile).
     fn unique(module: &[u8], i: usize) -> Vec<u8> {
         let name = format!("wk-bench-{i}");
@@ -1332,6 +1336,7 @@ mod pods {
             std::fs::write(&img, unique(&module, args.pods + i))?;
             let took = c.run_pod(&format!("cold-{i}"), &img).await?;
             cold_cranelift.record(took.as_micros() as u64)?;
+            tokio::time::sleep(COLD_PAUSE).await;
         }
         drop(c);
         let c = Cluster::start(&args.wk, &tmp.join("lat"), 1000, &[]).await?;
@@ -1339,6 +1344,7 @@ mod pods {
             let img = images.join(format!("cold-{i}.wasm"));
             std::fs::write(&img, unique(&module, i))?;
             cold.record(c.run_pod(&format!("cold-{i}"), &img).await?.as_micros() as u64)?;
+            tokio::time::sleep(COLD_PAUSE).await;
         }
         for i in 0..args.pods {
             warm.record(
