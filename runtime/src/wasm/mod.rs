@@ -788,7 +788,8 @@ fn outcome(r: wasmtime::Result<()>) -> Outcome {
     }
 }
 
-async fn run_p1(engine: &Engine, module: &Module, launch: Launch<'_>) -> (Outcome, bool) {
+async fn run_p1(module: &Module, launch: Launch<'_>) -> (Outcome, bool) {
+    let engine = module.engine();
     let (memory_limit, cpu) = (launch.spec.memory_limit, launch.spec.cpu_millis);
     let (stop, shutdown) = (launch.stop.clone(), launch.shutdown.clone());
     let usage = launch.usage.clone();
@@ -825,7 +826,8 @@ async fn run_p1(engine: &Engine, module: &Module, launch: Launch<'_>) -> (Outcom
     (outcome(result), oom)
 }
 
-async fn run_p2(engine: &Engine, component: &Component, launch: Launch<'_>) -> (Outcome, bool) {
+async fn run_p2(component: &Component, launch: Launch<'_>) -> (Outcome, bool) {
+    let engine = component.engine();
     let (memory_limit, cpu) = (launch.spec.memory_limit, launch.spec.cpu_millis);
     let (stop, shutdown) = (launch.stop.clone(), launch.shutdown.clone());
     let usage = launch.usage.clone();
@@ -918,18 +920,14 @@ fn rand_index(len: usize) -> usize {
     nanos % len.max(1)
 }
 
-/// Run one instance of `compiled` to its end, and say how it ended.
-async fn launch(
-    engine: &Engine,
-    compiled: &Compiled,
-    launch: Launch<'_>,
-    started_at: SystemTime,
-) -> Exit {
+/// Run one instance of `compiled` (on the engine that compiled it) to its
+/// end, and say how it ended.
+async fn launch(compiled: &Compiled, launch: Launch<'_>, started_at: SystemTime) -> Exit {
     let (memory_limit, stop) = (launch.spec.memory_limit, launch.stop.clone());
     let run = async {
         match compiled {
-            Compiled::Module(m) => run_p1(engine, m, launch).await,
-            Compiled::Component(c) => run_p2(engine, c, launch).await,
+            Compiled::Module(m) => run_p1(m, launch).await,
+            Compiled::Component(c) => run_p2(c, launch).await,
         }
     };
     // Epoch interruption stops a guest running Wasm code; one blocked in a
@@ -962,11 +960,10 @@ async fn launch(
     }
 }
 
-async fn run(engine: Engine, container: Arc<Container>, started_at: SystemTime) {
+async fn run(container: Arc<Container>, started_at: SystemTime) {
     let spec = &container.spec;
     let (sink, writer) = logs::open(spec.log_path.clone(), logs::DEFAULT_MAX_BYTES);
     let exit = launch(
-        &engine,
         &container.compiled,
         Launch {
             spec,
@@ -1106,7 +1103,7 @@ impl ContainerRuntime for WasmRuntime {
         if c.function.is_some() {
             spawner.spawn(run_function(c, started_at));
         } else {
-            spawner.spawn(run(c.compiled.engine().clone(), c, started_at));
+            spawner.spawn(run(c, started_at));
         }
         Ok(())
     }
@@ -1232,7 +1229,6 @@ impl ContainerRuntime for WasmRuntime {
         }
         let (stdio, outputs) = Stdio::exec(io);
         let exit = launch(
-            c.compiled.engine(),
             &c.compiled,
             Launch {
                 spec: &c.spec,
