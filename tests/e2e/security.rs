@@ -473,15 +473,23 @@ async fn rbac_grants_what_bindings_say_and_nobody_grants_what_they_lack() {
         (v["status"]["allowed"] == true).then_some(())
     })
     .await;
-    // and `admin` (which aggregates `edit`, which aggregates `view`) has it too
-    let (_, admin) = s
-        .call(
-            Method::GET,
-            "/apis/rbac.authorization.k8s.io/v1/clusterroles/admin",
-            None,
-        )
-        .await;
-    assert!(admin["rules"].to_string().contains("widgets"), "{admin}");
+    // and `admin` (which aggregates `edit`, which aggregates `view`) gets it
+    // too: one reconcile per link of the chain, so it converges a little later
+    eventually(
+        10,
+        "admin aggregates the widgets rule through edit",
+        || async {
+            let (_, admin) = s
+                .call(
+                    Method::GET,
+                    "/apis/rbac.authorization.k8s.io/v1/clusterroles/admin",
+                    None,
+                )
+                .await;
+            admin["rules"].to_string().contains("widgets").then_some(())
+        },
+    )
+    .await;
     // a binding to a role that does not exist says so
     let ghost = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "ghost", "namespace": "team"},
