@@ -632,17 +632,15 @@ async fn bind(client: &Client, pod: &Value, node: &str) -> Result<(), ClientErro
     Ok(())
 }
 
-/// The Scheduled event of a pod bound to `node` (best effort).
-async fn scheduled(recorder: &Recorder, pod: &Value, node: &str) {
+/// The Scheduled event of a pod bound to `node` (queued, best effort).
+fn scheduled(recorder: &Recorder, pod: &Value, node: &str) {
     let (ns, name) = (meta::namespace(pod), meta::name(pod));
-    let _ = recorder
-        .record(
-            pod,
-            "Normal",
-            "Scheduled",
-            &format!("Successfully assigned {ns}/{name} to {node}"),
-        )
-        .await;
+    recorder.emit(
+        pod,
+        "Normal",
+        "Scheduled",
+        &format!("Successfully assigned {ns}/{name} to {node}"),
+    );
 }
 
 impl Scheduler {
@@ -781,7 +779,7 @@ impl Reconcile for Scheduler {
                 tokio::spawn(async move {
                     let _permit = permit;
                     match bind(&client, &pod, &node).await {
-                        Ok(()) => scheduled(&recorder, &pod, &node).await,
+                        Ok(()) => scheduled(&recorder, &pod, &node),
                         // deleted meanwhile, or bound by someone else
                         Err(e) if e.is_not_found() || e.code() == Some(409) => {
                             lock(&assumed).remove(&uid);
@@ -817,7 +815,7 @@ impl Reconcile for Scheduler {
                             pod: pod.clone(),
                         },
                     );
-                scheduled(&self.recorder, &pod, &node).await;
+                scheduled(&self.recorder, &pod, &node);
                 Ok(Next::Done)
             }
             Err(message) => {
@@ -848,10 +846,8 @@ impl Reconcile for Scheduler {
                         Err(e) if e.is_not_found() => return Ok(Next::Done),
                         Err(e) => return Err(e),
                     }
-                    let _ = self
-                        .recorder
-                        .record(&pod, "Warning", "FailedScheduling", &message)
-                        .await;
+                    self.recorder
+                        .emit(&pod, "Warning", "FailedScheduling", &message);
                 }
                 // retried when nodes or pods change, and now and then regardless
                 Ok(Next::After(Duration::from_secs(30)))

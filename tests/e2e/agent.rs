@@ -42,6 +42,27 @@ fn pod(name: &str, node: &str, image: &str, restart: &str) -> Value {
         "spec": {"nodeName": node, "restartPolicy": restart, "containers": [{"name": "main", "image": image}]}})
 }
 
+/// The pod's events once `done` holds for them (events are written in the
+/// background, so they may trail the pod's status a little).
+async fn events_once(
+    s: &Server,
+    name: &str,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events = events_for(s, name).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the events of {name} never showed what was expected: {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn events_for(s: &Server, name: &str) -> Vec<(String, String)> {
     let (_, l) = s
         .call(
@@ -135,17 +156,11 @@ async fn the_embedded_node_registers_and_runs_a_pod_to_completion() {
             && conds.contains(&("Ready".into(), "False".into())),
         "{conds:?}"
     );
-    let reasons: Vec<String> = events_for(&s, "hello")
-        .await
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
-    for want in ["Pulling", "Pulled", "Created", "Started"] {
-        assert!(
-            reasons.contains(&want.to_string()),
-            "{want} missing from {reasons:?}"
-        );
-    }
+    let wanted = ["Pulling", "Pulled", "Created", "Started"];
+    events_once(&s, "hello", |events| {
+        wanted.iter().all(|w| events.iter().any(|(r, _)| r == w))
+    })
+    .await;
     // wkctl shows it
     let out = stdout(&s.wkctl(&["get", "pods"]));
     assert!(
@@ -246,8 +261,12 @@ async fn a_crashing_container_restarts_with_back_off() {
         "Running",
         "restartPolicy Always keeps the pod Running"
     );
-    let events = events_for(&s, "crash").await;
-    assert!(events.iter().any(|(r, m)| r == "BackOff" && m.contains("Back-off restarting failed container main")), "{events:?}");
+    events_once(&s, "crash", |events| {
+        events
+            .iter()
+            .any(|(r, m)| r == "BackOff" && m.contains("Back-off restarting failed container main"))
+    })
+    .await;
     // OnFailure stops restarting after a success
     s.call(
         Method::POST,
@@ -291,8 +310,10 @@ async fn deleting_a_running_pod_stops_it_and_removes_the_object() {
         (s.call(Method::GET, &format!("{PODS}/spin"), None).await.0 == 404).then_some(())
     })
     .await;
-    let events = events_for(&s, "spin").await;
-    assert!(events.iter().any(|(r, _)| r == "Killing"), "{events:?}");
+    events_once(&s, "spin", |events| {
+        events.iter().any(|(r, _)| r == "Killing")
+    })
+    .await;
     // an unbound pod (one for another scheduler, so ours leaves it) is deleted at once
     let mut unbound = pod("unbound", "", "file:///x.wasm", "Always");
     unbound["spec"]["schedulerName"] = json!("someone-else");
@@ -373,13 +394,12 @@ async fn bad_images_report_pull_and_create_errors_with_events() {
         events.iter().any(|(_, m)| m.contains("No such file")),
         "{events:?}"
     );
-    let events = events_for(&s, "invalid").await;
-    assert!(
+    events_once(&s, "invalid", |events| {
         events
             .iter()
-            .any(|(r, m)| r == "Failed" && m.contains("CreateContainerError")),
-        "{events:?}"
-    );
+            .any(|(r, m)| r == "Failed" && m.contains("CreateContainerError"))
+    })
+    .await;
 }
 
 #[tokio::test]

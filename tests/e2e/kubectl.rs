@@ -675,11 +675,12 @@ async fn auth_can_i_wait_events_top_and_get_watch() {
     );
     assert!(seen.last().unwrap().contains("1/1"), "{seen:?}");
 
-    let events = ok(&s.kubectl(&["events", "--for", "pod/solo"]));
-    assert!(
-        events.contains("Scheduled") && events.contains("Started"),
-        "{events}"
-    );
+    // events are written in the background: they may trail Ready a little
+    eventually(10, "kubectl events shows Scheduled and Started", || async {
+        let events = ok(&s.kubectl(&["events", "--for", "pod/solo"]));
+        (events.contains("Scheduled") && events.contains("Started")).then_some(())
+    })
+    .await;
     let top = eventually(60, "pod metrics", || async {
         let o = s.kubectl(&["top", "pod", "solo"]);
         o.status.success().then(|| stdout(&o))

@@ -71,10 +71,11 @@ async fn pods_without_a_node_are_scheduled_and_unschedulable_ones_say_why_until_
         })
         .await;
     assert_eq!(p["spec"]["nodeName"], node.as_str());
-    assert_eq!(
-        event_messages(&s, "free", "Scheduled").await,
-        vec![format!("Successfully assigned default/free to {node}")]
-    );
+    let assigned = vec![format!("Successfully assigned default/free to {node}")];
+    eventually(10, "the Scheduled event", || async {
+        (event_messages(&s, "free", "Scheduled").await == assigned).then_some(())
+    })
+    .await;
 
     let mut picky = pod("picky");
     picky["spec"]["nodeSelector"] = json!({"disk": "ssd"});
