@@ -24,9 +24,18 @@ use crate::api::meta;
 /// from which a restarted agent resumes it.
 pub const LOCAL_STATE: &str = "pod.json";
 
-/// How long a status change waits for others to share its PATCH (a start
-/// changes the status two or three times within a few milliseconds).
+/// The least time between two status writes of a pod. A change after a
+/// quiet spell is written at once; changes that follow a write within this
+/// window wait for its end and share one PATCH.
 const STATUS_COALESCE: Duration = Duration::from_millis(5);
+
+/// How long fetched ConfigMaps and Secrets serve a pod's start.
+const DATA_FRESH: Duration = Duration::from_secs(1);
+
+/// How long a new pod's first status waits for its containers to start: a
+/// pod that starts quickly reports Running in its first status write
+/// instead of Pending and then Running.
+const FIRST_STATUS: Duration = Duration::from_millis(100);
 
 /// Back-off is reset once a container has run this long.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -80,6 +89,10 @@ pub struct PodCtx {
     /// stops them after the containers they serve.
     sidecars_stop: watch::Receiver<bool>,
     sandbox: Mutex<Option<Sandbox>>,
+    /// The ConfigMaps and Secrets last fetched, and when: a start asks for
+    /// them up to three times within milliseconds (sandbox, volumes,
+    /// container), and one fetch serves them all.
+    data: Mutex<Option<(std::time::Instant, Arc<Data>)>>,
     /// When this worker started, if an earlier run of the agent left
     /// containers running for it to adopt.
     resumed: Option<std::time::Instant>,
@@ -125,6 +138,13 @@ impl PodCtx {
     }
 
     fn update(&self, kind: Kind, idx: usize, f: impl FnOnce(&mut ContainerRecord)) {
+        self.update_quietly(kind, idx, f);
+        self.dirty.notify_one();
+    }
+
+    /// Change a container's record without reporting it yet: the next
+    /// status write carries it.
+    fn update_quietly(&self, kind: Kind, idx: usize, f: impl FnOnce(&mut ContainerRecord)) {
         {
             let mut rec = self.rec.lock().unwrap_or_else(|e| e.into_inner());
             let list = match kind {
@@ -135,7 +155,6 @@ impl PodCtx {
                 f(c);
             }
         }
-        self.dirty.notify_one();
     }
 
     /// The pod's IP address.
@@ -166,19 +185,13 @@ impl PodCtx {
         *self.stop.borrow()
     }
 
-    async fn event(&self, event_type: &str, reason: &str, message: &str) {
+    /// Report an event about the pod (queued: the pod does not wait for it).
+    fn event(&self, event_type: &str, reason: &str, message: &str) {
         let pod = self.pod();
         if pod.is_null() {
             return;
         }
-        if let Err(e) = self
-            .agent
-            .recorder
-            .record(&pod, event_type, reason, message)
-            .await
-        {
-            tracing::debug!(error = %e, reason, "recording event");
-        }
+        self.agent.recorder.emit(&pod, event_type, reason, message);
     }
 
     /// Sleep for `d` unless the pod is being stopped; returns false if stopped.
@@ -208,9 +221,25 @@ impl PodCtx {
         }
     }
 
+    /// The ConfigMaps and Secrets the pod names: fetched unless fetched
+    /// within [`DATA_FRESH`], so a restart sees changed values.
+    async fn lookup_data(&self) -> Arc<Data> {
+        if let Some((at, data)) = &*self.data.lock().unwrap_or_else(|e| e.into_inner()) {
+            if at.elapsed() < DATA_FRESH {
+                return data.clone();
+            }
+        }
+        let data = Arc::new(self.fetch_data().await);
+        if !data.offline {
+            *self.data.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((std::time::Instant::now(), data.clone()));
+        }
+        data
+    }
+
     /// The ConfigMaps and Secrets the pod names, fetched one by one (the
     /// Node authorizer lets an agent read exactly these).
-    async fn lookup_data(&self) -> Data {
+    async fn fetch_data(&self) -> Data {
         let refs = crate::api::podrefs::pod_refs(&self.pod());
         let offline = std::sync::atomic::AtomicBool::new(false);
         let get = |kind: &'static str, name: String| {
@@ -505,8 +534,7 @@ impl PodCtx {
         let resumed = self.record_of(kind, idx).container_id.ends_with(&spec.id.0);
         if !resumed {
             let image = &spec.image;
-            self.event("Normal", "Pulling", &format!("Pulling image {image:?}"))
-                .await;
+            self.event("Normal", "Pulling", &format!("Pulling image {image:?}"));
         }
         self.runtime_for(spec).await
     }
@@ -567,7 +595,7 @@ impl PodCtx {
             let policy = wasmkube_runtime::image::PullPolicy::parse(
                 c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent"),
             );
-            let creds = spec::pull_credentials(&pod, image, &data);
+            let creds = spec::pull_credentials(&pod, image, &*data);
             // an image that cannot be looked at yet fails in its container
             if let Ok(ImageKind::Linux) = oci.image_kind(image, policy, creds.as_ref()).await {
                 linux = true;
@@ -599,14 +627,11 @@ impl PodCtx {
         for port in ports {
             match super::sandbox::forward(ip, port, ns.clone()).await {
                 Ok(task) => forwarders.push(task),
-                Err(e) => {
-                    self.event(
-                        "Warning",
-                        "FailedToForward",
-                        &format!("cannot forward {ip}:{port} into the pod: {e}"),
-                    )
-                    .await
-                }
+                Err(e) => self.event(
+                    "Warning",
+                    "FailedToForward",
+                    &format!("cannot forward {ip}:{port} into the pod: {e}"),
+                ),
             }
         }
         match super::sandbox::egress(
@@ -619,14 +644,11 @@ impl PodCtx {
         .await
         {
             Ok(tasks) => forwarders.extend(tasks),
-            Err(e) => {
-                self.event(
-                    "Warning",
-                    "SandboxNetwork",
-                    &format!("the pod cannot reach Services, other pods or the cluster DNS: {e}"),
-                )
-                .await
-            }
+            Err(e) => self.event(
+                "Warning",
+                "SandboxNetwork",
+                &format!("the pod cannot reach Services, other pods or the cluster DNS: {e}"),
+            ),
         }
         *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(Sandbox {
             path,
@@ -686,7 +708,7 @@ impl PodCtx {
                 &def,
                 restart,
                 volumes,
-                &data,
+                &*data,
                 &pod_ip,
                 self.log_path(&name, restart),
                 &service_env,
@@ -739,21 +761,20 @@ impl PodCtx {
                                 let started = match created {
                                     None => Ok(()),
                                     Some(created) => {
-                                        self.update(kind, idx, |c| {
+                                        // reported with the start, a moment later
+                                        self.update_quietly(kind, idx, |c| {
                                             c.image_id = created.image_id.clone()
                                         });
                                         self.event(
                                             "Normal",
                                             "Pulled",
                                             &format!("Successfully pulled image {image:?}"),
-                                        )
-                                        .await;
+                                        );
                                         self.event(
                                             "Normal",
                                             "Created",
                                             &format!("Created container {name}"),
-                                        )
-                                        .await;
+                                        );
                                         rt.start(&id).await
                                     }
                                 };
@@ -768,8 +789,7 @@ impl PodCtx {
                                         "Normal",
                                         "Started",
                                         &format!("Started container {name}"),
-                                    )
-                                    .await;
+                                    );
                                     let serving = self.serve_function(&rt, &id, &def).await;
                                     let exit = self
                                         .watch_container(kind, idx, &rt, &id, &name, adopted)
@@ -806,7 +826,7 @@ impl PodCtx {
                                             message: Some(format!("back-off {}s restarting failed container={name} pod={}_{}({})", wait.as_secs(), self.name, self.namespace, self.uid)),
                                         };
                                     });
-                                    self.event("Warning", "BackOff", &format!("Back-off restarting failed container {name} in pod {}_{}({})", self.name, self.namespace, self.uid)).await;
+                                    self.event("Warning", "BackOff", &format!("Back-off restarting failed container {name} in pod {}_{}({})", self.name, self.namespace, self.uid));
                                     None
                                 }
                             }
@@ -821,8 +841,7 @@ impl PodCtx {
                         message: Some(message.clone()),
                     }
                 });
-                self.event("Warning", "Failed", &format!("Error: {reason}: {message}"))
-                    .await;
+                self.event("Warning", "Failed", &format!("Error: {reason}: {message}"));
                 if backoff_reason != reason {
                     if !self.pause_for(Duration::from_millis(200), sidecar).await {
                         return None;
@@ -837,8 +856,7 @@ impl PodCtx {
                         "Normal",
                         "BackOff",
                         &format!("Back-off pulling image {image:?}"),
-                    )
-                    .await;
+                    );
                 }
             }
             if !self.pause_for(backoff, sidecar).await {
@@ -896,8 +914,7 @@ impl PodCtx {
                     "Warning",
                     "FailedToServe",
                     &format!("cannot serve the HTTP function on {addr}: {e}"),
-                )
-                .await;
+                );
                 None
             }
         }
@@ -948,10 +965,7 @@ impl PodCtx {
             ] {
                 match Probe::parse(&def, which) {
                     Ok(p) => *slot = p,
-                    Err(e) => {
-                        self.event("Warning", "Unhealthy", &format!("invalid probe: {e}"))
-                            .await
-                    }
+                    Err(e) => self.event("Warning", "Unhealthy", &format!("invalid probe: {e}")),
                 }
             }
         }
@@ -965,8 +979,7 @@ impl PodCtx {
                 "Warning",
                 "FailedHook",
                 &format!("invalid lifecycle hook: {e}"),
-            )
-            .await;
+            );
         }
         let pod_ip = self.record().pod_ip;
         let target = probe::Target {
@@ -985,8 +998,7 @@ impl PodCtx {
                     "Warning",
                     "FailedPostStartHook",
                     &format!("PostStartHook failed: {e}"),
-                )
-                .await;
+                );
                 post_start_failed = Some(e);
             }
         }
@@ -1004,7 +1016,7 @@ impl PodCtx {
             let pre_stop = pre_stop.clone();
             let target = &target;
             async move {
-                self.event("Normal", "Killing", &reason).await;
+                self.event("Normal", "Killing", &reason);
                 let grace = self.grace();
                 let t0 = std::time::Instant::now();
                 if let Some(h) = &pre_stop {
@@ -1013,8 +1025,7 @@ impl PodCtx {
                             "Warning",
                             "FailedPreStopHook",
                             &format!("PreStopHook failed: {e}"),
-                        )
-                        .await;
+                        );
                     }
                 }
                 let left = grace
@@ -1090,8 +1101,7 @@ impl PodCtx {
                         "Warning",
                         "Unhealthy",
                         &format!("{label} probe failed: {m}"),
-                    )
-                    .await;
+                    );
                 }
                 if let Some(t) = tracker.observe(result.is_ok()) {
                     if on(t) {
@@ -1165,9 +1175,12 @@ impl PodCtx {
     /// Push the status whenever it changes, until the pod is gone.
     async fn sync_status(self: Arc<Self>) {
         let mut last = Value::Null;
+        let mut written: Option<std::time::Instant> = None;
         loop {
             self.dirty.notified().await;
-            tokio::time::sleep(STATUS_COALESCE).await;
+            if let Some(at) = written {
+                tokio::time::sleep(STATUS_COALESCE.saturating_sub(at.elapsed())).await;
+            }
             let pod = self.pod();
             if pod.is_null() {
                 return;
@@ -1193,7 +1206,10 @@ impl PodCtx {
                 )
                 .await
             {
-                Ok(_) => last = status,
+                Ok(_) => {
+                    last = status;
+                    written = Some(std::time::Instant::now());
+                }
                 Err(e) if e.is_not_found() => return,
                 Err(e) => {
                     tracing::debug!(error = %e, pod = %self.name, "status update");
@@ -1273,6 +1289,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         stop: stop_rx,
         sidecars_stop: sidecars_stop_rx,
         sandbox: Mutex::default(),
+        data: Mutex::default(),
         resumed,
     });
     // Deletion (a deletionTimestamp, or the object gone) stops the pod.
@@ -1286,7 +1303,14 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     agent.register_pod(&ctx.namespace, &ctx.name, ctx.clone());
     ctx.persist(&pod["status"]).await;
     let status_task = tokio::spawn(ctx.clone().sync_status());
-    ctx.dirty.notify_one();
+    {
+        // container changes report sooner; this reports a slow start
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FIRST_STATUS).await;
+            ctx.dirty.notify_one();
+        });
+    }
 
     let data = ctx.lookup_data().await;
     let prepared = match ctx.prepare_sandbox().await {
@@ -1303,7 +1327,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
                     }
                 });
             }
-            ctx.event("Warning", "FailedMount", &message).await;
+            ctx.event("Warning", "FailedMount", &message);
         }
         Ok(volumes) => {
             let mut init_ok = true;
@@ -1347,7 +1371,11 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .initialized = true;
-                ctx.dirty.notify_one();
+                // without init containers the containers' start (or the
+                // first-status timer) reports it a moment later
+                if !ctx.record().init.is_empty() {
+                    ctx.dirty.notify_one();
+                }
                 let n = ctx.record().containers.len();
                 let workers: Vec<_> = (0..n)
                     .map(|i| {

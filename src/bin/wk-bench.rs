@@ -812,6 +812,9 @@ mod pods {
         /// Pods per latency run.
         #[arg(long, default_value_t = 200)]
         pods: usize,
+        /// Pods per cold latency run (default: `--pods`; 0 measures warm starts only).
+        #[arg(long)]
+        cold_pods: Option<usize>,
         /// Idle pod counts for the density runs.
         #[arg(long, default_value = "100,1000", value_delimiter = ',')]
         density: Vec<usize>,
@@ -1329,9 +1332,10 @@ mod pods {
         let mut cold_cranelift = Histogram::<u64>::new(3)?;
         let warm_image = images.join("warm.wasm");
         std::fs::write(&warm_image, &module)?;
+        let cold_pods = args.cold_pods.unwrap_or(args.pods);
         let cranelift_only = ["--wasm-baseline-compiler", "false"];
         let c = Cluster::start(&args.wk, &tmp.join("lat-cranelift"), 1000, &cranelift_only).await?;
-        for i in 0..args.pods {
+        for i in 0..cold_pods {
             let img = images.join(format!("cranelift-{i}.wasm"));
             std::fs::write(&img, unique(&module, args.pods + i))?;
             let took = c.run_pod(&format!("cold-{i}"), &img).await?;
@@ -1340,7 +1344,7 @@ mod pods {
         }
         drop(c);
         let c = Cluster::start(&args.wk, &tmp.join("lat"), 1000, &[]).await?;
-        for i in 0..args.pods {
+        for i in 0..cold_pods {
             let img = images.join(format!("cold-{i}.wasm"));
             std::fs::write(&img, unique(&module, i))?;
             cold.record(c.run_pod(&format!("cold-{i}"), &img).await?.as_micros() as u64)?;

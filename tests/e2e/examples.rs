@@ -128,12 +128,15 @@ async fn the_memory_hog_is_oomkilled_and_the_crashlooper_backs_off() {
             .then_some(())
     })
     .await;
-    let out = stdout(&s.wkctl(&["get", "pods"]));
-    assert!(
+    // the first back-offs are short (200, 400 ms...): the listing may land
+    // on a restart, and a later one on a longer back-off
+    let out = eventually(30, "wkctl shows CrashLoopBackOff", || async {
+        let out = stdout(&s.wkctl(&["get", "pods"]));
         out.lines()
-            .any(|l| l.starts_with("crashloop") && l.contains("CrashLoopBackOff")),
-        "{out}"
-    );
+            .any(|l| l.starts_with("crashloop") && l.contains("CrashLoopBackOff"))
+            .then_some(out)
+    })
+    .await;
     assert!(
         out.lines()
             .any(|l| l.starts_with("memhog") && l.contains("OOMKilled")),
