@@ -177,7 +177,7 @@ impl ImageStore {
         } else {
             ClientProtocol::Https
         };
-        let client = oci_client::Client::new(ClientConfig {
+        let client = registry_client(ClientConfig {
             protocol,
             ..Default::default()
         });
@@ -212,6 +212,17 @@ impl ImageStore {
             .map_err(|e| fail(format!("storing the image: {e}")))?;
         Ok(Loaded { bytes, digest })
     }
+}
+
+/// A registry client. Its TLS uses *ring*, the process's one crypto
+/// provider (installed here unless the embedding program did first), so no
+/// second provider is compiled in for oci-client.
+pub(crate) fn registry_client(config: ClientConfig) -> oci_client::Client {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // a lost race means another thread installed one: fine either way
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    oci_client::Client::new(config)
 }
 
 #[cfg(test)]

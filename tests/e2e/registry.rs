@@ -28,6 +28,8 @@ impl Drop for Registry {
 impl Registry {
     /// Start a registry, with htpasswd basic auth when `user` is given.
     pub(crate) async fn start(user: Option<(&str, &str)>) -> Registry {
+        // reqwest and oci-client use the process's rustls provider (ring)
+        wasmkube::tls::install_default_provider();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut config = format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display());

@@ -80,6 +80,8 @@ impl ServerBuilder {
             self.args
                 .extend(["--node-cidr-mask-size".into(), "22".into()]);
         }
+        // the tests' HTTP clients use the process's rustls provider (ring)
+        wasmkube::tls::install_default_provider();
         let (dir, tmp) = match self.dir {
             Some(d) => (d, None),
             None => {

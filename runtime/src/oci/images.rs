@@ -214,7 +214,7 @@ impl ImageStore {
         } else {
             ClientProtocol::Https
         };
-        oci_client::Client::new(ClientConfig {
+        crate::image::registry_client(ClientConfig {
             protocol,
             extra_root_certificates: self
                 .extra_roots
