@@ -81,11 +81,14 @@ impl Recorder {
             tracing::debug!(reason, "no runtime to record an event from");
             return;
         };
-        if let Err(e) = tx.try_send(pending) {
-            let p = match e {
-                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
-            };
-            tracing::warn!(event = %p.name, reason, "event queue full, dropping the event");
+        match tx.try_send(pending) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(p)) => {
+                tracing::warn!(event = %p.name, reason, "event queue full, dropping the event");
+            }
+            Err(mpsc::error::TrySendError::Closed(p)) => {
+                tracing::debug!(event = %p.name, reason, "runtime shutting down, dropping the event");
+            }
         }
     }
 
