@@ -1333,16 +1333,18 @@ mod pods {
         let warm_image = images.join("warm.wasm");
         std::fs::write(&warm_image, &module)?;
         let cold_pods = args.cold_pods.unwrap_or(args.pods);
-        let cranelift_only = ["--wasm-baseline-compiler", "false"];
-        let c = Cluster::start(&args.wk, &tmp.join("lat-cranelift"), 1000, &cranelift_only).await?;
-        for i in 0..cold_pods {
-            let img = images.join(format!("cranelift-{i}.wasm"));
-            std::fs::write(&img, unique(&module, args.pods + i))?;
-            let took = c.run_pod(&format!("cold-{i}"), &img).await?;
-            cold_cranelift.record(took.as_micros() as u64)?;
-            tokio::time::sleep(COLD_PAUSE).await;
+        if cold_pods > 0 {
+            let cranelift_only = ["--wasm-baseline-compiler", "false"];
+            let c =
+                Cluster::start(&args.wk, &tmp.join("lat-cranelift"), 1000, &cranelift_only).await?;
+            for i in 0..cold_pods {
+                let img = images.join(format!("cranelift-{i}.wasm"));
+                std::fs::write(&img, unique(&module, cold_pods + i))?;
+                let took = c.run_pod(&format!("cold-{i}"), &img).await?;
+                cold_cranelift.record(took.as_micros() as u64)?;
+                tokio::time::sleep(COLD_PAUSE).await;
+            }
         }
-        drop(c);
         let c = Cluster::start(&args.wk, &tmp.join("lat"), 1000, &[]).await?;
         for i in 0..cold_pods {
             let img = images.join(format!("cold-{i}.wasm"));
