@@ -558,7 +558,10 @@ fn node_id(dir: &Path, joining: bool) -> Result<crate::store::NodeId, ServerErro
         });
     }
     // a store made before ids were kept is server 1's
-    let id = if joining && !raft.join("raft-log.redb").exists() {
+    let id = if joining
+        && !raft.join(crate::store::LOG_DIR).exists()
+        && !raft.join(crate::store::OLD_LOG_FILE).exists()
+    {
         use rand::Rng;
         rand::rng().random_range(2..(1u64 << 53))
     } else {

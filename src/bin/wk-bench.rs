@@ -853,6 +853,8 @@ mod pods {
 
     struct Cluster {
         proc: Proc,
+        /// `wk agent`, when the node runs apart from the server.
+        agent: Option<Proc>,
         url: String,
         node: String,
         http: reqwest::Client,
@@ -861,12 +863,52 @@ mod pods {
 
     impl Cluster {
         async fn start(bin: &Path, dir: &Path, max_pods: usize, extra: &[&str]) -> Result<Self> {
+            Self::start_with(bin, dir, max_pods, extra, false).await
+        }
+
+        /// With `separate_agent`, `wk server --disable-agent` and a `wk agent`
+        /// process as the node.
+        async fn start_with(
+            bin: &Path,
+            dir: &Path,
+            max_pods: usize,
+            extra: &[&str],
+            separate_agent: bool,
+        ) -> Result<Self> {
             let max = max_pods.to_string();
-            let mut flags = vec!["--heartbeat-ms", "10000", "--max-pods", &max];
+            let node_flags = ["--heartbeat-ms", "10000", "--max-pods", &max];
+            let mut flags = if separate_agent {
+                vec!["--disable-agent"]
+            } else {
+                node_flags.to_vec()
+            };
             flags.extend_from_slice(extra);
-            let (proc, target) = start_wk(bin, dir, &flags).await?;
+            // embedded: the node's files are in DIR/agent, as the OCI run expects
+            let server_dir = if separate_agent {
+                dir.join("server")
+            } else {
+                dir.to_path_buf()
+            };
+            let (proc, target) = start_wk(bin, &server_dir, &flags).await?;
             let Target::Wk { url, http } = target else {
                 unreachable!()
+            };
+            let agent = if separate_agent {
+                let token = std::fs::read_to_string(server_dir.join("token"))?;
+                let child = Command::new(bin)
+                    .args(["agent", "--server", &url, "--token", token.trim()])
+                    .args(["--node-name", "bench-agent", "--data-dir"])
+                    .arg(dir.join("agent"))
+                    .args(["--listen", "127.0.0.1:0"])
+                    .args(["--ingress-listen", "off", "--ingress-tls-listen", "off"])
+                    .args(node_flags)
+                    .env("WK_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                Some(Proc(child))
+            } else {
+                None
             };
             let node = loop {
                 let l: Value = http
@@ -897,6 +939,7 @@ mod pods {
             .await?;
             Ok(Self {
                 proc,
+                agent,
                 url,
                 node,
                 http,
@@ -1370,31 +1413,42 @@ mod pods {
         out.push(row("apply → Running, warm (compiled module cached)", &warm));
         drop(c);
 
-        // Density: idle pods on one node, RSS of the whole wk server process.
+        // Density: idle pods on one node. Embedded: RSS of the whole wk
+        // server process (control plane and node); separate: RSS of the
+        // `wk agent` process, what the node itself costs.
         let mut density = Vec::new();
         for &n in &args.density {
-            let c = Cluster::start(
-                &args.wk,
-                &tmp.join(format!("density-{n}")),
-                args.max_pods.max(n),
-                &[],
-            )
-            .await?;
-            c.run_pod("warmup", &warm_image).await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let before = rss_kib(c.proc.0.id());
-            // the warm-up pod counts: n pods in all (the node's pool holds max-pods)
-            for i in 1..n {
-                c.run_pod(&format!("idle-{i}"), &warm_image).await?;
+            for separate in [false, true] {
+                let c = Cluster::start_with(
+                    &args.wk,
+                    &tmp.join(format!("density-{n}-{separate}")),
+                    args.max_pods.max(n),
+                    &[],
+                    separate,
+                )
+                .await?;
+                let pid = c.agent.as_ref().unwrap_or(&c.proc).0.id();
+                c.run_pod("warmup", &warm_image).await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let before = rss_kib(pid);
+                // the warm-up pod counts: n pods in all (the node's pool holds max-pods)
+                for i in 1..n {
+                    c.run_pod(&format!("idle-{i}"), &warm_image).await?;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let after = rss_kib(pid);
+                let process = if separate {
+                    "`wk agent` (node alone)"
+                } else {
+                    "`wk server` (embedded agent)"
+                };
+                density.push(format!(
+                    "| {n} | {process} | {:.1} | {:.1} | {:.1} |",
+                    before as f64 / 1024.0,
+                    after as f64 / 1024.0,
+                    (after.saturating_sub(before)) as f64 / n as f64
+                ));
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let after = rss_kib(c.proc.0.id());
-            density.push(format!(
-                "| {n} | {:.1} | {:.1} | {:.1} |",
-                before as f64 / 1024.0,
-                after as f64 / 1024.0,
-                (after.saturating_sub(before)) as f64 / n as f64
-            ));
         }
         let _ = std::fs::remove_dir_all(&tmp);
         println!("Machine: {}", machine());
@@ -1409,8 +1463,8 @@ mod pods {
         for r in out {
             println!("{r}");
         }
-        println!("\n| idle pods | RSS before MiB | RSS after MiB | KiB per pod |");
-        println!("|---|---|---|---|");
+        println!("\n| idle pods | process | RSS before MiB | RSS after MiB | KiB per pod |");
+        println!("|---|---|---|---|---|");
         for r in density {
             println!("{r}");
         }

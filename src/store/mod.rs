@@ -1,10 +1,10 @@
-//! The replicated object store: openraft over redb.
+//! The replicated object store: openraft over a write-ahead log and redb.
 //!
 //! ```text
-//!  write ──► Raft::client_write ──► LogStore::append (redb, fsync)
+//!  write ──► Raft::client_write ──► LogStore::append (WAL, fdatasync)
 //!                                       │ committed
 //!                                       ▼
-//!                    StateMachine::apply (preconditions, redb, fsync)
+//!                    StateMachine::apply (preconditions; redb later, no fsync)
 //!                                       │
 //!                                       ▼
 //!                    Cache (objects + change window) ──► lists, gets, watches
@@ -53,7 +53,11 @@ use state_machine::StateMachine;
 pub type RaftHandle = Raft<TypeConfig>;
 
 /// File names inside the data directory.
-const LOG_FILE: &str = "raft-log.redb";
+/// The Raft log's directory (segments of the write-ahead log).
+pub const LOG_DIR: &str = "wal";
+/// Where wasmkube before the write-ahead log kept the Raft log (moved into
+/// [`LOG_DIR`] on first open).
+pub const OLD_LOG_FILE: &str = "raft-log.redb";
 const STATE_FILE: &str = "state.redb";
 
 /// Errors from the store.
@@ -83,6 +87,9 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    /// Opening the Raft log failed.
+    #[error("failed to open the Raft log")]
+    Log(#[from] log_store::WalError),
     /// Storage I/O failed.
     #[error("storage error")]
     Storage(#[source] Box<openraft::StorageError<NodeId>>),
@@ -134,6 +141,8 @@ pub struct Store {
     keyring: Arc<encryption::Keyring>,
     /// The state machine's redb file (the stored, sealed form).
     db: Arc<redb::Database>,
+    /// Applied objects the state machine has not written to `db` yet.
+    pending: state_machine::PendingObjects,
 }
 
 /// A write waiting to be replicated, and where its result goes.
@@ -249,11 +258,11 @@ fn raft_config(snapshot_logs: u64, timing: Timing) -> Result<Arc<Config>, StoreE
 }
 
 fn open_log(dir: &Path) -> Result<LogStore, StoreError> {
-    let path = dir.join(LOG_FILE);
-    LogStore::open(&path).map_err(|source| StoreError::Open {
-        path: path.display().to_string(),
-        source,
-    })
+    let old = dir.join(OLD_LOG_FILE);
+    if old.exists() {
+        log_store::migrate_redb(&old, &dir.join(LOG_DIR))?;
+    }
+    Ok(LogStore::open(&dir.join(LOG_DIR))?)
 }
 
 impl Store {
@@ -267,6 +276,7 @@ impl Store {
         let log = open_log(dir)?;
         let sm = StateMachine::open(&dir.join(STATE_FILE), cache.clone(), config.keyring.clone())?;
         let db = sm.database();
+        let pending = sm.pending_objects();
         let raft = Raft::new(
             config.node_id,
             raft_config(config.snapshot_logs, config.timing)?,
@@ -318,6 +328,7 @@ impl Store {
             writes,
             keyring: config.keyring.clone(),
             db,
+            pending,
         })
     }
 
@@ -351,25 +362,36 @@ impl Store {
     }
 
     /// The stored form (as redb holds it, sealed where encrypted) of every
-    /// object whose key starts with `prefix`.
+    /// object whose key starts with `prefix`, including applied objects the
+    /// state machine has not written to the file yet (in the form it will
+    /// write them).
     pub fn stored(&self, prefix: &str) -> Result<Vec<(String, Value)>, StoreError> {
         use redb::ReadableDatabase;
         let fail =
             |e: &dyn std::fmt::Display| StoreError::Raft(format!("reading the state file: {e}"));
+        // held while reading the file, so a flush cannot move objects
+        // from one to the other in between
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let tx = self.db.begin_read().map_err(|e| fail(&e))?;
         let table = tx
             .open_table(state_machine::OBJECTS)
             .map_err(|e| fail(&e))?;
-        let mut out = Vec::new();
+        let mut out = BTreeMap::new();
         for item in table.range(prefix..).map_err(|e| fail(&e))? {
             let (k, v) = item.map_err(|e| fail(&e))?;
             if !k.value().starts_with(prefix) {
                 break;
             }
             let value: Value = serde_json::from_slice(v.value()).map_err(|e| fail(&e))?;
-            out.push((k.value().to_string(), value));
+            out.insert(k.value().to_string(), value);
         }
-        Ok(out)
+        for (key, value) in pending.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            match value {
+                Some(v) => out.insert(key.clone(), self.keyring.to_stored(key, v)),
+                None => out.remove(key),
+            };
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// The watch cache (reads, lists, watches).
@@ -512,7 +534,10 @@ pub async fn restore(
             .to_string(),
         ));
     }
-    if dir.join(LOG_FILE).exists() || dir.join(STATE_FILE).exists() {
+    if dir.join(LOG_DIR).exists()
+        || dir.join(OLD_LOG_FILE).exists()
+        || dir.join(STATE_FILE).exists()
+    {
         return Err(StoreError::Snapshot(format!(
             "{} already holds a store; restore needs a new data directory",
             dir.display()
@@ -542,7 +567,7 @@ mod tests {
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<NodeId>>
         {
             let dir = tempfile::tempdir().expect("tempdir");
-            let log = LogStore::open(&dir.path().join(LOG_FILE)).expect("open log");
+            let log = LogStore::open(&dir.path().join(LOG_DIR)).expect("open log");
             let keyring = Arc::new(
                 encryption::Keyring::load_or_create(&dir.path().join("keys.json")).expect("keys"),
             );
@@ -556,7 +581,7 @@ mod tests {
     }
 
     #[test]
-    fn openraft_storage_suite_passes_on_redb_store() {
+    fn openraft_storage_suite_passes_on_the_wal_and_the_state_machine() {
         Suite::test_all(Builder).expect("openraft storage suite");
     }
 }

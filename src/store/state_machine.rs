@@ -1,12 +1,23 @@
 //! The Raft state machine: objects as JSON documents in redb, mirrored in the
-//! watch [`Cache`]. Applies are committed without fsync (the Raft log is the
-//! durable record); snapshot builds and installs are committed with fsync. Preconditions (create-if-absent, resourceVersion match,
-//! namespace present) are decided here, in log order.
+//! watch [`Cache`]. Preconditions (create-if-absent, resourceVersion match,
+//! namespace present) are decided here, in log order, against the cache.
+//!
+//! The Raft log is the durable record; the redb file only saves replaying
+//! the whole log at start. So applies are not written to it one by one:
+//! they collect in memory ([`Pending`], latest value per key) and are
+//! written together, without fsync, every [`FLUSH_AFTER`] or
+//! [`FLUSH_KEYS`] keys, before a snapshot is built, and when the state
+//! machine is dropped. An object written many times in that window (a
+//! pod's status, a Lease) reaches the disk once. Snapshot builds and
+//! installs are committed with fsync, and logs are purged only behind a
+//! snapshot, so the log always reaches back to what the file has on disk:
+//! after a crash openraft re-applies everything past its `last_applied`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -39,6 +50,26 @@ pub struct Remembered {
     pub seq: u64,
     pub key: String,
     pub response: Response,
+}
+
+/// Applied writes are written to the redb file at most this long after
+/// the first of them.
+pub const FLUSH_AFTER: Duration = Duration::from_secs(30);
+/// ... or once this many keys wait.
+pub const FLUSH_KEYS: usize = 4096;
+
+/// Applied objects not yet in the redb file: the latest value of each key
+/// (`None`: deleted). Shared with [`super::Store::stored`], which reads the
+/// file through it.
+pub type PendingObjects = Arc<Mutex<HashMap<String, Option<Arc<Value>>>>>;
+
+/// What the next flush writes besides the objects.
+#[derive(Default)]
+struct Pending {
+    /// Remembered answers by request id (`None`: forgotten), stored form.
+    requests: HashMap<String, Option<Vec<u8>>>,
+    /// When the oldest unwritten apply happened.
+    since: Option<Instant>,
 }
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -92,6 +123,13 @@ pub struct StateMachine {
     remembered: HashMap<String, Response>,
     /// Their ids, oldest first, with their `seq`.
     remembered_order: VecDeque<(u64, String)>,
+    /// Applied objects not yet written to `db`.
+    pending_objects: PendingObjects,
+    pending: Pending,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn get_json<T: for<'de> Deserialize<'de>>(
@@ -148,6 +186,8 @@ impl StateMachine {
             snapshot_seq: 0,
             remembered: HashMap::new(),
             remembered_order: VecDeque::new(),
+            pending_objects: PendingObjects::default(),
+            pending: Pending::default(),
         };
         sm.load_remembered(stored)?;
         Ok(sm)
@@ -270,17 +310,12 @@ impl StateMachine {
     }
 
     /// Remember the answers of this apply's writes with request ids (in
-    /// `tx`, and in memory), forgetting the oldest beyond
+    /// memory, and for the next flush), forgetting the oldest beyond
     /// [`REMEMBERED_REQUESTS`].
-    fn remember(
-        &mut self,
-        tx: &redb::WriteTransaction,
-        fresh: Vec<(String, String, Response)>,
-    ) -> Result<(), StorageError> {
+    fn remember(&mut self, fresh: Vec<(String, String, Response)>) -> Result<(), StorageError> {
         if fresh.is_empty() {
             return Ok(());
         }
-        let mut table = tx.open_table(REQUESTS).map_err(w)?;
         let next = self.remembered_order.back().map_or(0, |(s, _)| s + 1);
         for (seq, (id, key, response)) in (next..).zip(fresh) {
             let rem = Remembered {
@@ -288,18 +323,82 @@ impl StateMachine {
                 key: key.clone(),
                 response: self.stored(&key, &response),
             };
-            table
-                .insert(id.as_str(), serde_json::to_vec(&rem).map_err(w)?.as_slice())
-                .map_err(w)?;
+            self.pending
+                .requests
+                .insert(id.clone(), Some(serde_json::to_vec(&rem).map_err(w)?));
             self.remembered_order.push_back((seq, id.clone()));
             self.remembered.insert(id, response);
         }
         while self.remembered_order.len() > REMEMBERED_REQUESTS {
             if let Some((_, old)) = self.remembered_order.pop_front() {
-                table.remove(old.as_str()).map_err(w)?;
+                self.pending.requests.insert(old.clone(), None);
                 self.remembered.remove(&old);
             }
         }
+        Ok(())
+    }
+
+    /// The objects applied but not yet written to the file (shared).
+    pub fn pending_objects(&self) -> PendingObjects {
+        self.pending_objects.clone()
+    }
+
+    /// Write every pending apply to the redb file in one transaction.
+    /// With `durable`, commit with fsync even when nothing is pending.
+    fn flush(&mut self, durable: bool) -> Result<(), StorageError> {
+        if self.pending.since.is_none() && !durable {
+            return Ok(());
+        }
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        let mut pending = lock(&self.pending_objects);
+        let mut tx = self.db.begin_write().map_err(w)?;
+        tx.set_durability(durability).map_err(w)?;
+        {
+            let mut objects = tx.open_table(OBJECTS).map_err(w)?;
+            for (key, value) in pending.iter() {
+                match value {
+                    Some(v) => {
+                        let stored = self.keyring.to_stored(key, v.as_ref());
+                        let bytes = serde_json::to_vec(&stored).map_err(w)?;
+                        objects.insert(key.as_str(), bytes.as_slice()).map_err(w)?;
+                    }
+                    None => {
+                        objects.remove(key.as_str()).map_err(w)?;
+                    }
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(w)?;
+            meta.insert(
+                "last_applied",
+                serde_json::to_vec(&self.last_applied)
+                    .map_err(w)?
+                    .as_slice(),
+            )
+            .map_err(w)?;
+            meta.insert(
+                "membership",
+                serde_json::to_vec(&self.membership).map_err(w)?.as_slice(),
+            )
+            .map_err(w)?;
+            let mut requests = tx.open_table(REQUESTS).map_err(w)?;
+            for (id, rem) in &self.pending.requests {
+                match rem {
+                    Some(bytes) => {
+                        requests.insert(id.as_str(), bytes.as_slice()).map_err(w)?;
+                    }
+                    None => {
+                        requests.remove(id.as_str()).map_err(w)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(w)?;
+        pending.clear();
+        self.pending = Pending::default();
         Ok(())
     }
 
@@ -484,6 +583,9 @@ impl StateMachine {
             }
         }
         tx.commit().map_err(w)?;
+        // everything pending is older than the snapshot, which replaced it
+        lock(&self.pending_objects).clear();
+        self.pending = Pending::default();
         self.load_remembered(snap.requests)?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -520,6 +622,18 @@ impl StateMachine {
         };
         self.write_snapshot(&meta, data)?;
         Ok(last)
+    }
+}
+
+impl Drop for StateMachine {
+    /// Write what is pending, with fsync, so a clean restart has nothing to
+    /// re-apply. Nothing depends on it: a crash re-applies from the log.
+    fn drop(&mut self) {
+        if self.pending.since.is_some() {
+            if let Err(e) = self.flush(true) {
+                tracing::warn!(error = %e, "writing applied objects at shutdown");
+            }
+        }
     }
 }
 
@@ -578,48 +692,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responses.push(response);
         }
 
-        // No fsync here: the entries are already durable in the Raft log, and
-        // after a crash openraft re-applies everything past the last durable
-        // `last_applied`. Snapshots commit durably before logs are purged, so
-        // the log always reaches back to what this file has on disk.
-        let mut tx = self.db.begin_write().map_err(w)?;
-        tx.set_durability(Durability::None).map_err(w)?;
-        {
-            let mut objects = tx.open_table(OBJECTS).map_err(w)?;
-            for (key, value) in &batch {
-                match value {
-                    Some(v) => {
-                        let stored = self.keyring.to_stored(key, v.as_ref());
-                        let bytes = serde_json::to_vec(&stored).map_err(w)?;
-                        objects.insert(key.as_str(), bytes.as_slice()).map_err(w)?;
-                    }
-                    None => {
-                        objects.remove(key.as_str()).map_err(w)?;
-                    }
-                }
-            }
-            let mut meta = tx.open_table(META).map_err(w)?;
-            meta.insert(
-                "last_applied",
-                serde_json::to_vec(&last).map_err(w)?.as_slice(),
-            )
-            .map_err(w)?;
-            if membership_changed {
-                meta.insert(
-                    "membership",
-                    serde_json::to_vec(&self.membership).map_err(w)?.as_slice(),
-                )
-                .map_err(w)?;
-            }
-        }
-        self.remember(&tx, fresh)?;
-        tx.commit().map_err(w)?;
+        // Not written to the file yet (see the module's doc): the entries
+        // are already durable in the Raft log.
+        let pending_keys = {
+            let mut pending = lock(&self.pending_objects);
+            pending.extend(batch);
+            pending.len()
+        };
+        self.remember(fresh)?;
         self.last_applied = last;
+        let since = *self.pending.since.get_or_insert_with(Instant::now);
+        if membership_changed || pending_keys >= FLUSH_KEYS || since.elapsed() >= FLUSH_AFTER {
+            self.flush(false)?;
+        }
         self.cache.apply(changes, revision_after(last));
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // the builder reads the file: write what is pending first (if that
+        // fails, the snapshot is of the file as it is, an older but
+        // consistent state, and logs are purged only behind it)
+        if let Err(e) = self.flush(false) {
+            tracing::error!(error = %e, "writing applied objects before a snapshot");
+        }
         self.snapshot_seq += 1;
         SnapshotBuilder {
             db: self.db.clone(),
@@ -812,6 +908,70 @@ mod tests {
         assert_eq!(cache.revision(), 8999);
         assert_eq!(cache.len(), 2);
         drop(sm);
+    }
+
+    #[tokio::test]
+    async fn applies_reach_the_file_together_before_a_snapshot_and_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let cache = Arc::new(Cache::new(100));
+        let mut sm = StateMachine::open(&path, cache.clone(), test_keyring(&dir)).unwrap();
+        let del = |key: &str| Request::Delete {
+            key: key.into(),
+            precondition: Precondition::default(),
+        };
+        for (i, req) in [put("a", None), put("b", None), put("a", None), del("b")]
+            .into_iter()
+            .enumerate()
+        {
+            sm.apply([entry(i as u64 + 1, req)]).await.unwrap();
+        }
+        // not in the file yet: the latest value of each key waits
+        let in_file = |db: &Database| {
+            let tx = db.begin_read().unwrap();
+            let objects = tx.open_table(OBJECTS).unwrap();
+            let keys: Vec<String> = objects
+                .iter()
+                .unwrap()
+                .map(|i| i.unwrap().0.value().to_string())
+                .collect();
+            let meta = tx.open_table(META).unwrap();
+            let last: Option<LogId> = get_json(&meta, "last_applied").unwrap().flatten();
+            (keys, last.map(|l| l.index))
+        };
+        assert_eq!(in_file(&sm.database()), (vec![], None));
+        {
+            let pending = sm.pending_objects();
+            let pending = pending.lock().unwrap();
+            assert_eq!(pending.len(), 2);
+            assert_eq!(revision_of(pending["a"].as_ref().unwrap()), 3000);
+            assert!(pending["b"].is_none());
+        }
+        // a snapshot is built from the file, so everything applied is written first
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(4));
+        let data: SnapshotData = serde_json::from_slice(snap.snapshot.get_ref()).unwrap();
+        let objects: Vec<(&str, u64)> = data
+            .objects
+            .iter()
+            .map(|(k, v)| (k.as_str(), revision_of(v)))
+            .collect();
+        assert_eq!(objects, vec![("a", 3000)]);
+        assert_eq!(in_file(&sm.database()), (vec!["a".to_string()], Some(4)));
+        assert!(sm.pending_objects().lock().unwrap().is_empty());
+        // what is applied after it is written when the state machine stops
+        sm.apply([entry(5, put("c", None))]).await.unwrap();
+        drop(sm);
+        let cache = Arc::new(Cache::new(100));
+        let sm = StateMachine::open(&path, cache.clone(), test_keyring(&dir)).unwrap();
+        assert_eq!(sm.last_applied.map(|l| l.index), Some(5));
+        assert_eq!(cache.revision(), 5999);
+        assert!(cache.get("a").is_some() && cache.get("c").is_some() && cache.get("b").is_none());
     }
 
     #[tokio::test]

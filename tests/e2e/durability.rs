@@ -319,13 +319,8 @@ async fn kill_9_after_snapshots_and_log_purges_recovers_everything() {
     s.kill9();
     {
         // the log really was compacted: its first entry is past the start
-        use redb::{ReadableDatabase, ReadableTable};
-        let db = redb::Database::open(s.dir.join("raft/raft-log.redb")).unwrap();
-        let tx = db.begin_read().unwrap();
-        let logs = tx
-            .open_table(redb::TableDefinition::<u64, &[u8]>::new("logs"))
-            .unwrap();
-        let first = logs.first().unwrap().map(|(k, _)| k.value()).unwrap();
+        let log = wasmkube::store::log_store::LogStore::open(&s.dir.join("raft/wal")).unwrap();
+        let (first, _) = log.bounds().expect("entries in the log");
         assert!(
             first > 100,
             "log purged behind snapshots (first index {first})"

@@ -887,10 +887,22 @@ async fn secrets_are_encrypted_at_rest_and_their_key_rotates() {
     assert_eq!(code, 201, "{body}");
     let shown = ok(&s.kubectl(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]));
     assert_eq!(shown, encoded, "readers see it in the clear");
+    // a file, or every file of a directory (the Raft log's segments)
     let grep = |path: &Path| -> bool {
-        let bytes = std::fs::read(path).unwrap();
-        let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
-        has(&plain) || has(&encoded)
+        let files: Vec<std::path::PathBuf> = if path.is_dir() {
+            std::fs::read_dir(path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        } else {
+            vec![path.to_path_buf()]
+        };
+        assert!(!files.is_empty(), "{} holds no file", path.display());
+        files.iter().any(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            has(&plain) || has(&encoded)
+        })
     };
     let snap = s.dir.join("snap.json");
     let save = |s: &Server| {
@@ -908,7 +920,7 @@ async fn secrets_are_encrypted_at_rest_and_their_key_rotates() {
         snapshot.contains("k8s:enc:xchacha20poly1305:v1:"),
         "sealed in the snapshot"
     );
-    for f in ["raft/raft-log.redb", "raft/state.redb", "snap.json"] {
+    for f in ["raft/wal", "raft/state.redb", "snap.json"] {
         assert!(!grep(&s.dir.join(f)), "{f} holds the secret in the clear");
     }
 
@@ -951,7 +963,7 @@ async fn secrets_are_encrypted_at_rest_and_their_key_rotates() {
     assert!(std::fs::read_to_string(&snap)
         .unwrap()
         .contains(&format!("v1:{active}:")));
-    for f in ["raft/raft-log.redb", "raft/state.redb", "snap.json"] {
+    for f in ["raft/wal", "raft/state.redb", "snap.json"] {
         assert!(
             !grep(&s.dir.join(f)),
             "{f} holds the secret in the clear after rotation"
