@@ -160,6 +160,11 @@ impl Target {
                 resp.text().await.unwrap_or_default()
             );
         }
+        // read the answer, as a client does: a body left unread resets its
+        // HTTP/2 stream, and the server's frames still in flight for it then
+        // count as errors until h2 closes the connection
+        // (`too_many_internal_resets`)
+        resp.bytes().await?;
         Ok(())
     }
 
