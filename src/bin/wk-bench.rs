@@ -3498,7 +3498,12 @@ mod hollow {
                             .body(json!({"spec": {"renewTime": micro_now()}}).to_string())
                             .send()
                             .await;
-                        if r.is_ok_and(|r| r.status().is_success()) {
+                        // the body is read, as an agent does (see `Target::write`)
+                        let ok = match r {
+                            Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                            _ => false,
+                        };
+                        if ok {
                             let _ = renewals
                                 .lock()
                                 .unwrap()
@@ -3543,6 +3548,7 @@ mod hollow {
                         .send()
                         .await?;
                     anyhow::ensure!(r.status().is_success(), "creating a pod: {}", r.status());
+                    r.bytes().await?;
                     anyhow::Ok(())
                 }
             })
