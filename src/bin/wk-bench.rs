@@ -403,6 +403,33 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
     bail!("wk server did not start")
 }
 
+/// Start `wk agent` as node `name` in `dir` against the server at `url`,
+/// with the server's token (its `token` file), no Ingress listeners and
+/// `extra` flags.
+fn start_agent(
+    bin: &Path,
+    url: &str,
+    token: &Path,
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<Proc> {
+    let token = std::fs::read_to_string(token)?;
+    let child = Command::new(bin)
+        .args(["agent", "--server", url, "--token", token.trim()])
+        .args(["--node-name", name, "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--ingress-listen", "off", "--ingress-tls-listen", "off"])
+        .args(extra)
+        .env("WK_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} agent", bin.display()))?;
+    Ok(Proc(child))
+}
+
 /// Watch `path` on the server at `url` from now: the version of a one-item
 /// list (the store's current revision), then a watch from it.
 async fn open_watch(http: &reqwest::Client, url: &str, path: &str) -> Result<reqwest::Response> {
@@ -899,19 +926,14 @@ mod pods {
                 unreachable!()
             };
             let agent = if separate_agent {
-                let token = std::fs::read_to_string(server_dir.join("token"))?;
-                let child = Command::new(bin)
-                    .args(["agent", "--server", &url, "--token", token.trim()])
-                    .args(["--node-name", "bench-agent", "--data-dir"])
-                    .arg(dir.join("agent"))
-                    .args(["--listen", "127.0.0.1:0"])
-                    .args(["--ingress-listen", "off", "--ingress-tls-listen", "off"])
-                    .args(node_flags)
-                    .env("WK_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?;
-                Some(Proc(child))
+                Some(start_agent(
+                    bin,
+                    &url,
+                    &server_dir.join("token"),
+                    "bench-agent",
+                    &dir.join("agent"),
+                    &node_flags,
+                )?)
             } else {
                 None
             };
@@ -3148,18 +3170,14 @@ mod wear {
             bail!("not a wk target")
         };
         let agent = if separate_agent {
-            let token = std::fs::read_to_string(dir.join("server/token"))?;
-            let child = Command::new(&args.wk)
-                .args(["agent", "--server", &url, "--token", token.trim()])
-                .args(["--node-name", "wear-agent", "--data-dir"])
-                .arg(dir.join("agent"))
-                .args(["--listen", "127.0.0.1:0"])
-                .args(["--ingress-listen", "off", "--ingress-tls-listen", "off"])
-                .env("WK_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            Some(Proc(child))
+            Some(start_agent(
+                &args.wk,
+                &url,
+                &dir.join("server/token"),
+                "wear-agent",
+                &dir.join("agent"),
+                &[],
+            )?)
         } else {
             None
         };
