@@ -83,10 +83,26 @@ fn service_account(name: &str) -> Value {
     json!({"kind": "ServiceAccount", "name": name, "namespace": "kube-system"})
 }
 
+/// What the controllers' shared informers may do: list and watch the
+/// shared kinds, nothing else.
+fn shared_informer_rules() -> Vec<Value> {
+    let mut by_group: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for plural in crate::client::runtime::SHARED_KINDS {
+        if let Some(res) = crate::api::resources::lookup(plural) {
+            by_group.entry(res.group).or_default().push(res.plural);
+        }
+    }
+    by_group
+        .into_iter()
+        .map(|(group, plurals)| rule(&[group], &plurals, &["list", "watch"]))
+        .collect()
+}
+
 /// The ServiceAccounts (in `kube-system`) the controllers run as, and
 /// each one's rules.
 pub fn controllers() -> Vec<(&'static str, Vec<Value>)> {
     vec![
+        (crate::controllers::INFORMERS, shared_informer_rules()),
         (
             "namespace-controller",
             vec![

@@ -853,6 +853,10 @@ mod pods {
         /// The node's pod capacity (`wk server --max-pods`) for the density runs.
         #[arg(long, default_value_t = 1000)]
         max_pods: usize,
+        /// An extra `wk server` flag for the density runs (repeatable), e.g.
+        /// `--server-arg=--watch-history=1000`.
+        #[arg(long, allow_hyphen_values = true)]
+        server_arg: Vec<String>,
     }
 
     /// Between cold starts: a new module arrives on an otherwise idle node
@@ -1450,31 +1454,43 @@ mod pods {
                     &args.wk,
                     &tmp.join(format!("density-{n}-{separate}")),
                     args.max_pods.max(n),
-                    &[],
+                    &args
+                        .server_arg
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
                     separate,
                 )
                 .await?;
-                let pid = c.agent.as_ref().unwrap_or(&c.proc).0.id();
+                // separate: the node, and the control plane without it
+                let mut measured = vec![(c.agent.as_ref().unwrap_or(&c.proc).0.id(), 0)];
+                if separate {
+                    measured.push((c.proc.0.id(), 0));
+                }
                 c.run_pod("warmup", &warm_image).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let before = rss_kib(pid);
+                for (pid, before) in &mut measured {
+                    *before = rss_kib(*pid);
+                }
                 // the warm-up pod counts: n pods in all (the node's pool holds max-pods)
                 for i in 1..n {
                     c.run_pod(&format!("idle-{i}"), &warm_image).await?;
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let after = rss_kib(pid);
-                let process = if separate {
-                    "`wk agent` (node alone)"
-                } else {
-                    "`wk server` (embedded agent)"
-                };
-                density.push(format!(
-                    "| {n} | {process} | {:.1} | {:.1} | {:.1} |",
-                    before as f64 / 1024.0,
-                    after as f64 / 1024.0,
-                    (after.saturating_sub(before)) as f64 / n as f64
-                ));
+                for (i, (pid, before)) in measured.into_iter().enumerate() {
+                    let after = rss_kib(pid);
+                    let process = match (separate, i) {
+                        (false, _) => "`wk server` (embedded agent)",
+                        (true, 0) => "`wk agent` (node alone)",
+                        (true, _) => "`wk server --disable-agent` (control plane alone)",
+                    };
+                    density.push(format!(
+                        "| {n} | {process} | {:.1} | {:.1} | {:.1} |",
+                        before as f64 / 1024.0,
+                        after as f64 / 1024.0,
+                        (after.saturating_sub(before)) as f64 / n as f64
+                    ));
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&tmp);

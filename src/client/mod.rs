@@ -110,6 +110,8 @@ pub struct Client {
     tls: Arc<rustls::ClientConfig>,
     /// `User-Agent`: the server names this client's field manager after it.
     user_agent: Arc<str>,
+    /// The informers this client's controllers share, if any.
+    informers: Option<Arc<runtime::Informers>>,
 }
 
 /// The API servers a client (and its clones) may use: requests go to the
@@ -199,6 +201,7 @@ impl Client {
             credentials,
             tls: Arc::new(tls),
             user_agent: format!("wasmkube/{}", env!("CARGO_PKG_VERSION")).into(),
+            informers: None,
         })
     }
 
@@ -233,6 +236,19 @@ impl Client {
             credentials,
             ..self.clone()
         }
+    }
+
+    /// The same client, whose controllers subscribe to `informers` for the
+    /// kinds they share ([`runtime::run_controller`]).
+    pub fn with_informers(&self, informers: Arc<runtime::Informers>) -> Self {
+        Self {
+            informers: Some(informers),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn informers(&self) -> Option<&Arc<runtime::Informers>> {
+        self.informers.as_ref()
     }
 
     /// The same client under another name (`NAME/VERSION` as its user

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -59,6 +59,9 @@ impl Change {
 pub struct Cache {
     objects: RwLock<BTreeMap<String, Arc<Value>>>,
     synced: watch::Sender<bool>,
+    /// Set when this cache is a view of a shared informer's cache
+    /// ([`Informers`]): every read goes there.
+    view_of: OnceLock<Arc<Cache>>,
 }
 
 impl Cache {
@@ -66,8 +69,15 @@ impl Cache {
         Arc::new(Self::default())
     }
 
+    /// The cache that holds the objects: the shared one this is a view
+    /// of, or this one.
+    fn target(&self) -> &Cache {
+        self.view_of.get().map_or(self, |c| c)
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
-        self.objects
+        self.target()
+            .objects
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
@@ -81,7 +91,8 @@ impl Cache {
 
     /// Every object (a snapshot).
     pub fn all(&self) -> Vec<Arc<Value>> {
-        self.objects
+        self.target()
+            .objects
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
@@ -92,7 +103,8 @@ impl Cache {
     /// The objects of one namespace.
     pub fn in_namespace(&self, ns: &str) -> Vec<Arc<Value>> {
         let prefix = format!("{ns}/");
-        self.objects
+        self.target()
+            .objects
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .range(prefix.clone()..)
@@ -111,7 +123,7 @@ impl Cache {
 
     /// Resolves once the first list has filled the cache.
     pub async fn wait_synced(&self) {
-        let mut rx = self.synced.subscribe();
+        let mut rx = self.target().synced.subscribe();
         let _ = rx.wait_for(|s| *s).await;
     }
 
@@ -124,7 +136,8 @@ impl Cache {
     /// Keep only the objects whose key `keep` accepts (caches filled by
     /// hand rather than by a reflector).
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.objects
+        self.target()
+            .objects
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| keep(k));
@@ -132,7 +145,8 @@ impl Cache {
 
     fn apply(&self, obj: Value) -> Change {
         let obj = Arc::new(obj);
-        self.objects
+        self.target()
+            .objects
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key_of(&obj), obj.clone());
@@ -142,6 +156,7 @@ impl Cache {
     fn delete(&self, obj: Value) -> Change {
         let key = key_of(&obj);
         let last = self
+            .target()
             .objects
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -155,7 +170,11 @@ impl Cache {
             .into_iter()
             .map(|o| (key_of(&o), Arc::new(o)))
             .collect();
-        let mut map = self.objects.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .target()
+            .objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let mut changes: Vec<Change> = map
             .iter()
             .filter(|(k, _)| !fresh.contains_key(*k))
@@ -164,6 +183,124 @@ impl Cache {
         changes.extend(fresh.values().map(|v| Change::Applied(v.clone())));
         std::mem::swap(&mut *map, &mut fresh);
         changes
+    }
+}
+
+/// The kinds the controllers of one process share informers for: whole
+/// kinds (no selector), read by many controllers. The `shared-informers`
+/// identity may list and watch exactly these (`auth::policy`).
+pub const SHARED_KINDS: &[&str] = &[
+    "pods",
+    "nodes",
+    "namespaces",
+    "services",
+    "endpoints",
+    "endpointslices",
+    "configmaps",
+    "secrets",
+    "persistentvolumeclaims",
+    "replicasets",
+    "deployments",
+    "statefulsets",
+    "daemonsets",
+    "controllerrevisions",
+    "jobs",
+    "cronjobs",
+    "poddisruptionbudgets",
+    "horizontalpodautoscalers",
+    "leases",
+    "clusterroles",
+    "ingresses",
+    "ingressclasses",
+];
+
+/// A handler of a shared informer's changes.
+type Handler = Box<dyn Fn(Change) + Send + Sync>;
+
+/// One shared informer: the cache of one kind and every subscriber's handler.
+struct Shared {
+    cache: Arc<Cache>,
+    handlers: RwLock<Vec<Handler>>,
+}
+
+impl Shared {
+    fn dispatch(&self, change: Change) {
+        for h in self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            h(change.clone());
+        }
+    }
+}
+
+/// Informers shared by the controllers of one process, as client-go's
+/// `SharedInformerFactory`: one list and watch, and one copy of every
+/// object, per kind, however many controllers watch it. Give the
+/// controllers' clients [`Client::with_informers`]; [`run_controller`]
+/// then subscribes the [`SHARED_KINDS`] watches instead of reflecting
+/// them itself, and the controller's cache becomes a view of the shared
+/// one. The informers list and watch under their own client's identity and
+/// stop at `cancel`.
+pub struct Informers {
+    client: Client,
+    cancel: CancelToken,
+    kinds: Mutex<HashMap<&'static str, Arc<Shared>>>,
+}
+
+impl Informers {
+    pub fn new(client: Client, cancel: CancelToken) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            cancel,
+            kinds: Mutex::default(),
+        })
+    }
+
+    /// Make `cache` a view of the shared cache of `res`, and call
+    /// `on_change` for each of its changes, starting with the objects it
+    /// already holds. Hands `on_change` back when `res` is not shared.
+    fn subscribe(
+        &self,
+        res: &'static Resource,
+        cache: &Cache,
+        on_change: Handler,
+    ) -> Result<(), Handler> {
+        if !SHARED_KINDS.contains(&res.plural) {
+            return Err(on_change);
+        }
+        let shared = lock(&self.kinds)
+            .entry(res.plural)
+            .or_insert_with(|| {
+                let shared = Arc::new(Shared {
+                    cache: Cache::new(),
+                    handlers: RwLock::default(),
+                });
+                let s = shared.clone();
+                tokio::spawn(reflect(
+                    self.client.clone(),
+                    res,
+                    shared.cache.clone(),
+                    move |c| s.dispatch(c),
+                    self.cancel.clone(),
+                ));
+                shared
+            })
+            .clone();
+        if cache.view_of.set(shared.cache.clone()).is_err() {
+            // one cache in two watches: already a view
+            tracing::debug!(kind = res.kind, "cache already shared");
+        }
+        // Under the handlers' lock the reflector cannot dispatch: what is
+        // cached now is replayed, what changes later is dispatched.
+        let mut handlers = shared.handlers.write().unwrap_or_else(|e| e.into_inner());
+        for obj in shared.cache.all() {
+            on_change(Change::Applied(obj));
+        }
+        handlers.push(on_change);
+        Ok(())
     }
 }
 
@@ -208,7 +345,7 @@ pub async fn reflect_selected(
                         for c in cache.replace(items) {
                             on_change(c);
                         }
-                        cache.synced.send_replace(true);
+                        cache.target().synced.send_replace(true);
                         backoff = Duration::from_millis(100);
                         list["metadata"]["resourceVersion"]
                             .as_str()
@@ -554,15 +691,22 @@ pub async fn run_controller<R: Reconcile>(
     cancel: CancelToken,
 ) {
     let caches: Vec<Arc<Cache>> = watches.iter().map(|w| w.cache.clone()).collect();
-    let reflectors: Vec<_> = watches
-        .into_iter()
-        .map(|w| {
-            let (client, cancel) = (client.clone(), cancel.clone());
-            tokio::spawn(async move {
-                reflect_selected(client, w.res, &w.selector, w.cache, w.on_change, cancel).await
-            })
-        })
-        .collect();
+    let mut reflectors = Vec::new();
+    for w in watches {
+        let on_change = match client.informers() {
+            Some(informers) if w.selector.is_empty() => {
+                match informers.subscribe(w.res, &w.cache, w.on_change) {
+                    Ok(()) => continue,
+                    Err(on_change) => on_change,
+                }
+            }
+            _ => w.on_change,
+        };
+        let (client, cancel) = (client.clone(), cancel.clone());
+        reflectors.push(tokio::spawn(async move {
+            reflect_selected(client, w.res, &w.selector, w.cache, on_change, cancel).await
+        }));
+    }
     for c in &caches {
         c.wait_synced().await;
     }
@@ -579,6 +723,64 @@ pub async fn run_controller<R: Reconcile>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(name: &str) -> Value {
+        serde_json::json!({"metadata": {"namespace": "ns", "name": name}})
+    }
+
+    #[tokio::test]
+    async fn controllers_sharing_an_informer_share_its_objects() {
+        // a client whose server is never reached: the test fills the
+        // shared cache itself, as the informer's reflector would
+        let tls = crate::tls::insecure_client_config(None).unwrap();
+        let client =
+            Client::with_tls("https://127.0.0.1:1", tls, super::super::Credentials::None).unwrap();
+        let (_stop, cancel) = watch::channel(false);
+        let informers = Informers::new(client, cancel);
+        let pods = crate::api::resources::lookup("pods").unwrap();
+        let seen = |log: &Arc<Mutex<Vec<String>>>| -> Handler {
+            let log = log.clone();
+            Box::new(move |c: Change| {
+                let verb = if matches!(c, Change::Applied(_)) {
+                    "+"
+                } else {
+                    "-"
+                };
+                lock(&log).push(format!("{verb}{}", key_of(c.object())));
+            })
+        };
+        let (a_log, b_log) = (Arc::default(), Arc::default());
+        let a = Cache::new();
+        assert!(informers.subscribe(pods, &a, seen(&a_log)).is_ok());
+        let shared = lock(&informers.kinds)["pods"].clone();
+        // a change reaches every subscriber, through the one cache
+        shared.dispatch(shared.cache.apply(pod("p1")));
+        // a later subscriber is told what is already there
+        let b = Cache::new();
+        assert!(informers.subscribe(pods, &b, seen(&b_log)).is_ok());
+        assert_eq!(*lock(&a_log), ["+ns/p1"]);
+        assert_eq!(*lock(&b_log), ["+ns/p1"]);
+        // both caches are views of one copy of each object
+        assert!(Arc::ptr_eq(
+            &a.get("ns/p1").unwrap(),
+            &b.get("ns/p1").unwrap()
+        ));
+        shared.dispatch(shared.cache.delete(pod("p1")));
+        assert!(a.get("ns/p1").is_none() && b.all().is_empty());
+        assert_eq!(*lock(&b_log), ["+ns/p1", "-ns/p1"]);
+        // kinds outside SHARED_KINDS stay the controller's own
+        let crds = crate::api::resources::lookup("customresourcedefinitions").unwrap();
+        assert!(informers
+            .subscribe(crds, &Cache::new(), seen(&a_log))
+            .is_err());
+    }
+
+    #[test]
+    fn every_shared_kind_is_served() {
+        for plural in SHARED_KINDS {
+            assert!(crate::api::resources::lookup(plural).is_some(), "{plural}");
+        }
+    }
 
     #[tokio::test]
     async fn keys_are_deduplicated_while_queued() {

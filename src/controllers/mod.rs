@@ -56,10 +56,16 @@ impl Default for Config {
     }
 }
 
+/// The identity the controllers' shared informers list and watch under.
+pub const INFORMERS: &str = "shared-informers";
+
 /// Run the scheduler and every controller until `cancel` turns true, each
-/// under its own identity.
+/// under its own identity. They share one informer per kind they all
+/// watch whole ([`crate::client::runtime::SHARED_KINDS`]), so the process
+/// holds one copy of each object, not one per controller.
 pub async fn run(client_for: ClientFor, config: Config, cancel: CancelToken) {
-    let c = |name: &str| client_for(name);
+    let informers = crate::client::runtime::Informers::new(client_for(INFORMERS), cancel.clone());
+    let c = |name: &str| client_for(name).with_informers(informers.clone());
     let mut tasks = vec![
         tokio::spawn(namespace::run(c("namespace-controller"), cancel.clone())),
         tokio::spawn(nodeipam::run(c("node-ipam-controller"), cancel.clone())),
