@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -50,26 +51,43 @@ fn timestamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
+/// How long a log file stays open after its last write. A quiet container
+/// holds no descriptor for its log, so a node's open files do not grow
+/// with its idle pods; a chatty one keeps its file open.
+const IDLE_CLOSE: Duration = Duration::from_millis(500);
+
+async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+}
+
+/// Complete the writes in flight, then close.
+async fn close(file: Option<tokio::fs::File>) {
+    if let Some(mut f) = file {
+        let _ = f.flush().await;
+    }
+}
+
 /// Start a writer appending to `path`, rotating at `max_bytes` into `path.1`.
+/// The file is created at once; it is open only while the container writes
+/// ([`IDLE_CLOSE`]).
 pub fn open(path: PathBuf, max_bytes: u64) -> (LogSink, LogWriter) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Stream, Vec<u8>)>();
     let task = tokio::spawn(async move {
         if let Some(dir) = path.parent() {
             let _ = tokio::fs::create_dir_all(dir).await;
         }
-        let mut file = match tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await
-        {
-            Ok(f) => f,
+        let mut size = match open_append(&path).await {
+            Ok(f) => f.metadata().await.map(|m| m.len()).unwrap_or(0),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot open log file");
                 return;
             }
         };
-        let mut size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let mut file: Option<tokio::fs::File> = None;
         let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
         let write_line = |stream: Stream, line: &[u8], full: bool| {
             let mut out = format!(
@@ -83,7 +101,19 @@ pub fn open(path: PathBuf, max_bytes: u64) -> (LogSink, LogWriter) {
             out.push(b'\n');
             out
         };
-        while let Some((stream, bytes)) = rx.recv().await {
+        loop {
+            let next = if file.is_some() {
+                match tokio::time::timeout(IDLE_CLOSE, rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        close(file.take()).await;
+                        continue;
+                    }
+                }
+            } else {
+                rx.recv().await
+            };
+            let Some((stream, bytes)) = next else { break };
             let buf = &mut partial[stream as usize];
             buf.extend_from_slice(&bytes);
             let mut out = Vec::new();
@@ -100,31 +130,41 @@ pub fn open(path: PathBuf, max_bytes: u64) -> (LogSink, LogWriter) {
                 continue;
             }
             if size + out.len() as u64 > max_bytes && size > 0 {
-                let _ = file.flush().await;
+                close(file.take()).await;
                 let _ = tokio::fs::rename(&path, rotated(&path)).await;
-                match tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .await
-                {
-                    Ok(f) => file = f,
-                    Err(_) => return,
-                }
                 size = 0;
             }
-            if file.write_all(&out).await.is_err() {
+            let f = match file.as_mut() {
+                Some(f) => f,
+                None => match open_append(&path).await {
+                    Ok(f) => file.insert(f),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot open log file");
+                        return;
+                    }
+                },
+            };
+            if f.write_all(&out).await.is_err() {
                 return;
             }
             size += out.len() as u64;
         }
+        let mut rest = Vec::new();
         for stream in [Stream::Stdout, Stream::Stderr] {
-            let rest = std::mem::take(&mut partial[stream as usize]);
-            if !rest.is_empty() {
-                let _ = file.write_all(&write_line(stream, &rest, true)).await;
+            let part = std::mem::take(&mut partial[stream as usize]);
+            if !part.is_empty() {
+                rest.extend(write_line(stream, &part, true));
             }
         }
-        let _ = file.flush().await;
+        if !rest.is_empty() {
+            if file.is_none() {
+                file = open_append(&path).await.ok();
+            }
+            if let Some(f) = file.as_mut() {
+                let _ = f.write_all(&rest).await;
+            }
+        }
+        close(file).await;
     });
     (LogSink { tx }, LogWriter { task })
 }
@@ -239,6 +279,44 @@ mod tests {
         assert!(lines
             .iter()
             .all(|l| chrono::DateTime::parse_from_rfc3339(&l.timestamp).is_ok()));
+    }
+
+    /// Whether this process has `path` open.
+    fn is_open(path: &Path) -> bool {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|target| target == path)
+    }
+
+    #[tokio::test]
+    async fn a_quiet_container_holds_no_descriptor_for_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let (sink, writer) = open(path.clone(), DEFAULT_MAX_BYTES);
+        let mut out = sink.writer(Stream::Stdout);
+        out.write_all(b"first\n").await.unwrap();
+        // written, and then closed once the container is quiet
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while read(&path).await.unwrap().is_empty() || is_open(&path) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log of a quiet container is still open"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // the next write reopens it and appends
+        out.write_all(b"second\n").await.unwrap();
+        drop((sink, out));
+        writer.finish().await;
+        let texts: Vec<String> = read(&path)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert_eq!(texts, ["first", "second"]);
+        assert!(!is_open(&path), "closed when the writer finished");
     }
 
     #[tokio::test]
