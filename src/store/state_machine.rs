@@ -58,6 +58,12 @@ pub const FLUSH_AFTER: Duration = Duration::from_secs(30);
 /// ... or once this many keys wait.
 pub const FLUSH_KEYS: usize = 4096;
 
+/// redb's page cache for `state.redb`. Reads are served by the watch
+/// cache, never by redb (only start-up and snapshots read it), so its
+/// default of 1 GiB would only keep pages already written in memory: the
+/// server's RSS grew by every page each flush touched.
+const REDB_CACHE_BYTES: usize = 8 << 20;
+
 /// Applied objects not yet in the redb file: the latest value of each key
 /// (`None`: deleted). Shared with [`super::Store::stored`], which reads the
 /// file through it.
@@ -149,7 +155,10 @@ impl StateMachine {
         cache: Arc<Cache>,
         keyring: Arc<Keyring>,
     ) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(r)?;
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create(path)
+            .map_err(r)?;
         let tx = db.begin_write().map_err(w)?;
         tx.open_table(OBJECTS).map_err(w)?;
         tx.open_table(META).map_err(w)?;
