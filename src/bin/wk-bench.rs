@@ -857,6 +857,11 @@ mod pods {
         /// `--server-arg=--watch-history=1000`.
         #[arg(long, allow_hyphen_values = true)]
         server_arg: Vec<String>,
+        /// Raise the open-file limit (soft and hard, which needs root) to
+        /// this before starting the nodes, which inherit it: what
+        /// `LimitNOFILE=` in a systemd unit does. Default: as inherited.
+        #[arg(long)]
+        open_files: Option<u64>,
     }
 
     /// Between cold starts: a new module arrives on an otherwise idle node
@@ -873,6 +878,11 @@ mod pods {
         out.push(payload.len() as u8);
         out.extend_from_slice(&payload);
         out
+    }
+
+    /// The descriptors process `pid` has open.
+    fn open_files(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
     }
 
     pub(super) fn rss_kib(pid: u32) -> u64 {
@@ -1389,6 +1399,17 @@ mod pods {
     }
 
     pub async fn run(args: PodArgs) -> Result<()> {
+        if let Some(n) = args.open_files {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit with a valid pointer to a local rlimit
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context(format!("raising the open-file limit to {n}"));
+            }
+        }
         let module = std::fs::read(&args.module).with_context(|| {
             format!(
                 "reading {} (build the examples first)",
@@ -1463,32 +1484,35 @@ mod pods {
                 )
                 .await?;
                 // separate: the node, and the control plane without it
-                let mut measured = vec![(c.agent.as_ref().unwrap_or(&c.proc).0.id(), 0)];
+                let mut measured = vec![(c.agent.as_ref().unwrap_or(&c.proc).0.id(), 0, 0)];
                 if separate {
-                    measured.push((c.proc.0.id(), 0));
+                    measured.push((c.proc.0.id(), 0, 0));
                 }
                 c.run_pod("warmup", &warm_image).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                for (pid, before) in &mut measured {
+                for (pid, before, fds) in &mut measured {
                     *before = rss_kib(*pid);
+                    *fds = open_files(*pid);
                 }
                 // the warm-up pod counts: n pods in all (the node's pool holds max-pods)
                 for i in 1..n {
                     c.run_pod(&format!("idle-{i}"), &warm_image).await?;
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                for (i, (pid, before)) in measured.into_iter().enumerate() {
+                for (i, (pid, before, fds_before)) in measured.into_iter().enumerate() {
                     let after = rss_kib(pid);
+                    let fds = open_files(pid);
                     let process = match (separate, i) {
                         (false, _) => "`wk server` (embedded agent)",
                         (true, 0) => "`wk agent` (node alone)",
                         (true, _) => "`wk server --disable-agent` (control plane alone)",
                     };
                     density.push(format!(
-                        "| {n} | {process} | {:.1} | {:.1} | {:.1} |",
+                        "| {n} | {process} | {:.1} | {:.1} | {:.1} | {fds} | {:.2} |",
                         before as f64 / 1024.0,
                         after as f64 / 1024.0,
-                        (after.saturating_sub(before)) as f64 / n as f64
+                        (after.saturating_sub(before)) as f64 / n as f64,
+                        fds.saturating_sub(fds_before) as f64 / n as f64
                     ));
                 }
             }
@@ -1506,8 +1530,10 @@ mod pods {
         for r in out {
             println!("{r}");
         }
-        println!("\n| idle pods | process | RSS before MiB | RSS after MiB | KiB per pod |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "\n| idle pods | process | RSS before MiB | RSS after MiB | KiB per pod | open files | files per pod |"
+        );
+        println!("|---|---|---|---|---|---|---|");
         for r in density {
             println!("{r}");
         }
