@@ -10,12 +10,15 @@ fn main() {
     let mut i = 0;
     loop {
         i += 1;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open("/data/work.log")
-            .expect("open /data/work.log");
-        writeln!(f, "tick {i}").expect("write");
+        {
+            // closed again before the sleep: an idle worker holds no file
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open("/data/work.log")
+                .expect("open /data/work.log");
+            writeln!(f, "tick {i}").expect("write");
+        }
         println!("wrote tick {i}");
         if count != 0 && i >= count {
             break;
