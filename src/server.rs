@@ -109,6 +109,8 @@ pub struct ServerConfig {
     /// Address written to the kubeconfig and given to peers (default: the bound address).
     pub advertise: Option<String>,
     pub watch_history: usize,
+    /// How long a change stays in the watch window.
+    pub watch_history_age: Duration,
     pub bookmark_interval: Duration,
     /// Raft log entries between snapshots.
     pub snapshot_logs: u64,
@@ -793,6 +795,7 @@ pub async fn run(
             node_id: id,
             advertise: advertise.clone(),
             history: config.watch_history,
+            history_age: config.watch_history_age,
             peer_http: peer_http.clone(),
             snapshot_logs: config.snapshot_logs,
             keyring,

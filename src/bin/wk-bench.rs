@@ -868,6 +868,9 @@ mod pods {
         /// never call the API): one preopened directory each, not two.
         #[arg(long)]
         no_token: bool,
+        /// Also measure the density runs again after this many idle seconds.
+        #[arg(long, default_value_t = 0)]
+        settle: u64,
     }
 
     /// Between cold starts: a new module arrives on an otherwise idle node
@@ -1516,22 +1519,30 @@ mod pods {
                     c.run_idle_pod(&format!("idle-{i}"), &warm_image, args.no_token)
                         .await?;
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                for (i, (pid, before, fds_before)) in measured.into_iter().enumerate() {
-                    let after = rss_kib(pid);
-                    let fds = open_files(pid);
-                    let process = match (separate, i) {
-                        (false, _) => "`wk server` (embedded agent)",
-                        (true, 0) => "`wk agent` (node alone)",
-                        (true, _) => "`wk server --disable-agent` (control plane alone)",
-                    };
-                    density.push(format!(
-                        "| {n} | {process} | {:.1} | {:.1} | {:.1} | {fds} | {:.2} |",
-                        before as f64 / 1024.0,
-                        after as f64 / 1024.0,
-                        (after.saturating_sub(before)) as f64 / n as f64,
-                        fds.saturating_sub(fds_before) as f64 / n as f64
-                    ));
+                let mut waits = vec![2];
+                if args.settle > 0 {
+                    waits.push(args.settle);
+                }
+                let mut waited = 0;
+                for wait in waits {
+                    tokio::time::sleep(Duration::from_secs(wait - waited)).await;
+                    waited = wait;
+                    for (i, &(pid, before, fds_before)) in measured.iter().enumerate() {
+                        let after = rss_kib(pid);
+                        let fds = open_files(pid);
+                        let process = match (separate, i) {
+                            (false, _) => "`wk server` (embedded agent)",
+                            (true, 0) => "`wk agent` (node alone)",
+                            (true, _) => "`wk server --disable-agent` (control plane alone)",
+                        };
+                        density.push(format!(
+                            "| {n} | {process}, after {wait} s | {:.1} | {:.1} | {:.1} | {fds} | {:.2} |",
+                            before as f64 / 1024.0,
+                            after as f64 / 1024.0,
+                            (after.saturating_sub(before)) as f64 / n as f64,
+                            fds.saturating_sub(fds_before) as f64 / n as f64
+                        ));
+                    }
                 }
             }
         }

@@ -135,6 +135,11 @@ struct ServerArgs {
     /// Changes kept for watch resumption; older resourceVersions get 410 Gone.
     #[arg(long, default_value_t = 50_000)]
     watch_history: usize,
+    /// Seconds a change stays in the watch window (at most
+    /// --watch-history of them). 75, what Kubernetes' watch cache counts
+    /// as fresh; watches that ask for bookmarks keep a fresh resourceVersion.
+    #[arg(long, default_value_t = 75.0)]
+    watch_history_seconds: f64,
     /// Seconds between watch bookmarks for watches that ask for them.
     #[arg(long, default_value_t = 10.0)]
     bookmark_interval: f64,
@@ -402,6 +407,30 @@ fn main() -> Result<()> {
     result
 }
 
+/// glibc's malloc keeps freed memory in its arenas: after a burst (the
+/// watch window's old versions leaving it, deleted pods, a relist) a
+/// server's RSS stayed at its peak. `malloc_trim` returns the free pages
+/// (600 pods created and deleted: 247 MB RSS, 147 MB after one trim).
+/// A thread of its own, once a minute, off the request path (an allocation
+/// on another thread may wait while it walks that thread's arena).
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// How often a long-running `wk` hands freed memory back.
+        const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let spawned = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: malloc_trim only touches the allocator's own state
+                unsafe { libc::malloc_trim(0) };
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no malloc-trim thread");
+        }
+    }
+}
+
 async fn async_main() -> Result<()> {
     wasmkube::tls::install_default_provider();
     tracing_subscriber::fmt()
@@ -417,6 +446,7 @@ async fn async_main() -> Result<()> {
             Ok(n) => tracing::debug!(limit = n, "open files"),
             Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
         }
+        return_freed_memory();
     }
     match cli.command {
         Command::Server(a) => {
@@ -444,6 +474,8 @@ async fn async_main() -> Result<()> {
                 node_name,
                 advertise: a.advertise,
                 watch_history: a.watch_history,
+                watch_history_age: Duration::try_from_secs_f64(a.watch_history_seconds.max(0.0))
+                    .unwrap_or(Duration::MAX),
                 bookmark_interval: Duration::from_secs_f64(a.bookmark_interval.max(0.05)),
                 snapshot_logs: a.snapshot_logs,
                 join: match (a.join, a.token) {

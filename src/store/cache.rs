@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::watch;
@@ -55,6 +56,8 @@ pub struct ListPage {
 struct Inner {
     objects: BTreeMap<String, Arc<Value>>,
     history: VecDeque<Arc<Change>>,
+    /// When each batch of changes was applied: (its last revision, when).
+    applied_at: VecDeque<(u64, Instant)>,
     /// Every change with a revision above this is in `history`.
     history_start: u64,
     /// The last applied revision (log index), including non-object entries.
@@ -65,16 +68,27 @@ struct Inner {
 pub struct Cache {
     inner: RwLock<Inner>,
     capacity: usize,
+    /// Changes older than this leave the window, however few there are.
+    max_age: Duration,
     revision_tx: watch::Sender<u64>,
 }
 
 impl Cache {
     /// A cache that keeps the last `capacity` changes for watch resumption.
     pub fn new(capacity: usize) -> Self {
+        Self::with_max_age(capacity, Duration::MAX)
+    }
+
+    /// A cache that keeps the last `capacity` changes, and none older than
+    /// `max_age`: a superseded version of an object is held only by the
+    /// window, so this bounds the memory of a quiet cluster to its current
+    /// objects, whatever a burst of changes left behind.
+    pub fn with_max_age(capacity: usize, max_age: Duration) -> Self {
         let (revision_tx, _) = watch::channel(0);
         Self {
             inner: RwLock::default(),
             capacity: capacity.max(1),
+            max_age,
             revision_tx,
         }
     }
@@ -92,6 +106,7 @@ impl Cache {
         let mut inner = self.write();
         inner.objects = objects;
         inner.history.clear();
+        inner.applied_at.clear();
         inner.history_start = revision;
         inner.revision = revision;
         drop(inner);
@@ -100,7 +115,11 @@ impl Cache {
 
     /// Publish applied changes and advance the revision to `revision`.
     pub(crate) fn apply(&self, changes: Vec<Change>, revision: u64) {
+        let now = Instant::now();
         let mut inner = self.write();
+        if let Some(last) = changes.last() {
+            inner.applied_at.push_back((last.revision, now));
+        }
         for change in changes {
             match change.kind {
                 ChangeKind::Deleted => {
@@ -117,6 +136,18 @@ impl Cache {
         while inner.history.len() > self.capacity {
             if let Some(old) = inner.history.pop_front() {
                 inner.history_start = old.revision;
+            }
+        }
+        // batches applied longer than max_age ago leave the window
+        while let Some(&(last, at)) = inner.applied_at.front() {
+            if now.duration_since(at) <= self.max_age {
+                break;
+            }
+            inner.applied_at.pop_front();
+            while inner.history.front().is_some_and(|c| c.revision <= last) {
+                if let Some(old) = inner.history.pop_front() {
+                    inner.history_start = old.revision;
+                }
             }
         }
         inner.revision = inner.revision.max(revision);
@@ -384,6 +415,28 @@ mod tests {
                 oldest: 2
             }
         );
+    }
+
+    #[test]
+    fn changes_older_than_the_max_age_leave_the_window() {
+        let cache = Cache::with_max_age(100, Duration::from_millis(50));
+        change(&cache, 1, "p/a", ChangeKind::Added, 1);
+        change(&cache, 2, "p/a", ChangeKind::Modified, 2);
+        assert_eq!(cache.changes_after(0, 10).unwrap().0.len(), 2);
+        std::thread::sleep(Duration::from_millis(80));
+        // the next change ages the first two out; the object stays
+        change(&cache, 3, "p/b", ChangeKind::Added, 3);
+        assert_eq!(cache.oldest_revision(), 2);
+        assert!(cache.changes_after(1, 10).is_err());
+        let (changes, rev) = cache.changes_after(2, 10).unwrap();
+        assert_eq!((changes.len(), rev), (1, 3));
+        assert_eq!(cache.get("p/a").unwrap()["v"], 2);
+        // the count still bounds a window of fresh changes
+        let small = Cache::with_max_age(2, Duration::from_secs(3600));
+        for i in 1..=4 {
+            change(&small, i, "p/a", ChangeKind::Modified, i as i64);
+        }
+        assert_eq!(small.oldest_revision(), 2);
     }
 
     #[test]

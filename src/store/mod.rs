@@ -110,6 +110,8 @@ pub struct StoreConfig {
     pub advertise: String,
     /// How many changes the watch window keeps.
     pub history: usize,
+    /// How long the watch window keeps a change.
+    pub history_age: std::time::Duration,
     /// The HTTPS client for Raft RPCs: trusts the server CA and presents
     /// this server's peer certificate.
     pub peer_http: reqwest::Client,
@@ -272,7 +274,7 @@ impl Store {
     pub async fn open(dir: &Path, config: &StoreConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Raft(format!("create {}: {e}", dir.display())))?;
-        let cache = Arc::new(Cache::new(config.history));
+        let cache = Arc::new(Cache::with_max_age(config.history, config.history_age));
         let log = open_log(dir)?;
         let sm = StateMachine::open(&dir.join(STATE_FILE), cache.clone(), config.keyring.clone())?;
         let db = sm.database();
