@@ -3,7 +3,8 @@
 //! back off on errors), a deduplicating work queue (a key is queued at most
 //! once and never handed to two workers at the same time), and a worker loop
 //! that runs a level-triggered reconcile function per key, requeueing with
-//! back-off on errors.
+//! back-off on errors. [`Informers`] share one reflector and cache per kind
+//! among the controllers of a process.
 //!
 //! The shape follows client-go and kube-runtime: handlers map changes to
 //! keys, reconcilers read the cache and act through the API.
