@@ -858,9 +858,9 @@ mod pods {
         #[arg(long, allow_hyphen_values = true)]
         server_arg: Vec<String>,
         /// Raise the open-file limit (soft and hard; raising the hard limit
-        /// needs CAP_SYS_RESOURCE) to
-        /// this before starting the nodes, which inherit it: what
-        /// `LimitNOFILE=` in a systemd unit does. Default: as inherited.
+        /// needs CAP_SYS_RESOURCE) to this before starting the nodes, which
+        /// inherit it: what `LimitNOFILE=` in a systemd unit does. Default:
+        /// as inherited.
         #[arg(long)]
         open_files: Option<u64>,
         /// Density pods without the ServiceAccount token volume
@@ -999,13 +999,7 @@ mod pods {
 
         /// Create a pod running `image` and wait until it is Running; returns the latency.
         async fn run_pod(&self, name: &str, image: &Path) -> Result<Duration> {
-            self.run_spec(
-                name,
-                json!({"volumes": [{"name": "data", "emptyDir": {}}],
-                    "containers": [{"name": "w", "image": format!("file://{}", image.display()), "args": ["0", "3600000"],
-                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}),
-            )
-            .await
+            self.run_idle_pod(name, image, false).await
         }
 
         /// [`Self::run_pod`], without the token volume when `no_token`.
