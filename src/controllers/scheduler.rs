@@ -75,11 +75,22 @@ impl std::ops::Add for Resources {
     }
 }
 
+impl std::ops::Sub for Resources {
+    type Output = Resources;
+    fn sub(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            memory: self.memory.saturating_sub(o.memory),
+        }
+    }
+}
+
 fn container_requests(c: &Value, defaults: bool) -> Resources {
+    let resources = &c["resources"];
     let get = |k: &str| {
-        c.pointer(&format!("/resources/requests/{k}"))
-            .or_else(|| c.pointer(&format!("/resources/limits/{k}")))
-            .and_then(Value::as_str)
+        resources["requests"][k]
+            .as_str()
+            .or_else(|| resources["limits"][k].as_str())
     };
     let cpu = get("cpu").and_then(|q| quantity::millicores(q).ok());
     let memory = get("memory").and_then(|q| quantity::bytes(q).ok());
@@ -91,7 +102,7 @@ fn container_requests(c: &Value, defaults: bool) -> Resources {
 }
 
 fn requests_with(pod: &Value, defaults: bool) -> Resources {
-    let list = |k: &str| pod["spec"][k].as_array().cloned().unwrap_or_default();
+    let list = |k: &str| pod["spec"][k].as_array().map_or(&[][..], Vec::as_slice);
     let sum = list("containers")
         .iter()
         .fold(Resources::default(), |acc, c| {
@@ -192,11 +203,11 @@ pub fn tolerates(tol: &Value, taint: &Value) -> bool {
     exists || tol["value"].as_str().unwrap_or("") == taint["value"].as_str().unwrap_or("")
 }
 
-fn untolerated<'a>(pod: &Value, taints: &'a [Value], effects: &[&str]) -> Option<&'a Value> {
-    let tolerations = pod["spec"]["tolerations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+fn untolerated<'a>(
+    tolerations: &[Value],
+    taints: &'a [Value],
+    effects: &[&str],
+) -> Option<&'a Value> {
     taints.iter().find(|t| {
         effects.contains(&t["effect"].as_str().unwrap_or(""))
             && !tolerations.iter().any(|tol| tolerates(tol, t))
@@ -270,68 +281,278 @@ fn node_affinity_ok(pod: &Value, node: &NodeInfo) -> bool {
     selector_ok && affinity_ok
 }
 
-/// Pods in `placed` that a pod-affinity term of `pod` selects.
-fn term_selects<'a>(
-    pod: &Value,
-    term: &Value,
-    placed: &'a [Placed],
-) -> impl Iterator<Item = &'a Placed> + 'a {
-    let selector = LabelSelector::from_object(&term["labelSelector"]).ok();
-    let namespaces: Vec<String> = match term["namespaces"].as_array() {
-        Some(ns) if !ns.is_empty() => ns
-            .iter()
-            .filter_map(|n| n.as_str().map(String::from))
-            .collect(),
-        _ => vec![meta::namespace(pod).to_string()],
-    };
-    placed.iter().filter(move |p| {
-        namespaces.iter().any(|n| n == meta::namespace(&p.pod))
-            && selector.as_ref().is_some_and(|s| s.matches_object(&p.pod))
-    })
+/// The controller (owner) uid of a pod, for spreading replicas.
+fn owner_uid(pod: &Value) -> Option<&str> {
+    pod["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|o| o["controller"] == true)?["uid"]
+        .as_str()
 }
 
-fn pod_affinity_terms<'a>(pod: &'a Value, kind: &str) -> Vec<&'a Value> {
+fn uid_of(pod: &Value) -> &str {
+    pod["metadata"]["uid"].as_str().unwrap_or("")
+}
+
+fn is_finished(pod: &Value) -> bool {
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// A pod placed on (or assumed onto) a node, and what it takes from it.
+#[derive(Debug, Clone)]
+struct Slot {
+    uid: String,
+    node: String,
+    pod: Arc<Value>,
+    requests: Resources,
+    /// The requests with the scheduler's non-zero defaults, for scoring.
+    scoring: Resources,
+    owner: Option<String>,
+    /// Placed by this scheduler; the watch has not shown it bound yet.
+    assumed: bool,
+}
+
+/// What the pods placed on one node take from it.
+#[derive(Debug, Default, Clone)]
+struct Usage {
+    pods: u64,
+    requests: Resources,
+    scoring: Resources,
+    /// Pods per controller (owner) uid, for spreading replicas.
+    owners: HashMap<String, u64>,
+}
+
+/// Every pod placed on a node, and what each node has given out: kept up
+/// to date as pods change (kube-scheduler's cache), not summed again for
+/// every pod to place. A pod the scheduler has just placed is *assumed*
+/// onto its node until the watch shows it bound, so the next pod sees it.
+#[derive(Debug, Default, Clone)]
+pub struct Placement {
+    /// By pod key (`namespace/name`).
+    pods: HashMap<String, Slot>,
+    nodes: HashMap<String, Usage>,
+}
+
+impl Placement {
+    /// The pods in `placed`, as the watch shows them bound.
+    pub fn of(placed: &[Placed]) -> Self {
+        let mut placement = Placement::default();
+        for p in placed {
+            placement.insert(runtime::key_of(&p.pod), &p.node, p.pod.clone(), false);
+        }
+        placement
+    }
+
+    fn insert(&mut self, key: String, node: &str, pod: Arc<Value>, assumed: bool) {
+        self.remove(&key);
+        let slot = Slot {
+            uid: uid_of(&pod).to_string(),
+            node: node.to_string(),
+            requests: pod_requests(&pod),
+            scoring: requests_with(&pod, true),
+            owner: owner_uid(&pod).map(String::from),
+            pod,
+            assumed,
+        };
+        let usage = self.nodes.entry(slot.node.clone()).or_default();
+        usage.pods += 1;
+        usage.requests = usage.requests + slot.requests;
+        usage.scoring = usage.scoring + slot.scoring;
+        if let Some(owner) = &slot.owner {
+            *usage.owners.entry(owner.clone()).or_default() += 1;
+        }
+        self.pods.insert(key, slot);
+    }
+
+    fn remove(&mut self, key: &str) {
+        let Some(slot) = self.pods.remove(key) else {
+            return;
+        };
+        let Some(usage) = self.nodes.get_mut(&slot.node) else {
+            return;
+        };
+        usage.pods -= 1;
+        usage.requests = usage.requests - slot.requests;
+        usage.scoring = usage.scoring - slot.scoring;
+        if let Some(owner) = &slot.owner {
+            if let Some(n) = usage.owners.get_mut(owner) {
+                *n -= 1;
+                if *n == 0 {
+                    usage.owners.remove(owner);
+                }
+            }
+        }
+        if usage.pods == 0 {
+            self.nodes.remove(&slot.node);
+        }
+    }
+
+    /// The watch shows `pod` (created, changed, or found by a relist).
+    pub fn observe(&mut self, pod: &Arc<Value>) {
+        let key = runtime::key_of(pod);
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+        if is_finished(pod) {
+            self.remove(&key);
+        } else if !node.is_empty() {
+            self.insert(key, node, pod.clone(), false);
+        } else if !self.is_assumed(pod) {
+            // unbound: only an assumption holds a place for it
+            self.remove(&key);
+        }
+    }
+
+    /// The watch shows `pod` deleted.
+    pub fn deleted(&mut self, pod: &Value) {
+        let key = runtime::key_of(pod);
+        if self.pods.get(&key).is_some_and(|s| s.uid == uid_of(pod)) {
+            self.remove(&key);
+        }
+    }
+
+    /// Count `pod` on `node` from now on, before its binding is written.
+    pub fn assume(&mut self, pod: &Arc<Value>, node: &str) {
+        self.insert(runtime::key_of(pod), node, pod.clone(), true);
+    }
+
+    /// A binding failed: drop the assumption, unless the watch has shown
+    /// the pod bound meanwhile.
+    pub fn forget(&mut self, pod: &Value) {
+        if self.is_assumed(pod) {
+            self.remove(&runtime::key_of(pod));
+        }
+    }
+
+    /// Whether `pod` (this uid) is assumed onto a node and not yet shown bound.
+    pub fn is_assumed(&self, pod: &Value) -> bool {
+        self.pods
+            .get(&runtime::key_of(pod))
+            .is_some_and(|s| s.assumed && s.uid == uid_of(pod))
+    }
+
+    fn usage(&self, node: &str) -> Option<&Usage> {
+        self.nodes.get(node)
+    }
+}
+
+/// A required pod (anti-)affinity term of the pod to place, evaluated once
+/// against the placed pods.
+struct Term<'a> {
+    key: &'a str,
+    /// The topology values (of `key`) of the nodes holding pods the term selects.
+    values: HashSet<&'a str>,
+    /// No placed pod matches and the pod matches its own term: the first of
+    /// its group may go anywhere (affinity only).
+    first_of_its_group: bool,
+}
+
+fn affinity_terms<'a>(
+    pod: &'a Value,
+    kind: &str,
+    nodes: &HashMap<&str, &'a NodeInfo>,
+    placement: &'a Placement,
+) -> Vec<Term<'a>> {
     pod["spec"]["affinity"][kind]["requiredDuringSchedulingIgnoredDuringExecution"]
         .as_array()
         .into_iter()
         .flatten()
+        .map(|term| {
+            let key = term["topologyKey"]
+                .as_str()
+                .unwrap_or("kubernetes.io/hostname");
+            let selector = LabelSelector::from_object(&term["labelSelector"]).ok();
+            let namespaces: Vec<&str> = match term["namespaces"].as_array() {
+                Some(ns) if !ns.is_empty() => ns.iter().filter_map(Value::as_str).collect(),
+                _ => vec![meta::namespace(pod)],
+            };
+            let mut any = false;
+            let mut values = HashSet::new();
+            for slot in placement.pods.values() {
+                if namespaces.contains(&meta::namespace(&slot.pod))
+                    && selector
+                        .as_ref()
+                        .is_some_and(|s| s.matches_object(&slot.pod))
+                {
+                    any = true;
+                    if let Some(v) = nodes
+                        .get(slot.node.as_str())
+                        .and_then(|n| n.labels.get(key))
+                    {
+                        values.insert(v.as_str());
+                    }
+                }
+            }
+            Term {
+                key,
+                values,
+                first_of_its_group: !any
+                    && selector.as_ref().is_some_and(|s| s.matches_object(pod)),
+            }
+        })
         .collect()
 }
 
-/// Why `node` cannot take `pod`: empty if it can.
-fn filter(
-    pod: &Value,
-    node: &NodeInfo,
-    nodes: &HashMap<&str, &NodeInfo>,
-    placed: &[Placed],
-    on_node: &[&Placed],
-) -> Vec<String> {
+/// What the pod to place needs, worked out once rather than once per node.
+struct Needs<'a> {
+    pod: &'a Value,
+    runtime: String,
+    requests: Resources,
+    scoring: Resources,
+    tolerations: &'a [Value],
+    affinity: Vec<Term<'a>>,
+    anti_affinity: Vec<Term<'a>>,
+}
+
+impl<'a> Needs<'a> {
+    fn of(pod: &'a Value, nodes: &HashMap<&str, &'a NodeInfo>, placement: &'a Placement) -> Self {
+        Needs {
+            pod,
+            runtime: required_runtime(pod),
+            requests: pod_requests(pod),
+            scoring: requests_with(pod, true),
+            tolerations: pod["spec"]["tolerations"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice),
+            affinity: affinity_terms(pod, "podAffinity", nodes, placement),
+            anti_affinity: affinity_terms(pod, "podAntiAffinity", nodes, placement),
+        }
+    }
+}
+
+/// Why `node` cannot take the pod: empty if it can.
+fn filter(needs: &Needs, node: &NodeInfo, usage: Option<&Usage>) -> Vec<String> {
     if node.unschedulable {
         return vec!["node(s) were unschedulable".into()];
     }
     if !node.ready {
         return vec!["node(s) were not ready".into()];
     }
-    let runtime = required_runtime(pod);
-    if !node.runtimes.contains(&runtime) {
-        return vec![format!("node(s) did not offer the {runtime} runtime")];
+    if !node.runtimes.contains(&needs.runtime) {
+        return vec![format!(
+            "node(s) did not offer the {} runtime",
+            needs.runtime
+        )];
     }
-    if !node_affinity_ok(pod, node) {
+    if !node_affinity_ok(needs.pod, node) {
         return vec!["node(s) didn't match Pod's node affinity/selector".into()];
     }
-    if let Some(t) = untolerated(pod, &node.taints, &["NoSchedule", "NoExecute"]) {
+    if let Some(t) = untolerated(
+        needs.tolerations,
+        &node.taints,
+        &["NoSchedule", "NoExecute"],
+    ) {
         return vec![format!(
             "node(s) had untolerated taint {{{}: {}}}",
             t["key"].as_str().unwrap_or(""),
             t["value"].as_str().unwrap_or("")
         )];
     }
-    let used = on_node
-        .iter()
-        .fold(Resources::default(), |acc, p| acc + pod_requests(&p.pod));
-    let want = pod_requests(pod);
+    let (pods, used) = usage.map_or((0, Resources::default()), |u| (u.pods, u.requests));
+    let want = needs.requests;
     let mut reasons = Vec::new();
-    if on_node.len() as u64 + 1 > node.max_pods {
+    if pods + 1 > node.max_pods {
         reasons.push("Too many pods".to_string());
     }
     if want.cpu_millis > 0 && used.cpu_millis + want.cpu_millis > node.allocatable.cpu_millis {
@@ -343,64 +564,37 @@ fn filter(
     if !reasons.is_empty() {
         return reasons;
     }
-    let topology = |n: &str, key: &str| nodes.get(n).and_then(|i| i.labels.get(key).cloned());
-    for term in pod_affinity_terms(pod, "podAffinity") {
-        let key = term["topologyKey"]
-            .as_str()
-            .unwrap_or("kubernetes.io/hostname");
-        let here = node.labels.get(key);
-        let mut selected = term_selects(pod, term, placed).peekable();
-        let first_of_its_group = selected.peek().is_none()
-            && LabelSelector::from_object(&term["labelSelector"])
-                .is_ok_and(|s| s.matches_object(pod));
-        if first_of_its_group {
+    for term in &needs.affinity {
+        if term.first_of_its_group {
             continue;
         }
-        if here.is_none() || !selected.any(|p| topology(&p.node, key).as_ref() == here) {
+        let here = node.labels.get(term.key);
+        if !here.is_some_and(|h| term.values.contains(h.as_str())) {
             return vec!["node(s) didn't match pod affinity rules".into()];
         }
     }
-    for term in pod_affinity_terms(pod, "podAntiAffinity") {
-        let key = term["topologyKey"]
-            .as_str()
-            .unwrap_or("kubernetes.io/hostname");
-        let here = node.labels.get(key);
-        if here.is_some()
-            && term_selects(pod, term, placed).any(|p| topology(&p.node, key).as_ref() == here)
-        {
+    for term in &needs.anti_affinity {
+        let here = node.labels.get(term.key);
+        if here.is_some_and(|h| term.values.contains(h.as_str())) {
             return vec!["node(s) didn't match pod anti-affinity rules".into()];
         }
     }
     Vec::new()
 }
 
-/// The controller (owner) uid of a pod, for spreading replicas.
-fn owner_uid(pod: &Value) -> Option<&str> {
-    pod["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|o| o["controller"] == true)?["uid"]
-        .as_str()
-}
-
 fn scores(
-    pod: &Value,
+    needs: &Needs,
     feasible: &[&NodeInfo],
-    by_node: &HashMap<&str, Vec<&Placed>>,
+    placement: &Placement,
     strategy: Strategy,
 ) -> Vec<i64> {
-    let on = |n: &NodeInfo| {
-        by_node
-            .get(n.name.as_str())
-            .map_or(&[][..], |v| v.as_slice())
-    };
-    let want = requests_with(pod, true);
     let allocation: Vec<i64> = feasible
         .iter()
         .map(|n| {
-            let used = on(n).iter().fold(Resources::default(), |acc, p| {
-                acc + requests_with(&p.pod, true)
-            }) + want;
+            let used = placement
+                .usage(&n.name)
+                .map_or(Resources::default(), |u| u.scoring)
+                + needs.scoring;
             let frac = |used: u64, alloc: u64| -> i64 {
                 if alloc == 0 {
                     return 0;
@@ -416,11 +610,10 @@ fn scores(
                 / 2
         })
         .collect();
-    let preferred = pod["spec"]["affinity"]["nodeAffinity"]
+    let preferred = needs.pod["spec"]["affinity"]["nodeAffinity"]
         ["preferredDuringSchedulingIgnoredDuringExecution"]
         .as_array()
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[][..], Vec::as_slice);
     let affinity: Vec<i64> = feasible
         .iter()
         .map(|n| {
@@ -432,14 +625,13 @@ fn scores(
         })
         .collect();
     let max_affinity = affinity.iter().copied().max().unwrap_or(0);
-    let owner = owner_uid(pod);
+    let owner = owner_uid(needs.pod);
     let siblings: Vec<i64> = feasible
         .iter()
         .map(|n| {
-            on(n)
-                .iter()
-                .filter(|p| owner.is_some() && owner_uid(&p.pod) == owner)
-                .count() as i64
+            owner
+                .and_then(|o| placement.usage(&n.name)?.owners.get(o))
+                .map_or(0, |&c| c as i64)
         })
         .collect();
     let max_siblings = siblings.iter().copied().max().unwrap_or(0);
@@ -480,6 +672,27 @@ pub fn claims_of(pod: &Value) -> Vec<String> {
 /// the map does not exist.
 pub type Claims = BTreeMap<String, Option<String>>;
 
+/// How many feasible nodes to find before scoring them, as kube-scheduler's
+/// adaptive `percentageOfNodesToScore`: every node of up to 100; of more,
+/// 50% less one point per 125 nodes, at least 5% and at least 100 nodes.
+/// The search starts where the last pod's stopped, so every node is looked
+/// at in turn.
+pub fn nodes_to_find(total: usize) -> usize {
+    if total < 100 {
+        return total;
+    }
+    let percent = 50usize.saturating_sub(total / 125).max(5);
+    (total * percent / 100).max(100)
+}
+
+/// The node picked for a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub node: String,
+    /// Nodes looked at: the next pod's search starts after them.
+    pub examined: usize,
+}
+
 /// Pick a node for `pod`, or say why none fits, as kube-scheduler does:
 /// "0/3 nodes are available: 1 Insufficient memory, 2 node(s) were unschedulable."
 pub fn schedule(
@@ -488,17 +701,21 @@ pub fn schedule(
     placed: &[Placed],
     strategy: Strategy,
 ) -> Result<String, String> {
-    schedule_with_claims(pod, nodes, placed, strategy, &Claims::new())
+    let placement = Placement::of(placed);
+    schedule_with_claims(pod, nodes, &placement, strategy, &Claims::new(), 0).map(|c| c.node)
 }
 
-/// [`schedule`], placing a pod that uses local volumes on their node.
-pub fn schedule_with_claims(
+/// [`schedule`] against the scheduler's [`Placement`], placing a pod that
+/// uses local volumes on their node; the search for feasible nodes starts
+/// at `nodes[start]`.
+pub fn schedule_with_claims<N: std::borrow::Borrow<NodeInfo>>(
     pod: &Value,
-    nodes: &[NodeInfo],
-    placed: &[Placed],
+    nodes: &[N],
+    placement: &Placement,
     strategy: Strategy,
     claims: &Claims,
-) -> Result<String, String> {
+    start: usize,
+) -> Result<Choice, String> {
     let ns = meta::namespace(pod);
     let mut pinned: Option<&str> = None;
     for claim in claims_of(pod) {
@@ -513,30 +730,33 @@ pub fn schedule_with_claims(
             Some(None) => {}
         }
     }
+    let all: Vec<&NodeInfo> = nodes.iter().map(|n| n.borrow()).collect();
     let Some(node) = pinned else {
-        return schedule_on(pod, nodes, placed, strategy, 0, nodes.len());
+        return schedule_on(pod, &all, &all, placement, strategy, 0, start);
     };
     // only the volume's node can take the pod; the others fail for that reason
-    let allowed: Vec<NodeInfo> = nodes.iter().filter(|n| n.name == node).cloned().collect();
-    let conflicts = nodes.len() - allowed.len();
+    let allowed: Vec<&NodeInfo> = all.iter().copied().filter(|n| n.name == node).collect();
+    let conflicts = all.len() - allowed.len();
     if allowed.is_empty() {
         return Err(format!(
             "0/{} nodes are available: {conflicts} node(s) had volume node affinity conflict.",
-            nodes.len()
+            all.len()
         ));
     }
-    schedule_on(pod, &allowed, placed, strategy, conflicts, nodes.len())
+    schedule_on(pod, &all, &allowed, placement, strategy, conflicts, 0)
 }
 
 fn schedule_on(
     pod: &Value,
-    nodes: &[NodeInfo],
-    placed: &[Placed],
+    all: &[&NodeInfo],
+    candidates: &[&NodeInfo],
+    placement: &Placement,
     strategy: Strategy,
     volume_conflicts: usize,
-    total: usize,
-) -> Result<String, String> {
-    let by_name: HashMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    start: usize,
+) -> Result<Choice, String> {
+    let by_name: HashMap<&str, &NodeInfo> = all.iter().map(|n| (n.name.as_str(), *n)).collect();
+    let needs = Needs::of(pod, &by_name, placement);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     if volume_conflicts > 0 {
         reasons.insert(
@@ -544,17 +764,16 @@ fn schedule_on(
             volume_conflicts,
         );
     }
-    // the pods on each node, grouped once (not once per node)
-    let mut by_node: HashMap<&str, Vec<&Placed>> = HashMap::new();
-    for p in placed {
-        by_node.entry(p.node.as_str()).or_default().push(p);
-    }
+    let wanted = nodes_to_find(candidates.len());
     let mut feasible = Vec::new();
-    for n in nodes {
-        let on_node = by_node
-            .get(n.name.as_str())
-            .map_or(&[][..], |v| v.as_slice());
-        let why = filter(pod, n, &by_name, placed, on_node);
+    let mut examined = 0;
+    for i in 0..candidates.len() {
+        if feasible.len() >= wanted {
+            break;
+        }
+        let n = candidates[(start + i) % candidates.len()];
+        examined += 1;
+        let why = filter(&needs, n, placement.usage(&n.name));
         if why.is_empty() {
             feasible.push(n);
         }
@@ -570,16 +789,19 @@ fn schedule_on(
         } else {
             format!(": {}", parts.join(", "))
         };
-        return Err(format!("0/{total} nodes are available{detail}."));
+        return Err(format!("0/{} nodes are available{detail}.", all.len()));
     }
-    let s = scores(pod, &feasible, &by_node, strategy);
+    let s = scores(&needs, &feasible, placement, strategy);
     let best = (0..feasible.len())
         .max_by(|&a, &b| {
             s[a].cmp(&s[b])
                 .then_with(|| feasible[b].name.cmp(&feasible[a].name))
         })
         .expect("at least one feasible node");
-    Ok(feasible[best].name.clone())
+    Ok(Choice {
+        node: feasible[best].name.clone(),
+        examined,
+    })
 }
 
 /// Whether the scheduler should place this pod.
@@ -598,24 +820,51 @@ struct Scheduler {
     client: Client,
     recorder: Recorder,
     pods: Arc<Cache>,
-    nodes: Arc<Cache>,
     claims: Arc<Cache>,
     strategy: Strategy,
     /// Claims bound by us that the cache may not show yet: `ns/claim` → node.
     bound_claims: Mutex<HashMap<String, String>>,
-    /// Pods bound by us that the cache may not show bound yet: uid → node.
-    /// A pod is assumed as soon as it is placed, before its binding is
-    /// written, so the next pod sees it.
-    assumed: Arc<Mutex<HashMap<String, Placed>>>,
+    /// Placed and assumed pods, kept by the pod watch.
+    placement: Arc<Mutex<Placement>>,
+    /// Every node as the scheduler sees it, kept by the node watch.
+    nodes: Arc<Mutex<NodeTable>>,
+    /// Where the next pod's search for feasible nodes starts.
+    next_start: std::sync::atomic::AtomicUsize,
     /// Pods no node could take: tried again when pods or nodes change.
     unschedulable: Arc<Mutex<HashSet<String>>>,
     queue: Arc<WorkQueue>,
     /// Bindings written at once, as kube-scheduler's binding cycles run
     /// beside its scheduling cycle: the store commits them together.
     binds: Arc<tokio::sync::Semaphore>,
-    /// Bumped on every node change; `node_infos` is rebuilt when it moved.
-    node_generation: Arc<std::sync::atomic::AtomicU64>,
-    node_infos: Mutex<(u64, Arc<Vec<NodeInfo>>)>,
+}
+
+/// Every node, parsed once per change of that node.
+#[derive(Default)]
+struct NodeTable {
+    by_name: BTreeMap<String, Arc<NodeInfo>>,
+    /// `by_name`'s values, in name order; rebuilt after a change.
+    list: Option<Arc<Vec<Arc<NodeInfo>>>>,
+}
+
+impl NodeTable {
+    fn apply(&mut self, change: &Change) {
+        let name = meta::name(change.object()).to_string();
+        match change {
+            Change::Applied(n) => {
+                self.by_name.insert(name, Arc::new(NodeInfo::from_node(n)));
+            }
+            Change::Deleted(_) => {
+                self.by_name.remove(&name);
+            }
+        }
+        self.list = None;
+    }
+
+    fn list(&mut self) -> Arc<Vec<Arc<NodeInfo>>> {
+        self.list
+            .get_or_insert_with(|| Arc::new(self.by_name.values().cloned().collect()))
+            .clone()
+    }
 }
 
 /// Bindings in flight at once.
@@ -644,25 +893,6 @@ fn scheduled(recorder: &Recorder, pod: &Value, node: &str) {
 }
 
 impl Scheduler {
-    /// Every node as the scheduler sees it, parsed once per node change
-    /// rather than once per pod.
-    fn node_infos(&self) -> Arc<Vec<NodeInfo>> {
-        let generation = self
-            .node_generation
-            .load(std::sync::atomic::Ordering::Acquire);
-        let mut cached = lock(&self.node_infos);
-        if cached.0 != generation || cached.1.is_empty() {
-            let infos: Vec<NodeInfo> = self
-                .nodes
-                .all()
-                .iter()
-                .map(|n| NodeInfo::from_node(n))
-                .collect();
-            *cached = (generation, Arc::new(infos));
-        }
-        cached.1.clone()
-    }
-
     /// Every claim and the node its volume lives on (the local-path
     /// provisioner binds a claim to the node of its first pod).
     fn claims_map(&self) -> Claims {
@@ -711,26 +941,6 @@ impl Scheduler {
             .insert(format!("{ns}/{claim}"), node.to_string());
         Ok(())
     }
-
-    fn placed(&self) -> Vec<Placed> {
-        let mut assumed = self.assumed.lock().unwrap_or_else(|e| e.into_inner());
-        let mut placed = Vec::new();
-        for p in self.pods.all() {
-            let uid = p["metadata"]["uid"].as_str().unwrap_or("");
-            let node = p["spec"]["nodeName"].as_str().unwrap_or("");
-            if !node.is_empty() {
-                assumed.remove(uid);
-                if !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
-                    placed.push(Placed {
-                        node: node.to_string(),
-                        pod: p,
-                    });
-                }
-            }
-        }
-        placed.extend(assumed.values().cloned());
-        placed
-    }
 }
 
 impl Reconcile for Scheduler {
@@ -739,35 +949,41 @@ impl Reconcile for Scheduler {
             lock(&self.unschedulable).remove(&key);
             return Ok(Next::Done);
         };
-        let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
         if !wants(&pod) {
             lock(&self.unschedulable).remove(&key);
-        }
-        if !wants(&pod)
-            || self
-                .assumed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&uid)
-        {
             return Ok(Next::Done);
         }
-        let nodes = self.node_infos();
+        if lock(&self.placement).is_assumed(&pod) {
+            return Ok(Next::Done);
+        }
+        let nodes = lock(&self.nodes).list();
         let (ns, name) = (
             meta::namespace(&pod).to_string(),
             meta::name(&pod).to_string(),
         );
-        let claims = self.claims_map();
-        match schedule_with_claims(&pod, &nodes, &self.placed(), self.strategy, &claims) {
-            Ok(node) if claims_of(&pod).is_empty() => {
+        let uses_claims = !claims_of(&pod).is_empty();
+        let claims = if uses_claims {
+            self.claims_map()
+        } else {
+            Claims::new()
+        };
+        let decision = {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut placement = lock(&self.placement);
+            let start = self.next_start.load(Relaxed);
+            let decision =
+                schedule_with_claims(&pod, &nodes, &placement, self.strategy, &claims, start);
+            if let Ok(choice) = &decision {
+                self.next_start
+                    .store((start + choice.examined) % nodes.len().max(1), Relaxed);
+                // counted from now on, before the binding is written
+                placement.assume(&pod, &choice.node);
+            }
+            decision
+        };
+        match decision {
+            Ok(Choice { node, .. }) if !uses_claims => {
                 lock(&self.unschedulable).remove(&key);
-                lock(&self.assumed).insert(
-                    uid.clone(),
-                    Placed {
-                        node: node.clone(),
-                        pod: pod.clone(),
-                    },
-                );
                 let permit = self
                     .binds
                     .clone()
@@ -775,46 +991,43 @@ impl Reconcile for Scheduler {
                     .await
                     .expect("the semaphore is never closed");
                 let (client, recorder) = (self.client.clone(), self.recorder.clone());
-                let (assumed, queue) = (self.assumed.clone(), self.queue.clone());
+                let (placement, queue) = (self.placement.clone(), self.queue.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
                     match bind(&client, &pod, &node).await {
                         Ok(()) => scheduled(&recorder, &pod, &node),
                         // deleted meanwhile, or bound by someone else
                         Err(e) if e.is_not_found() || e.code() == Some(409) => {
-                            lock(&assumed).remove(&uid);
+                            lock(&placement).forget(&pod);
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, pod = %key, "binding");
-                            lock(&assumed).remove(&uid);
+                            lock(&placement).forget(&pod);
                             queue.add_rate_limited(&key);
                         }
                     }
                 });
                 Ok(Next::Done)
             }
-            Ok(node) => {
+            Ok(Choice { node, .. }) => {
+                lock(&self.unschedulable).remove(&key);
                 match bind(&self.client, &pod, &node).await {
                     Ok(_) => {}
                     // deleted meanwhile, or bound by someone else: nothing to do
-                    Err(e) if e.is_not_found() || e.code() == Some(409) => return Ok(Next::Done),
-                    Err(e) => return Err(e),
+                    Err(e) if e.is_not_found() || e.code() == Some(409) => {
+                        lock(&self.placement).forget(&pod);
+                        return Ok(Next::Done);
+                    }
+                    Err(e) => {
+                        lock(&self.placement).forget(&pod);
+                        return Err(e);
+                    }
                 }
                 for claim in claims_of(&pod) {
                     if matches!(claims.get(&format!("{ns}/{claim}")), Some(None)) {
                         self.bind_claim(&ns, &claim, &node).await?;
                     }
                 }
-                self.assumed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        uid,
-                        Placed {
-                            node: node.clone(),
-                            pod: pod.clone(),
-                        },
-                    );
                 scheduled(&self.recorder, &pod, &node);
                 Ok(Next::Done)
             }
@@ -861,6 +1074,8 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
     let (pods, nodes) = (Cache::new(), Cache::new());
     let queue = WorkQueue::new();
     let unschedulable: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let placement: Arc<Mutex<Placement>> = Arc::default();
+    let node_table: Arc<Mutex<NodeTable>> = Arc::default();
     // pods not tried yet are queued already: only the ones no node could
     // take need another look when something changes
     let requeue_pending = {
@@ -872,20 +1087,25 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
         }
     };
     let on_pod = {
-        let (queue, requeue) = (queue.clone(), requeue_pending.clone());
-        move |c: Change| match &c {
-            Change::Applied(p) if wants(p) => queue.add(&runtime::key_of(p)),
-            // a pod bound, finished or deleted may free room for others
-            _ => requeue(),
+        let (queue, requeue, placement) =
+            (queue.clone(), requeue_pending.clone(), placement.clone());
+        move |c: Change| {
+            match &c {
+                Change::Applied(p) => lock(&placement).observe(p),
+                Change::Deleted(p) => lock(&placement).deleted(p),
+            }
+            match &c {
+                Change::Applied(p) if wants(p) => queue.add(&runtime::key_of(p)),
+                // a pod bound, finished or deleted may free room for others
+                _ => requeue(),
+            }
         }
     };
     let requeue_claims = requeue_pending.clone();
-    let node_generation = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let on_node = {
-        let generation = node_generation.clone();
-        move |_c: Change| {
-            // the cache holds the change already
-            generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        let node_table = node_table.clone();
+        move |c: Change| {
+            lock(&node_table).apply(&c);
             requeue_pending()
         }
     };
@@ -901,16 +1121,15 @@ pub async fn run(client: Client, strategy: Strategy, cancel: CancelToken) {
         recorder: Recorder::new(client.clone(), NAME.to_string()),
         client: client.clone(),
         pods,
-        nodes,
         claims,
         strategy,
         bound_claims: Mutex::default(),
-        assumed: Arc::default(),
+        placement,
+        nodes: node_table,
+        next_start: Default::default(),
         unschedulable,
         queue: queue.clone(),
         binds: Arc::new(tokio::sync::Semaphore::new(PARALLEL_BINDS)),
-        node_generation,
-        node_infos: Mutex::new((0, Arc::new(Vec::new()))),
     });
     // one worker: each pod is placed seeing the ones placed before it
     runtime::run_controller("scheduler", &client, watches, queue, 1, scheduler, cancel).await;
@@ -931,6 +1150,11 @@ mod tests {
     fn pod(name: &str, cpu: &str, memory: &str) -> Value {
         json!({"metadata": {"name": name, "namespace": "default", "uid": name, "labels": {"app": name}},
                "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]}})
+    }
+
+    fn with_claims(p: &Value, nodes: &[NodeInfo], claims: &Claims) -> Result<String, String> {
+        let none = Placement::default();
+        schedule_with_claims(p, nodes, &none, Strategy::MostAllocated, claims, 0).map(|c| c.node)
     }
 
     fn on(node: &str, p: Value) -> Placed {
@@ -1057,7 +1281,9 @@ mod tests {
             .unwrap(),
             "a"
         );
-        let full = vec![db, on("a", pod("db", "100m", "10Mi"))];
+        let mut db2 = pod("db2", "100m", "10Mi");
+        db2["metadata"]["labels"]["app"] = json!("db");
+        let full = vec![db, on("a", db2)];
         assert_eq!(
             schedule(&lonely, &nodes, &full, Strategy::MostAllocated).unwrap_err(),
             "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."
@@ -1098,25 +1324,147 @@ mod tests {
             json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]);
         let mut claims = Claims::new();
         assert_eq!(
-            schedule_with_claims(&p, &nodes, &[], Strategy::MostAllocated, &claims).unwrap_err(),
+            with_claims(&p, &nodes, &claims).unwrap_err(),
             "0/2 nodes are available: persistentvolumeclaim \"data-db-0\" not found."
         );
         claims.insert("default/data-db-0".into(), None);
-        assert_eq!(
-            schedule_with_claims(&p, &nodes, &[], Strategy::MostAllocated, &claims).unwrap(),
-            "a"
-        );
+        assert_eq!(with_claims(&p, &nodes, &claims).unwrap(), "a");
         claims.insert("default/data-db-0".into(), Some("b".into()));
-        assert_eq!(
-            schedule_with_claims(&p, &nodes, &[], Strategy::MostAllocated, &claims).unwrap(),
-            "b"
-        );
+        assert_eq!(with_claims(&p, &nodes, &claims).unwrap(), "b");
         let mut full = nodes.clone();
         full[1].unschedulable = true;
         assert_eq!(
-            schedule_with_claims(&p, &full, &[], Strategy::MostAllocated, &claims).unwrap_err(),
+            with_claims(&p, &full, &claims).unwrap_err(),
             "0/2 nodes are available: 1 node(s) had volume node affinity conflict, 1 node(s) were unschedulable."
         );
+    }
+
+    #[test]
+    fn an_assumed_pod_counts_until_the_watch_shows_it_bound_or_its_binding_fails() {
+        let mut placement = Placement::default();
+        let p = Arc::new(pod("p", "500m", "1Gi"));
+        placement.assume(&p, "a");
+        assert!(placement.is_assumed(&p));
+        let used = |pl: &Placement| pl.usage("a").map(|u| (u.pods, u.requests));
+        let one = Some((1, pod_requests(&p)));
+        assert_eq!(used(&placement), one);
+        // a status change of the still unbound pod keeps its place
+        placement.observe(&p);
+        assert_eq!(used(&placement), one);
+        // the watch shows it bound: counted once, no longer assumed
+        let mut bound = (*p).clone();
+        bound["spec"]["nodeName"] = json!("a");
+        let bound = Arc::new(bound);
+        placement.observe(&bound);
+        assert!(!placement.is_assumed(&bound));
+        assert_eq!(used(&placement), one);
+        // a late failure of its binding (409) forgets nothing the watch showed
+        placement.forget(&p);
+        assert_eq!(used(&placement), one);
+        // finished pods free their node
+        let mut done = (*bound).clone();
+        done["status"]["phase"] = json!("Succeeded");
+        placement.observe(&Arc::new(done));
+        assert_eq!(used(&placement), None);
+
+        // an assumption whose binding failed is dropped
+        let q = Arc::new(pod("q", "1", "1Gi"));
+        placement.assume(&q, "b");
+        placement.forget(&q);
+        assert_eq!(placement.usage("b").map(|u| u.pods), None);
+        // a new pod of the same name is not the assumed one
+        placement.assume(&q, "b");
+        let mut again = (*q).clone();
+        again["metadata"]["uid"] = json!("q-2");
+        assert!(!placement.is_assumed(&again));
+        placement.deleted(&again);
+        assert!(
+            placement.is_assumed(&q),
+            "a delete of another uid removes nothing"
+        );
+        placement.deleted(&q);
+        assert_eq!(placement.usage("b").map(|u| u.pods), None);
+    }
+
+    #[test]
+    fn at_many_nodes_the_search_stops_at_kubernetes_share_and_goes_round() {
+        assert_eq!(nodes_to_find(3), 3);
+        assert_eq!(nodes_to_find(99), 99);
+        assert_eq!(nodes_to_find(100), 100);
+        assert_eq!(nodes_to_find(1000), 420);
+        assert_eq!(nodes_to_find(5000), 500);
+        assert_eq!(nodes_to_find(50_000), 2500);
+        let nodes: Vec<NodeInfo> = (0..300)
+            .map(|i| node(&format!("n{i:03}"), "4", "8Gi"))
+            .collect();
+        let none = Placement::default();
+        let p = pod("p", "100m", "10Mi");
+        let pick = |start| {
+            schedule_with_claims(
+                &p,
+                &nodes,
+                &none,
+                Strategy::MostAllocated,
+                &Claims::new(),
+                start,
+            )
+            .unwrap()
+        };
+        // 144 of 300 are looked at, from the start, wrapping past the end
+        let c = pick(0);
+        assert_eq!(c.examined, 144);
+        assert_eq!(c.node, "n000");
+        let c = pick(250);
+        assert_eq!(c.examined, 144);
+        assert_eq!(c.node, "n000", "the window 250..300, 0..94 holds n000");
+        assert_eq!(pick(10).node, "n010");
+        // when one node fits, every node is looked at to find it
+        let mut full = nodes.clone();
+        for n in full.iter_mut().filter(|n| n.name != "n007") {
+            n.unschedulable = true;
+        }
+        let c = schedule_with_claims(
+            &p,
+            &full,
+            &none,
+            Strategy::MostAllocated,
+            &Claims::new(),
+            100,
+        )
+        .unwrap();
+        assert_eq!((c.node.as_str(), c.examined), ("n007", 300));
+    }
+
+    proptest::proptest! {
+        /// Whatever happens to pods in whatever order, what the placement
+        /// says each node has given out is the sum of the pods it holds.
+        #[test]
+        fn the_placement_sums_are_the_sums_of_its_pods(
+            ops in proptest::collection::vec((0usize..6, 0u8..5, 0usize..3), 1..60),
+        ) {
+            let mut placement = Placement::default();
+            for (i, op, n) in ops {
+                let mut p = pod(&format!("p{i}"), &format!("{}m", 100 * (i + 1)), "64Mi");
+                let node = ["a", "b", "c"][n];
+                match op {
+                    0 => placement.assume(&Arc::new(p), node),
+                    1 => {
+                        p["spec"]["nodeName"] = json!(node);
+                        placement.observe(&Arc::new(p));
+                    }
+                    2 => placement.observe(&Arc::new(p)),
+                    3 => placement.forget(&p),
+                    _ => placement.deleted(&p),
+                }
+            }
+            for node in ["a", "b", "c"] {
+                let held: Vec<&Slot> = placement.pods.values().filter(|s| s.node == node).collect();
+                let sum = held.iter().fold(Resources::default(), |a, s| a + pod_requests(&s.pod));
+                let usage = placement.usage(node).cloned().unwrap_or_default();
+                proptest::prop_assert_eq!(usage.pods, held.len() as u64);
+                proptest::prop_assert_eq!(usage.requests, sum);
+            }
+        }
     }
 
     proptest::proptest! {
