@@ -9,10 +9,15 @@
 //! owner), highest wins, ties by node name. A pod that fits nowhere gets
 //! Kubernetes' "0/N nodes are available: ..." message.
 //!
+//! As kube-scheduler, at more than 100 nodes it stops looking once it has
+//! found [`nodes_to_find`] feasible ones, and the next pod's search starts
+//! where this one's stopped.
+//!
 //! [`run`] is the thin loop around it: reflectors for pods and nodes, a work
 //! queue of pending pods, one worker (pods are placed one at a time, each
-//! seeing the ones before), and "assumed" placements so a pod bound a
-//! moment ago counts before the watch reports it.
+//! seeing the ones before), and a [`Placement`] kept by the pod watch: what
+//! every node has given out, with "assumed" pods so a pod bound a moment
+//! ago counts before the watch reports it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -451,13 +456,18 @@ struct Term<'a> {
 fn affinity_terms<'a>(
     pod: &'a Value,
     kind: &str,
-    nodes: &HashMap<&str, &'a NodeInfo>,
+    all: &[&'a NodeInfo],
     placement: &'a Placement,
 ) -> Vec<Term<'a>> {
-    pod["spec"]["affinity"][kind]["requiredDuringSchedulingIgnoredDuringExecution"]
+    let terms = pod["spec"]["affinity"][kind]["requiredDuringSchedulingIgnoredDuringExecution"]
         .as_array()
-        .into_iter()
-        .flatten()
+        .map_or(&[][..], Vec::as_slice);
+    if terms.is_empty() {
+        return Vec::new();
+    }
+    let nodes: HashMap<&str, &NodeInfo> = all.iter().map(|n| (n.name.as_str(), *n)).collect();
+    terms
+        .iter()
         .map(|term| {
             let key = term["topologyKey"]
                 .as_str()
@@ -506,7 +516,7 @@ struct Needs<'a> {
 }
 
 impl<'a> Needs<'a> {
-    fn of(pod: &'a Value, nodes: &HashMap<&str, &'a NodeInfo>, placement: &'a Placement) -> Self {
+    fn of(pod: &'a Value, all: &[&'a NodeInfo], placement: &'a Placement) -> Self {
         Needs {
             pod,
             runtime: required_runtime(pod),
@@ -515,8 +525,8 @@ impl<'a> Needs<'a> {
             tolerations: pod["spec"]["tolerations"]
                 .as_array()
                 .map_or(&[][..], Vec::as_slice),
-            affinity: affinity_terms(pod, "podAffinity", nodes, placement),
-            anti_affinity: affinity_terms(pod, "podAntiAffinity", nodes, placement),
+            affinity: affinity_terms(pod, "podAffinity", all, placement),
+            anti_affinity: affinity_terms(pod, "podAntiAffinity", all, placement),
         }
     }
 }
@@ -755,8 +765,7 @@ fn schedule_on(
     volume_conflicts: usize,
     start: usize,
 ) -> Result<Choice, String> {
-    let by_name: HashMap<&str, &NodeInfo> = all.iter().map(|n| (n.name.as_str(), *n)).collect();
-    let needs = Needs::of(pod, &by_name, placement);
+    let needs = Needs::of(pod, all, placement);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     if volume_conflicts > 0 {
         reasons.insert(

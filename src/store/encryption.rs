@@ -10,6 +10,7 @@
 //! kube-apiserver's `EncryptionConfiguration` shape; the first key seals,
 //! all of them open.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -236,12 +237,22 @@ impl Keyring {
         serde_json::from_slice(&plain).map_err(|e| corrupt(&e.to_string()))
     }
 
-    /// The stored form of `object` under `key`: sealed if its kind is.
-    pub fn to_stored(&self, key: &str, object: &Value) -> Value {
+    /// The stored form of `object` under `key`: sealed if its kind is,
+    /// else `object` itself (not copied).
+    pub fn to_stored<'a>(&self, key: &str, object: &'a Value) -> Cow<'a, Value> {
         if is_sealed_kind(key) && !is_sealed(object) {
-            self.seal(key, object)
+            Cow::Owned(self.seal(key, object))
         } else {
-            object.clone()
+            Cow::Borrowed(object)
+        }
+    }
+
+    /// [`Keyring::to_stored`] of an object the caller gives up.
+    pub fn into_stored(&self, key: &str, object: Value) -> Value {
+        if is_sealed_kind(key) && !is_sealed(&object) {
+            self.seal(key, &object)
+        } else {
+            object
         }
     }
 
@@ -285,7 +296,7 @@ mod tests {
         let path = dir.path().join("cred/encryption-config.json");
         let ring = Keyring::load_or_create(&path).unwrap();
         let secret = json!({"kind": "Secret", "data": {"password": "aHVudGVyMg=="}});
-        let sealed = ring.to_stored("core/secrets/d/db", &secret);
+        let sealed = ring.to_stored("core/secrets/d/db", &secret).into_owned();
         assert!(is_sealed(&sealed));
         assert!(!sealed.to_string().contains("aHVudGVyMg"), "{sealed}");
         assert_eq!(
@@ -297,7 +308,7 @@ mod tests {
         assert!(ring.open("core/secrets/d/other", &sealed).is_err());
         // other kinds stay as they are
         let cm = json!({"kind": "ConfigMap"});
-        assert_eq!(ring.to_stored("core/configmaps/d/x", &cm), cm);
+        assert_eq!(*ring.to_stored("core/configmaps/d/x", &cm), cm);
         // the key file is private and reloads
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(

@@ -347,7 +347,7 @@ impl Store {
                 object,
                 precondition,
             } => Request::Put {
-                object: self.keyring.to_stored(&key, &object),
+                object: self.keyring.into_stored(&key, object),
                 key,
                 precondition,
             },
@@ -389,7 +389,7 @@ impl Store {
         }
         for (key, value) in pending.iter().filter(|(k, _)| k.starts_with(prefix)) {
             match value {
-                Some(v) => out.insert(key.clone(), self.keyring.to_stored(key, v)),
+                Some(v) => out.insert(key.clone(), self.keyring.to_stored(key, v).into_owned()),
                 None => out.remove(key),
             };
         }
@@ -494,7 +494,7 @@ impl Store {
             objects: objects
                 .into_iter()
                 .map(|(k, v)| {
-                    let stored = self.keyring.to_stored(&k, &v);
+                    let stored = self.keyring.to_stored(&k, &v).into_owned();
                     (k, stored)
                 })
                 .collect(),

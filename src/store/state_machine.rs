@@ -52,6 +52,24 @@ pub struct Remembered {
     pub response: Response,
 }
 
+/// [`Remembered`] as it is written, borrowing the response rather than
+/// copying it: serialised the same way.
+#[derive(Serialize)]
+struct RememberedRef<'a> {
+    seq: u64,
+    key: &'a str,
+    response: StoredResponse<'a>,
+}
+
+/// A [`Response`] in its stored form, borrowed; serialised as `Response` is.
+#[derive(Serialize)]
+enum StoredResponse<'a> {
+    None,
+    Applied(std::borrow::Cow<'a, Value>),
+    Rejected(&'a Rejection),
+    Batch(Vec<StoredResponse<'a>>),
+}
+
 /// Applied writes are written to the redb file at most this long after
 /// the first of them.
 pub const FLUSH_AFTER: Duration = Duration::from_secs(30);
@@ -230,11 +248,15 @@ impl StateMachine {
         })
     }
 
-    /// A response in its stored form (Secrets sealed).
-    fn stored(&self, key: &str, response: &Response) -> Response {
+    /// A response in its stored form (Secrets sealed), borrowing it.
+    fn stored<'a>(&self, key: &str, response: &'a Response) -> StoredResponse<'a> {
         match response {
-            Response::Applied(v) => Response::Applied(self.keyring.to_stored(key, v)),
-            other => other.clone(),
+            Response::None => StoredResponse::None,
+            Response::Applied(v) => StoredResponse::Applied(self.keyring.to_stored(key, v)),
+            Response::Rejected(r) => StoredResponse::Rejected(r),
+            Response::Batch(all) => {
+                StoredResponse::Batch(all.iter().map(|r| self.stored(key, r)).collect())
+            }
         }
     }
 
@@ -327,9 +349,9 @@ impl StateMachine {
         }
         let next = self.remembered_order.back().map_or(0, |(s, _)| s + 1);
         for (seq, (id, key, response)) in (next..).zip(fresh) {
-            let rem = Remembered {
+            let rem = RememberedRef {
                 seq,
-                key: key.clone(),
+                key: &key,
                 response: self.stored(&key, &response),
             };
             self.pending
@@ -840,6 +862,39 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn borrowed(r: &Response) -> StoredResponse<'_> {
+        match r {
+            Response::None => StoredResponse::None,
+            Response::Applied(v) => StoredResponse::Applied(std::borrow::Cow::Borrowed(v)),
+            Response::Rejected(r) => StoredResponse::Rejected(r),
+            Response::Batch(all) => StoredResponse::Batch(all.iter().map(borrowed).collect()),
+        }
+    }
+
+    #[test]
+    fn a_remembered_answer_is_written_as_it_is_read() {
+        let responses = [
+            Response::None,
+            Response::Applied(json!({"kind": "Pod", "metadata": {"name": "p"}})),
+            Response::Rejected(Rejection::NestedBatch),
+            Response::Batch(vec![
+                Response::Applied(json!({"kind": "ConfigMap"})),
+                Response::None,
+            ]),
+        ];
+        for response in responses {
+            let bytes = serde_json::to_vec(&RememberedRef {
+                seq: 7,
+                key: "core/pods/d/p",
+                response: borrowed(&response),
+            })
+            .unwrap();
+            let read: Remembered = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!((read.seq, read.key.as_str()), (7, "core/pods/d/p"));
+            assert_eq!(read.response, response);
+        }
+    }
 
     fn test_keyring(dir: &tempfile::TempDir) -> Arc<Keyring> {
         Arc::new(Keyring::load_or_create(&dir.path().join("keys.json")).unwrap())
