@@ -53,6 +53,9 @@ enum Bench {
     /// The control plane at many nodes: hollow nodes that hold Leases and
     /// heartbeat, then pods scheduled through the API.
     Hollow(hollow::HollowArgs),
+    /// The scheduler's decision alone, in this process: pods placed one
+    /// by one on nodes like the hollow ones, without the API.
+    Schedule(schedule::ScheduleArgs),
 }
 
 #[derive(Parser)]
@@ -1611,6 +1614,7 @@ async fn main() -> Result<()> {
         Bench::Chaos(args) => chaos::run(args).await,
         Bench::Wear(args) => wear::run(args).await,
         Bench::Hollow(args) => hollow::run(args).await,
+        Bench::Schedule(args) => schedule::run(args),
     }
 }
 
@@ -3446,6 +3450,70 @@ mod wear {
     }
 }
 
+mod schedule {
+    //! What the scheduler's decision costs without the API around it: the
+    //! same pure function and placement cache the scheduler runs, pods
+    //! placed one after another as its one worker does.
+
+    use super::*;
+    use wasmkube::controllers::scheduler::{self, Claims, NodeInfo, Placement, Strategy};
+
+    #[derive(Parser)]
+    pub struct ScheduleArgs {
+        /// Nodes (as the hollow ones: 4 CPUs, 8 GiB, 110 pods).
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Pods to place.
+        #[arg(long, default_value_t = 50000)]
+        pods: usize,
+    }
+
+    pub fn run(args: ScheduleArgs) -> Result<()> {
+        let nodes: Vec<NodeInfo> = (0..args.nodes)
+            .map(|i| {
+                let name = format!("hollow-{i}");
+                NodeInfo::from_node(&json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+                    "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                        "conditions": [{"type": "Ready", "status": "True"}]}}))
+            })
+            .collect();
+        let mut placement = Placement::default();
+        let mut start = 0;
+        let mut took = Histogram::<u64>::new(3)?;
+        let t = Instant::now();
+        for i in 0..args.pods {
+            let pod = Arc::new(json!({"metadata": {"name": format!("p-{i}"), "namespace": "default", "uid": format!("uid-{i}")},
+                "spec": {"containers": [{"name": "c", "image": "example.test/app:1",
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}));
+            let t0 = Instant::now();
+            let choice = scheduler::schedule_with_claims(
+                &pod,
+                &nodes,
+                &placement,
+                Strategy::default(),
+                &Claims::new(),
+                start,
+            )
+            .map_err(anyhow::Error::msg)?;
+            start = (start + choice.examined) % nodes.len();
+            placement.assume(&pod, &choice.node);
+            took.record(t0.elapsed().as_nanos() as u64)?;
+        }
+        let all = t.elapsed().as_secs_f64();
+        println!("Machine: {}", machine());
+        println!(
+            "- {} pods on {} nodes ({} looked at per pod): **{:.0} decisions/s**, p50 {:.0} µs, p99 {:.0} µs",
+            args.pods,
+            args.nodes,
+            scheduler::nodes_to_find(args.nodes),
+            args.pods as f64 / all,
+            took.value_at_quantile(0.5) as f64 / 1000.0,
+            took.value_at_quantile(0.99) as f64 / 1000.0,
+        );
+        Ok(())
+    }
+}
+
 mod hollow {
     //! The control plane at many nodes, as kubemark measures it: hollow
     //! nodes (in this process) register, hold Leases and renew them every
@@ -3469,6 +3537,10 @@ mod hollow {
         /// Concurrent API clients creating nodes and pods.
         #[arg(long, default_value_t = 32)]
         clients: usize,
+        /// One more argument for `wk server` (repeatable), e.g.
+        /// `--server-arg=--watch-history=5000`.
+        #[arg(long, allow_hyphen_values = true)]
+        server_arg: Vec<String>,
     }
 
     const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
@@ -3485,12 +3557,9 @@ mod hollow {
 
     pub async fn run(args: HollowArgs) -> Result<()> {
         let tmp = tempfile_dir()?;
-        let (server, target) = start_wk(
-            &args.wk,
-            &tmp.join("server"),
-            &["--disable-agent", "--max-pods", "110"],
-        )
-        .await?;
+        let mut server_args = vec!["--disable-agent", "--max-pods", "110"];
+        server_args.extend(args.server_arg.iter().map(String::as_str));
+        let (server, target) = start_wk(&args.wk, &tmp.join("server"), &server_args).await?;
         let Target::Wk { url, http } = target else {
             bail!("not a wk target")
         };
