@@ -5,6 +5,7 @@
 //! only ever blocks its own task; if it falls out of the window it gets a
 //! 410 `Expired` ERROR event and the stream ends, as Kubernetes does.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -24,11 +25,19 @@ const BATCH: usize = 512;
 /// Default lifetime of a watch without `timeoutSeconds`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// A watch event, serialised from borrowed parts (the `json!` macro would
+/// copy the object first).
+#[derive(serde::Serialize)]
+struct Event<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    object: &'a Value,
+}
+
 fn json_line(event_type: &str, object: &Value) -> Bytes {
-    let mut s =
-        serde_json::to_string(&json!({"type": event_type, "object": object})).unwrap_or_default();
-    s.push('\n');
-    Bytes::from(s)
+    let mut line = serde_json::to_vec(&Event { event_type, object }).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// One event as the stream carries it: a JSON line, or a length-prefixed
@@ -43,14 +52,33 @@ fn frame(protobuf: bool, event_type: &str, object: &Value) -> Bytes {
     json_line(event_type, object)
 }
 
-/// Start a watch and return the streaming body. With a Table rendering each
-/// event's object is a one-row Table (bookmarks and errors stay as they are).
+/// An event's object as the watch shows it: itself, or a one-row Table.
+fn shown<'a>(
+    res: &'static Resource,
+    render: &super::table::Render,
+    obj: &'a Value,
+) -> Cow<'a, Value> {
+    match render {
+        super::table::Render::Object | super::table::Render::Protobuf => Cow::Borrowed(obj),
+        super::table::Render::Table { version, include } => Cow::Owned(super::table::table(
+            res,
+            std::slice::from_ref(obj),
+            json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+            version,
+            *include,
+            true,
+        )),
+    }
+}
+
 /// How often a watch checks that its server still has a Raft leader.
 const LEADER_CHECK: Duration = Duration::from_millis(500);
 /// Checks without a leader after which a watch ends (about 1.5 s: a few
 /// election timeouts at the defaults).
 const LEADERLESS_CHECKS: u32 = 3;
 
+/// Start a watch and return the streaming body. With a Table rendering each
+/// event's object is a one-row Table (bookmarks and errors stay as they are).
 pub fn watch(
     store: &Store,
     res: &'static Resource,
@@ -62,19 +90,6 @@ pub fn watch(
 ) -> Result<Body, ApiError> {
     let protobuf = render == super::table::Render::Protobuf;
     let line = move |t: &str, obj: &Value| frame(protobuf, t, obj);
-    let shown = move |obj: &Value| -> Value {
-        match &render {
-            super::table::Render::Object | super::table::Render::Protobuf => obj.clone(),
-            super::table::Render::Table { version, include } => super::table::table(
-                res,
-                std::slice::from_ref(obj),
-                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
-                version,
-                *include,
-                true,
-            ),
-        }
-    };
     let filter = Filter::from_params(res, p)?;
     let prefix = res.prefix(ns);
     let start = p.revision()?;
@@ -102,7 +117,11 @@ pub fn watch(
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         for obj in initial {
-            if tx.send(Ok(line("ADDED", &shown(&obj)))).await.is_err() {
+            if tx
+                .send(Ok(line("ADDED", &shown(res, &render, &obj))))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -141,7 +160,11 @@ pub fn watch(
                     (_, false, false) => None,
                 };
                 if let Some(t) = event {
-                    if tx.send(Ok(line(t, &shown(&c.object)))).await.is_err() {
+                    if tx
+                        .send(Ok(line(t, &shown(res, &render, &c.object))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

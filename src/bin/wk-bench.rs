@@ -3472,9 +3472,11 @@ mod schedule {
         let nodes: Vec<NodeInfo> = (0..args.nodes)
             .map(|i| {
                 let name = format!("hollow-{i}");
-                NodeInfo::from_node(&json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+                NodeInfo::from_node(
+                    &json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
                     "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-                        "conditions": [{"type": "Ready", "status": "True"}]}}))
+                        "conditions": [{"type": "Ready", "status": "True"}]}}),
+                )
             })
             .collect();
         let mut placement = Placement::default();
@@ -3482,9 +3484,11 @@ mod schedule {
         let mut took = Histogram::<u64>::new(3)?;
         let t = Instant::now();
         for i in 0..args.pods {
-            let pod = Arc::new(json!({"metadata": {"name": format!("p-{i}"), "namespace": "default", "uid": format!("uid-{i}")},
+            let pod = Arc::new(
+                json!({"metadata": {"name": format!("p-{i}"), "namespace": "default", "uid": format!("uid-{i}")},
                 "spec": {"containers": [{"name": "c", "image": "example.test/app:1",
-                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}));
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}),
+            );
             let t0 = Instant::now();
             let choice = scheduler::schedule_with_claims(
                 &pod,
