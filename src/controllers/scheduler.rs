@@ -819,10 +819,7 @@ pub fn wants(pod: &Value) -> bool {
     spec["nodeName"].as_str().unwrap_or("").is_empty()
         && matches!(spec["schedulerName"].as_str().unwrap_or(NAME), NAME | "")
         && !meta::is_deleting(pod)
-        && !matches!(
-            pod["status"]["phase"].as_str(),
-            Some("Succeeded" | "Failed")
-        )
+        && !is_finished(pod)
 }
 
 struct Scheduler {

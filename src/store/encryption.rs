@@ -249,11 +249,10 @@ impl Keyring {
 
     /// [`Keyring::to_stored`] of an object the caller gives up.
     pub fn into_stored(&self, key: &str, object: Value) -> Value {
-        if is_sealed_kind(key) && !is_sealed(&object) {
-            self.seal(key, &object)
-        } else {
-            object
+        if let Cow::Owned(sealed) = self.to_stored(key, &object) {
+            return sealed;
         }
+        object
     }
 
     /// The clear form of a stored value.

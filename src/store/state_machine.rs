@@ -863,17 +863,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn borrowed(r: &Response) -> StoredResponse<'_> {
-        match r {
-            Response::None => StoredResponse::None,
-            Response::Applied(v) => StoredResponse::Applied(std::borrow::Cow::Borrowed(v)),
-            Response::Rejected(r) => StoredResponse::Rejected(r),
-            Response::Batch(all) => StoredResponse::Batch(all.iter().map(borrowed).collect()),
-        }
-    }
-
     #[test]
     fn a_remembered_answer_is_written_as_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = test_keyring(&dir);
+        let sm = StateMachine::open(
+            &dir.path().join("s.redb"),
+            Arc::new(Cache::new(100)),
+            keyring.clone(),
+        )
+        .unwrap();
         let responses = [
             Response::None,
             Response::Applied(json!({"kind": "Pod", "metadata": {"name": "p"}})),
@@ -887,13 +886,29 @@ mod tests {
             let bytes = serde_json::to_vec(&RememberedRef {
                 seq: 7,
                 key: "core/pods/d/p",
-                response: borrowed(&response),
+                response: sm.stored("core/pods/d/p", &response),
             })
             .unwrap();
             let read: Remembered = serde_json::from_slice(&bytes).unwrap();
             assert_eq!((read.seq, read.key.as_str()), (7, "core/pods/d/p"));
             assert_eq!(read.response, response);
         }
+        // a Secret's answer is written sealed, and opens to what it was
+        let key = "core/secrets/d/db";
+        let secret = json!({"kind": "Secret", "data": {"password": "aHVudGVyMg=="}});
+        let response = Response::Applied(secret.clone());
+        let bytes = serde_json::to_vec(&RememberedRef {
+            seq: 8,
+            key,
+            response: sm.stored(key, &response),
+        })
+        .unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("aHVudGVyMg"));
+        let read: Remembered = serde_json::from_slice(&bytes).unwrap();
+        let Response::Applied(sealed) = read.response else {
+            panic!("not an applied answer: {:?}", read.response)
+        };
+        assert_eq!(keyring.from_stored(key, sealed).unwrap(), secret);
     }
 
     fn test_keyring(dir: &tempfile::TempDir) -> Arc<Keyring> {
