@@ -363,6 +363,7 @@ impl PodCtx {
         let pod = self.pod();
         let base = spec::pod_dir(&self.agent.config.data_dir, &self.uid).join("volumes");
         let mut out = BTreeMap::new();
+        let mut writes = Writes::default();
         for v in pod
             .pointer("/spec/volumes")
             .and_then(Value::as_array)
@@ -392,22 +393,21 @@ impl PodCtx {
                 let dir = base
                     .join(if is_cm { "configmap" } else { "secret" })
                     .join(&name);
-                write_source(&dir, &name, src, source, is_cm, data).await?;
+                write_source(&mut writes, &dir, &name, src, source, is_cm, data)?;
                 out.insert(name, dir);
                 continue;
             } else if let Some(p) = v.get("projected") {
                 let dir = base.join("projected").join(&name);
-                self.project(&dir, &name, p, data).await?;
+                self.project(&mut writes, &dir, &name, p, data).await?;
                 out.insert(name, dir);
                 continue;
             } else {
                 return Err(format!("volume {name:?}: unsupported volume type"));
             };
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            writes.dir(&dir);
             out.insert(name, dir);
         }
+        writes.apply().await?;
         Ok(out)
     }
 
@@ -415,22 +415,21 @@ impl PodCtx {
     /// and a ServiceAccount token, refreshed before it expires.
     async fn project(
         &self,
+        writes: &mut Writes,
         dir: &Path,
         volume: &str,
         p: &Value,
         data: &Data,
     ) -> Result<(), String> {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        writes.dir(dir);
         let pod = self.pod();
         for src in p["sources"].as_array().into_iter().flatten() {
             if let Some(c) = src.get("configMap") {
                 let n = c["name"].as_str().unwrap_or_default();
-                write_source(dir, volume, c, n, true, data).await?;
+                write_source(writes, dir, volume, c, n, true, data)?;
             } else if let Some(c) = src.get("secret") {
                 let n = c["name"].as_str().unwrap_or_default();
-                write_source(dir, volume, c, n, false, data).await?;
+                write_source(writes, dir, volume, c, n, false, data)?;
             } else if let Some(d) = src.get("downwardAPI") {
                 for item in d["items"].as_array().into_iter().flatten() {
                     let path = item["path"].as_str().unwrap_or_default();
@@ -439,7 +438,7 @@ impl PodCtx {
                         spec::field_ref(&pod, field, &self.record().pod_ip).ok_or_else(|| {
                             format!("volume {volume}: unsupported fieldPath {field:?}")
                         })?;
-                    write_file(dir, volume, path, value.as_bytes()).await?;
+                    writes.file(dir, volume, path, value.into_bytes())?;
                 }
             } else if let Some(t) = src.get("serviceAccountToken") {
                 let path = t["path"].as_str().unwrap_or("token").to_string();
@@ -453,17 +452,12 @@ impl PodCtx {
                     "/api/v1/namespaces/{}/serviceaccounts/{sa}/token",
                     self.namespace
                 );
-                let lifetime = match request_token(
-                    &self.agent.client,
-                    &url,
-                    &request,
-                    dir,
-                    volume,
-                    &path,
-                )
-                .await
+                let lifetime = match request_token(&self.agent.client, &url, &request, volume).await
                 {
-                    Ok(l) => l,
+                    Ok((token, l)) => {
+                        writes.file(dir, volume, &path, token.into_bytes())?;
+                        l
+                    }
                     // no control plane: keep the token of the last run, renew when it is back
                     Err(e) if data.offline && dir.join(&path).exists() => {
                         tracing::info!(pod = %self.name, error = %e, "keeping the previous ServiceAccount token");
@@ -1151,22 +1145,28 @@ impl PodCtx {
         }
     }
 
-    /// Record the pod with `status` as its local state (atomically).
-    async fn persist(&self, status: &Value) {
+    /// Record the pod with `status` as its local state (atomically), in
+    /// one trip to the blocking pool. Only the `first` record creates the
+    /// pod's directory, so a late write cannot bring back one the end of
+    /// the pod removed.
+    async fn persist(&self, status: &Value, first: bool) {
         let mut pod = self.pod();
         if pod.is_null() {
             return;
         }
         pod["status"] = status.clone();
         let dir = spec::pod_dir(&self.agent.config.data_dir, &self.uid);
-        let tmp = dir.join(format!("{LOCAL_STATE}.tmp"));
         let bytes = serde_json::to_vec(&pod).unwrap_or_default();
-        let written = async {
-            tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::write(&tmp, &bytes).await?;
-            tokio::fs::rename(&tmp, dir.join(LOCAL_STATE)).await
-        }
-        .await;
+        let written = tokio::task::spawn_blocking(move || {
+            if first {
+                std::fs::create_dir_all(&dir)?;
+            }
+            let tmp = dir.join(format!("{LOCAL_STATE}.tmp"));
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::rename(&tmp, dir.join(LOCAL_STATE))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = written {
             tracing::warn!(pod = %self.name, error = %e, "saving local pod state");
         }
@@ -1190,22 +1190,22 @@ impl PodCtx {
             if status == last {
                 continue;
             }
-            self.persist(&status).await;
             let path = format!(
                 "/api/v1/namespaces/{}/pods/{}/status",
                 self.namespace, self.name
             );
-            match self
-                .agent
-                .client
-                .request_as(
+            // the local record and the report, side by side
+            let patch = json!({"status": status});
+            let (_, reported) = tokio::join!(
+                self.persist(&status, false),
+                self.agent.client.request_as(
                     Method::PATCH,
                     &path,
-                    Some(&json!({"status": status})),
+                    Some(&patch),
                     "application/merge-patch+json",
                 )
-                .await
-            {
+            );
+            match reported {
                 Ok(_) => {
                     last = status;
                     written = Some(std::time::Instant::now());
@@ -1301,8 +1301,6 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
         let _ = stop_tx.send(true);
     });
     agent.register_pod(&ctx.namespace, &ctx.name, ctx.clone());
-    ctx.persist(&pod["status"]).await;
-    let status_task = tokio::spawn(ctx.clone().sync_status());
     {
         // container changes report sooner; this reports a slow start
         let ctx = ctx.clone();
@@ -1311,8 +1309,11 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
             ctx.dirty.notify_one();
         });
     }
+    // the first local record is written while the pod's ConfigMaps and
+    // Secrets are fetched, and before any status record can follow it
+    let (_, data) = tokio::join!(ctx.persist(&pod["status"], true), ctx.lookup_data());
+    let status_task = tokio::spawn(ctx.clone().sync_status());
 
-    let data = ctx.lookup_data().await;
     let prepared = match ctx.prepare_sandbox().await {
         Ok(()) => ctx.prepare_volumes(&data).await,
         Err(e) => Err(e),
@@ -1481,27 +1482,61 @@ fn resumed_record(pod: &Value, pod_ip: String) -> PodRecord {
 
 /// Write `path` under a volume's directory (atomically: a reader sees
 /// the old content or the new, never half).
-async fn write_file(dir: &Path, volume: &str, path: &str, value: &[u8]) -> Result<(), String> {
-    if path.contains("..") || path.starts_with('/') {
-        return Err(format!(
-            "volume {volume}: path {path:?} must be relative and not contain '..'"
-        ));
+/// The directories and files a pod's volumes need, written together by
+/// one blocking task: each `tokio::fs` call is a round trip to the
+/// blocking pool, and a start used to make about fifteen of them.
+#[derive(Default)]
+struct Writes {
+    dirs: Vec<PathBuf>,
+    /// Each file replaced atomically (written beside, then renamed).
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl Writes {
+    fn dir(&mut self, dir: &Path) {
+        self.dirs.push(dir.to_path_buf());
     }
-    let file = dir.join(path);
-    if let Some(parent) = file.parent() {
-        let _ = tokio::fs::create_dir_all(parent).await;
+
+    /// Write `value` to `path` inside `dir` (volume `volume`'s), which
+    /// must stay inside it.
+    fn file(&mut self, dir: &Path, volume: &str, path: &str, value: Vec<u8>) -> Result<(), String> {
+        if path.contains("..") || path.starts_with('/') {
+            return Err(format!(
+                "volume {volume}: path {path:?} must be relative and not contain '..'"
+            ));
+        }
+        self.files.push((dir.join(path), value));
+        Ok(())
     }
-    let tmp = file.with_extension("wk-tmp");
-    tokio::fs::write(&tmp, value)
-        .await
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    tokio::fs::rename(&tmp, &file)
-        .await
-        .map_err(|e| format!("{}: {e}", file.display()))
+
+    async fn apply(self) -> Result<(), String> {
+        if self.dirs.is_empty() && self.files.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || self.apply_now())
+            .await
+            .map_err(|e| format!("writing volumes: {e}"))?
+    }
+
+    fn apply_now(&self) -> Result<(), String> {
+        for dir in &self.dirs {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        for (file, value) in &self.files {
+            if let Some(parent) = file.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let tmp = file.with_extension("wk-tmp");
+            std::fs::write(&tmp, value).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, file).map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Project a ConfigMap or Secret (`src` is its volume source) into `dir`.
-async fn write_source(
+fn write_source(
+    writes: &mut Writes,
     dir: &Path,
     volume: &str,
     src: &Value,
@@ -1526,9 +1561,7 @@ async fn write_source(
             ))
         }
     };
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    writes.dir(dir);
     let wanted: Vec<(String, String)> = match src["items"].as_array() {
         Some(sel) => sel
             .iter()
@@ -1543,20 +1576,18 @@ async fn write_source(
     };
     for (key, path) in wanted {
         let value = items.get(&key).cloned().unwrap_or_default();
-        write_file(dir, volume, &path, value.as_bytes()).await?;
+        writes.file(dir, volume, &path, value.into_bytes())?;
     }
     Ok(())
 }
 
-/// Ask for a token and write it; returns how long it lives.
+/// Ask for a token; returns it and how long it lives.
 async fn request_token(
     client: &crate::client::Client,
     url: &str,
     request: &Value,
-    dir: &Path,
     volume: &str,
-    path: &str,
-) -> Result<Duration, String> {
+) -> Result<(String, Duration), String> {
     let resp = client
         .request(Method::POST, url, Some(request))
         .await
@@ -1564,13 +1595,13 @@ async fn request_token(
     let token = resp["status"]["token"]
         .as_str()
         .ok_or_else(|| format!("volume {volume}: the token request returned no token"))?;
-    write_file(dir, volume, path, token.as_bytes()).await?;
+    let token = token.to_string();
     let expires = resp["status"]["expirationTimestamp"]
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| (t.timestamp() - chrono::Utc::now().timestamp()).max(60) as u64)
         .unwrap_or(3600);
-    Ok(Duration::from_secs(expires))
+    Ok((token, Duration::from_secs(expires)))
 }
 
 /// Renew a projected token when 80% of its life has passed (as the
@@ -1592,7 +1623,17 @@ async fn refresh_token(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match request_token(&client, &url, &request, &dir, &volume, &path).await {
+        let written = match request_token(&client, &url, &request, &volume).await {
+            Ok((token, l)) => {
+                let mut writes = Writes::default();
+                match writes.file(&dir, &volume, &path, token.into_bytes()) {
+                    Ok(()) => writes.apply().await.map(|()| l),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(l) => lifetime = l,
             Err(e) => {
                 tracing::warn!(error = %e, "refreshing a projected token");
