@@ -125,7 +125,7 @@ pub fn watch(
                 return;
             }
         }
-        let mut revisions = cache.subscribe();
+        let mut revisions = cache.subscribe_to(&prefix);
         let mut bookmark = tokio::time::interval(bookmark_interval);
         bookmark.tick().await;
         // a server cut off from the leader gets no more changes: after a
@@ -135,7 +135,7 @@ pub fn watch(
         leader_check.tick().await;
         let mut leaderless = 0;
         loop {
-            let (changes, current) = match cache.changes_after(cursor, BATCH) {
+            let (changes, current) = match cache.changes_in(&revisions, cursor, BATCH) {
                 Ok(x) => x,
                 Err(e) => {
                     let status = ApiError::Expired(e.to_string()).to_status();

@@ -62,6 +62,32 @@ struct Inner {
     history_start: u64,
     /// The last applied revision (log index), including non-object entries.
     revision: u64,
+    /// Watched kinds, by the root of their keys (`group/plural/`).
+    topics: std::collections::HashMap<String, watch::Sender<u64>>,
+}
+
+/// The root of `key`'s kind: its first two segments (`core/pods/`).
+fn root_of(key: &str) -> &str {
+    let mut slashes = key.match_indices('/').map(|(i, _)| i);
+    match (slashes.next(), slashes.next()) {
+        (Some(_), Some(i)) => &key[..=i],
+        _ => key,
+    }
+}
+
+/// One kind's changes, for a watch: woken only when an object of that
+/// kind changes, not by every write to the store.
+pub struct Topic {
+    root: String,
+    rx: watch::Receiver<u64>,
+}
+
+impl Topic {
+    /// Resolves when an object of this kind changed since the last call
+    /// (or since subscribing); `Err` once the cache is gone.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.rx.changed().await
+    }
 }
 
 /// The in-memory view of the state machine.
@@ -109,6 +135,10 @@ impl Cache {
         inner.applied_at.clear();
         inner.history_start = revision;
         inner.revision = revision;
+        // every kind may have changed: its watches must look (and expire)
+        for tx in inner.topics.values() {
+            tx.send_replace(revision);
+        }
         drop(inner);
         self.revision_tx.send_replace(revision);
     }
@@ -121,6 +151,18 @@ impl Cache {
             inner.applied_at.push_back((last.revision, now));
         }
         for change in changes {
+            // under the lock, so a watch reads its kind's last change and
+            // the window together (see `changes_in`)
+            if !inner.topics.is_empty() {
+                let root = root_of(&change.key);
+                if let Some(tx) = inner.topics.get(root) {
+                    if tx.receiver_count() == 0 {
+                        inner.topics.remove(root);
+                    } else {
+                        tx.send_replace(change.revision);
+                    }
+                }
+            }
             match change.kind {
                 ChangeKind::Deleted => {
                     inner.objects.remove(&change.key);
@@ -169,6 +211,23 @@ impl Cache {
     /// A receiver that changes whenever the revision advances.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision_tx.subscribe()
+    }
+
+    /// Be told of changes to the objects under `prefix`'s kind (the first
+    /// two segments of a key: `core/pods/`). A store-wide wake-up would
+    /// rouse every watch of every kind on every write, Lease renewals and
+    /// Events included.
+    pub fn subscribe_to(&self, prefix: &str) -> Topic {
+        let root = root_of(prefix).to_string();
+        let mut inner = self.write();
+        // a new topic does not know its kind's last change: say "now"
+        let revision = inner.revision;
+        let rx = inner
+            .topics
+            .entry(root.clone())
+            .or_insert_with(|| watch::channel(revision).0)
+            .subscribe();
+        Topic { root, rx }
     }
 
     /// The current object under `key`.
@@ -297,6 +356,26 @@ impl Cache {
         let first = inner.history.partition_point(|c| c.revision <= after);
         let changes = inner.history.range(first..).take(max).cloned().collect();
         Ok((changes, inner.revision))
+    }
+
+    /// [`Self::changes_after`] for a watch of `topic`'s kind: when nothing
+    /// of that kind changed after `after`, no changes and the current
+    /// revision, even if the window no longer reaches back to `after`
+    /// (a watch of a quiet kind is not woken to follow the others).
+    pub fn changes_in(
+        &self,
+        topic: &Topic,
+        after: u64,
+        max: usize,
+    ) -> Result<(Vec<Arc<Change>>, u64), Expired> {
+        {
+            let inner = self.read();
+            let last = inner.topics.get(&topic.root).map(|tx| *tx.borrow());
+            if last.is_some_and(|last| last <= after) {
+                return Ok((Vec::new(), inner.revision));
+            }
+        }
+        self.changes_after(after, max)
     }
 }
 
@@ -455,5 +534,78 @@ mod tests {
         let page = cache.list("p/", None, None, Some(2), even).unwrap();
         assert_eq!(values(&page), vec![0, 2]);
         assert_eq!(page.continue_after.as_deref(), Some("p/2"));
+    }
+
+    #[test]
+    fn a_watch_is_woken_by_changes_of_its_kind_and_not_by_others() {
+        let cache = Cache::new(100);
+        change(&cache, 1, "core/pods/default/a", ChangeKind::Added, 1);
+        let mut pods = cache.subscribe_to("core/pods/default/");
+        let mut leases = cache.subscribe_to("coordination.k8s.io/leases/");
+        change(
+            &cache,
+            2,
+            "coordination.k8s.io/leases/kube-node-lease/n",
+            ChangeKind::Added,
+            2,
+        );
+        assert!(!pods.rx.has_changed().unwrap());
+        assert!(leases.rx.has_changed().unwrap());
+        // nothing of the pods' kind since 1: no changes, the cursor moves on
+        let (changes, rev) = cache.changes_in(&pods, 1, 10).unwrap();
+        assert_eq!((changes.len(), rev), (0, 2));
+        change(&cache, 3, "core/pods/other/b", ChangeKind::Added, 3);
+        assert!(pods.rx.has_changed().unwrap());
+        let (changes, rev) = cache.changes_in(&pods, 2, 10).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!((changes[0].key.as_str(), rev), ("core/pods/other/b", 3));
+        // a kind named by a prefix of another is still its own
+        let _ = pods.rx.borrow_and_update();
+        let _ = leases.rx.borrow_and_update();
+        change(
+            &cache,
+            4,
+            "core/podtemplates/default/t",
+            ChangeKind::Added,
+            4,
+        );
+        assert!(!pods.rx.has_changed().unwrap());
+        assert!(!leases.rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_quiet_kind_resumes_past_the_window_and_a_changed_one_expires() {
+        let cache = Cache::new(2);
+        change(&cache, 1, "core/pods/default/a", ChangeKind::Added, 1);
+        let pods = cache.subscribe_to("core/pods/");
+        change(&cache, 2, "core/pods/default/a", ChangeKind::Modified, 2);
+        for i in 3..=6 {
+            change(
+                &cache,
+                i,
+                "core/events/default/e",
+                ChangeKind::Modified,
+                i as i64,
+            );
+        }
+        assert_eq!(cache.oldest_revision(), 4);
+        // revision 2 is out of the window, but no pod changed after it
+        let (changes, rev) = cache.changes_in(&pods, 2, 10).unwrap();
+        assert_eq!((changes.len(), rev), (0, 6));
+        // a watch from 1 missed the change at 2: too old
+        assert!(cache.changes_in(&pods, 1, 10).is_err());
+        // a kind subscribed to now does not know its past: too old as well
+        let fresh = cache.subscribe_to("core/configmaps/");
+        assert!(cache.changes_in(&fresh, 2, 10).is_err());
+    }
+
+    #[test]
+    fn a_reset_wakes_every_watch_and_expires_it() {
+        let cache = Cache::new(100);
+        change(&cache, 1, "core/pods/default/a", ChangeKind::Added, 1);
+        let mut pods = cache.subscribe_to("core/pods/");
+        cache.reset(BTreeMap::new(), 10);
+        assert!(pods.rx.has_changed().unwrap());
+        assert!(cache.changes_in(&pods, 1, 10).is_err());
     }
 }
