@@ -603,7 +603,7 @@ mod tests {
     fn a_reset_wakes_every_watch_and_expires_it() {
         let cache = Cache::new(100);
         change(&cache, 1, "core/pods/default/a", ChangeKind::Added, 1);
-        let mut pods = cache.subscribe_to("core/pods/");
+        let pods = cache.subscribe_to("core/pods/");
         cache.reset(BTreeMap::new(), 10);
         assert!(pods.rx.has_changed().unwrap());
         assert!(cache.changes_in(&pods, 1, 10).is_err());
