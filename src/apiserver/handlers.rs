@@ -145,7 +145,7 @@ pub async fn list(
     res: &Resource,
     ns: Option<&str>,
     p: &Params,
-) -> Result<Value, ApiError> {
+) -> Result<List, ApiError> {
     let filter = Filter::from_params(res, p)?;
     let prefix = res.prefix(ns);
     let (at, after) = match p.continue_token.as_deref().filter(|t| !t.is_empty()) {
@@ -184,12 +184,53 @@ pub async fn list(
     if let Some(key) = page.continue_after {
         metadata["continue"] = json!(encode_continue(page.revision, &key));
     }
-    Ok(json!({
-        "kind": format!("{}List", res.kind),
-        "apiVersion": res.api_version(),
-        "metadata": metadata,
-        "items": page.items.iter().map(|o| o.as_ref()).collect::<Vec<_>>(),
-    }))
+    Ok(List {
+        kind: format!("{}List", res.kind),
+        api_version: res.api_version(),
+        metadata,
+        items: page.items,
+    })
+}
+
+/// A list's answer, holding the cache's objects: serialised from them as
+/// they are, where a `Value` of the list would copy every item first.
+pub struct List {
+    kind: String,
+    api_version: String,
+    metadata: Value,
+    items: Vec<std::sync::Arc<Value>>,
+}
+
+impl List {
+    /// The list as one value (to render it as a Table or in protobuf).
+    pub fn into_value(self) -> Value {
+        json!({
+            "kind": self.kind,
+            "apiVersion": self.api_version,
+            "metadata": self.metadata,
+            "items": self.items.iter().map(|o| o.as_ref()).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl serde::Serialize for List {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut list = s.serialize_struct("List", 4)?;
+        list.serialize_field("kind", &self.kind)?;
+        list.serialize_field("apiVersion", &self.api_version)?;
+        list.serialize_field("metadata", &self.metadata)?;
+        list.serialize_field("items", &Items(&self.items))?;
+        list.end()
+    }
+}
+
+struct Items<'a>(&'a [std::sync::Arc<Value>]);
+
+impl serde::Serialize for Items<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|o| o.as_ref()))
+    }
 }
 
 /// GET one object.
@@ -1204,6 +1245,26 @@ pub async fn finalize_namespace(store: &Store, name: &str, body: Value) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_is_written_as_its_value_would_be() {
+        let pod = |n: &str| {
+            std::sync::Arc::new(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": n, "namespace": "default", "resourceVersion": "7"},
+                "spec": {"containers": [{"name": "c", "image": "i", "args": ["a\"b"]}]},
+                "status": {"phase": "Running"}}))
+        };
+        let list = || List {
+            kind: "PodList".into(),
+            api_version: "v1".into(),
+            metadata: json!({"resourceVersion": "9", "continue": "x"}),
+            items: vec![pod("a"), pod("b")],
+        };
+        assert_eq!(
+            serde_json::to_string(&list()).unwrap(),
+            serde_json::to_string(&list().into_value()).unwrap()
+        );
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {

@@ -524,7 +524,14 @@ async fn serve(
                 .body(body)
                 .map_err(|e| ApiError::Internal(e.to_string()))?)
         }
-        (Method::GET, None, None) => ok(shown(handlers::list(store, res, ns, &p).await?)),
+        (Method::GET, None, None) => {
+            let list = handlers::list(store, res, ns, &p).await?;
+            match render {
+                // JSON straight from the cache's objects
+                table::Render::Object => Ok((StatusCode::OK, Json(&list)).into_response()),
+                _ => ok(shown(list.into_value())),
+            }
+        }
         (Method::POST, None, None) => {
             let obj = admit(decoded()?).await?;
             let created = handlers::create(store, res, ns, obj, &p).await?;
