@@ -1480,15 +1480,15 @@ fn resumed_record(pod: &Value, pod_ip: String) -> PodRecord {
     }
 }
 
-/// Write `path` under a volume's directory (atomically: a reader sees
-/// the old content or the new, never half).
 /// The directories and files a pod's volumes need, written together by
 /// one blocking task: each `tokio::fs` call is a round trip to the
-/// blocking pool, and a start used to make about fifteen of them.
+/// blocking pool, and a start used to make about fifteen of them. Each
+/// file is replaced atomically: a reader sees the old content or the
+/// new, never half.
 #[derive(Default)]
 struct Writes {
     dirs: Vec<PathBuf>,
-    /// Each file replaced atomically (written beside, then renamed).
+    /// Written beside, then renamed over.
     files: Vec<(PathBuf, Vec<u8>)>,
 }
 
@@ -1623,16 +1623,14 @@ async fn refresh_token(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let written = match request_token(&client, &url, &request, &volume).await {
-            Ok((token, l)) => {
-                let mut writes = Writes::default();
-                match writes.file(&dir, &volume, &path, token.into_bytes()) {
-                    Ok(()) => writes.apply().await.map(|()| l),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
+        let written = async {
+            let (token, lifetime) = request_token(&client, &url, &request, &volume).await?;
+            let mut writes = Writes::default();
+            writes.file(&dir, &volume, &path, token.into_bytes())?;
+            writes.apply().await?;
+            Ok::<_, String>(lifetime)
+        }
+        .await;
         match written {
             Ok(l) => lifetime = l,
             Err(e) => {

@@ -194,43 +194,26 @@ pub async fn list(
 
 /// A list's answer, holding the cache's objects: serialised from them as
 /// they are, where a `Value` of the list would copy every item first.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct List {
     kind: String,
     api_version: String,
     metadata: Value,
+    #[serde(serialize_with = "items")]
     items: Vec<std::sync::Arc<Value>>,
 }
 
 impl List {
     /// The list as one value (to render it as a Table or in protobuf).
     pub fn into_value(self) -> Value {
-        json!({
-            "kind": self.kind,
-            "apiVersion": self.api_version,
-            "metadata": self.metadata,
-            "items": self.items.iter().map(|o| o.as_ref()).collect::<Vec<_>>(),
-        })
+        // strings and JSON values only: serialising cannot fail
+        serde_json::to_value(&self).unwrap_or_default()
     }
 }
 
-impl serde::Serialize for List {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut list = s.serialize_struct("List", 4)?;
-        list.serialize_field("kind", &self.kind)?;
-        list.serialize_field("apiVersion", &self.api_version)?;
-        list.serialize_field("metadata", &self.metadata)?;
-        list.serialize_field("items", &Items(&self.items))?;
-        list.end()
-    }
-}
-
-struct Items<'a>(&'a [std::sync::Arc<Value>]);
-
-impl serde::Serialize for Items<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|o| o.as_ref()))
-    }
+fn items<S: serde::Serializer>(items: &[std::sync::Arc<Value>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(items.iter().map(|o| o.as_ref()))
 }
 
 /// GET one object.
@@ -1260,9 +1243,18 @@ mod tests {
             metadata: json!({"resourceVersion": "9", "continue": "x"}),
             items: vec![pod("a"), pod("b")],
         };
+        // what the handler wrote before, a value built item by item
+        let expected = json!({
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": "9", "continue": "x"},
+            "items": [pod("a").as_ref(), pod("b").as_ref()],
+        });
+        let expected = serde_json::to_string(&expected).unwrap();
+        assert_eq!(serde_json::to_string(&list()).unwrap(), expected);
         assert_eq!(
-            serde_json::to_string(&list()).unwrap(),
-            serde_json::to_string(&list().into_value()).unwrap()
+            serde_json::to_string(&list().into_value()).unwrap(),
+            expected
         );
     }
 

@@ -125,6 +125,9 @@ pub fn watch(
                 return;
             }
         }
+        // woken by changes of this kind only; the bookmark and leader-check
+        // ticks below also move the cursor of a quiet kind's watch along
+        // (`changes_in`), so it keeps up with the window
         let mut revisions = cache.subscribe_to(&prefix);
         let mut bookmark = tokio::time::interval(bookmark_interval);
         bookmark.tick().await;
