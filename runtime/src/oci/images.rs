@@ -299,7 +299,11 @@ impl ImageStore {
     /// least recently used first, with the layers no remaining image holds,
     /// until it is down to `low` percent. Returns the references removed.
     pub fn gc(&self, in_use: &[String], high: u8, low: u8) -> std::io::Result<Vec<String>> {
-        let disk = disk_usage(&self.dir)?;
+        let disk = match disk_usage(&self.dir) {
+            // nothing pulled yet: the store's directory comes with its first image
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            d => d?,
+        };
         if disk.total == 0 || disk.used * 100 < disk.total * u64::from(high) {
             return Ok(Vec::new());
         }
@@ -888,6 +892,15 @@ mod tests {
             b.append_data(&mut h, path, *data).unwrap();
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_store_with_nothing_pulled_has_no_garbage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(tmp.path().join("images"), Vec::new());
+        // 0% high water: collect whatever there is, and there is nothing
+        assert_eq!(store.gc(&[], 0, 0).unwrap(), Vec::<String>::new());
+        assert!(!tmp.path().join("images").exists());
     }
 
     #[test]
