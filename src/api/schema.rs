@@ -215,9 +215,68 @@ pub struct Schemas {
     roots: Vec<(&'static Resource, String)>,
 }
 
+/// The schemars output for the served kinds, generated from the
+/// k8s-openapi types and checked in (`WK_UPDATE_SCHEMAS=1 cargo test
+/// schema::`; a test fails when it is stale), as Kubernetes checks in its
+/// OpenAPI spec. Generating them at run time linked every type's
+/// `JsonSchema` implementation: 3.5 MB of the `wk` binary.
+const GENERATED: &str = include_str!("schemas.json");
+
+fn build() -> Schemas {
+    // checked against its generator by a test, so only a broken build fails here
+    let Ok(Value::Object(mut generated)) = serde_json::from_str(GENERATED) else {
+        panic!("src/api/schemas.json is not a JSON object");
+    };
+    let (Some(Value::Object(named)), Some(Value::Object(mut definitions))) =
+        (generated.remove("roots"), generated.remove("definitions"))
+    else {
+        panic!("src/api/schemas.json lacks its roots or definitions");
+    };
+    let mut roots = Vec::new();
+    for res in RESOURCES.iter().filter(|r| !r.review) {
+        if let Some(name) = named.get(res.kind).and_then(Value::as_str) {
+            if let Some(def) = definitions.get_mut(name) {
+                def["x-kubernetes-group-version-kind"] =
+                    json!([{"group": res.group, "version": res.version, "kind": res.kind}]);
+            }
+            roots.push((res, name.to_string()));
+        }
+    }
+    for (ty, field, s) in STRATEGIES {
+        let Some(prop) = definitions
+            .get_mut(*ty)
+            .and_then(|d| d.get_mut("properties"))
+            .and_then(|p| p.get_mut(*field))
+        else {
+            continue;
+        };
+        let mut strategies = Vec::new();
+        if s.merge {
+            strategies.push("merge");
+        }
+        if s.retain_keys {
+            strategies.push("retainKeys");
+        }
+        if !strategies.is_empty() {
+            prop["x-kubernetes-patch-strategy"] = json!(strategies.join(","));
+        }
+        match (s.merge, s.key) {
+            (true, Some(key)) => {
+                prop["x-kubernetes-patch-merge-key"] = json!(key);
+                prop["x-kubernetes-list-type"] = json!("map");
+                prop["x-kubernetes-list-map-keys"] = json!([key]);
+            }
+            (true, None) => prop["x-kubernetes-list-type"] = json!("set"),
+            _ => {}
+        }
+    }
+    Schemas { definitions, roots }
+}
+
+#[cfg(test)]
 macro_rules! kinds {
     ($gen:expr, $( $kind:literal => $ty:ty ),* $(,)?) => {{
-        let mut out: Vec<(&'static str, String)> = Vec::new();
+        let mut out = Map::new();
         $(
             let schema = $gen.subschema_for::<$ty>();
             let name = schema
@@ -226,13 +285,16 @@ macro_rules! kinds {
                 .and_then(|r| r.rsplit('/').next())
                 .unwrap_or_default()
                 .to_string();
-            out.push(($kind, name));
+            out.insert($kind.to_string(), Value::String(name));
         )*
         out
     }};
 }
 
-fn build() -> Schemas {
+/// What `schemas.json` holds: the definition name of each served kind
+/// (`roots`) and the definitions schemars writes for them.
+#[cfg(test)]
+fn generate() -> Value {
     use k8s_openapi::api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
         coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
@@ -271,50 +333,12 @@ fn build() -> Schemas {
         "RoleBinding" => rbac::RoleBinding,
         "ClusterRoleBinding" => rbac::ClusterRoleBinding,
     );
-    let mut definitions = gen.take_definitions(true);
-    let mut roots = Vec::new();
-    for res in RESOURCES.iter().filter(|r| !r.review) {
-        if let Some((_, name)) = named.iter().find(|(k, _)| *k == res.kind) {
-            if let Some(def) = definitions.get_mut(name) {
-                def["x-kubernetes-group-version-kind"] =
-                    json!([{"group": res.group, "version": res.version, "kind": res.kind}]);
-            }
-            roots.push((res, name.clone()));
-        }
-    }
-    for (ty, field, s) in STRATEGIES {
-        let Some(prop) = definitions
-            .get_mut(*ty)
-            .and_then(|d| d.get_mut("properties"))
-            .and_then(|p| p.get_mut(*field))
-        else {
-            continue;
-        };
-        let mut strategies = Vec::new();
-        if s.merge {
-            strategies.push("merge");
-        }
-        if s.retain_keys {
-            strategies.push("retainKeys");
-        }
-        if !strategies.is_empty() {
-            prop["x-kubernetes-patch-strategy"] = json!(strategies.join(","));
-        }
-        match (s.merge, s.key) {
-            (true, Some(key)) => {
-                prop["x-kubernetes-patch-merge-key"] = json!(key);
-                prop["x-kubernetes-list-type"] = json!("map");
-                prop["x-kubernetes-list-map-keys"] = json!([key]);
-            }
-            (true, None) => prop["x-kubernetes-list-type"] = json!("set"),
-            _ => {}
-        }
-    }
-    Schemas { definitions, roots }
+    json!({"roots": named, "definitions": gen.take_definitions(true)})
 }
 
 /// Schemas of types the API takes or returns besides the served kinds
 /// (options, statuses, subresources, reviews), for the protobuf table.
+#[cfg(test)]
 pub fn extra_definitions() -> Map<String, Value> {
     use k8s_openapi::api::{
         authentication::v1 as authn, authorization::v1 as authz, autoscaling::v1 as autoscaling,
@@ -401,6 +425,22 @@ impl Schemas {
 mod tests {
     use super::*;
     use crate::api::resources::lookup;
+
+    #[test]
+    fn the_checked_in_schemas_are_the_generated_ones() {
+        let generated = generate();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/schemas.json");
+        let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
+        if std::env::var_os("WK_UPDATE_SCHEMAS").is_some() {
+            std::fs::write(path, &text).unwrap();
+        }
+        let checked_in: Value = serde_json::from_str(GENERATED).unwrap();
+        // compared as text too: the definitions' order is the order served
+        assert!(
+            checked_in == generated && GENERATED == text,
+            "src/api/schemas.json is stale: WK_UPDATE_SCHEMAS=1 cargo test schema::"
+        );
+    }
 
     #[test]
     fn every_served_kind_has_a_schema_with_its_gvk() {
