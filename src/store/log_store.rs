@@ -22,6 +22,15 @@
 //! A segment past [`SEGMENT_BYTES`] is closed and a new one starts with
 //! the current vote, committed hint and purge marker, so a closed segment
 //! is deleted whole once every entry in it is purged.
+//!
+//! A segment's blocks are reserved when it starts (`fallocate`, as etcd
+//! preallocates its WAL): an append then writes into the file's length
+//! instead of growing it, so its `fdatasync` need not also write a new
+//! file size. The reserved space reads as zeros; a record's payload is
+//! JSON and never ends in a zero byte, so a reader drops a segment's
+//! trailing zeros before it reads the records, and a record cut short
+//! inside the reserved space ends the log as one cut short at the end of
+//! the file does.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -183,6 +192,19 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Reserve the first `len` bytes of `file` (reading as zeros), so appends
+/// inside them do not change its size. Best effort: on a file system
+/// without `fallocate` the segment grows as it is written, as before.
+fn preallocate(file: &File, len: u64) {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return;
+    };
+    // SAFETY: `file` is an open descriptor; mode 0 allocates and extends,
+    // never shrinks or changes the data already written.
+    let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+}
+
 impl Inner {
     fn active(&mut self) -> &mut Segment {
         self.segments.last_mut().expect("the log has a segment")
@@ -224,6 +246,7 @@ impl Inner {
             .open(&path)
             .map_err(|e| write_err(format!("{}: {e}", path.display())))?;
         file.write_all(&head)
+            .map(|_| preallocate(&file, self.segment_bytes))
             .and_then(|_| file.sync_all())
             .and_then(|_| sync_dir(&self.dir))
             .map_err(|e| write_err(format!("{}: {e}", path.display())))?;
@@ -242,7 +265,11 @@ impl Inner {
     /// whose entries are all purged.
     fn maintain(&mut self) -> Result<(), StorageError> {
         if self.active().end >= self.segment_bytes {
-            let next = self.active().seq + 1;
+            let closing = self.active();
+            // give back what it did not use; a crash before this reaches
+            // the disk leaves zeros, which a reader skips
+            let _ = closing.file.set_len(closing.end);
+            let next = closing.seq + 1;
             self.start_segment(next)?;
         }
         let purged = self.last_purged.map(|p| p.index);
@@ -298,12 +325,17 @@ impl Inner {
 /// A record read from a segment, with its offset and payload length.
 type Framed = (Record, u64, u32);
 
+/// The records of a segment, where they end, and where its data ends (its
+/// length without the trailing zeros of reserved space).
+type Segmented = (Vec<Framed>, u64, u64);
+
 /// Read the records of the segment file at `path`; `last`: it is the one
-/// written to, where a record cut short at the end of the file (what a
+/// written to, where a record cut short at the end of its data (what a
 /// crash in the middle of an append leaves) ends the log instead of being
-/// an error. Damage anywhere else is an error. Returns each record with its offset and length, and where the
-/// valid records end.
-fn read_segment(path: &Path, last: bool) -> Result<(Vec<Framed>, u64), WalError> {
+/// an error. Damage anywhere else is an error. Returns each record with
+/// its offset and length, where the valid records end, and where the data
+/// ends (beyond the valid records only after such a crash).
+fn read_segment(path: &Path, last: bool) -> Result<Segmented, WalError> {
     let io = |source| WalError::Io {
         path: path.to_path_buf(),
         source,
@@ -312,6 +344,9 @@ fn read_segment(path: &Path, last: bool) -> Result<(Vec<Framed>, u64), WalError>
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io)?;
+    // reserved space, or a length the file got to before its data did
+    let data_end = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+    bytes.truncate(data_end);
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
@@ -329,9 +364,8 @@ fn read_segment(path: &Path, last: bool) -> Result<(Vec<Framed>, u64), WalError>
             let header: [u8; FRAME] = rest[..FRAME].try_into().unwrap_or_default();
             let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
             if len == 0 || len > MAX_RECORD {
-                // zeros: a write the file's length got to before its data
-                let zeros = rest.iter().all(|b| *b == 0);
-                Err((format!("a record length of {len}"), zeros))
+                // not trailing zeros (those are gone): damage
+                Err((format!("a record length of {len}"), false))
             } else if rest.len() < FRAME + len {
                 Err((
                     format!(
@@ -357,7 +391,7 @@ fn read_segment(path: &Path, last: bool) -> Result<(Vec<Framed>, u64), WalError>
             Err((reason, _)) => return Err(bad(reason)),
         }
     }
-    Ok((out, at as u64))
+    Ok((out, at as u64, data_end as u64))
 }
 
 impl LogStore {
@@ -397,19 +431,23 @@ impl LogStore {
         for (i, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
             let last = i + 1 == seqs.len();
-            let (records, end) = read_segment(&path, last)?;
+            let (records, end, data_end) = read_segment(&path, last)?;
             let file = File::options()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .map_err(|e| io(&path, e))?;
-            if last && file.metadata().map_err(|e| io(&path, e))?.len() > end {
-                // drop the torn tail, so the next append follows the last
-                // good record and nothing stale is read after it
-                tracing::warn!(path = %path.display(), offset = end, "dropping a Raft log record cut short by a crash");
-                file.set_len(end)
-                    .and_then(|_| file.sync_all())
-                    .map_err(|e| io(&path, e))?;
+            if last {
+                if data_end > end {
+                    // drop the torn tail, so the next append follows the last
+                    // good record and nothing stale is read after it
+                    tracing::warn!(path = %path.display(), offset = end, "dropping a Raft log record cut short by a crash");
+                    file.set_len(end).map_err(|e| io(&path, e))?;
+                }
+                // a segment of an older version, or one just cut, is
+                // reserved again
+                preallocate(&file, segment_bytes.max(end));
+                file.sync_all().map_err(|e| io(&path, e))?;
             }
             inner.segments.push(Segment {
                 seq,
@@ -772,6 +810,12 @@ mod tests {
             .collect()
     }
 
+    /// A file's length without its trailing zeros (the reserved space).
+    fn data_len(path: &Path) -> usize {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1)
+    }
+
     fn segments(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -833,19 +877,24 @@ mod tests {
             &RecordRef::Entry(&blank_ent::<TypeConfig>(1, 1, 6)),
         )
         .unwrap();
-        let mut f = File::options().append(true).open(&path).unwrap();
-        f.write_all(&whole[..whole.len() / 2]).unwrap();
+        // written where the next append goes: inside the reserved space
+        let end = data_len(&path);
+        let f = File::options().write(true).open(&path).unwrap();
+        f.write_all_at(&whole[..whole.len() / 2], end as u64)
+            .unwrap();
         drop(f);
-        let before = std::fs::metadata(&path).unwrap().len();
+        let before = data_len(&path);
+        assert!(before > end);
 
         let mut log = LogStore::open(&dir).unwrap();
         assert_eq!(
             indexes(&mut log).await,
             (1..=5).map(|i| (i, 1)).collect::<Vec<_>>()
         );
+        assert_eq!(data_len(&path), end, "torn tail cut off");
         assert!(
-            std::fs::metadata(&path).unwrap().len() < before,
-            "torn tail cut off"
+            std::fs::metadata(&path).unwrap().len() >= SEGMENT_BYTES,
+            "reserved again"
         );
         log.write_entries(entries(6, 7, 1)).await.unwrap();
         drop(log);
@@ -858,7 +907,7 @@ mod tests {
         // damage with good records after it is not a torn append: refused,
         // not cut off (that would drop acknowledged entries)
         let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes.len() - whole.len() * 2 - whole.len() / 2;
+        let at = data_len(&path) - whole.len() * 2 - whole.len() / 2;
         bytes[at] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let Err(err) = LogStore::open(&dir) else {
@@ -866,6 +915,52 @@ mod tests {
         };
         assert!(err.to_string().contains("bad record at offset"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut off");
+    }
+
+    #[tokio::test]
+    async fn segments_are_reserved_ahead_and_their_zeros_are_not_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let log = LogStore::open_with(&dir, 4096).unwrap();
+        log.write_entries(entries(1, 3, 1)).await.unwrap();
+        let first = dir.join(&segments(&dir)[0]);
+        // the tempdir's file system reserves (ext4, tmpfs, xfs, btrfs all do)
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), 4096);
+        let used = data_len(&first);
+        assert!(used < 4096, "{used}");
+        // an append goes right after the last record, not after the zeros
+        log.write_entries(entries(4, 4, 1)).await.unwrap();
+        assert!(data_len(&first) > used);
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), 4096);
+        for i in 5..=200 {
+            log.write_entries(entries(i, i, 1)).await.unwrap();
+        }
+        drop(log);
+        let names = segments(&dir);
+        assert!(names.len() > 2, "{names:?}");
+        // a closed segment gives its reserve back
+        let closed = dir.join(&names[0]);
+        assert_eq!(
+            std::fs::metadata(&closed).unwrap().len() as usize,
+            data_len(&closed)
+        );
+        // ... and zeros a crash left at its end (before it was cut) are
+        // no records either
+        let f = File::options().write(true).open(&closed).unwrap();
+        f.set_len(data_len(&closed) as u64 + 4096).unwrap();
+        drop(f);
+        let mut log = LogStore::open_with(&dir, 4096).unwrap();
+        assert_eq!(
+            indexes(&mut log).await,
+            (1..=200).map(|i| (i, 1)).collect::<Vec<_>>()
+        );
+        log.write_entries(entries(201, 201, 1)).await.unwrap();
+        drop(log);
+        let mut log = LogStore::open_with(&dir, 4096).unwrap();
+        assert_eq!(
+            indexes(&mut log).await,
+            (1..=201).map(|i| (i, 1)).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]
