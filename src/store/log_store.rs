@@ -446,7 +446,7 @@ impl LogStore {
                 }
                 // a segment of an older version, or one just cut, is
                 // reserved again
-                preallocate(&file, segment_bytes.max(end));
+                preallocate(&file, segment_bytes);
                 file.sync_all().map_err(|e| io(&path, e))?;
             }
             inner.segments.push(Segment {
