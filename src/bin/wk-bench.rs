@@ -3,7 +3,9 @@
 //! Starts a `wk server` and an `etcd` on loopback with fresh data dirs, then
 //! measures, for each, create and update throughput and p50/p99 latency at
 //! several client concurrencies, and watch delivery latency with many
-//! watchers. Both fsync every commit. Prints a Markdown report.
+//! watchers. Both fsync every commit, and both are reached over TLS with a
+//! client certificate (one HTTP/2 connection per server, shared by the
+//! clients). Prints a Markdown report.
 //!
 //! ```text
 //! cargo build --release && target/release/wk-bench store --wk target/release/wk
@@ -99,13 +101,41 @@ struct Args {
     /// spread over a cluster do.
     #[arg(long, default_value_t = 1)]
     servers: usize,
+    /// Give every client a connection of its own. By default the clients
+    /// of one server share one HTTP/2 connection, as client-go's clients
+    /// do towards an API server and the API server's to etcd.
+    #[arg(long)]
+    connection_per_client: bool,
 }
 
 /// A system under test.
 #[derive(Clone)]
 enum Target {
-    Wk { url: String, http: reqwest::Client },
-    Etcd { url: String },
+    Wk {
+        url: String,
+        http: reqwest::Client,
+        tls: Arc<Tls>,
+    },
+    Etcd {
+        url: String,
+        http: reqwest::Client,
+        tls: Arc<Tls>,
+    },
+}
+
+/// What a client needs to open its own connection to a target.
+struct Tls {
+    ca: String,
+    identity: Option<wasmkube::tls::KeyPairPem>,
+}
+
+impl Tls {
+    fn client(&self) -> Result<reqwest::Client> {
+        Ok(wasmkube::tls::http_client(
+            &self.ca,
+            self.identity.as_ref(),
+        )?)
+    }
 }
 
 fn b64(s: &str) -> String {
@@ -117,6 +147,22 @@ fn object(name: &str, value: &str) -> Value {
 }
 
 impl Target {
+    /// This target over a connection of its own.
+    fn reconnect(&self) -> Result<Target> {
+        Ok(match self {
+            Target::Wk { url, tls, .. } => Target::Wk {
+                url: url.clone(),
+                http: tls.client()?,
+                tls: tls.clone(),
+            },
+            Target::Etcd { url, tls, .. } => Target::Etcd {
+                url: url.clone(),
+                http: tls.client()?,
+                tls: tls.clone(),
+            },
+        })
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Target::Wk { .. } => "wasmkube",
@@ -124,16 +170,9 @@ impl Target {
         }
     }
 
-    async fn write(
-        &self,
-        http: &reqwest::Client,
-        prefix: &str,
-        name: &str,
-        value: &str,
-        update: bool,
-    ) -> Result<()> {
+    async fn write(&self, prefix: &str, name: &str, value: &str, update: bool) -> Result<()> {
         let resp = match self {
-            Target::Wk { url, http } => {
+            Target::Wk { url, http, .. } => {
                 let base = format!("{url}/api/v1/namespaces/default/configmaps");
                 let mut obj = object(&format!("{prefix}{name}"), value);
                 if update {
@@ -146,7 +185,7 @@ impl Target {
                     http.post(base).json(&obj).send().await?
                 }
             }
-            Target::Etcd { url } => {
+            Target::Etcd { url, http, .. } => {
                 let key = format!("/registry/configmaps/default/{prefix}{name}");
                 let val = object(&format!("{prefix}{name}"), value).to_string();
                 http.post(format!("{url}/v3/kv/put"))
@@ -172,12 +211,12 @@ impl Target {
     }
 
     /// Open a watch on `prefix` objects; yields each payload value received.
-    async fn watch(&self, http: &reqwest::Client, prefix: &str) -> Result<reqwest::Response> {
+    async fn watch(&self, prefix: &str) -> Result<reqwest::Response> {
         let resp = match self {
-            Target::Wk { url, http } => {
+            Target::Wk { url, http, .. } => {
                 open_watch(http, url, "/api/v1/namespaces/default/configmaps").await?
             }
-            Target::Etcd { url } => {
+            Target::Etcd { url, http, .. } => {
                 let key = format!("/registry/configmaps/default/{prefix}");
                 let mut end = key.clone().into_bytes();
                 *end.last_mut().expect("non-empty") += 1;
@@ -243,18 +282,23 @@ async fn run_writes(
     size: usize,
     update: bool,
     prefix: &str,
+    connection_per_client: bool,
 ) -> Result<Measurement> {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let target = targets[c % targets.len()].clone();
+        let target = &targets[c % targets.len()];
+        let target = if connection_per_client {
+            target.reconnect()?
+        } else {
+            target.clone()
+        };
         let stop = stop.clone();
         let total = total.clone();
         let prefix = prefix.to_string();
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -267,7 +311,7 @@ async fn run_writes(
                 let t = Instant::now();
                 // every write carries a new value, so no update is a no-op
                 target
-                    .write(&http, &prefix, &name, &payload(size, i as u128 + 1), update)
+                    .write(&prefix, &name, &payload(size, i as u128 + 1), update)
                     .await?;
                 hist.record(t.elapsed().as_micros() as u64).ok();
                 i += 1;
@@ -295,11 +339,10 @@ async fn run_watch(
     events: usize,
     size: usize,
 ) -> Result<Histogram<u64>> {
-    let http = reqwest::Client::new();
     let prefix = "watch-";
     let mut tasks = Vec::new();
     for _ in 0..watchers {
-        let resp = target.watch(&http, prefix).await?;
+        let resp = target.watch(prefix).await?;
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
@@ -336,13 +379,7 @@ async fn run_watch(
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..events {
         target
-            .write(
-                &http,
-                prefix,
-                &format!("{i}"),
-                &payload(size, now_nanos()),
-                false,
-            )
+            .write(prefix, &format!("{i}"), &payload(size, now_nanos()), false)
             .await?;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -382,10 +419,11 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
     let proc = Proc(child);
     for _ in 0..600 {
         if let Ok(kc) = wasmkube::client::Kubeconfig::load(&dir.join("kubeconfig.yaml")) {
-            let http = wasmkube::tls::http_client(
-                kc.ca.as_deref().context("kubeconfig without a CA")?,
-                kc.client_cert.as_ref(),
-            )?;
+            let tls = Arc::new(Tls {
+                ca: kc.ca.clone().context("kubeconfig without a CA")?,
+                identity: kc.client_cert.clone(),
+            });
+            let http = tls.client()?;
             if http
                 .get(format!("{}/readyz", kc.server))
                 .send()
@@ -397,6 +435,7 @@ async fn start_wk(bin: &Path, dir: &Path, extra: &[&str]) -> Result<(Proc, Targe
                     Target::Wk {
                         url: kc.server,
                         http,
+                        tls,
                     },
                 ));
             }
@@ -496,7 +535,7 @@ async fn start_wk_cluster(
     extra: &[&str],
 ) -> Result<(Vec<Proc>, Vec<Target>)> {
     let (first_proc, first) = start_wk(bin, &dir.join("s0"), extra).await?;
-    let Target::Wk { url, http } = first.clone() else {
+    let Target::Wk { url, http, .. } = first.clone() else {
         bail!("not a wk target")
     };
     let token = std::fs::read_to_string(dir.join("s0/token"))?;
@@ -522,16 +561,85 @@ async fn start_wk_cluster(
     }
 }
 
+/// The certificates of a benchmark etcd cluster, as the API server talks
+/// to etcd in Kubernetes: TLS on client and peer URLs, client certificates
+/// required. One CA; one leaf for 127.0.0.1 that serves and authenticates
+/// (peers use it both ways), also used by the benchmark client.
+struct EtcdPki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    tls: Arc<Tls>,
+}
+
+impl EtcdPki {
+    fn create(dir: &Path) -> Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+        };
+        std::fs::create_dir_all(dir)?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
+        let pki = Self {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("etcd.crt"),
+            key: dir.join("etcd.key"),
+            tls: Arc::new(Tls {
+                ca: ca_cert.pem(),
+                identity: Some(wasmkube::tls::KeyPairPem {
+                    cert: cert.pem(),
+                    key: key.serialize_pem(),
+                }),
+            }),
+        };
+        std::fs::write(&pki.ca, ca_cert.pem())?;
+        std::fs::write(&pki.cert, cert.pem())?;
+        std::fs::write(&pki.key, key.serialize_pem())?;
+        Ok(pki)
+    }
+
+    /// etcd's flags for these certificates.
+    fn flags(&self) -> Vec<std::ffi::OsString> {
+        let mut f = Vec::new();
+        for (flag, path) in [
+            ("--trusted-ca-file", &self.ca),
+            ("--cert-file", &self.cert),
+            ("--key-file", &self.key),
+            ("--peer-trusted-ca-file", &self.ca),
+            ("--peer-cert-file", &self.cert),
+            ("--peer-key-file", &self.key),
+        ] {
+            f.push(flag.into());
+            f.push(path.into());
+        }
+        f.push("--client-cert-auth".into());
+        f.push("--peer-client-cert-auth".into());
+        f
+    }
+}
+
 /// An etcd cluster of `n` members (1 is a lone etcd) on loopback, formed
-/// statically.
+/// statically, over TLS with client certificates (as wasmkube's servers).
 async fn start_etcd_cluster(bin: &str, dir: &Path, n: usize) -> Result<(Vec<Proc>, Vec<Target>)> {
+    let pki = EtcdPki::create(&dir.join("pki"))?;
     let ports: Vec<(u16, u16)> = (0..n)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Result<_>>()?;
     let initial = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .map(|(i, (_, peer))| format!("m{i}=https://127.0.0.1:{peer}"))
         .collect::<Vec<_>>()
         .join(",");
     let mut procs = Vec::new();
@@ -542,35 +650,40 @@ async fn start_etcd_cluster(bin: &str, dir: &Path, n: usize) -> Result<(Vec<Proc
             .arg(dir.join(format!("m{i}")))
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("https://127.0.0.1:{client}"),
             ])
             .args([
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("https://127.0.0.1:{client}"),
             ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--listen-peer-urls", &format!("https://127.0.0.1:{peer}")])
             .args([
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
+                &format!("https://127.0.0.1:{peer}"),
             ])
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", "new"])
+            .args(pki.flags())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {bin}"))?;
         procs.push(Proc(child));
         targets.push(Target::Etcd {
-            url: format!("http://127.0.0.1:{client}"),
+            url: format!("https://127.0.0.1:{client}"),
+            http: pki.tls.client()?,
+            tls: pki.tls.clone(),
         });
     }
     for t in &targets {
-        let Target::Etcd { url } = t else {
+        let Target::Etcd { url, http, .. } = t else {
             unreachable!("built above as etcd targets")
         };
         let mut healthy = false;
         for _ in 0..600 {
-            if reqwest::get(format!("{url}/health"))
+            if http
+                .get(format!("{url}/health"))
+                .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
@@ -597,16 +710,24 @@ async fn bench(targets: &[Target], args: &Args, rows: &mut Vec<String>) -> Resul
             let prefix = format!("b{c}-");
             if update {
                 // make sure every object an update touches exists
-                let http = reqwest::Client::new();
                 for client in 0..c {
                     for i in 0..64 {
                         let _ = targets[client % targets.len()]
-                            .write(&http, &prefix, &format!("c{client}-{i}"), "x", false)
+                            .write(&prefix, &format!("c{client}-{i}"), "x", false)
                             .await;
                     }
                 }
             }
-            let m = run_writes(targets, c, args.seconds, args.value_size, update, &prefix).await?;
+            let m = run_writes(
+                targets,
+                c,
+                args.seconds,
+                args.value_size,
+                update,
+                &prefix,
+                args.connection_per_client,
+            )
+            .await?;
             rows.push(format!(
                 "| {} ×{} | {} | {c} | {:.0} | {} | {} |",
                 target.name(),
@@ -948,7 +1069,7 @@ mod pods {
                 dir.to_path_buf()
             };
             let (proc, target) = start_wk(bin, &server_dir, &flags).await?;
-            let Target::Wk { url, http } = target else {
+            let Target::Wk { url, http, .. } = target else {
                 unreachable!()
             };
             let agent = if separate_agent {
@@ -1624,7 +1745,7 @@ async fn failover_once(args: &FailoverArgs, dir: &Path) -> Result<Duration> {
     let mut base = vec!["--disable-agent"];
     base.extend(args.server_flag.iter().map(String::as_str));
     let (procs, targets) = start_wk_cluster(&args.wk, dir, 3, &base).await?;
-    let Target::Wk { url, http } = &targets[0] else {
+    let Target::Wk { url, http, .. } = &targets[0] else {
         bail!("not a wk target")
     };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1646,7 +1767,7 @@ async fn failover_once(args: &FailoverArgs, dir: &Path) -> Result<Duration> {
         .context("the leader is one of the three")?;
     let (_, mut killed) = procs.remove(li);
     let (survivor, _) = &procs[0];
-    let Target::Wk { url, http } = survivor else {
+    let Target::Wk { url, http, .. } = survivor else {
         bail!("not a wk target")
     };
     let write = |i: usize| {
@@ -1877,7 +1998,7 @@ mod http {
             ],
         )
         .await?;
-        let Target::Wk { url, http } = target else {
+        let Target::Wk { url, http, .. } = target else {
             bail!("not a wk server")
         };
         let post = |path: &str, body: Value| {
@@ -2091,7 +2212,7 @@ mod lists {
     pub async fn run(args: ListArgs) -> Result<()> {
         let dir = tempfile_dir()?;
         let (_proc, target) = start_wk(&args.wk, &dir, &[]).await?;
-        let Target::Wk { url, http } = target else {
+        let Target::Wk { url, http, .. } = target else {
             unreachable!()
         };
         let create = format!("{url}/api/v1/namespaces/default/pods");
@@ -3235,7 +3356,7 @@ mod wear {
             &[]
         };
         let (server, target) = start_wk(&args.wk, &dir.join("server"), flags).await?;
-        let Target::Wk { url, http } = target else {
+        let Target::Wk { url, http, .. } = target else {
             bail!("not a wk target")
         };
         let agent = if separate_agent {
@@ -3564,7 +3685,7 @@ mod hollow {
         let mut server_args = vec!["--disable-agent", "--max-pods", "110"];
         server_args.extend(args.server_arg.iter().map(String::as_str));
         let (server, target) = start_wk(&args.wk, &tmp.join("server"), &server_args).await?;
-        let Target::Wk { url, http } = target else {
+        let Target::Wk { url, http, .. } = target else {
             bail!("not a wk target")
         };
         let pid = server.0.id();
