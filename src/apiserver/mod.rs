@@ -21,6 +21,7 @@ pub mod join;
 pub mod managers;
 pub mod metrics;
 pub mod openapi;
+pub mod openapi_pb;
 pub mod portforward;
 pub mod protobuf;
 pub mod proxy;
@@ -183,8 +184,27 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-async fn openapi_v2() -> Response {
-    Json(openapi::v2_document()).into_response()
+/// `/openapi/v2`: JSON, or protobuf for a client that asks for it first
+/// (client-go's discovery client, so kubectl, asks for nothing else).
+async fn openapi_v2(headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if openapi_pb::wants_protobuf(accept) {
+        return (
+            [
+                (header::CONTENT_TYPE, openapi_pb::CONTENT_TYPE),
+                (header::VARY, "Accept"),
+            ],
+            match openapi::v2_protobuf() {
+                std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
+                std::borrow::Cow::Owned(b) => Bytes::from(b),
+            },
+        )
+            .into_response();
+    }
+    ([(header::VARY, "Accept")], Json(openapi::v2_document())).into_response()
 }
 
 async fn openapi_v3_index() -> Json<Value> {

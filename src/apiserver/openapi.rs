@@ -319,16 +319,21 @@ pub fn v3_index() -> Value {
     json!({"paths": paths})
 }
 
+/// An OpenAPI 3 reference (the value of a `$ref`) as a Swagger 2 one.
+fn v2_ref(r: &Value) -> Value {
+    match r {
+        Value::String(r) => json!(r.replace("#/components/schemas/", "#/definitions/")),
+        other => other.clone(),
+    }
+}
+
 /// Rewrite OpenAPI 3 references into Swagger 2 ones.
 fn to_v2(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, x)| match (k.as_str(), x) {
-                    ("$ref", Value::String(r)) => (
-                        k.clone(),
-                        json!(r.replace("#/components/schemas/", "#/definitions/")),
-                    ),
+                    ("$ref", r @ Value::String(_)) => (k.clone(), v2_ref(r)),
                     _ => (k.clone(), to_v2(x)),
                 })
                 .collect(),
@@ -336,6 +341,60 @@ fn to_v2(v: &Value) -> Value {
         Value::Array(a) => Value::Array(a.iter().map(to_v2).collect()),
         other => other.clone(),
     }
+}
+
+/// A schema of an OpenAPI 3 document as Swagger 2 has it, as kube-apiserver
+/// publishes v2: a reference with siblings is a plain `$ref` again (v3 wraps
+/// it in a one-item `allOf`), and what Swagger 2 cannot say (`oneOf`,
+/// `anyOf`, `not`, `nullable`) is left out, so a value that may take either
+/// of two forms is any value. Keys are schema keywords here; the names of
+/// `properties` are not (JSONSchemaProps has fields called `oneOf`).
+fn schema_to_v2(s: &Value) -> Value {
+    let Value::Object(m) = s else {
+        return s.clone();
+    };
+    let mut out = Map::new();
+    for (k, x) in m {
+        match k.as_str() {
+            "$ref" => {
+                out.insert(k.clone(), v2_ref(x));
+            }
+            "properties" => {
+                let props = x
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, p)| (name.clone(), schema_to_v2(p)))
+                    .collect();
+                out.insert(k.clone(), Value::Object(props));
+            }
+            "items" | "additionalProperties" => {
+                out.insert(k.clone(), schema_to_v2(x));
+            }
+            "allOf" => match x.as_array().map(Vec::as_slice) {
+                Some([only])
+                    if only.as_object().is_some_and(|o| o.len() == 1)
+                        && only.get("$ref").is_some() =>
+                {
+                    out.insert("$ref".into(), v2_ref(&only["$ref"]));
+                }
+                _ => {
+                    let all = x
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(schema_to_v2)
+                        .collect();
+                    out.insert(k.clone(), Value::Array(all));
+                }
+            },
+            "oneOf" | "anyOf" | "not" | "nullable" => {}
+            _ => {
+                out.insert(k.clone(), x.clone());
+            }
+        }
+    }
+    Value::Object(out)
 }
 
 /// `/openapi/v2`: Swagger 2.0 with every definition and path.
@@ -357,6 +416,23 @@ pub fn v2_document() -> Cow<'static, Value> {
     Cow::Owned(doc)
 }
 
+/// The OpenAPI v2 document in protobuf (`openapi_pb`): the built-in kinds'
+/// encoded once, with the custom kinds' encoded at each request.
+pub fn v2_protobuf() -> Cow<'static, [u8]> {
+    static PB: OnceLock<Vec<u8>> = OnceLock::new();
+    let encode = |doc: &Value| {
+        let (bytes, skipped) = super::openapi_pb::encode(doc);
+        if !skipped.is_empty() {
+            tracing::debug!(?skipped, "OpenAPI v2 keys protobuf cannot express");
+        }
+        bytes
+    };
+    match v2_document() {
+        Cow::Borrowed(doc) => Cow::Borrowed(PB.get_or_init(|| encode(doc)).as_slice()),
+        Cow::Owned(doc) => Cow::Owned(encode(&doc)),
+    }
+}
+
 fn v2_builtin() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| v2_of(group_versions().keys().cloned().collect()))
@@ -373,7 +449,7 @@ fn v2_of(gvs: Vec<String>) -> Value {
                 .into_iter()
                 .flatten()
             {
-                definitions.insert(name.clone(), to_v2(d));
+                definitions.insert(name.clone(), schema_to_v2(d));
             }
             for (p, item) in doc["paths"].as_object().into_iter().flatten() {
                 let mut item = to_v2(item);

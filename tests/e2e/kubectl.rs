@@ -2,7 +2,7 @@
 //! kubeconfig exactly as the server wrote it and no extra flags, against a
 //! real server and its embedded agent: server-side printing, generators
 //! (protobuf bodies), client-side and server-side apply, strategic merge
-//! patches, OpenAPI, rollouts of every workload kind, drain with a
+//! patches, OpenAPI (v3, and v2 in protobuf for `kind: List` files), rollouts of every workload kind, drain with a
 //! disruption budget, port-forward, and the everyday read verbs.
 
 use std::io::{BufRead, BufReader};
@@ -405,6 +405,61 @@ async fn explain_reads_the_servers_openapi() {
     assert!(out.contains("FIELD: image <string>"), "{out}");
     let out = ok(&s.kubectl(&["explain", "pdb.spec", "--api-version=policy/v1"]));
     assert!(out.contains("minAvailable"), "{out}");
+}
+
+/// A `kind: List` file (what `kubectl get -o yaml` of several objects
+/// writes): kubectl validates it itself, against `/openapi/v2`, which it
+/// asks for in protobuf only.
+#[tokio::test]
+async fn list_files_are_validated_against_the_protobuf_openapi() {
+    let s = Server::start().await;
+    let list = |extra: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "List", "items": [
+            {{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {{"name": "one"}}, "data": {{"a": "1"}}}},
+            {{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {{"name": "two"}}, "data": {{"b": "2"}}{extra}}}]}}"#
+        )
+    };
+    let out = ok(&kubectl_stdin(
+        &s.kubeconfig(),
+        &["create", "-f", "-"],
+        Some(&list("")),
+    ));
+    assert!(
+        out.contains("configmap/one created") && out.contains("configmap/two created"),
+        "{out}"
+    );
+    // an unknown field in an item: kubectl's own check against the schema
+    let o = kubectl_stdin(
+        &s.kubeconfig(),
+        &["create", "-f", "-"],
+        Some(&list(r#", "bogus": 1"#)),
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(r#"unknown field "bogus" in io.k8s.api.core.v1.ConfigMap"#),
+        "{}",
+        stderr(&o)
+    );
+    // what `get -o yaml` writes applies back
+    let yaml = ok(&s.kubectl(&["get", "configmaps", "one", "two", "-o", "yaml"]));
+    assert!(yaml.contains("kind: List"), "{yaml}");
+    let edited = yaml.replace("a: \"1\"", "a: \"3\"");
+    assert_ne!(edited, yaml);
+    ok(&kubectl_stdin(
+        &s.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&edited),
+    ));
+    assert_eq!(json_of(&s, &["get", "configmap", "one"])["data"]["a"], "3");
+    // explain from the v2 document
+    let out = ok(&s.kubectl(&[
+        "explain",
+        "pods.spec.containers.image",
+        "--output",
+        "plaintext-openapiv2",
+    ]));
+    assert!(out.contains("FIELD:    image <string>"), "{out}");
 }
 
 /// `kubectl rollout history|undo` for `kind/name` after moving the template
