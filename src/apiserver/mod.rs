@@ -191,20 +191,20 @@ async fn openapi_v2(headers: HeaderMap) -> Response {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if openapi_pb::wants_protobuf(accept) {
-        return (
-            [
-                (header::CONTENT_TYPE, openapi_pb::CONTENT_TYPE),
-                (header::VARY, "Accept"),
-            ],
-            match openapi::v2_protobuf() {
-                std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
-                std::borrow::Cow::Owned(b) => Bytes::from(b),
-            },
-        )
-            .into_response();
-    }
-    ([(header::VARY, "Accept")], Json(openapi::v2_document())).into_response()
+    let doc = openapi::v2_served();
+    let (content_type, body) = if openapi_pb::wants_protobuf(accept) {
+        (openapi_pb::CONTENT_TYPE, doc.protobuf)
+    } else {
+        ("application/json", doc.json)
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "Accept"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn openapi_v3_index() -> Json<Value> {
@@ -212,8 +212,8 @@ async fn openapi_v3_index() -> Json<Value> {
 }
 
 async fn openapi_v3(Path(gv): Path<String>) -> Response {
-    match openapi::v3_document(&gv) {
-        Some(doc) => Json(doc).into_response(),
+    match openapi::v3_served(&gv) {
+        Some(doc) => ([(header::CONTENT_TYPE, "application/json")], doc.json).into_response(),
         None => Failure(ApiError::NotFound {
             resource: "openapi".into(),
             name: gv,
