@@ -1607,7 +1607,8 @@ mod pods {
         // server process (control plane and node); separate: RSS of the
         // `wk agent` process, what the node itself costs.
         let mut density = Vec::new();
-        for &n in &args.density {
+        // `--density 0`: no density run
+        for &n in args.density.iter().filter(|&&n| n > 0) {
             for separate in [false, true] {
                 let c = Cluster::start_with(
                     &args.wk,
@@ -1677,10 +1678,12 @@ mod pods {
         for r in out {
             println!("{r}");
         }
-        println!(
-            "\n| idle pods | process | RSS before MiB | RSS after MiB | KiB per pod | open files | files per pod |"
-        );
-        println!("|---|---|---|---|---|---|---|");
+        if !density.is_empty() {
+            println!(
+                "\n| idle pods | process | RSS before MiB | RSS after MiB | KiB per pod | open files | files per pod |"
+            );
+            println!("|---|---|---|---|---|---|---|");
+        }
         for r in density {
             println!("{r}");
         }
