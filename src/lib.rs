@@ -14,6 +14,8 @@
 //! - [`controllers`]: the scheduler and controllers `wk server` runs.
 //! - [`agent`]: the node agent (kubelet).
 //! - [`cli`]: the `wkctl` command line.
+//! - [`json`]: JSON values shrunk to fit before a cache keeps them (used
+//!   by the store and the client alike).
 //!
 //! [`agent`] and [`server`] (and with them wasmtime) are in the default
 //! `node` feature; `wkctl` builds without it.
@@ -25,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod controllers;
+pub mod json;
 pub mod lincheck;
 pub mod network;
 #[cfg(feature = "node")]

@@ -521,11 +521,11 @@ impl Client {
                 server: server.clone(),
                 source,
             })?;
-            let v: Value =
+            let mut v: Value =
                 serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
             Ok(WatchEvent {
                 event_type: v["type"].as_str().unwrap_or_default().to_string(),
-                object: v["object"].clone(),
+                object: v.get_mut("object").map(Value::take).unwrap_or_default(),
             })
         }))
     }

@@ -22,6 +22,7 @@ use super::CancelToken;
 use super::Client;
 use crate::api::meta;
 use crate::api::resources::Resource;
+use crate::json::shrink;
 
 /// Lock `m`, taking the data of a poisoned lock as it is.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,7 +146,7 @@ impl Cache {
     }
 
     fn apply(&self, obj: Value) -> Change {
-        let obj = Arc::new(obj);
+        let obj = Arc::new(shrink(obj));
         self.target()
             .objects
             .write()
@@ -169,7 +170,7 @@ impl Cache {
     fn replace(&self, items: Vec<Value>) -> Vec<Change> {
         let mut fresh: BTreeMap<String, Arc<Value>> = items
             .into_iter()
-            .map(|o| (key_of(&o), Arc::new(o)))
+            .map(|o| (key_of(&o), Arc::new(shrink(o))))
             .collect();
         let mut map = self
             .target()

@@ -34,6 +34,7 @@ use super::types::{
     Request, Response, StorageError, StoredMembership, TypeConfig, REMEMBERED_REQUESTS,
     REVISIONS_PER_ENTRY,
 };
+use crate::json::shrink;
 
 pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -194,7 +195,7 @@ impl StateMachine {
             let (k, v) = item.map_err(r)?;
             let stored: Value = serde_json::from_slice(v.value()).map_err(r)?;
             let value = keyring.from_stored(k.value(), stored).map_err(r)?;
-            objects.insert(k.value().to_string(), Arc::new(value));
+            objects.insert(k.value().to_string(), Arc::new(shrink(value)));
         }
         let mut stored = Vec::new();
         for item in tx.open_table(REQUESTS).map_err(r)?.iter().map_err(r)? {
@@ -512,7 +513,9 @@ impl StateMachine {
                 } else {
                     ChangeKind::Added
                 };
-                (kind, Arc::new(object))
+                // the cache keeps it until it changes: without the room
+                // parsing the log entry left
+                (kind, Arc::new(shrink(object)))
             }
             (Request::Delete { .. }, Some(cur)) => {
                 let mut gone = (*cur).clone();
@@ -623,7 +626,7 @@ impl StateMachine {
         let mut objects = BTreeMap::new();
         for (k, v) in snap.objects {
             let clear = self.keyring.from_stored(&k, v).map_err(r)?;
-            objects.insert(k, Arc::new(clear));
+            objects.insert(k, Arc::new(shrink(clear)));
         }
         self.cache.reset(objects, revision_after(meta.last_log_id));
         Ok(())
