@@ -308,32 +308,30 @@ fn custom_document(gv: &str) -> Option<Value> {
 
 /// The built-in group-versions' OpenAPI 3.0 documents, made afresh.
 fn builtin_documents() -> BTreeMap<String, Value> {
-    {
-        let s = schemas();
-        let mut out = BTreeMap::new();
-        for (gv, resources) in group_versions() {
-            let mut paths = Map::new();
-            let mut roots = vec!["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".to_string()];
-            for res in &resources {
-                if let Some(root) = s.root(res) {
-                    resource_paths(res, root, &mut paths);
-                    roots.push(root.to_string());
-                }
+    let s = schemas();
+    let mut out = BTreeMap::new();
+    for (gv, resources) in group_versions() {
+        let mut paths = Map::new();
+        let mut roots = vec!["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".to_string()];
+        for res in &resources {
+            if let Some(root) = s.root(res) {
+                resource_paths(res, root, &mut paths);
+                roots.push(root.to_string());
             }
-            let mut components = reachable(&s.definitions, &roots);
-            components.extend(common_definitions());
-            out.insert(
-                gv.clone(),
-                json!({
-                    "openapi": "3.0.0",
-                    "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBERNETES_MINOR)},
-                    "paths": paths,
-                    "components": {"schemas": components},
-                }),
-            );
         }
-        out
+        let mut components = reachable(&s.definitions, &roots);
+        components.extend(common_definitions());
+        out.insert(
+            gv.clone(),
+            json!({
+                "openapi": "3.0.0",
+                "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBERNETES_MINOR)},
+                "paths": paths,
+                "components": {"schemas": components},
+            }),
+        );
     }
+    out
 }
 
 /// `/openapi/v3`: the index of group-version documents.
