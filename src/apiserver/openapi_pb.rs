@@ -16,6 +16,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
+use crate::api::pb::{put_bytes, put_key, put_varint};
+
 /// The media type of the protobuf document. kube-openapi answers with this
 /// spelling whichever one was asked for: Go's `mime` cannot parse the `@`.
 pub const CONTENT_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
@@ -48,32 +50,13 @@ pub fn encode(doc: &Value) -> (Vec<u8>, BTreeSet<String>) {
 
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn key(buf: &mut Vec<u8>, field: u32, wire: u8) {
-    varint(buf, (u64::from(field) << 3) | u64::from(wire));
-}
-
-fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    key(buf, field, LEN);
-    varint(buf, b.len() as u64);
-    buf.extend_from_slice(b);
-}
 
 /// A nested message, written even when empty (its presence is meaning:
 /// `properties: {}` is an object with no fields).
 fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     let mut inner = Vec::new();
     body(&mut inner);
-    bytes(buf, field, &inner);
+    put_bytes(buf, field, &inner);
 }
 
 #[derive(Default)]
@@ -88,7 +71,7 @@ impl Encoder {
 
     fn string(&mut self, buf: &mut Vec<u8>, field: u32, v: &Value, what: &str, k: &str) {
         match v.as_str() {
-            Some(s) => bytes(buf, field, s.as_bytes()),
+            Some(s) => put_bytes(buf, field, s.as_bytes()),
             None => self.skip(what, k),
         }
     }
@@ -105,8 +88,8 @@ impl Encoder {
         match v.as_bool() {
             Some(b) => {
                 if b {
-                    key(buf, field, VARINT);
-                    varint(buf, 1);
+                    put_key(buf, field, VARINT);
+                    put_varint(buf, 1);
                 }
             }
             None => self.skip(what, k),
@@ -116,7 +99,7 @@ impl Encoder {
     fn double(&mut self, buf: &mut Vec<u8>, field: u32, v: &Value, what: &str, k: &str) {
         match v.as_f64() {
             Some(x) => {
-                key(buf, field, FIXED64);
+                put_key(buf, field, FIXED64);
                 buf.extend_from_slice(&x.to_le_bytes());
             }
             None => self.skip(what, k),
@@ -126,8 +109,8 @@ impl Encoder {
     fn int64(&mut self, buf: &mut Vec<u8>, field: u32, v: &Value, what: &str, k: &str) {
         match v.as_i64() {
             Some(n) => {
-                key(buf, field, VARINT);
-                varint(buf, n as u64);
+                put_key(buf, field, VARINT);
+                put_varint(buf, n as u64);
             }
             None => self.skip(what, k),
         }
@@ -135,13 +118,13 @@ impl Encoder {
 
     /// `openapi.v2.Any`: the value as YAML (JSON text is YAML).
     fn any(buf: &mut Vec<u8>, field: u32, v: &Value) {
-        message(buf, field, |b| bytes(b, 2, v.to_string().as_bytes()));
+        message(buf, field, |b| put_bytes(b, 2, v.to_string().as_bytes()));
     }
 
     /// `repeated NamedAny vendor_extension`: one `x-` key.
     fn extension(buf: &mut Vec<u8>, field: u32, name: &str, v: &Value) {
         message(buf, field, |b| {
-            bytes(b, 1, name.as_bytes());
+            put_bytes(b, 1, name.as_bytes());
             Self::any(b, 2, v);
         });
     }
@@ -198,7 +181,7 @@ impl Encoder {
         };
         for (name, s) in m {
             message(buf, 1, |b| {
-                bytes(b, 1, name.as_bytes());
+                put_bytes(b, 1, name.as_bytes());
                 message(b, 2, |b| self.schema(b, s));
             });
         }
@@ -237,8 +220,8 @@ impl Encoder {
                 // AdditionalPropertiesItem: a oneof of a schema or a bool
                 "additionalProperties" => message(buf, 21, |b| match v {
                     Value::Bool(x) => {
-                        key(b, 2, VARINT);
-                        varint(b, u64::from(*x));
+                        put_key(b, 2, VARINT);
+                        put_varint(b, u64::from(*x));
                     }
                     _ => message(b, 1, |b| self.schema(b, v)),
                 }),
@@ -278,7 +261,7 @@ impl Encoder {
                 continue;
             }
             message(buf, 2, |b| {
-                bytes(b, 1, path.as_bytes());
+                put_bytes(b, 1, path.as_bytes());
                 message(b, 2, |b| self.path_item(b, item));
             });
         }
@@ -417,7 +400,7 @@ impl Encoder {
                 continue;
             }
             message(buf, 1, |b| {
-                bytes(b, 1, code.as_bytes());
+                put_bytes(b, 1, code.as_bytes());
                 message(b, 2, |b| message(b, 1, |b| self.response(b, r)));
             });
         }
