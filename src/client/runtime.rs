@@ -417,6 +417,9 @@ struct QueueState {
     /// Added again while a worker had it: queue once that worker is done.
     again: HashSet<String>,
     failures: HashMap<String, u32>,
+    /// Keys waiting for a delayed add, and when it is due: one timer per
+    /// key, the earliest asked for (client-go's delaying queue).
+    waiting: HashMap<String, tokio::time::Instant>,
 }
 
 /// A deduplicating work queue of keys.
@@ -444,13 +447,43 @@ impl WorkQueue {
         }
     }
 
-    /// Queue `key` after `delay`.
+    /// Queue `key` after `delay`, unless it is already waiting to be
+    /// queued sooner: a key has one timer at most, due at the earliest time
+    /// asked for, so a key requeued by both its own resync and a failure
+    /// does not run two timer chains from then on.
     pub fn add_after(self: &Arc<Self>, key: &str, delay: Duration) {
+        let due = tokio::time::Instant::now() + delay;
+        {
+            let mut s = lock(&self.state);
+            match s.waiting.get_mut(key) {
+                Some(at) if *at <= due => return,
+                Some(at) => *at = due,
+                None => {
+                    s.waiting.insert(key.to_string(), due);
+                }
+            }
+        }
         let (q, key) = (self.clone(), key.to_string());
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            q.add(&key);
+            tokio::time::sleep_until(due).await;
+            let mine = {
+                let mut s = lock(&q.state);
+                let mine = s.waiting.get(&key) == Some(&due);
+                if mine {
+                    s.waiting.remove(&key);
+                }
+                mine
+            };
+            // a later timer for an earlier time replaced this one and has run
+            if mine {
+                q.add(&key);
+            }
         });
+    }
+
+    /// Keys waiting for a delayed add.
+    pub fn delayed(&self) -> usize {
+        lock(&self.state).waiting.len()
     }
 
     /// Queue `key` after its back-off: 5 ms doubling per consecutive
@@ -826,6 +859,30 @@ mod tests {
         assert_eq!(q.len(), 1);
         q.forget("k");
         assert_eq!(lock(&q.state).failures.get("k"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_key_has_one_timer_due_at_the_earliest_time_asked() {
+        let q = WorkQueue::new();
+        q.add_after("k", Duration::from_secs(5));
+        q.add_after("k", Duration::from_secs(9)); // later: the 5 s timer stands
+        q.add_after("k", Duration::from_secs(2)); // sooner: replaces it
+        assert_eq!(q.delayed(), 1);
+        tokio::time::sleep(Duration::from_millis(1_999)).await;
+        assert!(q.is_empty());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(q.next().await, "k");
+        q.done("k");
+        assert_eq!(q.delayed(), 0);
+        // the replaced 5 s timer and the ignored 9 s one add nothing
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(q.is_empty());
+        // each due time is kept apart per key
+        q.add_after("a", Duration::from_secs(1));
+        q.add_after("b", Duration::from_secs(1));
+        assert_eq!(q.delayed(), 2);
+        tokio::time::sleep(Duration::from_millis(1_001)).await;
+        assert_eq!(q.len(), 2);
     }
 
     #[tokio::test]

@@ -72,6 +72,34 @@ pub fn is_lost(
     }
 }
 
+/// When to look at a node again while it is well: just after its last
+/// heartbeat (Ready condition or Lease) becomes `grace` old, which is the
+/// first moment it can be lost; a renewal in between pushes the next look
+/// further out. Kubernetes' controller instead checks every node every
+/// `--node-monitor-period` (5 s); at 5,000 nodes a look every second per
+/// node was 5,000 reconciles a second for nothing. Never heard from: after
+/// `grace`. At least [`MIN_LOOK`] apart.
+pub fn next_look(
+    node: &Value,
+    lease: Option<&Value>,
+    now: chrono::DateTime<chrono::Utc>,
+    grace: Duration,
+) -> Duration {
+    let until_lost = match last_heartbeat(node, lease) {
+        Some(t) => chrono::Duration::from_std(grace)
+            .ok()
+            .and_then(|g| t.checked_add_signed(g))
+            .and_then(|lost_at| (lost_at - now).to_std().ok())
+            .unwrap_or_default(),
+        None => grace,
+    };
+    (until_lost + Duration::from_millis(1)).max(MIN_LOOK)
+}
+
+/// Shortest wait between looks at one node; also the pace while a node is
+/// lost or tainted (evictions come due by the clock).
+pub const MIN_LOOK: Duration = Duration::from_secs(1);
+
 fn has_unreachable_taint(node: &Value) -> Option<&Value> {
     node["spec"]["taints"]
         .as_array()?
@@ -203,8 +231,18 @@ impl Reconcile for Controller {
                 .merge_patch(nodes, None, &name, &json!({"spec": {"taints": taints}, "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}}))
                 .await?;
         }
-        // level-triggered on a clock: look again within a second
-        Ok(Next::After(Duration::from_secs(1)))
+        // level-triggered on a clock: while lost or tainted, every second
+        // (evictions come due); while well, when it could first be lost
+        if lost || tainted.is_some() {
+            Ok(Next::After(MIN_LOOK))
+        } else {
+            Ok(Next::After(next_look(
+                &node,
+                lease.as_deref(),
+                now,
+                self.timing.grace,
+            )))
+        }
     }
 }
 
@@ -259,6 +297,41 @@ mod tests {
         assert!(
             !is_lost(&json!({}), None, now, grace),
             "never heard from: not judged"
+        );
+    }
+
+    #[test]
+    fn a_well_node_is_looked_at_again_when_it_could_first_be_lost() {
+        let now = chrono::Utc::now();
+        let grace = Duration::from_secs(40);
+        let node = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": at(50)}]}});
+        let lease = json!({"spec": {"renewTime": at(10)}});
+        let wait = next_look(&node, Some(&lease), now, grace);
+        // the lease (10 s old, to the second) is the newer heartbeat: lost in about 30 s
+        assert!(
+            wait > Duration::from_secs(29) && wait <= Duration::from_secs(31),
+            "{wait:?}"
+        );
+        assert!(!is_lost(
+            &node,
+            Some(&lease),
+            now + wait - Duration::from_secs(1),
+            grace
+        ));
+        assert!(is_lost(
+            &node,
+            Some(&lease),
+            now + wait + Duration::from_secs(1),
+            grace
+        ));
+        // lost already, or its heartbeat from the future: never less than a second
+        assert_eq!(next_look(&node, None, now, grace), MIN_LOOK);
+        let ahead = json!({"spec": {"renewTime": at(-100)}});
+        assert!(next_look(&node, Some(&ahead), now, grace) >= grace);
+        // never heard from
+        assert_eq!(
+            next_look(&json!({}), None, now, grace),
+            grace + Duration::from_millis(1)
         );
     }
 
