@@ -271,19 +271,33 @@ fn term_matches(term: &Value, node: &NodeInfo) -> bool {
     has_any && all("matchExpressions", None) && all("matchFields", Some(&node.name))
 }
 
-fn node_affinity_ok(pod: &Value, node: &NodeInfo) -> bool {
-    let selector_ok = pod["spec"]["nodeSelector"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| node.labels.get(k).map(String::as_str) == v.as_str());
-    let required = &pod["spec"]["affinity"]["nodeAffinity"]
-        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
-    let affinity_ok = match required.as_array() {
-        Some(terms) if !terms.is_empty() => terms.iter().any(|t| term_matches(t, node)),
-        _ => true,
-    };
-    selector_ok && affinity_ok
+/// A pod's node selector and required node affinity terms, found once per
+/// pod rather than once per node looked at.
+struct NodeAffinity<'a> {
+    selector: Option<&'a serde_json::Map<String, Value>>,
+    required: &'a [Value],
+}
+
+impl<'a> NodeAffinity<'a> {
+    fn of(pod: &'a Value) -> Self {
+        let spec = &pod["spec"];
+        NodeAffinity {
+            selector: spec["nodeSelector"].as_object().filter(|m| !m.is_empty()),
+            required: spec["affinity"]["nodeAffinity"]
+                ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice),
+        }
+    }
+
+    fn admits(&self, node: &NodeInfo) -> bool {
+        let selector_ok = self.selector.is_none_or(|m| {
+            m.iter()
+                .all(|(k, v)| node.labels.get(k).map(String::as_str) == v.as_str())
+        });
+        selector_ok
+            && (self.required.is_empty() || self.required.iter().any(|t| term_matches(t, node)))
+    }
 }
 
 /// The controller (owner) uid of a pod, for spreading replicas.
@@ -320,6 +334,11 @@ struct Slot {
     assumed: bool,
 }
 
+/// The scheduler's own maps: looked up hundreds of times per pod placed
+/// (once per node examined), so hashed with foldhash rather than SipHash
+/// (still seeded per process).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What the pods placed on one node take from it.
 #[derive(Debug, Default, Clone)]
 struct Usage {
@@ -327,7 +346,7 @@ struct Usage {
     requests: Resources,
     scoring: Resources,
     /// Pods per controller (owner) uid, for spreading replicas.
-    owners: HashMap<String, u64>,
+    owners: Map<String, u64>,
 }
 
 /// Every pod placed on a node, and what each node has given out: kept up
@@ -337,8 +356,8 @@ struct Usage {
 #[derive(Debug, Default, Clone)]
 pub struct Placement {
     /// By pod key (`namespace/name`).
-    pods: HashMap<String, Slot>,
-    nodes: HashMap<String, Usage>,
+    pods: Map<String, Slot>,
+    nodes: Map<String, Usage>,
 }
 
 impl Placement {
@@ -511,6 +530,7 @@ struct Needs<'a> {
     requests: Resources,
     scoring: Resources,
     tolerations: &'a [Value],
+    node_affinity: NodeAffinity<'a>,
     affinity: Vec<Term<'a>>,
     anti_affinity: Vec<Term<'a>>,
 }
@@ -525,6 +545,7 @@ impl<'a> Needs<'a> {
             tolerations: pod["spec"]["tolerations"]
                 .as_array()
                 .map_or(&[][..], Vec::as_slice),
+            node_affinity: NodeAffinity::of(pod),
             affinity: affinity_terms(pod, "podAffinity", all, placement),
             anti_affinity: affinity_terms(pod, "podAntiAffinity", all, placement),
         }
@@ -545,7 +566,7 @@ fn filter(needs: &Needs, node: &NodeInfo, usage: Option<&Usage>) -> Vec<String> 
             needs.runtime
         )];
     }
-    if !node_affinity_ok(needs.pod, node) {
+    if !needs.node_affinity.admits(node) {
         return vec!["node(s) didn't match Pod's node affinity/selector".into()];
     }
     if let Some(t) = untolerated(
@@ -592,19 +613,11 @@ fn filter(needs: &Needs, node: &NodeInfo, usage: Option<&Usage>) -> Vec<String> 
     Vec::new()
 }
 
-fn scores(
-    needs: &Needs,
-    feasible: &[&NodeInfo],
-    placement: &Placement,
-    strategy: Strategy,
-) -> Vec<i64> {
+fn scores(needs: &Needs, feasible: &[(&NodeInfo, Option<&Usage>)], strategy: Strategy) -> Vec<i64> {
     let allocation: Vec<i64> = feasible
         .iter()
-        .map(|n| {
-            let used = placement
-                .usage(&n.name)
-                .map_or(Resources::default(), |u| u.scoring)
-                + needs.scoring;
+        .map(|&(n, usage)| {
+            let used = usage.map_or(Resources::default(), |u| u.scoring) + needs.scoring;
             let frac = |used: u64, alloc: u64| -> i64 {
                 if alloc == 0 {
                     return 0;
@@ -626,7 +639,7 @@ fn scores(
         .map_or(&[][..], Vec::as_slice);
     let affinity: Vec<i64> = feasible
         .iter()
-        .map(|n| {
+        .map(|&(n, _)| {
             preferred
                 .iter()
                 .filter(|p| term_matches(&p["preference"], n))
@@ -638,9 +651,9 @@ fn scores(
     let owner = owner_uid(needs.pod);
     let siblings: Vec<i64> = feasible
         .iter()
-        .map(|n| {
+        .map(|&(_, usage)| {
             owner
-                .and_then(|o| placement.usage(&n.name)?.owners.get(o))
+                .and_then(|o| usage?.owners.get(o))
                 .map_or(0, |&c| c as i64)
         })
         .collect();
@@ -782,9 +795,10 @@ fn schedule_on(
         }
         let n = candidates[(start + i) % candidates.len()];
         examined += 1;
-        let why = filter(&needs, n, placement.usage(&n.name));
+        let usage = placement.usage(&n.name);
+        let why = filter(&needs, n, usage);
         if why.is_empty() {
-            feasible.push(n);
+            feasible.push((n, usage));
         }
         for r in why {
             *reasons.entry(r).or_default() += 1;
@@ -800,15 +814,15 @@ fn schedule_on(
         };
         return Err(format!("0/{} nodes are available{detail}.", all.len()));
     }
-    let s = scores(&needs, &feasible, placement, strategy);
+    let s = scores(&needs, &feasible, strategy);
     let best = (0..feasible.len())
         .max_by(|&a, &b| {
             s[a].cmp(&s[b])
-                .then_with(|| feasible[b].name.cmp(&feasible[a].name))
+                .then_with(|| feasible[b].0.name.cmp(&feasible[a].0.name))
         })
         .expect("at least one feasible node");
     Ok(Choice {
-        node: feasible[best].name.clone(),
+        node: feasible[best].0.name.clone(),
         examined,
     })
 }
