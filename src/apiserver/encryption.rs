@@ -83,7 +83,7 @@ async fn rotate(state: &ApiState) -> Result<Value, ApiError> {
     for (k, obj) in objects.into_iter().filter(|(k, _)| k.starts_with(SECRETS)) {
         let req = Request::Put {
             key: k.clone(),
-            object: (*obj).clone(),
+            object: obj.clone(),
             precondition: Precondition {
                 resource_version: Some(crate::store::types::revision_of(&obj)),
                 ..Default::default()

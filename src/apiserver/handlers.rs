@@ -2,6 +2,7 @@
 //! the status, scale, binding and finalize subresources. Every write goes
 //! through [`Store::write`]; reads come from the watch cache.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -351,7 +352,7 @@ pub async fn create(
         }
         let req = Request::Put {
             key: res.key(namespace.as_deref().unwrap_or_default(), &name),
-            object: obj,
+            object: Arc::new(obj),
             precondition: Precondition {
                 exists: Some(false),
                 namespace: if res.kind == "Namespace" {
@@ -600,7 +601,7 @@ where
         }
         let req = Request::Put {
             key: key.clone(),
-            object: new,
+            object: Arc::new(new),
             precondition,
         };
         match write_with(store, req, extra).await {
@@ -1014,7 +1015,7 @@ pub async fn delete(
             store
                 .write(Request::Put {
                     key: key.clone(),
-                    object: marked,
+                    object: Arc::new(marked),
                     precondition,
                 })
                 .await

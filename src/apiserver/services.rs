@@ -43,7 +43,7 @@ fn assignable(range: crate::network::Cidr) -> impl Iterator<Item = u32> {
 fn create(key: String, object: Value) -> Request {
     Request::Put {
         key,
-        object,
+        object: std::sync::Arc::new(object),
         precondition: Precondition {
             exists: Some(false),
             ..Default::default()

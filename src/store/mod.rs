@@ -167,7 +167,7 @@ fn raft_failure(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> S
 
 fn outcome(r: Response) -> Result<Value, StoreError> {
     match r {
-        Response::Applied(v) => Ok(v),
+        Response::Applied(v) => Ok(Arc::unwrap_or_clone(v)),
         Response::Rejected(r) => Err(StoreError::Rejected(r)),
         Response::None | Response::Batch(_) => {
             Err(StoreError::Raft("write applied without a result".into()))
@@ -346,11 +346,17 @@ impl Store {
                 key,
                 object,
                 precondition,
-            } => Request::Put {
-                object: self.keyring.into_stored(&key, object),
-                key,
-                precondition,
-            },
+            } => {
+                let sealed = match self.keyring.to_stored(&key, &object) {
+                    std::borrow::Cow::Owned(sealed) => Some(sealed),
+                    std::borrow::Cow::Borrowed(_) => None,
+                };
+                Request::Put {
+                    object: sealed.map_or(object, Arc::new),
+                    key,
+                    precondition,
+                }
+            }
             Request::Batch(reqs) => {
                 Request::Batch(reqs.into_iter().map(|r| self.seal(r)).collect())
             }

@@ -240,11 +240,11 @@ impl StateMachine {
     /// A response with its object opened (the stored form may be sealed).
     fn opened(&self, key: &str, response: Response) -> Result<Response, String> {
         Ok(match response {
-            Response::Applied(v) => Response::Applied(
+            Response::Applied(v) => Response::Applied(Arc::new(
                 self.keyring
-                    .from_stored(key, v)
+                    .from_stored(key, Arc::unwrap_or_clone(v))
                     .map_err(|e| e.to_string())?,
-            ),
+            )),
             other => other,
         })
     }
@@ -280,7 +280,7 @@ impl StateMachine {
                 object,
                 precondition,
             } if super::encryption::is_sealed(&object) => Request::Put {
-                object: self.keyring.open(&key, &object).map_err(r)?,
+                object: Arc::new(self.keyring.open(&key, &object).map_err(r)?),
                 key,
                 precondition,
             },
@@ -506,7 +506,9 @@ impl StateMachine {
             return Response::Rejected(rej);
         }
         let (kind, object) = match (req, current.clone()) {
-            (Request::Put { mut object, .. }, cur) => {
+            (Request::Put { object, .. }, cur) => {
+                // the only holder once read back from the log: no copy
+                let mut object = Arc::unwrap_or_clone(object);
                 stamp_revision(&mut object, rev);
                 let kind = if cur.is_some() {
                     ChangeKind::Modified
@@ -538,7 +540,9 @@ impl StateMachine {
             object: object.clone(),
             prev: current,
         });
-        Response::Applied((*object).clone())
+        // shared with the cache: the caller copies it if it must (off this
+        // task, which applies every write in turn)
+        Response::Applied(object)
     }
 
     /// Apply a transaction (log entry `index`): all of its writes or none.
@@ -878,10 +882,10 @@ mod tests {
         .unwrap();
         let responses = [
             Response::None,
-            Response::Applied(json!({"kind": "Pod", "metadata": {"name": "p"}})),
+            Response::Applied(Arc::new(json!({"kind": "Pod", "metadata": {"name": "p"}}))),
             Response::Rejected(Rejection::NestedBatch),
             Response::Batch(vec![
-                Response::Applied(json!({"kind": "ConfigMap"})),
+                Response::Applied(Arc::new(json!({"kind": "ConfigMap"}))),
                 Response::None,
             ]),
         ];
@@ -899,7 +903,7 @@ mod tests {
         // a Secret's answer is written sealed, and opens to what it was
         let key = "core/secrets/d/db";
         let secret = json!({"kind": "Secret", "data": {"password": "aHVudGVyMg=="}});
-        let response = Response::Applied(secret.clone());
+        let response = Response::Applied(Arc::new(secret.clone()));
         let bytes = serde_json::to_vec(&RememberedRef {
             seq: 8,
             key,
@@ -911,7 +915,12 @@ mod tests {
         let Response::Applied(sealed) = read.response else {
             panic!("not an applied answer: {:?}", read.response)
         };
-        assert_eq!(keyring.from_stored(key, sealed).unwrap(), secret);
+        assert_eq!(
+            keyring
+                .from_stored(key, Arc::unwrap_or_clone(sealed))
+                .unwrap(),
+            secret
+        );
     }
 
     fn test_keyring(dir: &tempfile::TempDir) -> Arc<Keyring> {
@@ -921,7 +930,7 @@ mod tests {
     fn put(key: &str, exists: Option<bool>) -> Request {
         Request::Put {
             key: key.into(),
-            object: json!({"metadata": {"name": key}}),
+            object: Arc::new(json!({"metadata": {"name": key}})),
             precondition: Precondition {
                 exists,
                 ..Default::default()

@@ -1,6 +1,7 @@
 //! The Raft type configuration and the commands replicated through the log.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -47,7 +48,8 @@ pub enum Request {
     /// Create or replace the object stored under `key`.
     Put {
         key: String,
-        object: Value,
+        /// Shared, so that a write kept for a retry is not a deep copy.
+        object: Arc<Value>,
         precondition: Precondition,
     },
     /// Remove the object stored under `key`.
@@ -144,8 +146,9 @@ pub enum Rejection {
 pub enum Response {
     /// Blank or membership entries.
     None,
-    /// The object as stored (for deletes: as it was, stamped with the deletion revision).
-    Applied(Value),
+    /// The object as stored (for deletes: as it was, stamped with the deletion
+    /// revision): the state machine's own copy, shared.
+    Applied(Arc<Value>),
     Rejected(Rejection),
     /// One response per write of a [`Request::Batch`].
     Batch(Vec<Response>),
