@@ -4,7 +4,7 @@
 /// server spent a third of its CPU in glibc's `malloc`/`free` (arena locks,
 /// `malloc_consolidate`), and placed 586–636 pods/s end to end against
 /// 1,868 with mimalloc, at an idle RSS within 2 MiB of glibc's
-/// (docs/benchmarks.md, "The allocator").
+/// (docs/benchmarks.md, "2,000 pods a second").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
