@@ -807,8 +807,10 @@ async fn run_p1(module: &Module, launch: Launch<'_>) -> (Outcome, bool) {
     );
     store.limiter(|h| &mut h.memory);
     schedule(&mut store, stop, cpu, usage);
-    let mut linker = wasmtime::Linker::new(engine);
     let result = async {
+        // The linker (its names and definitions, about 13 KB) is needed
+        // only to instantiate: an idle guest runs for hours without it.
+        let mut linker = wasmtime::Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut P1Host| &mut h.wasi)?;
         linker.func_wrap(
             LIFECYCLE,
@@ -817,7 +819,9 @@ async fn run_p1(module: &Module, launch: Launch<'_>) -> (Outcome, bool) {
                 caller.data().shutdown.load(Ordering::Relaxed) as i32
             },
         )?;
-        let instance = linker.instantiate_async(&mut store, module).await?;
+        // boxed: this future lives as long as the guest runs
+        let instance = Box::pin(linker.instantiate_async(&mut store, module)).await?;
+        drop(linker);
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
     }
@@ -850,16 +854,19 @@ async fn run_p2(component: &Component, launch: Launch<'_>) -> (Outcome, bool) {
     );
     store.limiter(|h| &mut h.memory);
     schedule(&mut store, stop, cpu, usage);
-    let mut linker = wasmtime::component::Linker::new(engine);
     let result = async {
+        // needed only to instantiate (see run_p1)
+        let mut linker = wasmtime::component::Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, |h: &mut P2Host| {
             WasiConfig::from(&h.config)
         })?;
         guest_imports(&mut linker)?;
-        let command =
-            wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
-                .await?;
+        let command = Box::pin(wasmtime_wasi::p2::bindings::Command::instantiate_async(
+            &mut store, component, &linker,
+        ))
+        .await?;
+        drop(linker);
         match command.wasi_cli_run().call_run(&mut store).await? {
             Ok(()) => Ok(()),
             Err(()) => Err(wasmtime::Error::new(I32Exit(1))),
