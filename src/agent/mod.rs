@@ -174,7 +174,7 @@ pub struct Agent {
     pod_cidr: watch::Sender<Option<Cidr>>,
     /// Pod addresses in use.
     ips: Mutex<std::collections::BTreeSet<u32>>,
-    workers: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
+    workers: Mutex<HashMap<String, watch::Sender<Option<Arc<Value>>>>>,
     /// Running pod workers by `namespace/name`, for logs.
     pods: Mutex<HashMap<String, Arc<pod::PodCtx>>>,
     /// Pods resumed from local state whose workers have not registered
@@ -377,7 +377,7 @@ impl Agent {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(format!("{}/{}", meta::namespace(&p), meta::name(&p)));
-                    self.upsert(p);
+                    self.upsert(Arc::new(p));
                 }
                 Ok(_) => {}
                 Err(err) => {
@@ -496,7 +496,7 @@ impl Agent {
             .cloned()
     }
 
-    fn upsert(self: &Arc<Self>, pod: Value) {
+    fn upsert(self: &Arc<Self>, pod: Arc<Value>) {
         let uid = pod["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
@@ -547,7 +547,7 @@ impl Agent {
         let selector = format!("fieldSelector=spec.nodeName%3D{}", self.config.node_name);
         let agent = self.clone();
         let on_change = move |c: Change| match c {
-            Change::Applied(p) => agent.upsert((*p).clone()),
+            Change::Applied(p) => agent.upsert(p),
             Change::Deleted(p) => agent.remove(p["metadata"]["uid"].as_str().unwrap_or_default()),
         };
         runtime::reflect_selected(

@@ -44,6 +44,12 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// left running by the earlier run to be adopted.
 pub const ADOPT_WAIT: Duration = Duration::from_secs(10);
 
+/// A removed pod's object: `null`.
+fn null() -> Arc<Value> {
+    static NULL: std::sync::OnceLock<Arc<Value>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| Arc::new(Value::Null)).clone()
+}
+
 fn ts(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
         .format("%Y-%m-%dT%H:%M:%SZ")
@@ -80,7 +86,9 @@ pub struct PodCtx {
     pub uid: String,
     namespace: String,
     name: String,
-    pod: watch::Receiver<Option<Value>>,
+    /// The latest object, shared with the agent's pod cache: a deep copy
+    /// per pod was the largest item of an idle node's heap.
+    pod: watch::Receiver<Option<Arc<Value>>>,
     rec: Mutex<PodRecord>,
     dirty: Notify,
     stop: watch::Receiver<bool>,
@@ -133,8 +141,8 @@ impl PodCtx {
             .collect()
     }
 
-    fn pod(&self) -> Value {
-        self.pod.borrow().clone().unwrap_or(Value::Null)
+    fn pod(&self) -> Arc<Value> {
+        self.pod.borrow().clone().unwrap_or_else(null)
     }
 
     fn update(&self, kind: Kind, idx: usize, f: impl FnOnce(&mut ContainerRecord)) {
@@ -693,9 +701,12 @@ impl PodCtx {
                 .unwrap_or("Always")
                 .to_string();
             let restart = self.record_of(kind, idx).restart_count;
-            let data = self.lookup_data().await;
+            // The steps of a start are boxed: a future is as big as the
+            // largest step it awaits inline, and this one lives as long as
+            // its container, idle or not.
+            let data = Box::pin(self.lookup_data()).await;
             let links = pod["spec"]["enableServiceLinks"].as_bool().unwrap_or(true);
-            let service_env = self.agent.proxy.env(meta::namespace(&pod), links).await;
+            let service_env = Box::pin(self.agent.proxy.env(meta::namespace(&pod), links)).await;
             let pod_ip = self.record().pod_ip;
             let failure = match spec::container_spec(
                 &pod,
@@ -712,7 +723,7 @@ impl PodCtx {
                     e.0,
                     "CreateContainerConfigError",
                 )),
-                Ok(mut spec) => match self.announce_and_choose(kind, idx, &spec).await {
+                Ok(mut spec) => match Box::pin(self.announce_and_choose(kind, idx, &spec)).await {
                     Err(RuntimeError::Pull { reason, .. }) => {
                         Some(("ErrImagePull", reason, "ImagePullBackOff"))
                     }
@@ -784,7 +795,10 @@ impl PodCtx {
                                         "Started",
                                         &format!("Started container {name}"),
                                     );
-                                    let serving = self.serve_function(&rt, &id, &def).await;
+                                    // this version of the pod is not kept while it runs
+                                    drop(pod);
+                                    let serving =
+                                        Box::pin(self.serve_function(&rt, &id, &def)).await;
                                     let exit = self
                                         .watch_container(kind, idx, &rt, &id, &name, adopted)
                                         .await;
@@ -1150,10 +1164,11 @@ impl PodCtx {
     /// pod's directory, so a late write cannot bring back one the end of
     /// the pod removed.
     async fn persist(&self, status: &Value, first: bool) {
-        let mut pod = self.pod();
+        let pod = self.pod();
         if pod.is_null() {
             return;
         }
+        let mut pod = Value::clone(&pod);
         pod["status"] = status.clone();
         let dir = spec::pod_dir(&self.agent.config.data_dir, &self.uid);
         let bytes = serde_json::to_vec(&pod).unwrap_or_default();
@@ -1174,7 +1189,9 @@ impl PodCtx {
 
     /// Push the status whenever it changes, until the pod is gone.
     async fn sync_status(self: Arc<Self>) {
-        let mut last = Value::Null;
+        // the last status reported, as its JSON text: a parsed status held
+        // by every idle pod's worker took 7 KB
+        let mut last = Vec::new();
         let mut written: Option<std::time::Instant> = None;
         loop {
             self.dirty.notified().await;
@@ -1187,7 +1204,8 @@ impl PodCtx {
             }
             let rp = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
             let status = status::pod_status(&self.record(), rp, &pod["status"], &meta::now());
-            if status == last {
+            let text = serde_json::to_vec(&status).unwrap_or_default();
+            if text == last {
                 continue;
             }
             let path = format!(
@@ -1207,7 +1225,7 @@ impl PodCtx {
             );
             match reported {
                 Ok(_) => {
-                    last = status;
+                    last = text;
                     written = Some(std::time::Instant::now());
                 }
                 Err(e) if e.is_not_found() => return,
@@ -1236,8 +1254,8 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// Run a pod until it is deleted. `pod` carries its latest object (None once removed).
-pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
-    let pod = pod_rx.borrow().clone().unwrap_or(Value::Null);
+pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Arc<Value>>>) {
+    let pod = pod_rx.borrow().clone().unwrap_or_else(null);
     let prev_ip = pod["status"]["podIP"]
         .as_str()
         .unwrap_or_default()
@@ -1296,7 +1314,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     let mut watcher = pod_rx.clone();
     tokio::spawn(async move {
         let _ = watcher
-            .wait_for(|p| p.as_ref().is_none_or(meta::is_deleting))
+            .wait_for(|p| p.as_ref().is_none_or(|p| meta::is_deleting(p)))
             .await;
         let _ = stop_tx.send(true);
     });
@@ -1311,11 +1329,17 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     }
     // the first local record is written while the pod's ConfigMaps and
     // Secrets are fetched, and before any status record can follow it
-    let (_, data) = tokio::join!(ctx.persist(&pod["status"], true), ctx.lookup_data());
+    // (the steps of a start and an end are boxed: this future lives as
+    // long as the pod, and is as big as the largest step awaited inline)
+    let (_, data) =
+        Box::pin(async { tokio::join!(ctx.persist(&pod["status"], true), ctx.lookup_data()) })
+            .await;
+    // later versions come from the channel; this one is not kept
+    drop(pod);
     let status_task = tokio::spawn(ctx.clone().sync_status());
 
-    let prepared = match ctx.prepare_sandbox().await {
-        Ok(()) => ctx.prepare_volumes(&data).await,
+    let prepared = match Box::pin(ctx.prepare_sandbox()).await {
+        Ok(()) => Box::pin(ctx.prepare_volumes(&data)).await,
         Err(e) => Err(e),
     };
     match prepared {
@@ -1350,7 +1374,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
                     }
                     continue;
                 }
-                match ctx.supervise(Kind::Init, i, &volumes).await {
+                match Box::pin(ctx.supervise(Kind::Init, i, &volumes)).await {
                     Some(exit) if exit.exit_code == 0 => {}
                     Some(_) => {
                         ctx.rec
@@ -1398,18 +1422,14 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     }
     // Done running: wait for deletion, then finish it.
     stopped(ctx.stop.clone()).await;
-    ctx.release_sandbox().await;
+    Box::pin(ctx.release_sandbox()).await;
     ctx.dirty.notify_one();
     tokio::time::sleep(Duration::from_millis(50)).await;
     status_task.abort();
     if pod_rx.borrow().is_some() {
         let path = format!("/api/v1/namespaces/{}/pods/{}", ctx.namespace, ctx.name);
         let body = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": ctx.uid}});
-        if let Err(e) = agent
-            .client
-            .request(Method::DELETE, &path, Some(&body))
-            .await
-        {
+        if let Err(e) = Box::pin(agent.client.request(Method::DELETE, &path, Some(&body))).await {
             if !e.is_not_found() {
                 tracing::warn!(error = %e, pod = %ctx.name, "removing deleted pod");
             }
@@ -1417,7 +1437,7 @@ pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Value>>) {
     }
     agent.unregister_pod(&ctx.namespace, &ctx.name, &ctx.uid);
     // its images may be garbage now
-    agent.collect_images().await;
+    Box::pin(agent.collect_images()).await;
     agent.release_ip(&ctx.record().pod_ip);
     let _ = tokio::fs::remove_dir_all(spec::pod_dir(&agent.config.data_dir, &ctx.uid)).await;
 }
