@@ -36,6 +36,15 @@ fn target_port(port: &Value, pod: &Value) -> Option<i64> {
     }
 }
 
+/// Whether `svc` selects pods: a Service without a selector (the
+/// `kubernetes` Service, one with hand-written Endpoints) is not this
+/// controller's, and no pod change concerns it.
+pub fn selects_pods(svc: &Value) -> bool {
+    svc["spec"]["selector"]
+        .as_object()
+        .is_some_and(|s| !s.is_empty())
+}
+
 /// The `subsets` of the Endpoints for `svc` among `pods` (None: the
 /// Service has no selector, so its Endpoints are not ours to manage).
 pub fn desired(svc: &Value, pods: &[Arc<Value>]) -> Option<Value> {
@@ -224,8 +233,11 @@ impl Reconcile for Controller {
         let (ns, name) = key.split_once('/').unwrap_or(("", &key));
         let current = self.endpoints.get(&key);
         let svc = self.services.get(&key).filter(|s| !meta::is_deleting(s));
+        // the namespace's pods are gathered only for a Service that selects
+        // some: with none, a pod change would copy out every pod for nothing
         let subsets = svc
             .as_ref()
+            .filter(|s| selects_pods(s))
             .and_then(|s| desired(s, &self.pods.in_namespace(ns)));
         let want_slices = match (&svc, &subsets) {
             (Some(svc), Some(subsets)) => slices(svc, subsets),
@@ -282,9 +294,12 @@ pub async fn run(client: Client, cancel: CancelToken) {
     let on_pod = {
         let (queue, services) = (queue.clone(), services.clone());
         move |c: Change| {
-            // any Service of the namespace may select it (or have selected it)
+            // any Service of the namespace with a selector may select it (or
+            // have selected it); one without has no pods to follow
             for svc in services.in_namespace(meta::namespace(c.object())) {
-                queue.add(&runtime::key_of(&svc));
+                if selects_pods(&svc) {
+                    queue.add(&runtime::key_of(&svc));
+                }
             }
         }
     };
@@ -369,5 +384,14 @@ mod tests {
             .any(|e| e["addresses"][0] == "127.1.0.3" && e["conditions"]["ready"] == false));
         let headless_without_selector = json!({"spec": {"ports": [{"port": 80}]}});
         assert_eq!(desired(&headless_without_selector, &pods), None);
+    }
+
+    #[test]
+    fn only_a_service_with_a_selector_follows_pods() {
+        let kubernetes = json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+            "spec": {"ports": [{"name": "https", "port": 443, "targetPort": 6443}]}});
+        assert!(!selects_pods(&kubernetes));
+        assert!(!selects_pods(&json!({"spec": {"selector": {}}})));
+        assert!(selects_pods(&json!({"spec": {"selector": {"app": "web"}}})));
     }
 }
