@@ -44,12 +44,6 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// left running by the earlier run to be adopted.
 pub const ADOPT_WAIT: Duration = Duration::from_secs(10);
 
-/// A removed pod's object: `null`.
-fn null() -> Arc<Value> {
-    static NULL: std::sync::OnceLock<Arc<Value>> = std::sync::OnceLock::new();
-    NULL.get_or_init(|| Arc::new(Value::Null)).clone()
-}
-
 fn ts(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
         .format("%Y-%m-%dT%H:%M:%SZ")
@@ -142,7 +136,7 @@ impl PodCtx {
     }
 
     fn pod(&self) -> Arc<Value> {
-        self.pod.borrow().clone().unwrap_or_else(null)
+        self.pod.borrow().clone().unwrap_or_default()
     }
 
     fn update(&self, kind: Kind, idx: usize, f: impl FnOnce(&mut ContainerRecord)) {
@@ -1255,7 +1249,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// Run a pod until it is deleted. `pod` carries its latest object (None once removed).
 pub async fn run(agent: Arc<Agent>, pod_rx: watch::Receiver<Option<Arc<Value>>>) {
-    let pod = pod_rx.borrow().clone().unwrap_or_else(null);
+    let pod = pod_rx.borrow().clone().unwrap_or_default();
     let prev_ip = pod["status"]["podIP"]
         .as_str()
         .unwrap_or_default()

@@ -48,11 +48,11 @@ pub fn selects_pods(svc: &Value) -> bool {
 /// The `subsets` of the Endpoints for `svc` among `pods` (None: the
 /// Service has no selector, so its Endpoints are not ours to manage).
 pub fn desired(svc: &Value, pods: &[Arc<Value>]) -> Option<Value> {
-    let selector = svc["spec"]["selector"].as_object()?;
-    if selector.is_empty() {
+    if !selects_pods(svc) {
         return None;
     }
-    let selector = LabelSelector::from_object(&json!({ "matchLabels": selector })).ok()?;
+    let selector =
+        LabelSelector::from_object(&json!({ "matchLabels": svc["spec"]["selector"] })).ok()?;
     let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
     // pods grouped by the port numbers they resolve to, as Kubernetes does
     let mut subsets: BTreeMap<Vec<i64>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
