@@ -18,11 +18,12 @@
 //!
 //! No I/O.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
 
-use super::schema::{schemas, strategy, FieldType};
+use super::schema::{schemas, strategies, strategy, FieldType, Strategy};
 
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,37 +67,87 @@ const SERVER_METADATA: &[&str] = &[
     "selfLink",
 ];
 
-/// The type of a node while walking an object.
-#[derive(Debug, Clone)]
+/// The type of a node while walking an object: an index into [`types`].
+#[derive(Debug, Clone, Copy)]
 enum Ty {
     /// An object of a named definition.
-    Struct(String),
-    /// A map whose values have this type.
-    Map(Box<Ty>),
+    Struct(u32),
+    /// A map whose values are objects of this definition (or unknown).
+    Map(Option<u32>),
     Unknown,
 }
 
-impl Ty {
-    fn child(&self, key: &str) -> (Ty, Option<super::schema::Strategy>) {
-        match self {
-            Ty::Struct(name) => {
-                let ty = match schemas().field(name, key) {
-                    FieldType::Object(t) => Ty::Struct(t),
-                    FieldType::Map(Some(t)) => Ty::Map(Box::new(Ty::Struct(t))),
-                    FieldType::Map(None) => Ty::Map(Box::new(Ty::Unknown)),
-                    FieldType::List(Some(t)) => Ty::Struct(t),
-                    FieldType::List(None) | FieldType::Other => Ty::Unknown,
-                };
-                (ty, strategy(name, key))
+/// Each definition's fields as the walk needs them: the field's type and
+/// patch strategy, worked out once per process rather than looked up in
+/// the schemas (and the strategy table) for every field of every write.
+struct Types {
+    by_name: HashMap<String, u32>,
+    fields: Vec<HashMap<String, (Ty, Option<Strategy>)>>,
+}
+
+impl Types {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.fields.len() as u32;
+        self.by_name.insert(name.to_string(), i);
+        self.fields.push(HashMap::new());
+        i
+    }
+
+    fn build() -> Types {
+        let s = schemas();
+        let mut t = Types {
+            by_name: HashMap::new(),
+            fields: Vec::new(),
+        };
+        let field_ty = |t: &mut Types, ty: &str, field: &str| match s.field(ty, field) {
+            FieldType::Object(n) | FieldType::List(Some(n)) => Ty::Struct(t.intern(&n)),
+            FieldType::Map(v) => Ty::Map(v.map(|n| t.intern(&n))),
+            FieldType::List(None) | FieldType::Other => Ty::Unknown,
+        };
+        for (name, def) in &s.definitions {
+            let i = t.intern(name);
+            let props = def["properties"].as_object().into_iter().flatten();
+            for field in props.map(|(f, _)| f) {
+                let entry = (field_ty(&mut t, name, field), strategy(name, field));
+                t.fields[i as usize].insert(field.clone(), entry);
             }
-            Ty::Map(values) => ((**values).clone(), None),
+        }
+        // a strategy for a field the schemas do not describe still counts
+        for (name, field, strat) in strategies() {
+            let i = t.intern(name);
+            if !t.fields[i as usize].contains_key(field) {
+                let ty = field_ty(&mut t, name, field);
+                t.fields[i as usize].insert(field.to_string(), (ty, Some(strat)));
+            }
+        }
+        t
+    }
+}
+
+fn types() -> &'static Types {
+    static TYPES: OnceLock<Types> = OnceLock::new();
+    TYPES.get_or_init(Types::build)
+}
+
+impl Ty {
+    fn child(self, key: &str) -> (Ty, Option<Strategy>) {
+        match self {
+            Ty::Struct(i) => types().fields[i as usize]
+                .get(key)
+                .copied()
+                .unwrap_or((Ty::Unknown, None)),
+            Ty::Map(values) => (values.map_or(Ty::Unknown, Ty::Struct), None),
             Ty::Unknown => (Ty::Unknown, None),
         }
     }
 }
 
 fn root_ty(ty: Option<&str>) -> Ty {
-    ty.map_or(Ty::Unknown, |t| Ty::Struct(t.to_string()))
+    ty.and_then(|t| types().by_name.get(t))
+        .map_or(Ty::Unknown, |&i| Ty::Struct(i))
 }
 
 /// The key step of element `e` of a list merged by `key`.
@@ -107,6 +158,113 @@ fn key_step(key: &str, e: &Value) -> Option<Step> {
     Some(Step::Key(Value::Object(m).to_string()))
 }
 
+/// Whether a top-level field of an object is within `scope`.
+fn in_scope(scope: Scope, field: &str) -> bool {
+    match (scope, field) {
+        (_, "apiVersion" | "kind") => false,
+        (Scope::Main, "status") => false,
+        (Scope::Main, _) => true,
+        (Scope::Status, "status") => true,
+        (Scope::Status, _) => false,
+    }
+}
+
+/// The keys of `a`, then those of `b` that `a` lacks.
+fn union_keys<'a>(a: &'a Map<String, Value>, b: &'a Map<String, Value>) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = a.keys().map(String::as_str).collect();
+    keys.extend(b.keys().map(String::as_str).filter(|k| !a.contains_key(*k)));
+    keys
+}
+
+/// What an update from `old` to `new` changed and removed within `scope`,
+/// as the two field sets say: the paths of `new`'s set whose value is not
+/// `old`'s (an element of a merged list only by appearing), and the paths
+/// of `old`'s set that `new`'s lacks. A subtree equal on both sides holds
+/// neither, so only the parts that differ are walked.
+fn changes(old: &Value, new: &Value, ty: Option<&str>, scope: Scope) -> (Set, Set) {
+    let mut d = Diff::default();
+    let root = root_ty(ty);
+    let empty = Map::new();
+    let (o, n) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    for k in union_keys(n, o) {
+        if !in_scope(scope, k) {
+            continue;
+        }
+        let (cty, strat) = root.child(k);
+        d.path.push(Step::Field(k.to_string()));
+        if k == "metadata" {
+            let om = o.get(k).and_then(Value::as_object).unwrap_or(&empty);
+            let nm = n.get(k).and_then(Value::as_object).unwrap_or(&empty);
+            for mk in union_keys(nm, om) {
+                if SERVER_METADATA.contains(&mk) {
+                    continue;
+                }
+                let (mty, mstrat) = cty.child(mk);
+                d.path.push(Step::Field(mk.to_string()));
+                d.node(om.get(mk), nm.get(mk), mty, mstrat);
+                d.path.pop();
+            }
+        } else {
+            d.node(o.get(k), n.get(k), cty, strat);
+        }
+        d.path.pop();
+    }
+    (d.changed, d.removed)
+}
+
+/// The walk of [`changes`].
+#[derive(Default)]
+struct Diff {
+    path: Path,
+    changed: Set,
+    removed: Set,
+}
+
+impl Diff {
+    fn node(&mut self, old: Option<&Value>, new: Option<&Value>, ty: Ty, strat: Option<Strategy>) {
+        match (old, new) {
+            (None, None) => {}
+            (Some(o), Some(n)) if o == n => {}
+            (None, Some(n)) => walk(n, ty, strat, &mut self.path, &mut self.changed),
+            (Some(o), None) => walk(o, ty, strat, &mut self.path, &mut self.removed),
+            (Some(Value::Object(om)), Some(Value::Object(nm)))
+                if !om.is_empty() && !nm.is_empty() =>
+            {
+                for k in union_keys(nm, om) {
+                    let (cty, cstrat) = ty.child(k);
+                    self.path.push(Step::Field(k.to_string()));
+                    self.node(om.get(k), nm.get(k), cty, cstrat);
+                    self.path.pop();
+                }
+            }
+            (Some(o), Some(n)) => {
+                // lists, scalars, a change of shape: compare the two sets here
+                let depth = self.path.len();
+                let (mut os, mut ns) = (Set::new(), Set::new());
+                walk(o, ty, strat, &mut self.path, &mut os);
+                walk(n, ty, strat, &mut self.path, &mut ns);
+                for p in &ns {
+                    let rel = &p[depth..];
+                    let changed = match p.last() {
+                        // an element is changed only by appearing; its
+                        // fields speak for themselves
+                        Some(Step::Key(_) | Step::Value(_)) => value_at(o, rel).is_none(),
+                        _ => value_at(o, rel) != value_at(n, rel),
+                    };
+                    if changed {
+                        self.changed.insert(p.clone());
+                    }
+                }
+                self.removed
+                    .extend(os.into_iter().filter(|p| !ns.contains(p)));
+            }
+        }
+    }
+}
+
 /// The fields `obj` sets, within `scope`.
 pub fn fields_of(obj: &Value, ty: Option<&str>, scope: Scope) -> Set {
     let mut out = Set::new();
@@ -115,14 +273,7 @@ pub fn fields_of(obj: &Value, ty: Option<&str>, scope: Scope) -> Set {
     };
     let root = root_ty(ty);
     for (k, v) in m {
-        let keep = match (scope, k.as_str()) {
-            (_, "apiVersion" | "kind") => false,
-            (Scope::Main, "status") => false,
-            (Scope::Main, _) => true,
-            (Scope::Status, "status") => true,
-            (Scope::Status, _) => false,
-        };
-        if !keep {
+        if !in_scope(scope, k) {
             continue;
         }
         let (ty, strat) = root.child(k);
@@ -135,30 +286,24 @@ pub fn fields_of(obj: &Value, ty: Option<&str>, scope: Scope) -> Set {
                     }
                     let (mty, mstrat) = ty.child(mk);
                     path.push(Step::Field(mk.clone()));
-                    walk(mv, &mty, mstrat, &mut path, &mut out);
+                    walk(mv, mty, mstrat, &mut path, &mut out);
                     path.pop();
                 }
             }
             continue;
         }
-        walk(v, &ty, strat, &mut path, &mut out);
+        walk(v, ty, strat, &mut path, &mut out);
     }
     out
 }
 
-fn walk(
-    v: &Value,
-    ty: &Ty,
-    strat: Option<super::schema::Strategy>,
-    path: &mut Path,
-    out: &mut Set,
-) {
+fn walk(v: &Value, ty: Ty, strat: Option<Strategy>, path: &mut Path, out: &mut Set) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
                 let (cty, cstrat) = ty.child(k);
                 path.push(Step::Field(k.clone()));
-                walk(child, &cty, cstrat, path, out);
+                walk(child, cty, cstrat, path, out);
                 path.pop();
             }
         }
@@ -179,7 +324,7 @@ fn walk(
                         for (k, child) in m {
                             let (cty, cstrat) = ty.child(k);
                             path.push(Step::Field(k.clone()));
-                            walk(child, &cty, cstrat, path, out);
+                            walk(child, cty, cstrat, path, out);
                             path.pop();
                         }
                     }
@@ -273,39 +418,55 @@ fn remove(obj: &mut Value, path: &[Step]) {
 /// A set in the `FieldsV1` form: nested objects keyed `f:`, `k:`, `v:`,
 /// `i:`, with `.` marking a member that also has members below it.
 pub fn to_fields_v1(set: &Set) -> Value {
-    let mut root = Map::new();
-    for path in set {
-        let mut cur = &mut root;
-        for step in path {
-            let key = match step {
-                Step::Field(k) => format!("f:{k}"),
-                Step::Key(k) => format!("k:{k}"),
-                Step::Value(v) => format!("v:{v}"),
-                Step::Index(i) => format!("i:{i}"),
-            };
-            cur = cur
-                .entry(key)
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .expect("nodes are objects");
-        }
-    }
-    // a member with members below it says so with "."
-    fn mark(node: &mut Map<String, Value>, set: &Set, path: &mut Path) {
-        let keys: Vec<String> = node.keys().filter(|k| *k != ".").cloned().collect();
-        for k in keys {
-            let step = parse_step(&k).expect("written above");
-            path.push(step);
-            let child = node[&k].as_object_mut().expect("nodes are objects");
-            if !child.is_empty() && set.contains(path) {
-                child.insert(".".into(), json!({}));
+    // sorted: a path comes just before the paths below it
+    fn build(paths: &[&[Step]], depth: usize) -> Map<String, Value> {
+        let mut node = Map::new();
+        let mut i = 0;
+        while i < paths.len() {
+            let step = &paths[i][depth];
+            let end = i + paths[i..].iter().take_while(|p| &p[depth] == step).count();
+            let member = paths[i].len() == depth + 1;
+            let below = &paths[if member { i + 1 } else { i }..end];
+            let mut child = Map::new();
+            if member && !below.is_empty() {
+                child.insert(".".into(), Value::Object(Map::new()));
             }
-            mark(child, set, path);
-            path.pop();
+            child.extend(build(below, depth + 1));
+            node.insert(step_key(step), Value::Object(child));
+            i = end;
+        }
+        node
+    }
+    let paths: Vec<&[Step]> = set
+        .iter()
+        .map(Vec::as_slice)
+        .filter(|p| !p.is_empty())
+        .collect();
+    Value::Object(build(&paths, 0))
+}
+
+/// A step as a `FieldsV1` key.
+fn step_key(step: &Step) -> String {
+    match step {
+        Step::Field(k) => format!("f:{k}"),
+        Step::Key(k) => format!("k:{k}"),
+        Step::Value(v) => format!("v:{v}"),
+        Step::Index(i) => format!("i:{i}"),
+    }
+}
+
+/// Whether the `FieldsV1` form `fields` holds `path` itself (not only
+/// paths below it).
+fn holds(fields: &Value, path: &[Step]) -> bool {
+    let mut cur = fields;
+    for step in path {
+        match cur.get(step_key(step)) {
+            Some(next) => cur = next,
+            None => return false,
         }
     }
-    mark(&mut root, set, &mut Vec::new());
-    Value::Object(root)
+    cur.as_object()
+        .is_some_and(|m| m.is_empty() || m.contains_key("."))
 }
 
 fn parse_step(k: &str) -> Option<Step> {
@@ -366,6 +527,18 @@ impl Entry {
         self.manager == manager && self.operation == operation && self.subresource == subresource
     }
 
+    /// An entry of `managedFields`; `None` when it names no manager.
+    fn parse(e: &Value) -> Option<Entry> {
+        Some(Entry {
+            manager: e.get("manager")?.as_str()?.to_string(),
+            operation: e["operation"].as_str().unwrap_or("Update").to_string(),
+            api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
+            time: e["time"].as_str().unwrap_or_default().to_string(),
+            subresource: e["subresource"].as_str().unwrap_or_default().to_string(),
+            set: from_fields_v1(&e["fieldsV1"]),
+        })
+    }
+
     fn to_json(&self) -> Value {
         let mut e = json!({
             "manager": self.manager,
@@ -388,28 +561,23 @@ pub fn entries(obj: &Value) -> Vec<Entry> {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|e| {
-            Some(Entry {
-                manager: e.get("manager")?.as_str()?.to_string(),
-                operation: e["operation"].as_str().unwrap_or("Update").to_string(),
-                api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
-                time: e["time"].as_str().unwrap_or_default().to_string(),
-                subresource: e["subresource"].as_str().unwrap_or_default().to_string(),
-                set: from_fields_v1(&e["fieldsV1"]),
-            })
-        })
+        .filter_map(Entry::parse)
         .collect()
 }
 
 fn set_entries(obj: &mut Value, entries: &[Entry]) {
-    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let list: Vec<Value> = entries
+    let list = entries
         .iter()
         .filter(|e| !e.set.is_empty())
         .map(Entry::to_json)
         .collect();
+    put_entries(obj, list);
+}
+
+fn put_entries(obj: &mut Value, list: Vec<Value>) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
     if list.is_empty() {
         meta.remove("managedFields");
     } else {
@@ -442,56 +610,78 @@ impl Writer<'_> {
 /// `new`, in `new`'s `managedFields`. Entries `new` brings along replace
 /// the stored ones (a client may reset them, as in Kubernetes); without
 /// any, `old`'s are kept. A write that changes no field changes nothing.
+///
+/// An entry as stored that the write does not touch is kept as it is, not
+/// parsed and written again.
 pub fn track(old: Option<&Value>, new: &mut Value, ty: Option<&str>, w: &Writer) {
     let scope = w.scope();
-    let old_set = old.map(|o| fields_of(o, ty, scope)).unwrap_or_default();
-    let new_set = fields_of(new, ty, scope);
-    let changed: Set = new_set
-        .iter()
-        .filter(|p| {
-            old.is_none_or(|o| match p.last() {
-                // an element is changed only by appearing; its fields speak
-                // for themselves
-                Some(Step::Key(_) | Step::Value(_)) => value_at(o, p).is_none(),
-                _ => value_at(o, p) != value_at(new, p),
-            })
-        })
-        .cloned()
-        .collect();
-    let removed: Set = old_set.difference(&new_set).cloned().collect();
-    let given = new.pointer("/metadata/managedFields").is_some();
-    let mut list = if given {
-        entries(new)
-    } else {
-        old.map(entries).unwrap_or_default()
+    let (changed, removed) = match old {
+        Some(o) => changes(o, new, ty, scope),
+        None => (fields_of(new, ty, scope), Set::new()),
     };
-    if changed.is_empty() && removed.is_empty() {
-        set_entries(new, &list);
-        return;
-    }
-    for e in &mut list {
-        e.set
-            .retain(|p| !changed.contains(p) && !removed.contains(p));
-    }
-    match list
-        .iter_mut()
-        .find(|e| e.same_slot(w.manager, "Update", w.subresource))
-    {
-        Some(e) => {
-            e.set.extend(changed);
-            e.time = w.now.to_string();
-            e.api_version = w.api_version.to_string();
+    let stored = old
+        .and_then(|o| o.pointer("/metadata/managedFields"))
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let given = new.pointer_mut("/metadata/managedFields").map(Value::take);
+    let from_old = given.is_none();
+    let raw = match given {
+        Some(Value::Array(list)) => list,
+        Some(_) => Vec::new(),
+        None => stored.to_vec(),
+    };
+    let touched = |fields: &Value| changed.iter().chain(&removed).any(|p| holds(fields, p));
+    let changes = !changed.is_empty() || !removed.is_empty();
+    let mine = |e: &Value| {
+        e["manager"] == w.manager
+            && e["operation"].as_str().unwrap_or("Update") == "Update"
+            && e["subresource"].as_str().unwrap_or_default() == w.subresource
+    };
+    let mut list: Vec<Result<Value, Entry>> = Vec::with_capacity(raw.len() + 1);
+    for (i, e) in raw.into_iter().enumerate() {
+        let as_stored = from_old || stored.get(i) == Some(&e);
+        if as_stored
+            && e["manager"].is_string()
+            && !(changes && (mine(&e) || touched(&e["fieldsV1"])))
+        {
+            list.push(Ok(e));
+        } else if let Some(entry) = Entry::parse(&e) {
+            list.push(Err(entry));
         }
-        None => list.push(Entry {
-            manager: w.manager.to_string(),
-            operation: "Update".into(),
-            api_version: w.api_version.to_string(),
-            time: w.now.to_string(),
-            subresource: w.subresource.to_string(),
-            set: changed,
-        }),
     }
-    set_entries(new, &list);
+    if changes {
+        for e in list.iter_mut().filter_map(|e| e.as_mut().err()) {
+            e.set
+                .retain(|p| !changed.contains(p) && !removed.contains(p));
+        }
+        let slot = list
+            .iter_mut()
+            .filter_map(|e| e.as_mut().err())
+            .find(|e| e.same_slot(w.manager, "Update", w.subresource));
+        match slot {
+            Some(e) => {
+                e.set.extend(changed);
+                e.time = w.now.to_string();
+                e.api_version = w.api_version.to_string();
+            }
+            None => list.push(Err(Entry {
+                manager: w.manager.to_string(),
+                operation: "Update".into(),
+                api_version: w.api_version.to_string(),
+                time: w.now.to_string(),
+                subresource: w.subresource.to_string(),
+                set: changed,
+            })),
+        }
+    }
+    let list = list
+        .into_iter()
+        .filter_map(|e| match e {
+            Ok(raw) => Some(raw),
+            Err(e) => (!e.set.is_empty()).then(|| e.to_json()),
+        })
+        .collect();
+    put_entries(new, list);
 }
 
 /// Fields another manager owns that an apply would change.
@@ -841,6 +1031,268 @@ mod tests {
                 Step::Field("replicas".into())
             ]])
         );
+    }
+
+    /// The definition of [`changes`]: both whole field sets, compared.
+    fn changes_by_sets(old: &Value, new: &Value, ty: Option<&str>, scope: Scope) -> (Set, Set) {
+        let old_set = fields_of(old, ty, scope);
+        let new_set = fields_of(new, ty, scope);
+        let changed = new_set
+            .iter()
+            .filter(|p| match p.last() {
+                Some(Step::Key(_) | Step::Value(_)) => value_at(old, p).is_none(),
+                _ => value_at(old, p) != value_at(new, p),
+            })
+            .cloned()
+            .collect();
+        (changed, old_set.difference(&new_set).cloned().collect())
+    }
+
+    /// [`track`] as it was before entries were kept as stored: every entry
+    /// parsed and written again.
+    fn track_by_sets(old: Option<&Value>, new: &mut Value, ty: Option<&str>, w: &Writer) {
+        let (changed, removed) = match old {
+            Some(o) => changes_by_sets(o, new, ty, w.scope()),
+            None => (fields_of(new, ty, w.scope()), Set::new()),
+        };
+        let given = new.pointer("/metadata/managedFields").is_some();
+        let mut list = if given {
+            entries(new)
+        } else {
+            old.map(entries).unwrap_or_default()
+        };
+        if changed.is_empty() && removed.is_empty() {
+            set_entries(new, &list);
+            return;
+        }
+        for e in &mut list {
+            e.set
+                .retain(|p| !changed.contains(p) && !removed.contains(p));
+        }
+        match list
+            .iter_mut()
+            .find(|e| e.same_slot(w.manager, "Update", w.subresource))
+        {
+            Some(e) => {
+                e.set.extend(changed);
+                e.time = w.now.to_string();
+                e.api_version = w.api_version.to_string();
+            }
+            None => list.push(Entry {
+                manager: w.manager.to_string(),
+                operation: "Update".into(),
+                api_version: w.api_version.to_string(),
+                time: w.now.to_string(),
+                subresource: w.subresource.to_string(),
+                set: changed,
+            }),
+        }
+        set_entries(new, &list);
+    }
+
+    const POD: &str = "io.k8s.api.core.v1.Pod";
+
+    fn pod() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1",
+                "labels": {"app": "web", "tier": "front"},
+                "annotations": {"a": "1"}, "finalizers": ["x", "y"]},
+            "spec": {
+                "containers": [
+                    {"name": "main", "image": "a", "args": ["-v"],
+                     "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                     "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                     "resources": {"limits": {"cpu": "1"}}},
+                    {"name": "side", "image": "s", "volumeMounts": [{"mountPath": "/d", "name": "data"}]}],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "nodeSelector": {"zone": "a"}},
+            "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]}})
+    }
+
+    /// A small deterministic generator (xorshift), so a failure repeats.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// Change one randomly chosen place of `v`: replace, remove, add, empty,
+    /// duplicate or copy an element of a list, or change a scalar's shape.
+    fn mutate(v: &mut Value, rng: &mut Rng, depth: usize) {
+        let descend = depth == 0 || (depth < 6 && rng.below(3) > 0);
+        match v {
+            Value::Object(m) if !m.is_empty() && descend => {
+                let k = m.keys().nth(rng.below(m.len())).unwrap().clone();
+                mutate(m.get_mut(&k).unwrap(), rng, depth + 1);
+            }
+            Value::Array(a) if !a.is_empty() && descend => {
+                let i = rng.below(a.len());
+                mutate(&mut a[i], rng, depth + 1);
+            }
+            Value::Object(m) => match rng.below(5) {
+                0 if !m.is_empty() => {
+                    let k = m.keys().nth(rng.below(m.len())).unwrap().clone();
+                    m.remove(&k);
+                }
+                1 => {
+                    m.insert(format!("new{}", rng.below(3)), json!("n"));
+                }
+                2 => *v = json!({}),
+                3 => *v = json!("scalar"),
+                _ => {
+                    m.insert("name".into(), json!(format!("n{}", rng.below(3))));
+                }
+            },
+            Value::Array(a) => match rng.below(5) {
+                0 if !a.is_empty() => {
+                    a.remove(rng.below(a.len()));
+                }
+                1 if !a.is_empty() => {
+                    // a duplicate key, as a client may send
+                    let e = a[rng.below(a.len())].clone();
+                    a.push(e);
+                }
+                2 => a.push(json!({"name": format!("e{}", rng.below(3)), "value": "v"})),
+                3 => a.push(json!(format!("s{}", rng.below(3)))),
+                _ => *v = json!([]),
+            },
+            _ => match rng.below(4) {
+                0 => *v = json!(rng.below(3)),
+                1 => *v = json!({"k": "v"}),
+                2 => *v = json!([1, 2]),
+                _ => *v = Value::Null,
+            },
+        }
+    }
+
+    #[test]
+    fn changes_and_track_agree_with_comparing_whole_field_sets() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut w = writer("kubectl-edit");
+        w.api_version = "v1";
+        for round in 0..3000 {
+            let mut old = pod();
+            for _ in 0..rng.below(3) {
+                mutate(&mut old, &mut rng, 0);
+            }
+            track(None, &mut old, Some(POD), &writer("kubectl-create"));
+            let mut new = old.clone();
+            for _ in 0..1 + rng.below(3) {
+                mutate(&mut new, &mut rng, 0);
+            }
+            if rng.below(2) == 0 {
+                // a client that sends no managedFields keeps the stored ones
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove("managedFields");
+                }
+            }
+            for scope in [Scope::Main, Scope::Status] {
+                assert_eq!(
+                    changes(&old, &new, Some(POD), scope),
+                    changes_by_sets(&old, &new, Some(POD), scope),
+                    "round {round}, {scope:?}:\nold {old}\nnew {new}"
+                );
+            }
+            w.subresource = ["", "status"][rng.below(2)];
+            let (mut a, mut b) = (new.clone(), new.clone());
+            track(Some(&old), &mut a, Some(POD), &w);
+            track_by_sets(Some(&old), &mut b, Some(POD), &w);
+            assert_eq!(a, b, "round {round}:\nold {old}\nnew {new}");
+        }
+    }
+
+    /// [`to_fields_v1`] as first written: one path at a time, then "."
+    /// marked by looking each member up.
+    fn to_fields_v1_by_paths(set: &Set) -> Value {
+        let mut root = Map::new();
+        for path in set {
+            let mut cur = &mut root;
+            for step in path {
+                cur = cur
+                    .entry(step_key(step))
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .unwrap();
+            }
+        }
+        fn mark(node: &mut Map<String, Value>, set: &Set, path: &mut Path) {
+            let keys: Vec<String> = node.keys().filter(|k| *k != ".").cloned().collect();
+            for k in keys {
+                path.push(parse_step(&k).unwrap());
+                let child = node[&k].as_object_mut().unwrap();
+                if !child.is_empty() && set.contains(path) {
+                    child.insert(".".into(), json!({}));
+                }
+                mark(child, set, path);
+                path.pop();
+            }
+        }
+        mark(&mut root, set, &mut Vec::new());
+        Value::Object(root)
+    }
+
+    #[test]
+    fn fields_v1_is_built_as_path_by_path_and_read_back() {
+        let mut rng = Rng(7);
+        for _ in 0..500 {
+            let mut p = pod();
+            for _ in 0..rng.below(4) {
+                mutate(&mut p, &mut rng, 0);
+            }
+            let mut set = fields_of(&p, Some(POD), Scope::Main);
+            // members with members below them, as an element of a merged list
+            set.extend(
+                set.iter()
+                    .filter(|p| p.len() > 2)
+                    .map(|p| p[..2].to_vec())
+                    .collect::<Vec<_>>(),
+            );
+            let v1 = to_fields_v1(&set);
+            assert_eq!(v1, to_fields_v1_by_paths(&set));
+            assert_eq!(from_fields_v1(&v1), set);
+            for p in &set {
+                assert!(holds(&v1, p), "{p:?} in {v1}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_the_write_does_not_touch_is_kept_as_stored() {
+        let mut created = pod();
+        track(None, &mut created, Some(POD), &writer("kubectl-create"));
+        // as an older server wrote it: "." after the members
+        let stored = created["metadata"]["managedFields"][0].clone();
+        let mut bound = created.clone();
+        bound["spec"]["nodeName"] = json!("node-1");
+        let mut w = writer("default-scheduler");
+        w.subresource = "binding";
+        track(Some(&created), &mut bound, Some(POD), &w);
+        let list = bound["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0], stored);
+        assert_eq!(list[1]["manager"], "default-scheduler");
+        assert_eq!(list[1]["fieldsV1"], json!({"f:spec": {"f:nodeName": {}}}));
+        // a client's own entries are read and written again
+        let mut edited = bound.clone();
+        edited["metadata"]["managedFields"][0]["fieldsV1"] =
+            json!({"f:metadata": {"f:labels": {"f:app": {}}}});
+        edited["metadata"]["labels"]["app"] = json!("api");
+        track(
+            Some(&bound),
+            &mut edited,
+            Some(POD),
+            &writer("kubectl-edit"),
+        );
+        let list = edited["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(list.len(), 2, "{list:?}");
+        assert_eq!(list[0]["manager"], "default-scheduler");
+        assert_eq!(list[1]["manager"], "kubectl-edit");
     }
 
     #[test]

@@ -206,6 +206,15 @@ pub fn strategy(ty: &str, field: &str) -> Option<Strategy> {
         .filter(|s| s.merge || s.retain_keys)
 }
 
+/// Every (type, field) with a patch strategy that matters ([`strategy`]
+/// answers `Some` for exactly these).
+pub fn strategies() -> impl Iterator<Item = (&'static str, &'static str, Strategy)> {
+    STRATEGIES
+        .iter()
+        .filter(|(_, _, s)| s.merge || s.retain_keys)
+        .map(|&(t, f, s)| (t, f, s))
+}
+
 /// The schemas of every served kind.
 pub struct Schemas {
     /// Definition name → schema (OpenAPI 3 form; references are
