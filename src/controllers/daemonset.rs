@@ -62,7 +62,7 @@ pub fn eligible(template: &Value, node: &Value) -> bool {
         !matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
             || tolerations.iter().any(|tol| tolerates(tol, t))
     });
-    selector_ok && affinity_ok && taints_ok && info.runtimes.contains(&required_runtime(&pod))
+    selector_ok && affinity_ok && taints_ok && info.offers(&required_runtime(&pod))
 }
 
 /// The template's tolerations plus those every daemon pod gets.

@@ -149,13 +149,50 @@ pub struct NodeInfo {
     pub runtimes: Vec<String>,
     pub allocatable: Resources,
     pub max_pods: u64,
+    /// `runtimes` among [`KNOWN_RUNTIMES`], as bits: the filter checks
+    /// hundreds of nodes per pod without reading their strings.
+    known_runtimes: u8,
+}
+
+/// The runtimes a `wk` node can offer, in the order of their bits.
+const KNOWN_RUNTIMES: [&str; 2] = ["wasm", "oci"];
+
+fn runtime_bit(name: &str) -> Option<u8> {
+    KNOWN_RUNTIMES
+        .iter()
+        .position(|r| *r == name)
+        .map(|i| 1 << i)
 }
 
 impl NodeInfo {
+    /// Whether the node offers the runtime `name`.
+    pub fn offers(&self, name: &str) -> bool {
+        self.offers_bit(runtime_bit(name), name)
+    }
+
+    /// [`Self::offers`], the runtime's bit found beforehand.
+    fn offers_bit(&self, bit: Option<u8>, name: &str) -> bool {
+        match bit {
+            Some(bit) => self.known_runtimes & bit != 0,
+            None => self.runtimes.iter().any(|r| r == name),
+        }
+    }
+
     pub fn from_node(node: &Value) -> Self {
         let alloc = &node["status"]["allocatable"];
         let q = |k: &str| alloc[k].as_str().unwrap_or("0");
+        let runtimes: Vec<String> = node["metadata"]["annotations"]["node.wasmkube.io/runtimes"]
+            .as_str()
+            .unwrap_or("wasm")
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         NodeInfo {
+            known_runtimes: runtimes
+                .iter()
+                .filter_map(|r| runtime_bit(r))
+                .fold(0, |bits, bit| bits | bit),
             name: meta::name(node).to_string(),
             labels: labels_of(node),
             ready: node["status"]["conditions"]
@@ -168,13 +205,7 @@ impl NodeInfo {
                 .as_array()
                 .cloned()
                 .unwrap_or_default(),
-            runtimes: node["metadata"]["annotations"]["node.wasmkube.io/runtimes"]
-                .as_str()
-                .unwrap_or("wasm")
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            runtimes,
             allocatable: Resources {
                 cpu_millis: quantity::millicores(q("cpu")).unwrap_or(0),
                 memory: quantity::bytes(q("memory")).unwrap_or(0),
@@ -527,6 +558,7 @@ fn affinity_terms<'a>(
 struct Needs<'a> {
     pod: &'a Value,
     runtime: String,
+    runtime_bit: Option<u8>,
     requests: Resources,
     scoring: Resources,
     tolerations: &'a [Value],
@@ -537,9 +569,11 @@ struct Needs<'a> {
 
 impl<'a> Needs<'a> {
     fn of(pod: &'a Value, all: &[&'a NodeInfo], placement: &'a Placement) -> Self {
+        let runtime = required_runtime(pod);
         Needs {
             pod,
-            runtime: required_runtime(pod),
+            runtime_bit: runtime_bit(&runtime),
+            runtime,
             requests: pod_requests(pod),
             scoring: requests_with(pod, true),
             tolerations: pod["spec"]["tolerations"]
@@ -560,7 +594,7 @@ fn filter(needs: &Needs, node: &NodeInfo, usage: Option<&Usage>) -> Vec<String> 
     if !node.ready {
         return vec!["node(s) were not ready".into()];
     }
-    if !node.runtimes.contains(&needs.runtime) {
+    if !node.offers_bit(needs.runtime_bit, &needs.runtime) {
         return vec![format!(
             "node(s) did not offer the {} runtime",
             needs.runtime
@@ -1260,6 +1294,27 @@ mod tests {
         assert_eq!(
             schedule(&q, &nodes, &[], Strategy::MostAllocated).unwrap_err(),
             "0/2 nodes are available: 2 node(s) did not offer the oci runtime."
+        );
+        // a node offering both; and a runtime this build does not know of
+        let both = NodeInfo::from_node(&json!({
+            "metadata": {"name": "both", "annotations": {"node.wasmkube.io/runtimes": "wasm, oci,spin"}},
+            "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }));
+        let nodes = vec![nodes[0].clone(), nodes[1].clone(), both];
+        assert_eq!(
+            schedule(&q, &nodes, &[], Strategy::MostAllocated).unwrap(),
+            "both"
+        );
+        q["spec"]["runtimeClassName"] = json!("spin");
+        assert_eq!(
+            schedule(&q, &nodes, &[], Strategy::MostAllocated).unwrap(),
+            "both"
+        );
+        q["spec"]["runtimeClassName"] = json!("wasi");
+        assert_eq!(
+            schedule(&q, &nodes, &[], Strategy::MostAllocated).unwrap_err(),
+            "0/3 nodes are available: 3 node(s) did not offer the wasi runtime."
         );
         assert!(tolerates(
             &json!({"operator": "Exists"}),
