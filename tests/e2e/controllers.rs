@@ -264,10 +264,28 @@ async fn a_statefulset_starts_in_order_and_keeps_each_pods_storage_and_node() {
         _b.dir.path()
     };
     let log = agent_dir.join("data/claims/default/data-db-1/work.log");
+    let seen = std::sync::Mutex::new(String::new());
     eventually(30, "the new db-1 appends to the old data", || async {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let starts = text.lines().filter(|l| *l == "tick 1").count();
+        let ok = starts == 2;
+        // what the file held, should this time out: its runs and any line
+        // that is not a whole tick
+        let odd: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("tick ")
+                    .is_none_or(|n| n.parse::<u64>().is_err())
+            })
+            .collect();
+        let summary = format!("{starts} run(s), lines not a whole tick: {odd:?}");
+        let mut seen = seen.lock().unwrap();
+        if !ok && *seen != summary {
+            eprintln!("{}: {summary}", log.display());
+            *seen = summary;
+        }
         // the worker restarts its count at 1: two runs leave two "tick 1" lines
-        (text.lines().filter(|l| *l == "tick 1").count() == 2).then_some(())
+        ok.then_some(())
     })
     .await;
 }

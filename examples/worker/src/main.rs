@@ -17,7 +17,12 @@ fn main() {
                 .append(true)
                 .open("/data/work.log")
                 .expect("open /data/work.log");
-            writeln!(f, "tick {i}").expect("write");
+            // the whole line in one write: `writeln!` writes "tick ", the
+            // number and the newline apart, and a guest stopped between
+            // them (its pod deleted) leaves half a line for the next run
+            // to append to
+            f.write_all(format!("tick {i}\n").as_bytes())
+                .expect("write");
         }
         println!("wrote tick {i}");
         if count != 0 && i >= count {
