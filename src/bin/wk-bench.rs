@@ -2976,6 +2976,49 @@ mod chaos {
         store_stops: usize,
     }
 
+    /// What a server that would not serve a read answered, and what it and
+    /// its peers logged and believe about the cluster; keeps the run's logs.
+    async fn stuck_read(
+        http: &reqwest::Client,
+        url: &str,
+        key: usize,
+        dir: &Path,
+        urls: &[String],
+    ) -> String {
+        let mut why = match http
+            .get(format!("{url}{CM}/k{key}"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let code = r.status();
+                format!(
+                    "its answer: {code} {}\n",
+                    r.text().await.unwrap_or_default()
+                )
+            }
+            Err(e) => format!("its answer: {e:#}\n"),
+        };
+        for (i, u) in urls.iter().enumerate() {
+            let m = members(http, u).await.map(|m| m.to_string());
+            why.push_str(&format!("server {i} ({u}) members: {m:?}\n"));
+            let log =
+                std::fs::read_to_string(dir.join(format!("s{i}/server.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            why.push_str(&format!("server {i} log, last lines:\n"));
+            for l in &lines[lines.len().saturating_sub(25)..] {
+                why.push_str(&format!("  {l}\n"));
+            }
+        }
+        let keep = std::env::temp_dir().join("wk-chaos-stuck");
+        let _ = std::fs::remove_dir_all(&keep);
+        if std::fs::rename(dir, &keep).is_ok() {
+            why.push_str(&format!("logs kept in {}\n", keep.display()));
+        }
+        why
+    }
+
     /// Lines of every server log of the run that contain `needle`.
     fn count_in_logs(dir: &Path, n: usize, needle: &str) -> usize {
         (0..n)
@@ -3142,7 +3185,8 @@ mod chaos {
                         }
                     }
                     if Instant::now() > deadline {
-                        bail!("run {run}: no final read of k{key} on {url}");
+                        let why = stuck_read(&http, url, key, dir, &urls).await;
+                        bail!("run {run}: no final read of k{key} on {url} within 30 s of healing\n{why}");
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
