@@ -992,9 +992,23 @@ mod pods {
         /// never call the API): one preopened directory each, not two.
         #[arg(long)]
         no_token: bool,
+        /// Density pods without the emptyDir at `/data` (the worker writes
+        /// its ticks to standard output only): with the token volume, a
+        /// default pod's one preopened directory.
+        #[arg(long)]
+        no_volume: bool,
         /// Also measure the density runs again after this many idle seconds.
         #[arg(long, default_value_t = 0)]
         settle: u64,
+    }
+
+    /// What an idle density pod leaves out.
+    #[derive(Clone, Copy, Default)]
+    struct Idle {
+        /// `automountServiceAccountToken: false`.
+        no_token: bool,
+        /// No emptyDir at `/data`.
+        no_volume: bool,
     }
 
     /// Between cold starts: a new module arrives on an otherwise idle node
@@ -1123,15 +1137,20 @@ mod pods {
 
         /// Create a pod running `image` and wait until it is Running; returns the latency.
         async fn run_pod(&self, name: &str, image: &Path) -> Result<Duration> {
-            self.run_idle_pod(name, image, false).await
+            self.run_idle_pod(name, image, Idle::default()).await
         }
 
-        /// [`Self::run_pod`], without the token volume when `no_token`.
-        async fn run_idle_pod(&self, name: &str, image: &Path, no_token: bool) -> Result<Duration> {
+        /// [`Self::run_pod`], without the token volume or the `/data`
+        /// emptyDir as `idle` says.
+        async fn run_idle_pod(&self, name: &str, image: &Path, idle: Idle) -> Result<Duration> {
             let mut spec = json!({"volumes": [{"name": "data", "emptyDir": {}}],
                 "containers": [{"name": "w", "image": format!("file://{}", image.display()), "args": ["0", "3600000"],
                     "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]});
-            if no_token {
+            if idle.no_volume {
+                spec = json!({"containers": [{"name": "w", "image": format!("file://{}", image.display()),
+                    "args": ["0", "3600000", "-"]}]});
+            }
+            if idle.no_token {
                 spec["automountServiceAccountToken"] = json!(false);
             }
             self.run_spec(name, spec).await
@@ -1627,7 +1646,11 @@ mod pods {
                 if separate {
                     measured.push((c.proc.0.id(), 0, 0));
                 }
-                c.run_idle_pod("warmup", &warm_image, args.no_token).await?;
+                let idle = Idle {
+                    no_token: args.no_token,
+                    no_volume: args.no_volume,
+                };
+                c.run_idle_pod("warmup", &warm_image, idle).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 for (pid, before, fds) in &mut measured {
                     *before = rss_kib(*pid);
@@ -1635,7 +1658,7 @@ mod pods {
                 }
                 // the warm-up pod counts: n pods in all (the node's pool holds max-pods)
                 for i in 1..n {
-                    c.run_idle_pod(&format!("idle-{i}"), &warm_image, args.no_token)
+                    c.run_idle_pod(&format!("idle-{i}"), &warm_image, idle)
                         .await?;
                 }
                 let mut waits = vec![2];
