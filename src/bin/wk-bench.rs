@@ -3024,7 +3024,11 @@ mod chaos {
             Err(e) => format!("its answer: {e:#}\n"),
         };
         for (i, u) in urls.iter().enumerate() {
-            let m = members(http, u).await.map(|m| m.to_string());
+            // a server that hangs must not hang the report
+            let m = tokio::time::timeout(Duration::from_secs(5), members(http, u))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within 5 s"))
+                .and_then(|m| m.map(|m| m.to_string()));
             why.push_str(&format!("server {i} ({u}) members: {m:?}\n"));
             let log =
                 std::fs::read_to_string(dir.join(format!("s{i}/server.log"))).unwrap_or_default();
