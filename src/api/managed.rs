@@ -597,6 +597,18 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// A new entry of this writer's, `operation` (`Update`, `Apply`), now.
+    fn entry(&self, operation: &str, set: Set) -> Entry {
+        Entry {
+            manager: self.manager.to_string(),
+            operation: operation.into(),
+            api_version: self.api_version.to_string(),
+            time: self.now.to_string(),
+            subresource: self.subresource.to_string(),
+            set,
+        }
+    }
+
     fn scope(&self) -> Scope {
         if self.subresource == "status" {
             Scope::Status
@@ -664,14 +676,7 @@ pub fn track(old: Option<&Value>, new: &mut Value, ty: Option<&str>, w: &Writer)
                 e.time = w.now.to_string();
                 e.api_version = w.api_version.to_string();
             }
-            None => list.push(Err(Entry {
-                manager: w.manager.to_string(),
-                operation: "Update".into(),
-                api_version: w.api_version.to_string(),
-                time: w.now.to_string(),
-                subresource: w.subresource.to_string(),
-                set: changed,
-            })),
+            None => list.push(Err(w.entry("Update", changed))),
         }
     }
     let list = list
@@ -842,14 +847,7 @@ pub fn apply(
             e.set = applied;
             e.api_version = w.api_version.to_string();
         }
-        None => list.push(Entry {
-            manager: w.manager.to_string(),
-            operation: "Apply".into(),
-            api_version: w.api_version.to_string(),
-            time: w.now.to_string(),
-            subresource: w.subresource.to_string(),
-            set: applied,
-        }),
+        None => list.push(w.entry("Apply", applied)),
     }
     if let Some(m) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("managedFields");
@@ -1078,14 +1076,7 @@ mod tests {
                 e.time = w.now.to_string();
                 e.api_version = w.api_version.to_string();
             }
-            None => list.push(Entry {
-                manager: w.manager.to_string(),
-                operation: "Update".into(),
-                api_version: w.api_version.to_string(),
-                time: w.now.to_string(),
-                subresource: w.subresource.to_string(),
-                set: changed,
-            }),
+            None => list.push(w.entry("Update", changed)),
         }
         set_entries(new, &list);
     }
