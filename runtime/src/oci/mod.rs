@@ -666,7 +666,7 @@ impl ContainerRuntime for OciRuntime {
         cmd.arg("exec").kill_on_drop(true);
         let ExecIo {
             tty,
-            resize,
+            mut resize,
             stdin,
             mut stdout,
             mut stderr,
@@ -676,6 +676,14 @@ impl ContainerRuntime for OciRuntime {
             // own terminal, which must be a controlling one: give it a pty
             // of ours (a console socket would need a detached process)
             let (master, slave) = openpty().map_err(|e| exec_err(format!("openpty: {e}")))?;
+            // the caller's size before the command starts: runc gives the
+            // container's terminal the size of ours when it starts it, and a
+            // command that asks at once (`stty size`) must not see 0x0
+            if let Some(sizes) = resize.as_mut() {
+                if let Ok(Some(size)) = tokio::time::timeout(FIRST_SIZE_WAIT, sizes.recv()).await {
+                    set_window_size(&master, size);
+                }
+            }
             let dup = |f: &std::fs::File| {
                 f.try_clone()
                     .map(std::process::Stdio::from)
@@ -779,6 +787,10 @@ impl ContainerRuntime for OciRuntime {
         })
     }
 }
+
+/// How long a terminal exec waits for the caller's window size before it
+/// starts the command without one (kubectl sends it as it connects).
+const FIRST_SIZE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Set a terminal's window size.
 fn set_window_size(tty: &std::fs::File, size: crate::TerminalSize) {
