@@ -676,23 +676,41 @@ impl ContainerRuntime for OciRuntime {
             // own terminal, which must be a controlling one: give it a pty
             // of ours (a console socket would need a detached process)
             let (master, slave) = openpty().map_err(|e| exec_err(format!("openpty: {e}")))?;
-            // the caller's size before the command starts: runc gives the
-            // container's terminal the size of ours when it starts it, and a
-            // command that asks at once (`stty size`) must not see 0x0
-            if let Some(sizes) = resize.as_mut() {
-                if let Ok(Some(size)) = tokio::time::timeout(FIRST_SIZE_WAIT, sizes.recv()).await {
+            // The caller's size before the command starts. runc sizes the
+            // container's terminal from ours only once the command runs, so
+            // one that asks at once (`stty size`) would see 0x0: given in
+            // the process spec (`consoleSize`), runc sizes it before.
+            let size = match resize.as_mut() {
+                Some(sizes) => tokio::time::timeout(FIRST_SIZE_WAIT, sizes.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            let spec = match size {
+                Some(size) => {
                     set_window_size(&master, size);
+                    Some(
+                        exec_process(&ctr.dir, &command, size)
+                            .await
+                            .map_err(exec_err)?,
+                    )
                 }
-            }
+                None => None,
+            };
             let dup = |f: &std::fs::File| {
                 f.try_clone()
                     .map(std::process::Stdio::from)
                     .map_err(|e| exec_err(e.to_string()))
             };
-            cmd.args(["--tty", "--env", "TERM=xterm"])
-                .arg(&ctr.runc_id)
-                .args(&command)
-                .stdin(dup(&slave)?)
+            match &spec {
+                Some(spec) => cmd.arg("--process").arg(&spec.0).arg(&ctr.runc_id),
+                None => cmd
+                    .args(["--tty", "--env", "TERM=xterm"])
+                    .arg(&ctr.runc_id)
+                    .args(&command),
+            };
+            cmd.stdin(dup(&slave)?)
                 .stdout(dup(&slave)?)
                 .stderr(std::process::Stdio::from(slave));
             // SAFETY: setsid and ioctl are async-signal-safe.
@@ -740,6 +758,7 @@ impl ContainerRuntime for OciRuntime {
             if let Some(r) = resizer {
                 r.abort();
             }
+            drop(spec);
             child
         } else {
             cmd.arg(&ctr.runc_id)
@@ -786,6 +805,61 @@ impl ContainerRuntime for OciRuntime {
             finished_at: SystemTime::now(),
         })
     }
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Write the process spec of a terminal exec of `command` in the container
+/// whose directory is `dir`: the container's own process (user, working
+/// directory, environment, capabilities), as `runc exec` starts from, with
+/// the command, a terminal of `size` and `TERM=xterm`.
+async fn exec_process(
+    dir: &Path,
+    command: &[String],
+    size: crate::TerminalSize,
+) -> Result<TempFile, String> {
+    static EXECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let config_path = dir.join("bundle").join("config.json");
+    let config: serde_json::Value = tokio::fs::read(&config_path)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let mut process = config["process"].clone();
+    let Some(p) = process.as_object_mut() else {
+        return Err(format!("{}: no process", config_path.display()));
+    };
+    p.insert("args".into(), serde_json::json!(command));
+    p.insert("terminal".into(), true.into());
+    p.insert(
+        "consoleSize".into(),
+        serde_json::json!({"height": size.height, "width": size.width}),
+    );
+    let mut env: Vec<serde_json::Value> = p
+        .get("env")
+        .and_then(|e| e.as_array())
+        .map(|e| {
+            e.iter()
+                .filter(|v| !v.as_str().is_some_and(|s| s.starts_with("TERM=")))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    env.push("TERM=xterm".into());
+    p.insert("env".into(), env.into());
+    let n = EXECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("exec-{n}.json"));
+    tokio::fs::write(&path, process.to_string())
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(TempFile(path))
 }
 
 /// How long a terminal exec waits for the caller's window size before it
