@@ -15,6 +15,17 @@ use wasmkube_runtime::{ContainerId, ContainerRuntime, ExecIo, Exit, RuntimeError
 
 pub use crate::api::kubelet::{CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT, V4, V5};
 
+/// A client message's bytes (channel byte first). Binary frames, as
+/// kubectl sends, and text frames, as the Python client sends what it is
+/// given as `str` (stdin, resizes): the API server reads both alike.
+pub fn payload(m: &Message) -> Option<&[u8]> {
+    match m {
+        Message::Binary(b) => Some(b),
+        Message::Text(t) => Some(t.as_bytes()),
+        _ => None,
+    }
+}
+
 /// A resize message's payload: `{"Width":80,"Height":24}`.
 pub fn parse_resize(payload: &[u8]) -> Option<wasmkube_runtime::TerminalSize> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
@@ -95,18 +106,21 @@ pub async fn run(socket: WebSocket, s: Session) {
     let (resize_tx, resize_rx) = tokio::sync::mpsc::channel(8);
     let reader = tokio::spawn(async move {
         while let Some(Ok(m)) = incoming.next().await {
-            let stdin_data = match &m {
-                Message::Binary(b) if b.first() == Some(&RESIZE) => {
+            let Some(b) = payload(&m) else {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+                continue;
+            };
+            let stdin_data = match b.first() {
+                Some(&RESIZE) => {
                     if let Some(size) = parse_resize(&b[1..]) {
                         let _ = resize_tx.try_send(size);
                     }
                     continue;
                 }
-                Message::Binary(b) if b.first() == Some(&STDIN) => &b[1..],
-                Message::Binary(b) if b.first() == Some(&CLOSE) && b.get(1) == Some(&STDIN) => {
-                    break
-                }
-                Message::Close(_) => break,
+                Some(&STDIN) => &b[1..],
+                Some(&CLOSE) if b.get(1) == Some(&STDIN) => break,
                 _ => continue,
             };
             if stdin_w.write_all(stdin_data).await.is_err() {

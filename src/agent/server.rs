@@ -268,20 +268,22 @@ async fn attach(
             let client_gone = async {
                 use tokio::io::AsyncWriteExt;
                 while let Some(Ok(m)) = incoming.next().await {
-                    match &m {
-                        Message::Close(_) => break,
-                        Message::Binary(b) if b.first() == Some(&super::exec::STDIN) => {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                    let Some(b) = super::exec::payload(&m) else {
+                        continue;
+                    };
+                    match b.first() {
+                        Some(&super::exec::STDIN) => {
                             // a container that takes no input: it is dropped
                             let _ = stdin_w.write_all(&b[1..]).await;
                         }
-                        Message::Binary(b)
-                            if b.first() == Some(&super::exec::CLOSE)
-                                && b.get(1) == Some(&super::exec::STDIN) =>
-                        {
+                        Some(&super::exec::CLOSE) if b.get(1) == Some(&super::exec::STDIN) => {
                             // the client's input ended
                             let _ = stdin_w.shutdown().await;
                         }
-                        Message::Binary(b) if b.first() == Some(&super::exec::RESIZE) => {
+                        Some(&super::exec::RESIZE) => {
                             if let Some(size) = super::exec::parse_resize(&b[1..]) {
                                 let _ = resize_tx.try_send(size);
                             }

@@ -329,6 +329,38 @@ async fn busybox_httpd_serves_behind_a_service_with_logs_exec_and_a_shell() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("45 123"), "{text}");
 
+    // the official Python client on a terminal: it sends what it is given
+    // as str in text frames (the size, stdin), and its size comes after
+    // it has connected, which the command must not start before
+    let script = format!(
+        r#"
+import json, time
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config(config_file={kc:?})
+ws = stream(client.CoreV1Api().connect_get_namespaced_pod_exec, {name:?}, "default",
+    command=["sh", "-c", "stty size; read x; echo got $x"],
+    stdin=True, stdout=True, stderr=True, tty=True, _preload_content=False)
+time.sleep(0.2)
+ws.write_channel(4, json.dumps({{"Width": 123, "Height": 45}}))
+ws.write_stdin("hello\n")
+ws.run_forever(timeout=30)
+code = ws.returncode
+print(json.dumps([ws.read_all(), code]))
+"#,
+        kc = s.kubeconfig().to_str().unwrap(),
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3");
+    let (text, code): (String, Option<i64>) = serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(&out), stderr(&out)));
+    assert!(text.contains("45 123"), "{text:?}");
+    assert!(text.contains("got hello"), "{text:?}");
+    assert_eq!(code, Some(0), "{text:?}");
+
     // deleting the Deployment stops the containers (httpd ends on SIGTERM)
     let out = s.kubectl(&["delete", "deployment", "httpd", "--wait=true"]);
     assert!(out.status.success(), "{}", stderr(&out));
