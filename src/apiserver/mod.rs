@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Request as HttpRequest, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -148,9 +148,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/wk/v1/secrets-encrypt/rotate-keys",
             post(encryption::rotate_keys),
         )
-        .route("/raft/append", post(raft_append))
+        // Raft's own bodies are bigger than an API request may be: an
+        // append carries many entries, a snapshot chunk a megabyte as JSON
+        .route(
+            "/raft/append",
+            post(raft_append).layer(DefaultBodyLimit::max(crate::store::network::MAX_RPC_BODY)),
+        )
         .route("/raft/vote", post(raft_vote))
-        .route("/raft/snapshot", post(raft_snapshot))
+        .route(
+            "/raft/snapshot",
+            post(raft_snapshot).layer(DefaultBodyLimit::max(crate::store::network::MAX_RPC_BODY)),
+        )
         .route("/raft/write", post(cluster::forwarded_write))
         .route("/raft/read-index", post(cluster::read_index))
         .route("/raft/join", post(cluster::join))

@@ -250,6 +250,13 @@ fn raft_config(snapshot_logs: u64, timing: Timing) -> Result<Arc<Config>, StoreE
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: (snapshot_logs / 10).min(1_000),
         replication_lag_threshold: snapshot_logs.max(5_000),
+        // A chunk goes as JSON, where a byte takes up to four: 1 MiB
+        // chunks keep each RPC a few megabytes. openraft's 200 ms for one
+        // was too short on a loaded machine: a chunk that always took
+        // longer failed the whole snapshot, and a follower behind the
+        // purged log never caught up.
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: 5_000,
         ..Default::default()
     };
     Ok(Arc::new(

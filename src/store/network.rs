@@ -7,7 +7,8 @@
 //! came back at an old address under a new id, or a misrouted request).
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -16,9 +17,19 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::types::{NodeId, TypeConfig};
+
+/// The largest append this server sends: a longer one is cut into fewer
+/// entries (`PayloadTooLarge`, which openraft answers by sending fewer),
+/// unless it is one entry. A follower far behind would otherwise be sent
+/// up to `max_payload_entries` entries of up to a whole group commit each.
+pub const MAX_APPEND_BYTES: usize = 8 << 20;
+
+/// The largest Raft RPC body a server takes (`/raft/*`): an append of
+/// [`MAX_APPEND_BYTES`], a snapshot chunk, or one entry of a big group
+/// commit, as JSON.
+pub const MAX_RPC_BODY: usize = 64 << 20;
 
 /// Creates a [`Connection`] per peer.
 #[derive(Clone)]
@@ -53,14 +64,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    async fn call<Req, Resp, E>(
+    /// POST the JSON `body` to the peer's `/raft/{path}`. A body over the
+    /// peer's limit is `PayloadTooLarge` (for appends: send fewer entries).
+    async fn call<Resp, E>(
         &self,
         path: &str,
-        req: &Req,
+        body: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -68,7 +80,8 @@ impl Connection {
             .http
             .post(format!("{}/{path}?target={}", self.base, self.target))
             .timeout(option.hard_ttl())
-            .json(req)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| {
@@ -80,12 +93,27 @@ impl Connection {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
+        if res.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(1),
+            ));
+        }
         let body: Result<Resp, RaftError<NodeId, E>> = res
             .json()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         body.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+/// How many of `entries` to send instead when they take `len` bytes and
+/// at most `max` may be sent; `None` when they fit or are one entry.
+fn fewer_entries(entries: u64, len: usize, max: usize) -> Option<u64> {
+    if len <= max || entries <= 1 {
+        return None;
+    }
+    let fit = (u128::from(entries) * max as u128 / len as u128) as u64;
+    Some(fit.clamp(1, entries - 1))
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -105,7 +133,27 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let entries = rpc.entries.len() as u64;
+        if let Some(fewer) = fewer_entries(entries, body.len(), MAX_APPEND_BYTES) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fewer),
+            ));
+        }
+        self.call("append", body, &option)
+            .await
+            .map_err(|e| match e {
+                // over the peer's limit: half as many, down to one entry, which
+                // no fewer can help (openraft retries a PayloadTooLarge at once)
+                RPCError::PayloadTooLarge(too_large) if entries <= 1 => {
+                    RPCError::Network(NetworkError::new(&too_large))
+                }
+                RPCError::PayloadTooLarge(_) => {
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2))
+                }
+                e => e,
+            })
     }
 
     async fn install_snapshot(
@@ -116,7 +164,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("snapshot", &rpc, &option).await
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call("snapshot", body, &option).await
     }
 
     async fn vote(
@@ -124,6 +174,24 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call("vote", body, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_over_the_limit_are_cut_to_what_fits() {
+        // they fit, or one entry (nothing fewer can help)
+        assert_eq!(fewer_entries(300, 1000, 1000), None);
+        assert_eq!(fewer_entries(1, 5000, 1000), None);
+        // in proportion to the size, never all of them, never none
+        assert_eq!(fewer_entries(300, 3000, 1000), Some(100));
+        assert_eq!(fewer_entries(2, 1001, 1000), Some(1));
+        assert_eq!(fewer_entries(300, 1_000_000, 1000), Some(1));
     }
 }

@@ -127,6 +127,80 @@ fn leader_of(m: &Value, servers: &[Server]) -> usize {
         .expect("the leader is one of ours")
 }
 
+/// A server that was down while the others wrote megabytes and purged
+/// their log behind a snapshot catches up from that snapshot, sent in
+/// chunks of megabytes, and then serves what was written.
+#[tokio::test]
+async fn a_server_left_behind_catches_up_from_a_snapshot_of_megabytes() {
+    let cidrs = cluster_cidrs();
+    let ports = [free_port(), free_port(), free_port()];
+    let start_small = |port: u16, join: Option<&Server>| {
+        let mut b = Server::builder();
+        // a snapshot (and a purge of the log behind it) every 20 entries
+        for f in flags(port, &cidrs)
+            .into_iter()
+            .chain(["--snapshot-logs".to_string(), "20".into()])
+        {
+            b = b.arg(&f);
+        }
+        if let Some(first) = join {
+            b = b
+                .arg("--join")
+                .arg(&first.url)
+                .arg("--token")
+                .arg(&first.join_token);
+        }
+        b.start()
+    };
+    let a = start_small(ports[0], None).await;
+    let b = start_small(ports[1], Some(&a)).await;
+    let c = start_small(ports[2], Some(&a)).await;
+    let mut servers = vec![a, b, c];
+    let m = eventually(60, "three voters", || async {
+        let m = members(&servers[0]);
+        (voters(&m) == 3).then_some(m)
+    })
+    .await;
+
+    // a follower goes down; the others write 30 ConfigMaps of 500 KB
+    let down = (leader_of(&m, &servers) + 1) % 3;
+    let up = (down + 1) % 3;
+    servers[down].kill9();
+    let big = "x".repeat(500 * 1024);
+    for i in 0..30 {
+        let name = format!("big-{i}");
+        let out = crate::util::kubectl_stdin(
+            &servers[up].kubeconfig(),
+            &["create", "-f", "-"],
+            Some(
+                &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                "data": {"v": name, "big": big}})
+                .to_string(),
+            ),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    // it comes back behind the purged log: only the snapshot (15 MB and
+    // more) brings it up to date, and then it serves the last write
+    servers[down].restart().await;
+    eventually(
+        120,
+        "the server left behind serves the last write",
+        || async {
+            let out =
+                servers[down].kubectl(&["get", "configmap", "big-29", "-o", "jsonpath={.data.v}"]);
+            (out.status.success() && stdout(&out) == "big-29").then_some(())
+        },
+    )
+    .await;
+    let v = kubectl_ok(
+        &servers[down],
+        &["get", "configmap", "big-0", "-o", "jsonpath={.data.v}"],
+    );
+    assert_eq!(v, "big-0");
+}
+
 #[tokio::test]
 async fn five_servers_keep_going_after_losing_two() {
     let cidrs = cluster_cidrs();
