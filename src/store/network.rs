@@ -24,7 +24,10 @@ use super::types::{NodeId, TypeConfig};
 /// entries (`PayloadTooLarge`, which openraft answers by sending fewer),
 /// unless it is one entry. A follower far behind would otherwise be sent
 /// up to `max_payload_entries` entries of up to a whole group commit each.
-pub const MAX_APPEND_BYTES: usize = 8 << 20;
+/// openraft gives an append one heartbeat interval (250 ms) to be sent,
+/// parsed and fsynced: a follower whose appends never made it in time,
+/// under load, campaigned again and again and never caught up.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
 
 /// The largest Raft RPC body a server takes (`/raft/*`): an append of
 /// [`MAX_APPEND_BYTES`], a snapshot chunk, or one entry of a big group
@@ -106,6 +109,13 @@ impl Connection {
     }
 }
 
+/// An RPC's JSON body.
+fn encode<T: serde::Serialize, E: std::error::Error>(
+    rpc: &T,
+) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+    serde_json::to_vec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
 /// How many of `entries` to send instead when they take `len` bytes and
 /// at most `max` may be sent; `None` when they fit or are one entry.
 fn fewer_entries(entries: u64, len: usize, max: usize) -> Option<u64> {
@@ -133,8 +143,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let body =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = encode(&rpc)?;
         let entries = rpc.entries.len() as u64;
         if let Some(fewer) = fewer_entries(entries, body.len(), MAX_APPEND_BYTES) {
             return Err(RPCError::PayloadTooLarge(
@@ -164,8 +173,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let body =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = encode(&rpc)?;
         self.call("snapshot", body, &option).await
     }
 
@@ -174,8 +182,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let body =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = encode(&rpc)?;
         self.call("vote", body, &option).await
     }
 }

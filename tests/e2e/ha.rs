@@ -25,9 +25,17 @@ fn flags(port: u16, cidrs: &[String]) -> Vec<String> {
 }
 
 async fn start(port: u16, cidrs: &[String], join: Option<&Server>) -> Server {
+    start_with(port, cidrs, join, &[]).await
+}
+
+/// [`start`] with more flags.
+async fn start_with(port: u16, cidrs: &[String], join: Option<&Server>, extra: &[&str]) -> Server {
     let mut b = Server::builder();
     for f in flags(port, cidrs) {
         b = b.arg(&f);
+    }
+    for f in extra {
+        b = b.arg(f);
     }
     if let Some(first) = join {
         b = b
@@ -134,27 +142,11 @@ fn leader_of(m: &Value, servers: &[Server]) -> usize {
 async fn a_server_left_behind_catches_up_from_a_snapshot_of_megabytes() {
     let cidrs = cluster_cidrs();
     let ports = [free_port(), free_port(), free_port()];
-    let start_small = |port: u16, join: Option<&Server>| {
-        let mut b = Server::builder();
-        // a snapshot (and a purge of the log behind it) every 20 entries
-        for f in flags(port, &cidrs)
-            .into_iter()
-            .chain(["--snapshot-logs".to_string(), "20".into()])
-        {
-            b = b.arg(&f);
-        }
-        if let Some(first) = join {
-            b = b
-                .arg("--join")
-                .arg(&first.url)
-                .arg("--token")
-                .arg(&first.join_token);
-        }
-        b.start()
-    };
-    let a = start_small(ports[0], None).await;
-    let b = start_small(ports[1], Some(&a)).await;
-    let c = start_small(ports[2], Some(&a)).await;
+    // a snapshot (and a purge of the log behind it) every 20 entries
+    let every_20 = ["--snapshot-logs", "20"];
+    let a = start_with(ports[0], &cidrs, None, &every_20).await;
+    let b = start_with(ports[1], &cidrs, Some(&a), &every_20).await;
+    let c = start_with(ports[2], &cidrs, Some(&a), &every_20).await;
     let mut servers = vec![a, b, c];
     let m = eventually(60, "three voters", || async {
         let m = members(&servers[0]);
@@ -162,11 +154,11 @@ async fn a_server_left_behind_catches_up_from_a_snapshot_of_megabytes() {
     })
     .await;
 
-    // a follower goes down; the others write 30 ConfigMaps of 500 KB
+    // a follower goes down; the others write 30 ConfigMaps of 200 KB
     let down = (leader_of(&m, &servers) + 1) % 3;
     let up = (down + 1) % 3;
     servers[down].kill9();
-    let big = "x".repeat(500 * 1024);
+    let big = "x".repeat(200 * 1024);
     for i in 0..30 {
         let name = format!("big-{i}");
         let out = crate::util::kubectl_stdin(
@@ -181,7 +173,7 @@ async fn a_server_left_behind_catches_up_from_a_snapshot_of_megabytes() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
 
-    // it comes back behind the purged log: only the snapshot (15 MB and
+    // it comes back behind the purged log: only the snapshot (6 MB and
     // more) brings it up to date, and then it serves the last write
     servers[down].restart().await;
     eventually(
