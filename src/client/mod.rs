@@ -74,6 +74,7 @@ pub const TABLE: &str =
 pub struct WatchEvent {
     /// ADDED, MODIFIED, DELETED, BOOKMARK or ERROR.
     pub event_type: String,
+    /// Parsed with room for exactly its fields ([`crate::json::shrink`]).
     pub object: Value,
 }
 
@@ -521,8 +522,9 @@ impl Client {
                 server: server.clone(),
                 source,
             })?;
-            let mut v: Value =
-                serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
+            // with no spare room: informers keep these objects
+            let mut v = crate::json::from_slice_shrunk(&line)
+                .map_err(|e| ClientError::Decode(e.to_string()))?;
             Ok(WatchEvent {
                 event_type: v["type"].as_str().unwrap_or_default().to_string(),
                 object: v.get_mut("object").map(Value::take).unwrap_or_default(),

@@ -146,7 +146,13 @@ impl Cache {
     }
 
     fn apply(&self, obj: Value) -> Change {
-        let obj = Arc::new(shrink(obj));
+        self.apply_shrunk(shrink(obj))
+    }
+
+    /// [`Self::apply`] for an object with no spare room already (a watch
+    /// event's).
+    fn apply_shrunk(&self, obj: Value) -> Change {
+        let obj = Arc::new(obj);
         self.target()
             .objects
             .write()
@@ -385,7 +391,7 @@ pub async fn reflect_selected(
                 Some(Ok(ev)) => {
                     let rv = meta::resource_version(&ev.object).to_string();
                     match ev.event_type.as_str() {
-                        "ADDED" | "MODIFIED" => on_change(cache.apply(ev.object)),
+                        "ADDED" | "MODIFIED" => on_change(cache.apply_shrunk(ev.object)),
                         "DELETED" => on_change(cache.delete(ev.object)),
                         "BOOKMARK" => {}
                         // 410 Gone: the window moved past us; relist

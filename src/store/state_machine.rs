@@ -34,7 +34,7 @@ use super::types::{
     Request, Response, StorageError, StoredMembership, TypeConfig, REMEMBERED_REQUESTS,
     REVISIONS_PER_ENTRY,
 };
-use crate::json::shrink;
+use crate::json::{shrink, shrink_top};
 
 pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -548,9 +548,13 @@ impl StateMachine {
                 } else {
                     ChangeKind::Added
                 };
-                // the cache keeps it until it changes: without the room
-                // parsing the log entry left
-                (kind, Arc::new(shrink(object)))
+                // the cache keeps it until it changes. The entry was parsed
+                // with no spare room (`json::shrunk_arc`); the revision may
+                // have added a field to the metadata, so refit that map
+                if let Some(meta) = object.get_mut("metadata") {
+                    *meta = shrink_top(meta.take());
+                }
+                (kind, Arc::new(object))
             }
             (Request::Delete { .. }, Some(cur)) => {
                 let mut gone = (*cur).clone();

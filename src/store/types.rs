@@ -49,6 +49,8 @@ pub enum Request {
     Put {
         key: String,
         /// Shared, so that a write kept for a retry is not a deep copy.
+        /// Parsed with room for exactly its fields: the cache keeps it.
+        #[serde(deserialize_with = "crate::json::shrunk_arc")]
         object: Arc<Value>,
         precondition: Precondition,
     },
