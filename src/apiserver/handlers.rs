@@ -284,7 +284,7 @@ pub async fn create(
     ns: Option<&str>,
     mut obj: Value,
     p: &Params,
-) -> Result<Value, ApiError> {
+) -> Result<Arc<Value>, ApiError> {
     check_type(res, &mut obj)?;
     check_fields(res, &obj, p)?;
     let namespace = if res.namespaced {
@@ -344,15 +344,21 @@ pub async fn create(
     let mut prepared = prepare(res, obj, None)?;
     super::managers::track(res, None, &mut prepared);
     let name = meta::name(&prepared).to_string();
+    let prepared = Arc::new(prepared);
     for _ in 0..UPDATE_RETRIES {
+        // shared with `prepared` unless allocations change it (a copy)
         let mut obj = prepared.clone();
-        let extra = allocations(store, res, None, &mut obj)?;
+        let extra = if allocates(res) {
+            allocations(store, res, None, Arc::make_mut(&mut obj))?
+        } else {
+            Vec::new()
+        };
         if p.is_dry_run() {
             return Ok(obj);
         }
         let req = Request::Put {
             key: res.key(namespace.as_deref().unwrap_or_default(), &name),
-            object: Arc::new(obj),
+            object: obj,
             precondition: Precondition {
                 exists: Some(false),
                 namespace: if res.kind == "Namespace" {
@@ -371,6 +377,11 @@ pub async fn create(
     Err(conflict(res, &name))
 }
 
+/// Whether writes of `res` carry [`allocations`].
+fn allocates(res: &Resource) -> bool {
+    res.kind == "Service" && res.group.is_empty()
+}
+
 /// The writes that must land with a write of `new` (`old` on update): a
 /// Service's cluster IP and node port records.
 fn allocations(
@@ -379,7 +390,7 @@ fn allocations(
     old: Option<&Value>,
     new: &mut Value,
 ) -> Result<Vec<Request>, ApiError> {
-    if res.kind == "Service" && res.group.is_empty() {
+    if allocates(res) {
         super::services::allocate(store.cache(), old, new)
     } else {
         Ok(Vec::new())
@@ -398,7 +409,11 @@ fn releases(store: &Store, res: &Resource, old: &Value) -> Vec<Request> {
 /// Write `req` and the writes that go with it, all or nothing. A refusal of
 /// `req` itself comes back as that refusal; a lost race on one of the extra
 /// writes as [`Rejection::InTxn`] (the caller allocates again).
-async fn write_with(store: &Store, req: Request, extra: Vec<Request>) -> Result<Value, StoreError> {
+async fn write_with(
+    store: &Store,
+    req: Request,
+    extra: Vec<Request>,
+) -> Result<Arc<Value>, StoreError> {
     if extra.is_empty() {
         return store.write(req).await;
     }
@@ -525,7 +540,7 @@ pub async fn update_with<F>(
     part: Part,
     dry_run: bool,
     mutate: F,
-) -> Result<Value, ApiError>
+) -> Result<Arc<Value>, ApiError>
 where
     F: Fn(&Value) -> Result<Value, ApiError>,
 {
@@ -574,7 +589,7 @@ where
         };
         if is_deleting(&new) && finalizers(&new).is_empty() && namespace_finalized(res, &new) {
             if dry_run {
-                return Ok(new);
+                return Ok(Arc::new(new));
             }
             let req = Request::Delete {
                 key: key.clone(),
@@ -597,7 +612,7 @@ where
             Vec::new()
         };
         if new == *old || dry_run {
-            return Ok(new);
+            return Ok(Arc::new(new));
         }
         let req = Request::Put {
             key: key.clone(),
@@ -635,7 +650,7 @@ pub async fn update(
     body: Value,
     part: Part,
     p: &Params,
-) -> Result<Value, ApiError> {
+) -> Result<Arc<Value>, ApiError> {
     check_fields(res, &body, p)?;
     update_with(store, res, ns, name, part, p.is_dry_run(), |_| {
         Ok(body.clone())
@@ -725,7 +740,7 @@ pub async fn patch(
     patch: PatchBody,
     part: Part,
     p: &Params,
-) -> Result<(Value, bool), ApiError> {
+) -> Result<(Arc<Value>, bool), ApiError> {
     let PatchBody { ty, body } = patch;
     let schema = crate::api::schema::schemas().root(res);
     if ty == PatchType::Apply {
@@ -936,7 +951,7 @@ pub async fn delete(
     ns: &str,
     name: &str,
     opts: &DeleteOptions,
-) -> Result<Value, ApiError> {
+) -> Result<Arc<Value>, ApiError> {
     let key = res.key(ns, name);
     let ns_opt = res.namespaced.then_some(ns);
     if res.kind == "Namespace" && crate::api::validation::UNDELETABLE_NAMESPACES.contains(&name) {
@@ -989,7 +1004,7 @@ pub async fn delete(
             || !namespace_finalized(res, &old);
         let result = if graceful {
             if is_deleting(&old) || opts.dry_run {
-                return Ok((*old).clone());
+                return Ok(old);
             }
             let mut marked = (*old).clone();
             if let Some(f) = propagation_finalizer {
@@ -1021,7 +1036,7 @@ pub async fn delete(
                 .await
         } else {
             if opts.dry_run {
-                return Ok((*old).clone());
+                return Ok(old);
             }
             let req = Request::Delete {
                 key: key.clone(),
@@ -1212,7 +1227,11 @@ pub async fn bind(store: &Store, ns: &str, name: &str, binding: Value) -> Result
 }
 
 /// PUT `namespaces/{name}/finalize`: replace `spec.finalizers`.
-pub async fn finalize_namespace(store: &Store, name: &str, body: Value) -> Result<Value, ApiError> {
+pub async fn finalize_namespace(
+    store: &Store,
+    name: &str,
+    body: Value,
+) -> Result<Arc<Value>, ApiError> {
     let res = resources::lookup("namespaces").expect("namespaces are served");
     let finalizers = body
         .pointer("/spec/finalizers")

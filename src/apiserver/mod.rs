@@ -577,7 +577,10 @@ async fn serve(
         (Method::GET, Some(n), None) => ok(shown(handlers::get(store, res, ns_str, n)?)),
         (Method::PUT, Some(n), None) => {
             let obj = admit(decoded()?).await?;
-            ok(handlers::update(store, res, ns_str, n, obj, Part::Main, &p).await?)
+            Ok(reply(
+                StatusCode::OK,
+                &*handlers::update(store, res, ns_str, n, obj, Part::Main, &p).await?,
+            ))
         }
         (Method::PATCH, Some(n), None) | (Method::PATCH, Some(n), Some("status")) => {
             let part = if sub.is_some() {
@@ -656,14 +659,20 @@ async fn serve(
                     .await?;
                 }
             }
-            ok(handlers::delete(store, res, ns_str, n, &opts).await?)
+            Ok(reply(
+                StatusCode::OK,
+                &*handlers::delete(store, res, ns_str, n, &opts).await?,
+            ))
         }
         (Method::GET, Some(n), Some("status")) if res.status => {
             ok(handlers::get(store, res, ns_str, n)?)
         }
         (Method::PUT, Some(n), Some("status")) if res.status => {
             let obj = admit(decoded()?).await?;
-            ok(handlers::update(store, res, ns_str, n, obj, Part::Status, &p).await?)
+            Ok(reply(
+                StatusCode::OK,
+                &*handlers::update(store, res, ns_str, n, obj, Part::Status, &p).await?,
+            ))
         }
         (Method::POST, Some(n), Some("token")) if res.kind == "ServiceAccount" => {
             let req = admit(decoded()?).await?;
@@ -715,9 +724,10 @@ async fn serve(
             StatusCode::CREATED,
             &handlers::bind(store, ns_str, n, decoded()?).await?,
         )),
-        (Method::PUT, Some(n), Some("finalize")) if res.kind == "Namespace" => {
-            ok(handlers::finalize_namespace(store, n, decoded()?).await?)
-        }
+        (Method::PUT, Some(n), Some("finalize")) if res.kind == "Namespace" => Ok(reply(
+            StatusCode::OK,
+            &*handlers::finalize_namespace(store, n, decoded()?).await?,
+        )),
         (_, Some(n), Some(s))
             if !matches!(
                 s,

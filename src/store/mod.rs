@@ -165,9 +165,11 @@ fn raft_failure(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> S
     }
 }
 
-fn outcome(r: Response) -> Result<Value, StoreError> {
+/// The object as applied, shared with the cache that holds it (a copy
+/// would be deep: most callers only encode it or drop it).
+fn outcome(r: Response) -> Result<Arc<Value>, StoreError> {
     match r {
-        Response::Applied(v) => Ok(Arc::unwrap_or_clone(v)),
+        Response::Applied(v) => Ok(v),
         Response::Rejected(r) => Err(StoreError::Rejected(r)),
         Response::None | Response::Batch(_) => {
             Err(StoreError::Raft("write applied without a result".into()))
@@ -424,14 +426,14 @@ impl Store {
     /// log entry (one fsync) by the batcher.
     /// On any server: a write on a follower is forwarded to the leader (one
     /// hop), and returns once this server has applied it too.
-    pub async fn write(&self, req: Request) -> Result<Value, StoreError> {
+    pub async fn write(&self, req: Request) -> Result<Arc<Value>, StoreError> {
         outcome(self.submit(self.seal(req)).await?)
     }
 
     /// Replicate the writes as one all-or-nothing transaction (its own log
     /// entry) and return each object as stored. If one write is refused,
     /// nothing is applied and the error is [`Rejection::InTxn`].
-    pub async fn txn(&self, reqs: Vec<Request>) -> Result<Vec<Value>, StoreError> {
+    pub async fn txn(&self, reqs: Vec<Request>) -> Result<Vec<Arc<Value>>, StoreError> {
         match self.submit(self.seal(Request::Txn(reqs))).await? {
             Response::Batch(rs) => rs.into_iter().map(outcome).collect(),
             other => outcome(other).map(|v| vec![v]),
