@@ -200,8 +200,16 @@ mod tests {
     }
 
     #[test]
-    fn the_top_map_is_refit_after_it_grew() {
-        let v = shrink_top(serde_json::json!({"b": 1, "a": {"c": 2}}));
-        assert_eq!(v.to_string(), r#"{"b":1,"a":{"c":2}}"#);
+    fn refitting_the_top_keeps_content_and_order_and_a_list_loses_its_room() {
+        // a map's capacity is not visible through serde_json: content and order
+        let mut m = serde_json::json!({"b": 1, "a": {"c": 2}});
+        m["z"] = Value::Null;
+        assert_eq!(shrink_top(m).to_string(), r#"{"b":1,"a":{"c":2},"z":null}"#);
+        let mut list = vec![Value::from(1), Value::from(2)];
+        list.reserve(50);
+        let Value::Array(list) = shrink_top(Value::Array(list)) else {
+            panic!("a list stays a list")
+        };
+        assert_eq!((list.len(), list.capacity()), (2, 2));
     }
 }
